@@ -1,0 +1,129 @@
+"""Raw layer: the catalog snapshot and daily member interactions, with quarantine."""
+
+from __future__ import annotations
+
+from datetime import date
+
+import dagster as dg
+import polars as pl
+
+from assets.metadata import counts_by, markdown_table, reason_metadata
+from core import ingest, schemas
+from core.fingerprints import files_fingerprint
+from dagster_project.partitions import daily_partitions
+from resources.landing import LandingArea
+from resources.warehouse import DuckDBWarehouse
+
+
+def schema_check(asset: str, name: str, df: pl.DataFrame, contract: dict[str, pl.DataType]) -> dg.AssetCheckResult:
+    """Column names and dtypes equal the contract, in order."""
+    actual = dict(df.schema)
+    mismatched = {c: str(actual.get(c)) for c, t in contract.items() if actual.get(c) != t}
+    extra = [c for c in actual if c not in contract]
+    return dg.AssetCheckResult(
+        asset_key=asset,
+        check_name=name,
+        passed=not mismatched and not extra,
+        metadata={"mismatched": dg.MetadataValue.json(mismatched), "extra_columns": dg.MetadataValue.json(extra)},
+    )
+
+
+@dg.asset(
+    group_name="raw",
+    kinds={"duckdb", "polars"},
+    description="Latest catalog snapshot (raw.catalog); rows that break the schema go to raw.quarantine.",
+    check_specs=[
+        dg.AssetCheckSpec("catalog_schema", asset="raw_catalog", description="raw.catalog matches the contract"),
+        dg.AssetCheckSpec("unique_title_ids", asset="raw_catalog", description="title_id is a key"),
+    ],
+)
+def raw_catalog(
+    context: dg.AssetExecutionContext, warehouse: DuckDBWarehouse, landing: LandingArea
+) -> dg.MaterializeResult:
+    paths = landing.catalog_paths(context.log)
+    catalog, quarantine = ingest.ingest_catalog(ingest.read_tables(paths), landing.catalog_mapping_obj())
+    warehouse.replace_rows("raw.catalog", catalog, "TRUE")
+    warehouse.replace_rows("raw.quarantine", quarantine, "source = 'catalog'")
+    stored = warehouse.read_table("raw.catalog")
+    duplicates = stored.height - stored["title_id"].n_unique()
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": dg.MetadataValue.int(stored.height),
+            "source": landing.source,
+            "files": dg.MetadataValue.json([str(p) for p in paths]),
+            "input_fingerprint": files_fingerprint(paths),
+            "with_synopsis": int(stored["synopsis"].is_not_null().sum()),
+            "with_year": int(stored["year"].is_not_null().sum()),
+            "kinds": dg.MetadataValue.json(counts_by(stored, "kind")),
+            **reason_metadata("quarantined", counts_by(quarantine, "reason")),
+            "preview": markdown_table(stored.select("title_id", "title", "kind", "year", "genres")),
+        },
+        check_results=[
+            schema_check("raw_catalog", "catalog_schema", stored, schemas.CATALOG_SCHEMA),
+            dg.AssetCheckResult(
+                asset_key="raw_catalog",
+                check_name="unique_title_ids",
+                passed=duplicates == 0,
+                metadata={"duplicate_ids": duplicates},
+            ),
+        ],
+    )
+
+
+@dg.asset(
+    group_name="raw",
+    kinds={"duckdb", "polars"},
+    partitions_def=daily_partitions,
+    deps=[raw_catalog],
+    description="One day of member events (raw.interactions); loading a day twice replaces it.",
+    check_specs=[
+        dg.AssetCheckSpec("interactions_schema", asset="raw_interactions"),
+        dg.AssetCheckSpec(
+            "known_titles_only", asset="raw_interactions", description="every title_id exists in raw.catalog"
+        ),
+    ],
+)
+def raw_interactions(
+    context: dg.AssetExecutionContext, warehouse: DuckDBWarehouse, landing: LandingArea
+) -> dg.MaterializeResult:
+    day = date.fromisoformat(context.partition_key)
+    paths, per_day = landing.interaction_paths(day, context.log)
+    known = warehouse.query("SELECT title_id FROM raw.catalog")["title_id"]
+    if known.len() == 0:
+        raise RuntimeError("raw.catalog is empty: materialize raw_catalog before raw_interactions")
+    events, quarantine, stats = ingest.ingest_interactions(
+        ingest.read_tables(paths), landing.interaction_mapping_obj(), day, known, per_day_files=per_day
+    )
+    dated = quarantine.filter(pl.col("day").is_not_null())
+    warehouse.replace_partition("raw.interactions", events, day)
+    warehouse.replace_rows("raw.quarantine", dated, "source = 'interactions' AND day = ?", [day])
+    undated = quarantine.filter(pl.col("day").is_null())
+    if not per_day:
+        # Rows with unparsable timestamps belong to no day; every partition sees the same ones, so replace them.
+        warehouse.replace_rows("raw.quarantine", undated, "source = 'interactions' AND day IS NULL")
+    stored = warehouse.read_table("raw.interactions", "day = ?", [day])
+    unknown = warehouse.query(
+        "SELECT count(*) AS n FROM raw.interactions i ANTI JOIN raw.catalog c USING (title_id) WHERE i.day = ?",
+        [day],
+    )["n"][0]
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": dg.MetadataValue.int(stored.height),
+            "members": stored["member_id"].n_unique(),
+            "titles": stored["title_id"].n_unique(),
+            "events": dg.MetadataValue.json(counts_by(stored, "event")),
+            "files": dg.MetadataValue.json([str(p) for p in paths]),
+            "input_fingerprint": files_fingerprint(paths),
+            **{f"ingest/{k}": v for k, v in stats.items()},
+            **reason_metadata("quarantined", counts_by(quarantine, "reason")),
+        },
+        check_results=[
+            schema_check("raw_interactions", "interactions_schema", stored, schemas.INTERACTIONS_SCHEMA),
+            dg.AssetCheckResult(
+                asset_key="raw_interactions",
+                check_name="known_titles_only",
+                passed=int(unknown) == 0,
+                metadata={"unknown_title_rows": int(unknown)},
+            ),
+        ],
+    )

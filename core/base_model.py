@@ -1,0 +1,149 @@
+"""The `base_model` artifact: a Hugging Face model directory (tokenizer + weights).
+
+Two sources:
+- the built-in preset: a byte-level BPE tokenizer trained on the curated text,
+  our ChatML-style chat template with generation markers, and a tiny
+  Llama-architecture causal LM initialised from a seed (nothing downloaded);
+- a local Hugging Face model directory, used as is with its own chat template.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
+
+from core.chat_templates import TEMPLATES
+from core.tokenizer_training import tokenizer_fingerprint, train_bpe_tokenizer
+
+MODEL_CARD = "base_model.json"
+
+
+@dataclass(frozen=True)
+class TinyModelPreset:
+    """A few-million-parameter Llama-style model that trains in minutes on a CPU."""
+
+    vocab_size: int = 4096
+    hidden_size: int = 192
+    intermediate_size: int = 512
+    num_hidden_layers: int = 4
+    num_attention_heads: int = 6
+    num_key_value_heads: int = 2
+    max_position_embeddings: int = 2048
+    rope_theta: float = 10000.0
+    template: str = "chatml"
+    seed: int = 0
+
+
+def build_preset_tokenizer(texts: Iterable[str], preset: TinyModelPreset) -> PreTrainedTokenizerBase:
+    if preset.template not in TEMPLATES:
+        raise ValueError(f"unknown chat template {preset.template!r}; choose one of {sorted(TEMPLATES)}")
+    return train_bpe_tokenizer(texts, vocab_size=preset.vocab_size, spec=TEMPLATES[preset.template])
+
+
+def build_preset_model(tokenizer: PreTrainedTokenizerBase, preset: TinyModelPreset) -> LlamaForCausalLM:
+    """Initialise the tiny model deterministically from `preset.seed`."""
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=preset.hidden_size,
+        intermediate_size=preset.intermediate_size,
+        num_hidden_layers=preset.num_hidden_layers,
+        num_attention_heads=preset.num_attention_heads,
+        num_key_value_heads=preset.num_key_value_heads,
+        max_position_embeddings=preset.max_position_embeddings,
+        rope_parameters={"rope_type": "default", "rope_theta": preset.rope_theta},
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        use_cache=False,
+    )
+    generator_state = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(preset.seed)
+        model = LlamaForCausalLM(config)
+    finally:
+        torch.random.set_rng_state(generator_state)
+    return model.eval()
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def save_preset(out_dir: Path, texts: Iterable[str], preset: TinyModelPreset) -> dict:
+    """Train the tokenizer, build the model and save both to `out_dir`; returns the model card."""
+    tokenizer = build_preset_tokenizer(texts, preset)
+    model = build_preset_model(tokenizer, preset)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    card = {
+        "source": "preset",
+        "preset": asdict(preset),
+        "parameters": count_parameters(model),
+        "vocab_size": len(tokenizer),
+        "architecture": "LlamaForCausalLM",
+        "tokenizer_fingerprint": tokenizer_fingerprint(out_dir),
+    }
+    (out_dir / MODEL_CARD).write_text(json.dumps(card, indent=2, sort_keys=True))
+    return card
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def import_local_model(src: Path, out_dir: Path) -> dict:
+    """Snapshot a local HF model directory into the artifact version (hard links where possible).
+
+    Validates up front that it is loadable offline and has a chat template, so a
+    bad path fails here with a clear message instead of deep inside tokenization.
+    """
+    src = Path(src).expanduser().resolve()
+    if not (src / "config.json").is_file():
+        raise FileNotFoundError(
+            f"BASE_MODEL_PATH={src} is not a Hugging Face model directory (no config.json); "
+            "point it at a folder written by save_pretrained"
+        )
+    config = AutoConfig.from_pretrained(src, local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(src, local_files_only=True)
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError(
+            f"the tokenizer in {src} has no chat template; add one (tokenizer.chat_template = ...; "
+            "save_pretrained) or use the built-in preset by unsetting BASE_MODEL_PATH"
+        )
+    if not tokenizer.is_fast:
+        raise ValueError(f"the tokenizer in {src} is not a fast (Rust) tokenizer; masks need offset mappings")
+    for path in sorted(src.rglob("*")):
+        rel = path.relative_to(src)
+        if any(part.startswith(".") for part in rel.parts):
+            continue
+        target = out_dir / rel
+        if path.is_dir():
+            target.mkdir(parents=True, exist_ok=True)
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            _link_or_copy(path, target)
+    card = {
+        "source": "local",
+        "source_path": str(src),
+        "architecture": (config.architectures or ["unknown"])[0],
+        "vocab_size": len(tokenizer),
+        "tokenizer_fingerprint": tokenizer_fingerprint(out_dir),
+    }
+    (out_dir / MODEL_CARD).write_text(json.dumps(card, indent=2, sort_keys=True))
+    return card
+
+
+def read_model_card(model_dir: Path) -> dict:
+    path = Path(model_dir) / MODEL_CARD
+    return json.loads(path.read_text()) if path.is_file() else {}

@@ -1,0 +1,32 @@
+"""Content fingerprints that tie an artifact to the exact inputs it was built from."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from pathlib import Path
+
+import polars as pl
+
+from core.atomic_io import sha256_file
+
+
+def strings_fingerprint(values: Iterable[str]) -> str:
+    """Order-independent sha256 over a set of strings."""
+    digest = hashlib.sha256()
+    for value in sorted(values):
+        digest.update(value.encode())
+        digest.update(b"\x00")
+    return digest.hexdigest()
+
+
+def frame_fingerprint(df: pl.DataFrame, columns: list[str]) -> str:
+    """Order-independent fingerprint of the given columns' values (rows joined with a separator)."""
+    if df.height == 0:
+        return strings_fingerprint([])
+    rows = df.select(pl.concat_str([pl.col(c).cast(pl.String).fill_null("<null>") for c in columns], separator="\x1f"))
+    return strings_fingerprint(rows.to_series().to_list())
+
+
+def files_fingerprint(paths: Iterable[Path]) -> str:
+    return strings_fingerprint(f"{Path(p).name}:{sha256_file(Path(p))}" for p in paths)

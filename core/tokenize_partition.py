@@ -1,0 +1,124 @@
+"""Tokenize one partition of curated conversations into shard rows + quarantine rows.
+
+Plain functions so the asset, the benchmarks and the tests share one path.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Literal
+
+import polars as pl
+from transformers import PreTrainedTokenizerBase
+
+from core.masking import encode_batch, has_special_token_lookalike, verify_masks, verify_serving_prefix
+from core.schemas import CONVERSATION_QUARANTINE_SCHEMA
+
+
+@dataclass
+class TokenizedPartition:
+    rows: pl.DataFrame  # conversation_id, split, input_ids, loss_mask
+    quarantine: pl.DataFrame  # CONVERSATION_QUARANTINE_SCHEMA
+    seconds: float
+    truncated: int = 0
+    stats: dict[str, float] = field(default_factory=dict)
+
+
+def tokenize_conversations(
+    tokenizer: PreTrainedTokenizerBase,
+    curated: pl.DataFrame,
+    day: date,
+    *,
+    max_length: int | None,
+    overlong: Literal["quarantine", "truncate"] = "quarantine",
+) -> TokenizedPartition:
+    """Render + tokenize + mask every conversation; unmaskable ones become quarantine rows."""
+    ordered = curated.sort("conversation_id")
+    messages = ordered["messages"].to_list()
+    start = time.perf_counter()
+    encoded, rejects = encode_batch(tokenizer, messages, max_length=max_length, overlong=overlong)
+    seconds = time.perf_counter() - start
+    keep = [i for i, e in enumerate(encoded) if e is not None]
+    ids = ordered["conversation_id"].to_list()
+    splits = ordered["split"].to_list()
+    rows = pl.DataFrame(
+        {
+            "conversation_id": [ids[i] for i in keep],
+            "split": [splits[i] for i in keep],
+            "input_ids": [encoded[i].input_ids for i in keep],  # type: ignore[union-attr]
+            "loss_mask": [encoded[i].loss_mask for i in keep],  # type: ignore[union-attr]
+        },
+        schema={
+            "conversation_id": pl.String,
+            "split": pl.String,
+            "input_ids": pl.List(pl.Int32),
+            "loss_mask": pl.List(pl.UInt8),
+        },
+    )
+    quarantine = pl.DataFrame(
+        {
+            "conversation_id": [ids[i] for i, _, _ in rejects],
+            "day": [day] * len(rejects),
+            "reason": [reason for _, reason, _ in rejects],
+            "detail": [detail for _, _, detail in rejects],
+            "payload": [json.dumps({"messages": messages[i]}, ensure_ascii=False) for i, _, _ in rejects],
+        },
+        schema=CONVERSATION_QUARANTINE_SCHEMA,
+    )
+    truncated = sum(1 for e in encoded if e is not None and e.truncated)
+    return TokenizedPartition(rows=rows, quarantine=quarantine, seconds=seconds, truncated=truncated)
+
+
+@dataclass
+class MaskAudit:
+    rows_checked: int
+    failures: list[tuple[str, str]]  # (conversation_id, problem)
+    lookalike_rows: int = 0
+
+
+def audit_masks(tokenizer: PreTrainedTokenizerBase, rows: pl.DataFrame, curated: pl.DataFrame) -> MaskAudit:
+    """Every row: the masked tokens decode to the assistant contents (+ end-of-turn), in order."""
+    joined = rows.join(curated.select("conversation_id", "messages"), on="conversation_id", how="left")
+    failures = []
+    for cid, messages, ids, mask in joined.select("conversation_id", "messages", "input_ids", "loss_mask").iter_rows():
+        if messages is None:
+            failures.append((cid, "row has no curated conversation"))
+            continue
+        problem = verify_masks(tokenizer, messages, ids, mask)
+        if problem:
+            failures.append((cid, problem))
+    return MaskAudit(rows_checked=joined.height, failures=failures)
+
+
+def audit_serving(
+    tokenizer: PreTrainedTokenizerBase, rows: pl.DataFrame, curated: pl.DataFrame, sample: int, seed: int = 0
+) -> MaskAudit:
+    """A deterministic sample (0 = all rows): tokens before each assistant turn == the serving prompt."""
+    joined = rows.join(curated.select("conversation_id", "messages"), on="conversation_id", how="inner")
+    indices = list(range(joined.height))
+    if sample and sample < len(indices):
+        indices = sorted(random.Random(seed).sample(indices, sample))
+    picked = joined[indices] if indices else joined.head(0)
+    failures = []
+    lookalikes = 0
+    for cid, messages, ids, mask in picked.select("conversation_id", "messages", "input_ids", "loss_mask").iter_rows():
+        lookalikes += int(has_special_token_lookalike(tokenizer, messages))
+        problem = verify_serving_prefix(tokenizer, messages, ids, mask)
+        if problem:
+            failures.append((cid, problem))
+    return MaskAudit(rows_checked=picked.height, failures=failures, lookalike_rows=lookalikes)
+
+
+def length_stats(rows: pl.DataFrame) -> dict[str, float]:
+    if rows.height == 0:
+        return {"tokens_p50": 0, "tokens_p95": 0, "tokens_max": 0}
+    lengths = rows["input_ids"].list.len()
+    return {
+        "tokens_p50": float(lengths.quantile(0.5) or 0),
+        "tokens_p95": float(lengths.quantile(0.95) or 0),
+        "tokens_max": float(lengths.max() or 0),
+    }

@@ -1,0 +1,24 @@
+"""Jobs over the asset graph."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from dagster_project.partitions import daily_partitions
+
+catalog_job = dg.define_asset_job(
+    "catalog_job", selection=dg.AssetSelection.assets("raw_catalog"), description="Refresh the catalog snapshot."
+)
+
+ingestion_job = dg.define_asset_job(
+    "ingestion_job",
+    selection=dg.AssetSelection.assets("raw_interactions", "curated_conversations", "tokenized_shards"),
+    partitions_def=daily_partitions,
+    description="One day: raw_interactions -> curated_conversations -> tokenized_shards.",
+)
+
+base_model_job = dg.define_asset_job(
+    "base_model_job", selection=dg.AssetSelection.assets("base_model"), description="Build or import the base model."
+)
+
+ALL_JOBS = [catalog_job, ingestion_job, base_model_job]

@@ -1,0 +1,30 @@
+"""Resource instances for the current deployment, built from settings."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dagster_project.settings import PlatformSettings
+from resources.artifacts import ArtifactStore
+from resources.landing import LandingArea
+from resources.warehouse import DuckDBWarehouse
+
+
+def build_resources(settings: PlatformSettings) -> dict[str, Any]:
+    return {
+        "warehouse": DuckDBWarehouse(path=str(settings.warehouse_path)),
+        "artifacts": ArtifactStore(root=str(settings.artifacts_dir)),
+        "landing": LandingArea(
+            root=str(settings.landing_dir),
+            source=settings.data_source,
+            synthetic_seed=settings.synthetic_seed,
+            synthetic_titles=settings.synthetic_titles,
+            synthetic_members=settings.synthetic_members,
+            synthetic_start=settings.partition_start.isoformat(),
+            synthetic_days=settings.synthetic_days,
+            catalog_files=settings.catalog_files,
+            interaction_files=settings.interaction_files,
+            catalog_mapping=settings.catalog_mapping,
+            interaction_mapping=settings.interaction_mapping,
+        ),
+    }
