@@ -1,0 +1,756 @@
+"""One ingestion path for synthetic drops and bring-your-own data (CSV or Parquet).
+
+Why one path: if the synthetic source had its own reader, the pipeline would be
+tested on data a real user never sends. Instead both go through the same steps:
+``read_tables`` -> a *mapping* from contract columns to the user's column names ->
+``ingest_catalog`` / ``ingest_interactions``, which return rows conforming to
+``core.schemas`` plus a quarantine frame (RAW_QUARANTINE_SCHEMA) with a reason code,
+a human detail and the raw row as JSON. Bad input never fails the batch.
+
+Everything is vectorized polars (no per-row Python on the happy path); JSON payloads
+and details are only built for the quarantined rows.
+
+Catalog reason codes (CATALOG_REASONS):
+    null_title_id, null_title      id/title missing or blank -> row rejected
+    bad_kind                       kind not a known movie/series spelling -> row rejected
+                                   (a null kind defaults to "movie")
+    duplicate_title_id             a later row repeats an accepted id -> rejected, first kept
+    bad_year                       year unparsable or outside 1870..2100 -> the row is KEPT with
+                                   year=null (or the year parsed from "Title (1995)") and the
+                                   issue is recorded in the quarantine frame. This is the only
+                                   "repaired" reason (REPAIRED_REASONS): a title without a year
+                                   is still worth recommending.
+
+Catalog normalization: ids/text are stripped (blank = null; integral float ids print
+without ".0" so they match interaction ids); a trailing "(YYYY)" is cut from titles and
+fills ``year`` when the year column is absent, null or bad; "Matrix, The" -> "The Matrix";
+genres are split on the mapping's delimiter, deduplicated, "(no genres listed)" dropped.
+
+Interaction reason codes (INTERACTION_REASONS, checked in this order, first wins):
+    null_member_id, null_title_id, bad_timestamp, wrong_day, unknown_title, bad_event, bad_value
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import polars as pl
+
+from core.schemas import (
+    CATALOG_SCHEMA,
+    INTERACTION_EVENTS,
+    INTERACTIONS_SCHEMA,
+    RAW_QUARANTINE_SCHEMA,
+    conform,
+)
+
+CATALOG_REASONS = ("null_title_id", "null_title", "bad_kind", "duplicate_title_id", "bad_year")
+REPAIRED_REASONS = frozenset({"bad_year"})  # recorded in quarantine, but the row is kept
+INTERACTION_REASONS = (
+    "null_member_id",
+    "null_title_id",
+    "bad_timestamp",
+    "wrong_day",
+    "unknown_title",
+    "bad_event",
+    "bad_value",
+)
+YEAR_RANGE = (1870, 2100)
+RATING_RANGE = (0.5, 5.0)  # MovieLens uses half stars; the synthetic source uses 1..5
+TS_RANGE = (datetime(1900, 1, 1, tzinfo=UTC), datetime(2101, 1, 1, tzinfo=UTC))
+KIND_SPELLINGS = {
+    "movie": "movie",
+    "film": "movie",
+    "feature": "movie",
+    "series": "series",
+    "show": "series",
+    "tv": "series",
+    "tv series": "series",
+    "tv show": "series",
+    "tvseries": "series",
+    "miniseries": "series",
+}
+NO_GENRE_MARKERS = ("(no genres listed)",)  # MovieLens' spelling of "no genres"
+SUPPORTED_SUFFIXES = (".csv", ".csv.gz", ".tsv", ".parquet", ".pq")
+
+_P = "__ingest_"  # prefix of working columns, unlikely to clash with user columns
+
+
+# ----------------------------------------------------------------------- mappings
+
+
+@dataclass(frozen=True)
+class CatalogMapping:
+    """Contract column -> the user's column name (None = the user has no such column).
+
+    Defaults match the synthetic landing format. An optional column left at its default
+    name but absent from the data degrades to nulls/defaults; a column the user *named*
+    explicitly but that is absent is a configuration error.
+    """
+
+    title_id: str = "title_id"
+    title: str = "title"
+    kind: str | None = "kind"
+    genres: str | None = "genres"
+    genres_delimiter: str = "|"
+    year: str | None = "year"
+    synopsis: str | None = "synopsis"
+    language: str | None = "language"
+    maturity: str | None = "maturity"
+
+    def __post_init__(self) -> None:
+        _validate_mapping(self, required=("title_id", "title"), settings=("genres_delimiter",))
+
+
+@dataclass(frozen=True)
+class InteractionMapping:
+    """Contract column -> the user's column name for member events.
+
+    ``rating``: a column holding explicit ratings (e.g. MovieLens ``rating``); rows with a
+    rating and no event default to event "rate". ``value`` and ``rating`` are coalesced.
+    """
+
+    member_id: str = "member_id"
+    title_id: str = "title_id"
+    timestamp: str = "ts"
+    event: str | None = "event"
+    value: str | None = "value"
+    rating: str | None = None
+
+    def __post_init__(self) -> None:
+        _validate_mapping(self, required=("member_id", "title_id", "timestamp"), settings=())
+
+
+def _validate_mapping(mapping: Any, required: tuple[str, ...], settings: tuple[str, ...]) -> None:
+    name = type(mapping).__name__
+    for f in dataclasses.fields(mapping):
+        value = getattr(mapping, f.name)
+        if value is None and f.name not in required and f.name not in settings:
+            continue
+        if not isinstance(value, str) or not value:
+            need = "a non-empty string" if f.name in required + settings else "a column name or null"
+            raise ValueError(f"{name}.{f.name} must be {need}, got {value!r}")
+
+
+M = TypeVar("M", CatalogMapping, InteractionMapping)
+
+
+def mapping_from_json(cls: type[M], spec: str | Mapping[str, Any] | None) -> M:
+    """Build a mapping from JSON text or a dict (env var, Dagster config); None/"" = defaults.
+
+    Unknown keys raise a ValueError listing the allowed keys, so a typo such as
+    ``"titleid"`` fails loudly instead of silently using the default column.
+    """
+    if spec is None or (isinstance(spec, str) and not spec.strip()):
+        return cls()
+    if isinstance(spec, str):
+        try:
+            spec = json.loads(spec)
+        except json.JSONDecodeError as exc:
+            raise ValueError(
+                f"{cls.__name__} mapping is not valid JSON ({exc}); expected an object such as "
+                f'{{"title_id": "movieId"}}, got {spec[:200]!r}'
+            ) from exc
+    if not isinstance(spec, Mapping):
+        raise ValueError(f"{cls.__name__} mapping must be a JSON object, got {type(spec).__name__}: {spec!r}")
+    allowed = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(spec) - set(allowed))
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} key(s) {unknown}; allowed keys are {allowed}")
+    return cls(**dict(spec))
+
+
+def catalog_mapping_from_json(spec: str | Mapping[str, Any] | None) -> CatalogMapping:
+    return mapping_from_json(CatalogMapping, spec)
+
+
+def interaction_mapping_from_json(spec: str | Mapping[str, Any] | None) -> InteractionMapping:
+    return mapping_from_json(InteractionMapping, spec)
+
+
+def _column(df: pl.DataFrame, mapping: Any, field: str, required: bool) -> str | None:
+    """The user's column for ``field``, None when absent and allowed to be absent."""
+    name = getattr(mapping, field)
+    if name is None:
+        return None
+    if name in df.columns:
+        return name
+    default = next(f.default for f in dataclasses.fields(mapping) if f.name == field)
+    if required or name != default:
+        raise ValueError(
+            f"{type(mapping).__name__}.{field} names column {name!r}, but the input has no such column "
+            f"(columns: {df.columns}); set {field} to one of those columns"
+            + ("" if required else " or to null if the data has none")
+        )
+    return None
+
+
+def absent_optional_columns(df: pl.DataFrame, mapping: CatalogMapping | InteractionMapping) -> list[str]:
+    """Contract fields that will be filled with nulls/defaults because the data lacks them."""
+    optional = [
+        f.name
+        for f in dataclasses.fields(mapping)
+        if f.name not in ("title_id", "title", "member_id", "timestamp", "genres_delimiter")
+    ]
+    return [f for f in optional if getattr(mapping, f) is None or getattr(mapping, f) not in df.columns]
+
+
+# -------------------------------------------------------------------------- reading
+
+
+def _expand(paths: Iterable[Path]) -> list[Path]:
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            inside = sorted(c for c in p.iterdir() if c.is_file() and _suffix(c) in SUPPORTED_SUFFIXES)
+            if not inside:
+                raise ValueError(f"directory {p} holds no {'/'.join(SUPPORTED_SUFFIXES)} files")
+            out.extend(inside)
+        else:
+            out.append(p)
+    return out
+
+
+def _suffix(path: Path) -> str:
+    name = path.name.lower()
+    return next(
+        (s for s in sorted(SUPPORTED_SUFFIXES, key=len, reverse=True) if name.endswith(s)), path.suffix
+    )
+
+
+def read_tables(paths: Sequence[Path]) -> pl.DataFrame:
+    """Read and concatenate CSV/TSV (every column as text) or Parquet files, by suffix.
+
+    CSV columns stay strings so that ingestion, not the CSV sniffer, decides what a
+    malformed value means (it becomes a quarantine row instead of a read error).
+    Directories are expanded to their supported files (sorted). Files with different
+    column sets are combined diagonally (missing columns = null).
+    """
+    files = _expand(paths)
+    if not files:
+        raise ValueError("read_tables got no files; give at least one .csv or .parquet file (or a directory)")
+    frames = []
+    for path in files:
+        suffix = _suffix(path)
+        if suffix not in SUPPORTED_SUFFIXES:
+            raise ValueError(
+                f"cannot read {path}: unknown file type {suffix!r}; "
+                f"supported: {', '.join(SUPPORTED_SUFFIXES)}"
+            )
+        if not path.exists():
+            raise FileNotFoundError(f"input file {path} does not exist")
+        if suffix in (".parquet", ".pq"):
+            frames.append(pl.read_parquet(path))
+        else:
+            sep = "\t" if suffix == ".tsv" else ","
+            frames.append(pl.read_csv(path, infer_schema=False, separator=sep, encoding="utf8-lossy"))
+    if len(frames) == 1:
+        return frames[0]
+    try:
+        return pl.concat(frames, how="diagonal_relaxed")
+    except pl.exceptions.PolarsError as exc:
+        raise ValueError(
+            f"cannot combine {[str(f) for f in files]}: {exc}; make the files use the same column types"
+        ) from exc
+
+
+# ---------------------------------------------------------------- shared helpers
+
+
+def _text(name: str, dtype: pl.DataType) -> pl.Expr:
+    """A column as stripped text, blank -> null; integral floats print without ".0"."""
+    col = pl.col(name)
+    if dtype.is_nested() or dtype == pl.Object:
+        raise ValueError(f"column {name!r} has type {dtype}; expected text or numbers")
+    if dtype.is_float():
+        col = (
+            pl.when(col == col.floor())
+            .then(col.cast(pl.Int64, strict=False).cast(pl.String))
+            .otherwise(col.cast(pl.String))
+        )
+    elif dtype != pl.String:
+        col = col.cast(pl.String)
+    col = col.str.strip_chars()
+    return pl.when(col.str.len_chars() > 0).then(col)
+
+
+def _show(expr: pl.Expr) -> pl.Expr:
+    """A value for a human detail message: 'value' or null."""
+    return (
+        pl.when(expr.is_null())
+        .then(pl.lit("null"))
+        .otherwise(pl.concat_str([pl.lit("'"), expr, pl.lit("'")]))
+    )
+
+
+def _payload(raw_columns: list[str]) -> pl.Expr:
+    return pl.struct([pl.col(c) for c in raw_columns]).struct.json_encode()
+
+
+def _quarantine(frame: pl.DataFrame, source: str, day: pl.Expr, raw_columns: list[str]) -> pl.DataFrame:
+    """Shape flagged rows (with reason/detail columns) into RAW_QUARANTINE_SCHEMA."""
+    if frame.height == 0:
+        return pl.DataFrame(schema=RAW_QUARANTINE_SCHEMA)
+    out = frame.select(
+        pl.lit(source).alias("source"),
+        day.alias("day"),
+        pl.col(f"{_P}reason").alias("reason"),
+        pl.col(f"{_P}detail").alias("detail"),
+        _payload(raw_columns).alias("payload"),
+    )
+    return conform(out, RAW_QUARANTINE_SCHEMA)
+
+
+def _number(name: str, dtype: pl.DataType) -> tuple[pl.Expr, pl.Expr]:
+    """(parsed float or null, raw text) for a numeric-ish column."""
+    raw = _text(name, dtype)
+    if dtype.is_numeric():
+        return pl.col(name).cast(pl.Float64), raw
+    return raw.cast(pl.Float64, strict=False), raw
+
+
+# ----------------------------------------------------------------------- catalog
+
+_TITLE_YEAR = r"^(.*\S)\s*\((\d{4})\)$"
+_TRAILING_ARTICLE = r"^(.*), (The|A|An)$"
+
+
+def _year_expr(name: str, dtype: pl.DataType) -> tuple[pl.Expr, pl.Expr]:
+    """(valid year or null, raw text) of the year column."""
+    lo, hi = YEAR_RANGE
+    if dtype.is_temporal() and dtype != pl.Time and not isinstance(dtype, pl.Duration):
+        num = pl.col(name).dt.year().cast(pl.Float64)
+        raw = pl.col(name).cast(pl.String)
+    else:
+        num, raw = _number(name, dtype)
+    ok = num.is_not_null() & num.is_finite() & (num == num.floor()) & (num >= lo) & (num <= hi)
+    return pl.when(ok).then(num.cast(pl.Int32)), raw
+
+
+def ingest_catalog(
+    df: pl.DataFrame, mapping: CatalogMapping | None = None
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Validate and normalize a catalog snapshot.
+
+    Returns ``(rows, quarantine)``: rows conform to CATALOG_SCHEMA (input order, one per
+    title_id), quarantine to RAW_QUARANTINE_SCHEMA with source="catalog", day=null.
+    Invariant: ``len(rows) + rejected == len(df)`` where rejected counts quarantine rows
+    whose reason is not in REPAIRED_REASONS.
+    """
+    mapping = mapping or CatalogMapping()
+    raw_columns = list(df.columns)
+    schema = df.schema
+    c_id = _column(df, mapping, "title_id", required=True)
+    c_title = _column(df, mapping, "title", required=True)
+    assert c_id is not None and c_title is not None
+    c_kind, c_genres, c_year, c_syn, c_lang, c_mat = (
+        _column(df, mapping, f, required=False)
+        for f in ("kind", "genres", "year", "synopsis", "language", "maturity")
+    )
+    null_text = pl.lit(None, dtype=pl.String)
+    lo, hi = YEAR_RANGE
+
+    title_raw = _text(c_title, schema[c_title])
+    title_year = title_raw.str.extract(_TITLE_YEAR, 2).cast(pl.Int32, strict=False)
+    has_title_year = title_year.is_between(lo, hi)
+    title = pl.when(has_title_year).then(title_raw.str.extract(_TITLE_YEAR, 1)).otherwise(title_raw)
+    title = title.str.replace(_TRAILING_ARTICLE, "${2} ${1}")
+    if c_year is not None:
+        year_col, year_raw = _year_expr(c_year, schema[c_year])
+    else:
+        year_col, year_raw = pl.lit(None, dtype=pl.Int32), null_text
+    if c_kind is not None:
+        kind_raw = _text(c_kind, schema[c_kind])
+        kind = kind_raw.str.to_lowercase().replace_strict(
+            KIND_SPELLINGS, default=None, return_dtype=pl.String
+        )
+    else:
+        kind_raw, kind = null_text, null_text
+    if c_genres is None:
+        genres = pl.lit([], dtype=pl.List(pl.String))
+    else:
+        gdt = schema[c_genres]
+        parts = (
+            pl.col(c_genres).cast(pl.List(pl.String))
+            if isinstance(gdt, pl.List)
+            else _text(c_genres, gdt).str.split(mapping.genres_delimiter)
+        )
+        genres = (
+            parts.list.eval(
+                pl.element()
+                .str.strip_chars()
+                .filter(
+                    (pl.element().str.strip_chars().str.len_chars() > 0)
+                    & ~pl.element().str.strip_chars().is_in(list(NO_GENRE_MARKERS))
+                )
+            )
+            .list.unique(maintain_order=True)
+            .fill_null(pl.lit([], dtype=pl.List(pl.String)))
+        )
+
+    def opt_text(name: str | None) -> pl.Expr:
+        return null_text if name is None else _text(name, schema[name])
+
+    norm = df.with_columns(
+        pl.int_range(pl.len(), dtype=pl.Int64).alias(f"{_P}row"),
+        _text(c_id, schema[c_id]).alias(f"{_P}id"),
+        title.alias(f"{_P}title"),
+        kind_raw.alias(f"{_P}kind_raw"),
+        pl.when(kind_raw.is_null()).then(pl.lit("movie")).otherwise(kind).alias(f"{_P}kind"),
+        genres.alias(f"{_P}genres"),
+        year_raw.alias(f"{_P}year_raw"),
+        year_col.alias(f"{_P}year_col"),
+        pl.when(has_title_year).then(title_year).alias(f"{_P}title_year"),
+        opt_text(c_syn).alias(f"{_P}synopsis"),
+        opt_text(c_lang).alias(f"{_P}language"),
+        opt_text(c_mat).alias(f"{_P}maturity"),
+    )
+    col = pl.col
+    reason = (
+        pl.when(col(f"{_P}id").is_null())
+        .then(pl.lit("null_title_id"))
+        .when(col(f"{_P}title").is_null())
+        .then(pl.lit("null_title"))
+        .when(col(f"{_P}kind").is_null())
+        .then(pl.lit("bad_kind"))
+        .otherwise(pl.lit(None, dtype=pl.String))
+    )
+    norm = norm.with_columns(reason.alias(f"{_P}reason"))
+    rejected = norm.filter(col(f"{_P}reason").is_not_null()).with_columns(
+        pl.when(col(f"{_P}reason") == "null_title_id")
+        .then(pl.lit(f"title_id is missing or blank (column {c_id!r}); the row cannot be keyed"))
+        .when(col(f"{_P}reason") == "null_title")
+        .then(pl.lit(f"title is missing or blank (column {c_title!r})"))
+        .otherwise(
+            pl.concat_str(
+                [
+                    pl.lit("kind "),
+                    _show(col(f"{_P}kind_raw")),
+                    pl.lit(f" (column {c_kind!r}) is not one of {sorted(KIND_SPELLINGS)}"),
+                ]
+            )
+        )
+        .alias(f"{_P}detail")
+    )
+    valid = norm.filter(col(f"{_P}reason").is_null())
+    first = col(f"{_P}id").is_first_distinct()
+    first_rows = valid.group_by(f"{_P}id").agg(col(f"{_P}row").min().alias(f"{_P}first"))
+    dups = (
+        valid.filter(~first)
+        .join(first_rows, on=f"{_P}id", how="left", maintain_order="left")
+        .with_columns(
+            pl.lit("duplicate_title_id").alias(f"{_P}reason"),
+            pl.concat_str(
+                [
+                    pl.lit("title_id "),
+                    _show(col(f"{_P}id")),
+                    pl.lit(" repeats input row "),
+                    col(f"{_P}first").cast(pl.String),
+                    pl.lit(" (0-based); kept the first, dropped this one"),
+                ]
+            ).alias(f"{_P}detail"),
+        )
+    )
+    kept = valid.filter(first).with_columns(
+        pl.coalesce(col(f"{_P}year_col"), col(f"{_P}title_year")).alias(f"{_P}year")
+    )
+    bad_year = kept.filter(col(f"{_P}year_raw").is_not_null() & col(f"{_P}year_col").is_null()).with_columns(
+        pl.lit("bad_year").alias(f"{_P}reason"),
+        pl.concat_str(
+            [
+                pl.lit("year "),
+                _show(col(f"{_P}year_raw")),
+                pl.lit(f" (column {c_year!r}) is not a whole year in {lo}..{hi}; kept the title with year="),
+                col(f"{_P}year").cast(pl.String).fill_null("null"),
+                pl.when(col(f"{_P}year").is_not_null())
+                .then(pl.lit(" (from the title)"))
+                .otherwise(pl.lit("")),
+            ]
+        ).alias(f"{_P}detail"),
+    )
+    flagged = pl.concat(
+        [
+            f.select(f"{_P}row", f"{_P}reason", f"{_P}detail", *raw_columns)
+            for f in (rejected, dups, bad_year)
+        ],
+        how="vertical_relaxed",
+    ).sort(f"{_P}row")
+    quarantine = _quarantine(flagged, "catalog", pl.lit(None, dtype=pl.Date), raw_columns)
+    rows = conform(
+        kept.select(
+            col(f"{_P}id").alias("title_id"),
+            col(f"{_P}title").alias("title"),
+            col(f"{_P}kind").alias("kind"),
+            col(f"{_P}genres").alias("genres"),
+            col(f"{_P}year").alias("year"),
+            col(f"{_P}synopsis").alias("synopsis"),
+            col(f"{_P}language").alias("language"),
+            col(f"{_P}maturity").alias("maturity"),
+        ),
+        CATALOG_SCHEMA,
+    )
+    return rows, quarantine
+
+
+# ------------------------------------------------------------------ interactions
+
+_NUMERIC_TS = r"^[+-]?\d+(\.\d*)?$"
+_TZ_FORMATS = ("%Y-%m-%dT%H:%M:%S%.f%#z", "%Y-%m-%dT%H:%M%#z")
+_NAIVE_FORMATS = ("%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%dT%H:%M", "%Y-%m-%d")
+_UTC_US = pl.Datetime("us", "UTC")
+
+
+def _epoch_seconds(num: pl.Expr) -> pl.Expr:
+    lo, hi = (t.timestamp() for t in TS_RANGE)
+    ok = num.is_not_null() & num.is_finite() & (num >= lo) & (num < hi)
+    return (
+        pl.when(ok)
+        .then((num * 1e6).round().cast(pl.Int64))
+        .cast(pl.Datetime("us"))
+        .dt.replace_time_zone("UTC")
+    )
+
+
+def _parse_text_timestamps(text: pl.Series) -> pl.Series:
+    """Try each accepted text format only on the rows no earlier format parsed.
+
+    A cascade instead of ``coalesce`` of all formats: on a clean file the first format
+    parses everything and the others run on zero rows.
+    """
+    iso = text.str.replace(r"^(\d{4}-\d{2}-\d{2})[ T]", "${1}T").str.replace(r"[zZ]$", "+00:00")
+    numeric = text.str.contains(_NUMERIC_TS).fill_null(False)
+    out = pl.select(
+        pl.when(pl.lit(numeric)).then(_epoch_seconds(pl.lit(text).cast(pl.Float64, strict=False)))
+    ).to_series()
+    todo = out.is_null() & iso.is_not_null()
+    for fmt in _TZ_FORMATS + _NAIVE_FORMATS:
+        idx = todo.arg_true()
+        if idx.len() == 0:
+            break
+        if fmt in _TZ_FORMATS:
+            parsed = iso.gather(idx).str.to_datetime(fmt, time_unit="us", time_zone="UTC", strict=False)
+        else:
+            parsed = iso.gather(idx).str.to_datetime(fmt, time_unit="us", strict=False)
+            parsed = parsed.dt.replace_time_zone("UTC")
+        ok = parsed.is_not_null()
+        out = out.scatter(idx.filter(ok), parsed.filter(ok))
+        todo = todo.scatter(idx.filter(ok), False)
+    return out
+
+
+def parse_timestamps(values: pl.Series) -> pl.Series:
+    """Parse a timestamp column to Datetime(us, UTC); null when unparsable or implausible.
+
+    Accepts epoch seconds (int, float, or numeric text), ISO 8601 with a zone (Z, +02:00,
+    +0200; converted to UTC), ISO 8601 without a zone (taken as UTC), a date alone
+    (midnight UTC), and native Parquet datetimes/dates. Plausible = within TS_RANGE.
+    """
+    dtype = values.dtype
+    frame = values.rename("v").to_frame()
+    col = pl.col("v")
+    if isinstance(dtype, pl.Datetime):
+        tz = col.dt.replace_time_zone("UTC") if dtype.time_zone is None else col.dt.convert_time_zone("UTC")
+        ts = frame.select(tz.cast(_UTC_US)).to_series()
+    elif dtype == pl.Date:
+        ts = frame.select(col.cast(pl.Datetime("us")).dt.replace_time_zone("UTC")).to_series()
+    elif dtype.is_numeric():
+        ts = frame.select(_epoch_seconds(col.cast(pl.Float64))).to_series()
+    else:
+        ts = _parse_text_timestamps(frame.select(_text("v", dtype)).to_series())
+    lo, hi = TS_RANGE
+    return (
+        ts.to_frame("ts")
+        .select(pl.when(pl.col("ts").is_between(lo, hi, closed="left")).then(pl.col("ts")))["ts"]
+        .rename(values.name)
+    )
+
+
+def ingest_interactions(
+    df: pl.DataFrame,
+    mapping: InteractionMapping | None,
+    day: date,
+    known_title_ids: pl.Series | Sequence[str],
+    *,
+    per_day_files: bool,
+) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, int]]:
+    """Validate and normalize member events for the partition ``day`` (UTC).
+
+    Returns a 3-tuple ``(rows, quarantine, stats)``:
+
+    * rows: INTERACTIONS_SCHEMA, ``day`` column = ``day``, exact duplicates (same member,
+      title, ts, event) collapsed to their first occurrence, sorted by ts/member/title/event;
+    * quarantine: RAW_QUARANTINE_SCHEMA, source="interactions";
+    * stats: rows_in, rows_out, quarantined, duplicates_collapsed, other_day_rows, with
+      ``rows_in == rows_out + quarantined + duplicates_collapsed + other_day_rows``.
+
+    ``per_day_files=True``: ``df`` is the day's own file, so a row stamped on another day is
+    a reject (wrong_day). ``per_day_files=False``: ``df`` holds many days; rows on other days
+    belong to other partitions and are only counted (other_day_rows). Rows whose timestamp
+    cannot be parsed belong to no day: they are quarantined with day=null and every
+    partition's run returns the same ones, so the caller must replace (not append) them.
+    """
+    mapping = mapping or InteractionMapping()
+    raw_columns = list(df.columns)
+    schema = df.schema
+    c_member = _column(df, mapping, "member_id", required=True)
+    c_title = _column(df, mapping, "title_id", required=True)
+    c_ts = _column(df, mapping, "timestamp", required=True)
+    assert c_member is not None and c_title is not None and c_ts is not None
+    c_event, c_value, c_rating = (
+        _column(df, mapping, f, required=False) for f in ("event", "value", "rating")
+    )
+    known = (
+        known_title_ids if isinstance(known_title_ids, pl.Series) else pl.Series(list(known_title_ids))
+    ).cast(pl.String)
+    null_num = pl.lit(None, dtype=pl.Float64)
+    null_text = pl.lit(None, dtype=pl.String)
+
+    value_num, value_raw = _number(c_value, schema[c_value]) if c_value else (null_num, null_text)
+    rating_num, rating_raw = _number(c_rating, schema[c_rating]) if c_rating else (null_num, null_text)
+    event_raw = _text(c_event, schema[c_event]) if c_event else null_text
+    default_event = pl.when(rating_num.is_not_null()).then(pl.lit("rate")).otherwise(pl.lit("play"))
+    col = pl.col
+
+    norm = df.with_columns(
+        pl.int_range(pl.len(), dtype=pl.Int64).alias(f"{_P}row"),
+        _text(c_member, schema[c_member]).alias(f"{_P}member"),
+        _text(c_title, schema[c_title]).alias(f"{_P}title"),
+        parse_timestamps(df[c_ts]).alias(f"{_P}ts"),
+        _text(c_ts, schema[c_ts]).alias(f"{_P}ts_raw"),
+        event_raw.alias(f"{_P}event_raw"),
+        pl.coalesce(event_raw.str.to_lowercase(), default_event).alias(f"{_P}event"),
+        pl.coalesce(value_num, rating_num).alias(f"{_P}value"),
+        pl.coalesce(value_raw, rating_raw).alias(f"{_P}value_raw"),
+        (
+            (value_raw.is_not_null() & (value_num.is_null() | ~value_num.is_finite()))
+            | (rating_raw.is_not_null() & (rating_num.is_null() | ~rating_num.is_finite()))
+        ).alias(f"{_P}value_unparsable"),
+    ).with_columns(col(f"{_P}ts").dt.date().alias(f"{_P}day"))
+    rows_in = norm.height
+    other_day = col(f"{_P}ts").is_not_null() & (col(f"{_P}day") != day)
+    other_day_rows = 0
+    if not per_day_files:
+        other_day_rows = int(norm.select(other_day.sum()).item())
+        norm = norm.filter(~other_day)
+
+    ev, val = col(f"{_P}event"), col(f"{_P}value")
+    r_lo, r_hi = RATING_RANGE
+    value_bad = (
+        col(f"{_P}value_unparsable")
+        | ((ev == "rate") & (val.is_null() | (val < r_lo) | (val > r_hi)))
+        | ((ev == "complete") & val.is_not_null() & ((val < 0) | (val > 1)))
+    )
+    reason = (
+        pl.when(col(f"{_P}member").is_null())
+        .then(pl.lit("null_member_id"))
+        .when(col(f"{_P}title").is_null())
+        .then(pl.lit("null_title_id"))
+        .when(col(f"{_P}ts").is_null())
+        .then(pl.lit("bad_timestamp"))
+        .when(other_day)  # only reachable with per_day_files; the filter above removed them otherwise
+        .then(pl.lit("wrong_day"))
+        .when(~col(f"{_P}title").is_in(known.implode()))
+        .then(pl.lit("unknown_title"))
+        .when(~ev.is_in(list(INTERACTION_EVENTS)))
+        .then(pl.lit("bad_event"))
+        .when(value_bad)
+        .then(pl.lit("bad_value"))
+        .otherwise(null_text)
+    )
+    norm = norm.with_columns(reason.alias(f"{_P}reason"))
+
+    bad = norm.filter(col(f"{_P}reason").is_not_null())
+    detail = (
+        pl.when(col(f"{_P}reason") == "null_member_id")
+        .then(pl.lit(f"member_id is missing or blank (column {c_member!r})"))
+        .when(col(f"{_P}reason") == "null_title_id")
+        .then(pl.lit(f"title_id is missing or blank (column {c_title!r})"))
+        .when((col(f"{_P}reason") == "bad_timestamp") & col(f"{_P}ts_raw").is_null())
+        .then(pl.lit(f"timestamp is missing or blank (column {c_ts!r})"))
+        .when(col(f"{_P}reason") == "bad_timestamp")
+        .then(
+            pl.concat_str(
+                [
+                    pl.lit("timestamp "),
+                    _show(col(f"{_P}ts_raw")),
+                    pl.lit(
+                        f" (column {c_ts!r}) is not epoch seconds or an ISO 8601 time between "
+                        f"{TS_RANGE[0].year} and {TS_RANGE[1].year - 1}"
+                    ),
+                ]
+            )
+        )
+        .when(col(f"{_P}reason") == "wrong_day")
+        .then(
+            pl.concat_str(
+                [
+                    pl.lit("timestamp "),
+                    _show(col(f"{_P}ts_raw")),
+                    pl.lit(" falls on "),
+                    col(f"{_P}day").cast(pl.String),
+                    pl.lit(f" (UTC), not on this file's day {day.isoformat()}"),
+                ]
+            )
+        )
+        .when(col(f"{_P}reason") == "unknown_title")
+        .then(
+            pl.concat_str([pl.lit("title_id "), _show(col(f"{_P}title")), pl.lit(" is not in the catalog")])
+        )
+        .when(col(f"{_P}reason") == "bad_event")
+        .then(
+            pl.concat_str(
+                [
+                    pl.lit("event "),
+                    _show(col(f"{_P}event_raw")),
+                    pl.lit(f" (column {c_event!r}) is not one of {list(INTERACTION_EVENTS)}"),
+                ]
+            )
+        )
+        .otherwise(
+            pl.concat_str(
+                [
+                    pl.lit("value "),
+                    _show(col(f"{_P}value_raw")),
+                    pl.lit(" is not valid for event '"),
+                    ev,
+                    pl.lit(
+                        f"' (rate needs a number in {r_lo:g}..{r_hi:g}, complete a fraction in 0..1, "
+                        "every value must be numeric)"
+                    ),
+                ]
+            )
+        )
+    )
+    q_day = pl.lit(day) if per_day_files else pl.when(col(f"{_P}ts").is_not_null()).then(pl.lit(day))
+    quarantine = _quarantine(
+        bad.with_columns(detail.alias(f"{_P}detail")), "interactions", q_day, raw_columns
+    )
+
+    good = norm.filter(col(f"{_P}reason").is_null())
+    key = [f"{_P}member", f"{_P}title", f"{_P}ts", f"{_P}event"]
+    deduped = good.unique(subset=key, keep="first", maintain_order=True)
+    rows = conform(
+        deduped.select(
+            col(f"{_P}member").alias("member_id"),
+            col(f"{_P}title").alias("title_id"),
+            col(f"{_P}ts").alias("ts"),
+            ev.alias("event"),
+            pl.when(ev.is_in(["rate", "complete"])).then(val).alias("value"),
+            pl.lit(day).alias("day"),
+        ).sort(["ts", "member_id", "title_id", "event"]),
+        INTERACTIONS_SCHEMA,
+    )
+    stats = {
+        "rows_in": rows_in,
+        "rows_out": rows.height,
+        "quarantined": quarantine.height,
+        "duplicates_collapsed": good.height - deduped.height,
+        "other_day_rows": other_day_rows,
+    }
+    return rows, quarantine, stats
