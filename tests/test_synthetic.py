@@ -270,7 +270,9 @@ def test_a_failed_write_leaves_the_old_file_and_no_temp(
     def boom(src: str, dst: str) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr(syn.os, "replace", boom)
+    import core.atomic_io
+
+    monkeypatch.setattr(core.atomic_io.os, "replace", boom)
     with pytest.raises(OSError, match="disk full"):
         syn.write_catalog(tmp_path, syn.SyntheticConfig(seed=99))
     assert target.read_bytes() == before
