@@ -1,6 +1,5 @@
 """Raw layer: the catalog snapshot and daily member interactions, with quarantine."""
 
-from __future__ import annotations
 
 from datetime import date
 

@@ -1,6 +1,5 @@
 """Curated layer: grounded multi-turn conversations per day, plus external JSONL drops."""
 
-from __future__ import annotations
 
 import json
 from datetime import date

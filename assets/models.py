@@ -1,6 +1,5 @@
 """Model layer: the base model (tokenizer with chat template + initial weights)."""
 
-from __future__ import annotations
 
 import dagster as dg
 

@@ -1,6 +1,5 @@
 """Token layer: per-day shard directories of input_ids + assistant-only loss masks."""
 
-from __future__ import annotations
 
 from datetime import date
 from typing import Literal
