@@ -86,8 +86,8 @@ def tokenized_shards(
     out_dir = artifacts.version_path("tokenized_shards", version, context.partition_key)
     manifest = read_manifest(out_dir)
     checksum_problems = verify_checksums(out_dir, manifest)
-    masks = audit_masks(tokenizer, result.rows, curated)
-    serving = audit_serving(tokenizer, result.rows, curated, config.serving_check_rows)
+    masks = audit_masks(tokenizer, result.rows, curated, config.max_length)
+    serving = audit_serving(tokenizer, result.rows, curated, config.serving_check_rows, config.max_length)
 
     totals = manifest["totals"]
     seconds = max(result.seconds, 1e-9)

@@ -80,22 +80,33 @@ class MaskAudit:
     lookalike_rows: int = 0
 
 
-def audit_masks(tokenizer: PreTrainedTokenizerBase, rows: pl.DataFrame, curated: pl.DataFrame) -> MaskAudit:
-    """Every row: the masked tokens decode to the assistant contents (+ end-of-turn), in order."""
+def audit_masks(
+    tokenizer: PreTrainedTokenizerBase, rows: pl.DataFrame, curated: pl.DataFrame, max_length: int | None = None
+) -> MaskAudit:
+    """Every row: the masked tokens decode to the assistant contents (+ end-of-turn), in order.
+
+    A row at `max_length` may have been truncated, which only relaxes the check on its last masked run.
+    """
     joined = rows.join(curated.select("conversation_id", "messages"), on="conversation_id", how="left")
     failures = []
     for cid, messages, ids, mask in joined.select("conversation_id", "messages", "input_ids", "loss_mask").iter_rows():
         if messages is None:
             failures.append((cid, "row has no curated conversation"))
             continue
-        problem = verify_masks(tokenizer, messages, ids, mask)
+        truncated = max_length is not None and len(ids) >= max_length
+        problem = verify_masks(tokenizer, messages, ids, mask, truncated=truncated)
         if problem:
             failures.append((cid, problem))
     return MaskAudit(rows_checked=joined.height, failures=failures)
 
 
 def audit_serving(
-    tokenizer: PreTrainedTokenizerBase, rows: pl.DataFrame, curated: pl.DataFrame, sample: int, seed: int = 0
+    tokenizer: PreTrainedTokenizerBase,
+    rows: pl.DataFrame,
+    curated: pl.DataFrame,
+    sample: int,
+    max_length: int | None = None,
+    seed: int = 0,
 ) -> MaskAudit:
     """A deterministic sample (0 = all rows): tokens before each assistant turn == the serving prompt."""
     joined = rows.join(curated.select("conversation_id", "messages"), on="conversation_id", how="inner")
@@ -107,7 +118,8 @@ def audit_serving(
     lookalikes = 0
     for cid, messages, ids, mask in picked.select("conversation_id", "messages", "input_ids", "loss_mask").iter_rows():
         lookalikes += int(has_special_token_lookalike(tokenizer, messages))
-        problem = verify_serving_prefix(tokenizer, messages, ids, mask)
+        truncated = max_length is not None and len(ids) >= max_length
+        problem = verify_serving_prefix(tokenizer, messages, ids, mask, truncated=truncated)
         if problem:
             failures.append((cid, problem))
     return MaskAudit(rows_checked=picked.height, failures=failures, lookalike_rows=lookalikes)

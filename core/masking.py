@@ -1,0 +1,841 @@
+"""Exact assistant-only loss masks from a tokenizer's own chat template.
+
+DESIGN.md's loss-mask rule: ``loss_mask`` is 1 exactly on the tokens of each assistant
+turn's content and on the end-of-turn token the template places right after it; 0 on
+system/user turns, role headers and scaffolding. The tokenizer's chat template is the
+single source of truth, for training shards and for serving prompts alike.
+
+How a conversation is encoded (``encode_batch``):
+
+1. Render it with the template, and render, for every assistant turn ``i``, the serving
+   prompt ``messages[:i]`` with ``add_generation_prompt=True``. The prompt must be a
+   string prefix of the full rendering and the turn's content must follow it verbatim;
+   that pins the content's character span without trusting any marker. Templates that
+   rewrite earlier turns, insert text between the generation prompt and the content,
+   or alter the content are rejected here.
+2. Tokenize the full renderings in one batch with the fast (Rust) tokenizer. Where a
+   message contains text that looks like a control token (``"<|im_end|>"`` typed by a
+   user), the rendering is instead split at the control tokens that lie *outside*
+   message contents (located by rendering once more with private-use sentinels in place
+   of each content) and the text in between is tokenized with special-token matching
+   off, so content is always plain text. Without lookalikes both ways give the same ids.
+3. Map the content span to tokens with offset mappings. A token that straddles the
+   content boundary means no exact mask exists: reject. The next token, when it is an
+   added token, is the end-of-turn token and is masked too.
+4. Check the serving prefix at the token level: the tokens of each turn's serving
+   prompt must equal the full encoding up to the turn's first content token (no
+   train/serve skew). For templates with ``{% generation %}`` markers, the masked
+   character spans must also equal the marked spans.
+
+Anything that cannot be made exact raises ``MaskError`` with a reason code from
+``MASK_REASONS``; nothing is masked wrongly in silence. ``verify_masks`` and
+``verify_serving_prefix`` re-check finished encodings by independent means (decoding,
+and transformers' stock ``apply_chat_template``) for asset checks and tests.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import weakref
+from bisect import bisect_left
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from tokenizers import Tokenizer
+from transformers.utils.chat_template_utils import render_jinja_template
+
+MASK_REASONS: dict[str, str] = {
+    "invalid_messages": "the conversation is not a non-empty list of {'role': str, 'content': str} "
+    "messages with non-empty content and a user/system turn before the first assistant turn",
+    "no_assistant_turn": "the conversation has no assistant turn, so it carries no loss",
+    "template_error": "the chat template raised while rendering the conversation",
+    "serving_prefix_mismatch": "the serving prompt for an assistant turn (the turns before it rendered with "
+    "add_generation_prompt=True) is not exactly the text before that turn's content in the full rendering: "
+    "the template rewrites earlier turns or inserts text between the generation prompt and the content",
+    "content_not_rendered": "a message's content does not appear in the rendering where the template puts it",
+    "content_not_verbatim": "the template alters a message's content (e.g. trims or escapes it) or "
+    "renders it more than once",
+    "boundary_straddle": "a token spans the boundary between template text and assistant content, so no mask "
+    "can be exact (e.g. content starting with whitespace that merges with the template's newline)",
+    "token_prefix_mismatch": "the serving prompt's tokens differ from the training tokens before the "
+    "assistant content, although the text matches (tokenizer merges across the boundary)",
+    "generation_marker_mismatch": "the template's {% generation %} spans disagree with the content + "
+    "end-of-turn spans derived from the serving prompts",
+    "lookalike_unresolved": "text that looks like a control token still encodes to a control token inside "
+    "message content",
+    "too_long": "the encoded conversation is longer than max_length",
+    "truncated_no_loss": "truncating to max_length left no assistant token to train on",
+}
+
+
+class MaskError(Exception):
+    """A conversation for which no exact loss mask exists; ``reason`` is a MASK_REASONS code."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        if reason not in MASK_REASONS:
+            raise ValueError(f"unknown mask reason {reason!r}; add it to MASK_REASONS")
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class EncodedConversation:
+    """One shard row's payload; ``truncated`` says max_length cut it (overlong="truncate")."""
+
+    input_ids: list[int]
+    loss_mask: list[int]
+    truncated: bool = False
+
+
+# --------------------------------------------------------------------------------------
+# Per-tokenizer facts, computed once.
+
+
+@dataclass
+class _Info:
+    template: str
+    has_generation: bool
+    template_kwargs: dict[str, str]
+    added_ids: frozenset[int]
+    special_ids: frozenset[int]
+    special_by_text: dict[str, int]
+    special_re: re.Pattern[str] | None
+    prefixes: frozenset[str]  # proper prefixes of special tokens
+    suffixes: frozenset[str]  # proper suffixes of special tokens
+    max_special_len: int
+    plain: Tokenizer  # private copy: stock matching of added tokens, no post-processor
+    textual: Tokenizer  # private copy: special tokens are encoded as plain text
+    segment_safe: bool  # tokenization is independent per added-token segment
+    tail_cache: dict[str, list[int]] = field(default_factory=dict)
+
+
+_GENERATION_RE = re.compile(r"\{%-?\s*generation\s*-?%\}")
+_INFO_CACHE: dict[int, tuple[Any, tuple[Any, ...], _Info]] = {}
+_INFO_LOCK = threading.Lock()
+_TAIL_CACHE_MAX = 4096
+_SURROGATE_RE = re.compile("[\ud800-\udfff]")
+
+
+def _private_copy(backend: Tokenizer, *, text_only: bool) -> Tokenizer:
+    """A copy of the Rust tokenizer that we configure freely.
+
+    Toggling ``encode_special_tokens`` on the caller's tokenizer would race with other
+    users of it (transformers itself flips it on every call), so we never touch it.
+    The post-processor is dropped: with ``add_special_tokens=False`` it adds no ids, but
+    some (``trim_offsets``) shrink offsets, which would hide boundary-straddling tokens.
+    """
+    copy = Tokenizer.from_str(backend.to_str())
+    copy.post_processor = None
+    copy.no_truncation()
+    copy.no_padding()
+    copy.encode_special_tokens = text_only
+    return copy
+
+
+def _segment_safe(config: dict[str, Any]) -> bool:
+    """Whether tokenizing a prompt equals tokenizing its added-token segments separately.
+
+    True for the usual byte-level tokenizers. Added tokens that strip neighbouring
+    whitespace or only match whole words, and Metaspace's "first" prepend scheme, make
+    a segment's tokens depend on its position; then prompts are tokenized in full.
+    """
+    for tok in config.get("added_tokens") or []:
+        if tok.get("lstrip") or tok.get("rstrip") or tok.get("single_word"):
+            return False
+
+    def position_dependent(node: Any) -> bool:
+        if isinstance(node, dict):
+            if node.get("type") == "Metaspace" and node.get("prepend_scheme", "always") == "first":
+                return True
+            return any(position_dependent(v) for v in node.values())
+        if isinstance(node, list):
+            return any(position_dependent(v) for v in node)
+        return False
+
+    return not position_dependent(config.get("pre_tokenizer")) and not position_dependent(
+        config.get("normalizer")
+    )
+
+
+def _info(tokenizer: Any) -> _Info:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if not isinstance(backend, Tokenizer):
+        raise TypeError(
+            f"{type(tokenizer).__name__} is not a fast tokenizer; loss masking needs offsets from a "
+            "tokenizers-backed tokenizer (AutoTokenizer.from_pretrained(..., use_fast=True))"
+        )
+    try:
+        template = tokenizer.get_chat_template()
+    except ValueError as exc:
+        raise ValueError(
+            f"the tokenizer has no usable chat template ({exc}); set tokenizer.chat_template or train "
+            "one with core.tokenizer_training.train_bpe_tokenizer"
+        ) from exc
+    key = (len(tokenizer), template, tuple(sorted(tokenizer.special_tokens_map.items())))
+    with _INFO_LOCK:
+        cached = _INFO_CACHE.get(id(tokenizer))
+        if cached is not None and cached[0]() is tokenizer and cached[1] == key:
+            return cached[2]
+
+    added = tokenizer.added_tokens_decoder
+    specials = {tok.content: idx for idx, tok in added.items() if tok.special}
+    texts = sorted(specials, key=len, reverse=True)
+    info = _Info(
+        template=template,
+        has_generation=bool(_GENERATION_RE.search(template)),
+        template_kwargs=dict(tokenizer.special_tokens_map),
+        added_ids=frozenset(added),
+        special_ids=frozenset(specials.values()),
+        special_by_text=specials,
+        special_re=re.compile("|".join(re.escape(t) for t in texts)) if texts else None,
+        prefixes=frozenset(t[:k] for t in texts for k in range(1, len(t))),
+        suffixes=frozenset(t[k:] for t in texts for k in range(1, len(t))),
+        max_special_len=max((len(t) for t in texts), default=0),
+        plain=_private_copy(backend, text_only=False),
+        textual=_private_copy(backend, text_only=True),
+        segment_safe=_segment_safe(json.loads(backend.to_str())),
+    )
+    ident = id(tokenizer)
+    try:
+        ref = weakref.ref(tokenizer, lambda _: _INFO_CACHE.pop(ident, None))
+    except TypeError:  # not weak-referenceable: just don't cache
+        return info
+    with _INFO_LOCK:
+        _INFO_CACHE[ident] = (ref, key, info)
+    return info
+
+
+# --------------------------------------------------------------------------------------
+# Input validation and rendering.
+
+
+def _validate(messages: Any, *, need_assistant: bool) -> list[dict[str, Any]]:
+    """Plain dict copies of ``messages``; MaskError("invalid_messages") naming the bad message."""
+    if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence) or len(messages) == 0:
+        raise MaskError(
+            "invalid_messages",
+            f"expected a non-empty list of {{'role', 'content'}} dicts, got {type(messages).__name__}",
+        )
+    out = []
+    for j, message in enumerate(messages):
+        if not isinstance(message, Mapping):
+            raise MaskError("invalid_messages", f"message {j} is a {type(message).__name__}, not a dict")
+        role, content = message.get("role"), message.get("content")
+        if not isinstance(role, str) or not isinstance(content, str):
+            raise MaskError(
+                "invalid_messages",
+                f"message {j} needs string 'role' and 'content', got role={role!r}, "
+                f"content of type {type(content).__name__}",
+            )
+        if not content:
+            raise MaskError("invalid_messages", f"message {j} ({role}) has empty content")
+        if _SURROGATE_RE.search(content) or _SURROGATE_RE.search(role):
+            raise MaskError(
+                "invalid_messages",
+                f"message {j} ({role[:20]!r}) holds lone surrogates, which are not valid text",
+            )
+        out.append(dict(message))
+    if need_assistant:
+        if not any(m["role"] == "assistant" for m in out):
+            raise MaskError("no_assistant_turn", f"roles are {[m['role'] for m in out]}; nothing to train on")
+        if out[0]["role"] == "assistant":
+            raise MaskError(
+                "invalid_messages",
+                "the conversation starts with an assistant turn, which has no prompt to be served from; "
+                "start it with a user (or system) turn",
+            )
+    return out
+
+
+def _render_one(info: _Info, chat: list[dict[str, Any]], add_generation_prompt: bool, spans: bool):
+    try:
+        rendered, indices = render_jinja_template(
+            conversations=[chat],
+            chat_template=info.template,
+            return_assistant_tokens_mask=spans,
+            add_generation_prompt=add_generation_prompt,
+            **info.template_kwargs,
+        )
+    except Exception as exc:  # the template is user code: any failure is this conversation's
+        raise MaskError("template_error", f"{type(exc).__name__}: {exc}") from exc
+    return rendered[0], (indices[0] if spans else None)
+
+
+def _render_many(
+    info: _Info, chats: list[list[dict[str, Any]]], add_generation_prompt: bool, spans: bool
+) -> list[tuple[str, list[tuple[int, int]] | None] | MaskError]:
+    """Render many chats in one call; on a template error, render one by one to blame the right one."""
+    if not chats:
+        return []
+    try:
+        rendered, indices = render_jinja_template(
+            conversations=chats,
+            chat_template=info.template,
+            return_assistant_tokens_mask=spans,
+            add_generation_prompt=add_generation_prompt,
+            **info.template_kwargs,
+        )
+        return [(r, indices[i] if spans else None) for i, r in enumerate(rendered)]
+    except Exception:
+        out: list[tuple[str, list[tuple[int, int]] | None] | MaskError] = []
+        for chat in chats:
+            try:
+                out.append(_render_one(info, chat, add_generation_prompt, spans))
+            except MaskError as err:
+                out.append(err)
+        return out
+
+
+# --------------------------------------------------------------------------------------
+# Lookalikes and the segment tokenizer.
+
+
+def _content_has_lookalike(info: _Info, content: str) -> bool:
+    """Whether ``content`` contains a special token's text, or could form one with its neighbours.
+
+    Besides whole occurrences this flags content that starts with a proper suffix or ends
+    with a proper prefix of a special token, or lies inside one, since template text next
+    to it could complete the token. Erring on the side of True only costs speed.
+    """
+    if info.special_re is None:
+        return False
+    if info.special_re.search(content):
+        return True
+    longest = min(len(content), info.max_special_len - 1)
+    for k in range(1, longest + 1):
+        if content[-k:] in info.prefixes or content[:k] in info.suffixes:
+            return True
+    return len(content) < info.max_special_len and any(content in t for t in info.special_by_text)
+
+
+def has_special_token_lookalike(tokenizer: Any, messages: Sequence[Mapping[str, Any]]) -> bool:
+    """True if any message's content could be read as a control (special) token by a stock tokenizer."""
+    info = _info(tokenizer)
+    return any(
+        isinstance(m, Mapping)
+        and isinstance(m.get("content"), str)
+        and _content_has_lookalike(info, m["content"])
+        for m in messages
+    )
+
+
+def _sentinel(j: int) -> str:
+    # Private-use characters (plane 15): never produced by a template, and only ever
+    # compared against the sentinel rendering, which holds no user text.
+    return "\U000ffffd" + chr(0xF0000 + j) + "\U000ffffd"
+
+
+def _content_spans(
+    info: _Info, messages: list[dict[str, Any]], rendered: str, add_generation_prompt: bool
+) -> list[tuple[int, int, int]]:
+    """(message index, start, end) of every rendered content in ``rendered``, in text order.
+
+    Renders once more with a unique sentinel in place of each content, then checks that
+    putting the contents back reproduces ``rendered`` exactly, so the spans are proven.
+    """
+    if len(messages) >= 0xFFFD:
+        raise MaskError(
+            "invalid_messages", f"{len(messages)} messages is more than sentinel rendering supports"
+        )
+    marked = [{**m, "content": _sentinel(j)} for j, m in enumerate(messages)]
+    shadow, _ = _render_one(info, marked, add_generation_prompt, False)
+    found: list[tuple[int, int]] = []
+    for j, m in enumerate(messages):
+        count = shadow.count(_sentinel(j))
+        if count > 1:
+            raise MaskError(
+                "content_not_verbatim", f"message {j} ({m['role']}) is rendered {count} times by the template"
+            )
+        if count == 1:
+            found.append((shadow.index(_sentinel(j)), j))
+        elif m["role"] == "assistant":
+            raise MaskError(
+                "content_not_rendered", f"message {j} (assistant) does not appear in the rendering"
+            )
+    found.sort()
+    pieces: list[str] = []
+    spans: list[tuple[int, int, int]] = []
+    pos = out_len = 0
+    for at, j in found:
+        pieces.append(shadow[pos:at])
+        out_len += at - pos
+        content = messages[j]["content"]
+        spans.append((j, out_len, out_len + len(content)))
+        pieces.append(content)
+        out_len += len(content)
+        pos = at + len(_sentinel(j))
+    pieces.append(shadow[pos:])
+    if "".join(pieces) != rendered:
+        raise MaskError(
+            "content_not_verbatim",
+            "the template renders some content differently from the message text (e.g. trims, escapes or "
+            "inspects it); rendering with the contents swapped out does not reproduce the rendering",
+        )
+    return spans
+
+
+def _segment_encode(
+    info: _Info, text: str, content_spans: Sequence[tuple[int, int, int]]
+) -> tuple[list[int], list[tuple[int, int]]]:
+    """Tokenize ``text`` treating only control tokens outside message contents as control tokens."""
+    controls: list[tuple[int, int]] = []
+    if info.special_re is not None:
+        gap_start = 0
+        for _, start, end in [*content_spans, (-1, len(text), len(text))]:
+            controls.extend((m.start(), m.end()) for m in info.special_re.finditer(text, gap_start, start))
+            gap_start = end
+    # Ordered items: (start, end, text piece, None) or (start, end, None, control token id).
+    items: list[tuple[int, int, str | None, int | None]] = []
+    pos = 0
+    for start, end in controls:
+        if start > pos:
+            items.append((pos, start, text[pos:start], None))
+        items.append((start, end, None, info.special_by_text[text[start:end]]))
+        pos = end
+    if pos < len(text):
+        items.append((pos, len(text), text[pos:], None))
+    pieces = [piece for _, _, piece, _ in items if piece is not None]
+    encodings = iter(info.textual.encode_batch(pieces, add_special_tokens=False))
+    ids: list[int] = []
+    offsets: list[tuple[int, int]] = []
+    for start, end, _piece, control in items:
+        if control is not None:
+            ids.append(control)
+            offsets.append((start, end))
+            continue
+        enc = next(encodings)
+        ids.extend(enc.ids)
+        offsets.extend((a + start, b + start) for a, b in enc.offsets)
+    return ids, offsets
+
+
+def _encode_prompt_text(info: _Info, messages: list[dict[str, Any]]) -> list[int]:
+    prompt, _ = _render_one(info, messages, True, False)
+    if any(_content_has_lookalike(info, m["content"]) for m in messages):
+        return _segment_encode(info, prompt, _content_spans(info, messages, prompt, True))[0]
+    return info.plain.encode(prompt, add_special_tokens=False).ids
+
+
+def encode_prompt(tokenizer: Any, messages: Sequence[Mapping[str, Any]]) -> list[int]:
+    """The serving path: token ids of ``messages`` rendered with ``add_generation_prompt=True``.
+
+    Tokenized exactly as training does, so a served prompt is token-for-token the prefix
+    the model was trained on; text that looks like a control token stays plain text.
+    Raises MaskError when the messages are malformed or the template fails.
+    """
+    info = _info(tokenizer)
+    return _encode_prompt_text(info, _validate(messages, need_assistant=False))
+
+
+# --------------------------------------------------------------------------------------
+# Training encodings.
+
+
+@dataclass
+class _Work:
+    index: int
+    messages: list[dict[str, Any]]
+    turns: list[int]  # message indices of assistant turns
+    rendered: str = ""
+    gen_spans: list[tuple[int, int]] | None = None
+    prompts: list[str] = field(default_factory=list)
+    spans: list[tuple[int, int]] = field(default_factory=list)  # assistant content spans
+    lookalike: bool = False
+
+
+def _locate_assistant_content(work: _Work) -> None:
+    """Pin each assistant content's span from its serving prompt; raise on any rewriting."""
+    text = work.rendered
+    for turn, prompt in zip(work.turns, work.prompts, strict=True):
+        content = work.messages[turn]["content"]
+        if not text.startswith(prompt):
+            at = next((k for k, (a, b) in enumerate(zip(prompt, text, strict=False)) if a != b), len(text))
+            raise MaskError(
+                "serving_prefix_mismatch",
+                f"the serving prompt for message {turn} is not a prefix of the full rendering: they "
+                f"differ at character {at} (prompt has {prompt[at : at + 30]!r}, training text has "
+                f"{text[at : at + 30]!r}); the template renders earlier turns differently depending on "
+                "what follows",
+            )
+        start = len(prompt)
+        if text.startswith(content, start):
+            work.spans.append((start, start + len(content)))
+            continue
+        stripped = content.strip()
+        if stripped != content and text.startswith(stripped, start):
+            raise MaskError(
+                "content_not_verbatim",
+                f"message {turn} (assistant) is rendered as {stripped[:40]!r}, not verbatim as "
+                f"{content[:40]!r}; the template strips surrounding whitespace",
+            )
+        if content in text[start:]:
+            gap = text[start : text.index(content, start)]
+            raise MaskError(
+                "serving_prefix_mismatch",
+                f"the template puts {gap[:60]!r} between the generation prompt and message {turn}'s content, "
+                "which the model would have to generate unprompted at serving time",
+            )
+        raise MaskError(
+            "content_not_rendered", f"message {turn} (assistant) content does not follow its serving prompt"
+        )
+
+
+def _token_span(
+    starts: list[int], ends: list[int], start: int, end: int, turn: int, rendered: str
+) -> tuple[int, int]:
+    """Token index range [first, stop) covering exactly the characters [start, end)."""
+    n = len(starts)
+    first = bisect_left(starts, start)
+    stop = bisect_left(starts, end)
+    if first >= n or starts[first] != start or (first > 0 and ends[first - 1] > start):
+        around = rendered[max(0, start - 10) : start + 10]
+        raise MaskError(
+            "boundary_straddle",
+            f"no token boundary where message {turn}'s content starts (text around it: {around!r}); a token "
+            "merges template text with content",
+        )
+    if stop <= first or ends[stop - 1] != end:
+        around = rendered[max(0, end - 10) : end + 10]
+        raise MaskError(
+            "boundary_straddle",
+            f"no token boundary where message {turn}'s content ends (text around it: {around!r})",
+        )
+    return first, stop
+
+
+def _finish(
+    info: _Info,
+    work: _Work,
+    ids: list[int],
+    offsets: list[tuple[int, int]],
+    prompt_ids: list[list[int]] | None,
+) -> tuple[list[int], list[int]]:
+    starts = [a for a, _ in offsets]
+    ends = [b for _, b in offsets]
+    mask = [0] * len(ids)
+    masked_chars: list[tuple[int, int]] = []
+    for k, (turn, (start, end)) in enumerate(zip(work.turns, work.spans, strict=True)):
+        first, stop = _token_span(starts, ends, start, end, turn, work.rendered)
+        for t in range(first, stop):
+            if ids[t] in info.special_ids:
+                raise MaskError(
+                    "lookalike_unresolved",
+                    f"message {turn}'s content encodes to control token id {ids[t]} at token {t}",
+                )
+        char_end = end
+        if stop < len(ids) and ids[stop] in info.added_ids and starts[stop] == end:
+            char_end = ends[stop]
+            stop += 1
+        mask[first:stop] = [1] * (stop - first)
+        masked_chars.append((start, char_end))
+
+        # Serving prefix at the token level.
+        if prompt_ids is not None:
+            expected = prompt_ids[k]
+            if ids[:first] != expected:
+                _raise_token_mismatch(turn, ids[:first], expected)
+        else:
+            # Segment-safe tokenizer: the prompt's tokens are ours up to the last added
+            # token before the content, then the text after it tokenized on its own.
+            last = first - 1
+            while last >= 0 and ids[last] not in info.added_ids:
+                last -= 1
+            tail = work.rendered[(ends[last] if last >= 0 else 0) : start]
+            tail_ids = info.tail_cache.get(tail)
+            if tail_ids is None:
+                tail_ids = info.plain.encode(tail, add_special_tokens=False).ids
+                if len(info.tail_cache) >= _TAIL_CACHE_MAX:
+                    info.tail_cache.clear()
+                info.tail_cache[tail] = tail_ids
+            if ids[last + 1 : first] != tail_ids:
+                _raise_token_mismatch(turn, ids[:first], ids[: last + 1] + tail_ids)
+
+    if work.gen_spans is not None:
+        marked = _merge_spans(work.gen_spans)
+        if marked != _merge_spans(masked_chars):
+            raise MaskError(
+                "generation_marker_mismatch",
+                f"template marks characters {marked} as generated, the serving prompts imply {masked_chars}",
+            )
+    return ids, mask
+
+
+def _merge_spans(spans: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for a, b in sorted(spans):
+        if b <= a:
+            continue
+        if out and a <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], b))
+        else:
+            out.append((a, b))
+    return out
+
+
+def _raise_token_mismatch(turn: int, got: list[int], expected: list[int]) -> None:
+    at = next(
+        (k for k, (a, b) in enumerate(zip(got, expected, strict=False)) if a != b),
+        min(len(got), len(expected)),
+    )
+    raise MaskError(
+        "token_prefix_mismatch",
+        f"before message {turn}'s content the training tokens {got[at : at + 5]} differ from the serving "
+        f"prompt's tokens {expected[at : at + 5]} at token {at} ({len(got)} vs {len(expected)} tokens)",
+    )
+
+
+def _apply_length(
+    ids: list[int], mask: list[int], max_length: int | None, overlong: str
+) -> EncodedConversation:
+    if max_length is None or len(ids) <= max_length:
+        return EncodedConversation(ids, mask, False)
+    if overlong == "quarantine":
+        raise MaskError(
+            "too_long",
+            f"{len(ids)} tokens > max_length={max_length}; raise max_length or use overlong='truncate'",
+        )
+    ids, mask = ids[:max_length], mask[:max_length]
+    if not any(mask):
+        raise MaskError(
+            "truncated_no_loss",
+            f"the first assistant token is beyond max_length={max_length}; no loss token survives truncation",
+        )
+    return EncodedConversation(ids, mask, True)
+
+
+def encode_batch(
+    tokenizer: Any,
+    conversations: Sequence[Any],
+    *,
+    max_length: int | None = None,
+    overlong: Literal["quarantine", "truncate"] = "quarantine",
+) -> tuple[list[EncodedConversation | None], list[tuple[int, str, str]]]:
+    """Encode many conversations; results align with the input, ``None`` where rejected.
+
+    Rejects are ``(index, reason, detail)`` with ``reason`` from MASK_REASONS. One bad
+    conversation never fails the batch; a tokenizer without a chat template does
+    (ValueError), since then every conversation would fail for the same reason.
+    """
+    if overlong not in ("quarantine", "truncate"):
+        raise ValueError(f"overlong must be 'quarantine' or 'truncate', got {overlong!r}")
+    if max_length is not None and max_length < 1:
+        raise ValueError(f"max_length must be positive, got {max_length}")
+    info = _info(tokenizer)
+    results: list[EncodedConversation | None] = [None] * len(conversations)
+    failed: dict[int, MaskError] = {}
+
+    works: list[_Work] = []
+    for index, conversation in enumerate(conversations):
+        try:
+            messages = _validate(conversation, need_assistant=True)
+        except MaskError as err:
+            failed[index] = err
+            continue
+        turns = [j for j, m in enumerate(messages) if m["role"] == "assistant"]
+        works.append(_Work(index, messages, turns))
+
+    full = _render_many(info, [w.messages for w in works], False, info.has_generation)
+    prompts = _render_many(info, [w.messages[:t] for w in works for t in w.turns], True, False)
+    prompt_iter = iter(prompts)
+    ready: list[_Work] = []
+    for work, rendered in zip(works, full, strict=True):
+        own_prompts = [next(prompt_iter) for _ in work.turns]
+        try:
+            if isinstance(rendered, MaskError):
+                raise rendered
+            work.rendered, work.gen_spans = rendered
+            for p in own_prompts:
+                if isinstance(p, MaskError):
+                    raise p
+                work.prompts.append(p[0])
+            _locate_assistant_content(work)
+            work.lookalike = any(_content_has_lookalike(info, m["content"]) for m in work.messages)
+            ready.append(work)
+        except MaskError as err:
+            failed[work.index] = err
+
+    stock = [w for w in ready if not w.lookalike]
+    encodings = info.plain.encode_batch([w.rendered for w in stock], add_special_tokens=False)
+    stock_prompts: list[list[int]] = []
+    if not info.segment_safe:
+        flat = [p for w in stock for p in w.prompts]
+        stock_prompts = [e.ids for e in info.plain.encode_batch(flat, add_special_tokens=False)]
+    prompt_pos = 0
+    encoded: dict[int, tuple[list[int], list[int]]] = {}
+    for work, enc in zip(stock, encodings, strict=True):
+        own = None
+        if not info.segment_safe:
+            own = stock_prompts[prompt_pos : prompt_pos + len(work.turns)]
+            prompt_pos += len(work.turns)
+        try:
+            encoded[work.index] = _finish(info, work, enc.ids, enc.offsets, own)
+        except MaskError as err:
+            failed[work.index] = err
+
+    for work in ready:
+        if not work.lookalike:
+            continue
+        try:
+            spans = _content_spans(info, work.messages, work.rendered, False)
+            by_message = {j: (a, b) for j, a, b in spans}
+            if [by_message.get(t) for t in work.turns] != work.spans:
+                raise MaskError(
+                    "serving_prefix_mismatch",
+                    "assistant content positions from the serving prompts and from the sentinel "
+                    "rendering differ",
+                )
+            ids, offsets = _segment_encode(info, work.rendered, spans)
+            prompt_ids = [_encode_prompt_text(info, work.messages[:t]) for t in work.turns]
+            encoded[work.index] = _finish(info, work, ids, offsets, prompt_ids)
+        except MaskError as err:
+            failed[work.index] = err
+
+    for index, (ids, mask) in encoded.items():
+        try:
+            results[index] = _apply_length(ids, mask, max_length, overlong)
+        except MaskError as err:
+            failed[index] = err
+    rejects = [(i, failed[i].reason, failed[i].detail) for i in sorted(failed)]
+    return results, rejects
+
+
+def encode_conversation(
+    tokenizer: Any,
+    messages: list[dict[str, str]],
+    *,
+    max_length: int | None = None,
+    overlong: Literal["quarantine", "truncate"] = "quarantine",
+) -> EncodedConversation:
+    """Encode one conversation (see ``encode_batch``); raises MaskError instead of returning a reject."""
+    results, rejects = encode_batch(tokenizer, [messages], max_length=max_length, overlong=overlong)
+    if rejects:
+        _, reason, detail = rejects[0]
+        raise MaskError(reason, detail)
+    result = results[0]
+    assert result is not None
+    return result
+
+
+# --------------------------------------------------------------------------------------
+# Independent verification (asset checks, tests).
+
+
+def _runs(mask: Sequence[int]) -> list[tuple[int, int]]:
+    runs: list[tuple[int, int]] = []
+    start = None
+    for k, v in enumerate([*mask, 0]):
+        if v and start is None:
+            start = k
+        elif not v and start is not None:
+            runs.append((start, k))
+            start = None
+    return runs
+
+
+def verify_masks(
+    tokenizer: Any,
+    messages: Sequence[Mapping[str, Any]],
+    input_ids: Sequence[int],
+    loss_mask: Sequence[int],
+    *,
+    truncated: bool = False,
+) -> str | None:
+    """None if the mask follows the rule, else what is wrong.
+
+    Independent of how the mask was built: the masked runs, in order, must decode to
+    each assistant content followed by its end-of-turn token (an added token; when the
+    template puts none there, the content alone), content must hold no control token,
+    and nothing else may be masked. With ``truncated=True`` the last run may stop early
+    at the end of the sequence.
+    """
+    info = _info(tokenizer)
+    ids = [int(i) for i in input_ids]
+    mask = [int(m) for m in loss_mask]
+    if len(ids) != len(mask):
+        return f"input_ids has {len(ids)} tokens but loss_mask has {len(mask)}"
+    if any(m not in (0, 1) for m in mask):
+        return "loss_mask holds values other than 0 and 1"
+    contents = [m.get("content") for m in messages if m.get("role") == "assistant"]
+    runs = _runs(mask)
+    if len(runs) > len(contents) or (len(runs) < len(contents) and not truncated):
+        return f"{len(runs)} masked runs for {len(contents)} assistant turns"
+    decode = info.plain.decode
+    for k, ((a, b), content) in enumerate(zip(runs, contents, strict=False)):
+        run = ids[a:b]
+        if truncated and b == len(ids) and k == len(runs) - 1:
+            text = decode(run, skip_special_tokens=False)
+            eot_texts = [decode([i], skip_special_tokens=False) for i in info.added_ids]
+            if not any((content + e).startswith(text) for e in ["", *eot_texts]):
+                return f"truncated run {k} decodes to {text[:60]!r}, not a prefix of assistant turn {k}"
+            if any(t in info.special_ids for t in run[:-1]):
+                return f"truncated run {k} holds control token ids inside the assistant content"
+            continue
+        has_eot = run[-1] in info.added_ids and decode(run[:-1], skip_special_tokens=False) == content
+        body = run[:-1] if has_eot else run
+        if not has_eot and decode(body, skip_special_tokens=False) != content:
+            return (
+                f"masked run {k} (tokens {a}..{b}) decodes to "
+                f"{decode(run, skip_special_tokens=False)[:80]!r}, expected assistant turn {k}: "
+                f"{content[:80]!r}"
+            )
+        bad = [t for t in body if t in info.special_ids]
+        if bad:
+            return f"masked run {k} holds control token ids {bad} inside the assistant content"
+        if not has_eot and b < len(ids) and ids[b] in info.added_ids:
+            return f"the end-of-turn token {ids[b]} right after assistant turn {k} (token {b}) is not masked"
+    return None
+
+
+def _stock_prompt_ids(tokenizer: Any, messages: list[dict[str, Any]]) -> list[int]:
+    out = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    if isinstance(out, Mapping) or hasattr(out, "keys"):
+        out = out["input_ids"]
+    return [int(i) for i in out]
+
+
+def verify_serving_prefix(
+    tokenizer: Any,
+    messages: Sequence[Mapping[str, Any]],
+    input_ids: Sequence[int],
+    loss_mask: Sequence[int],
+    *,
+    truncated: bool = False,
+) -> str | None:
+    """None if training and serving agree, else the first disagreement.
+
+    For each assistant turn ``i``, the tokens before its first masked token must equal
+    the serving prompt for ``messages[:i]``: transformers' stock
+    ``apply_chat_template(..., add_generation_prompt=True, tokenize=True)`` where no
+    message looks like a control token, else ``encode_prompt`` (stock tokenization would
+    turn typed control text into control tokens; our serving path does not).
+    """
+    ids = [int(i) for i in input_ids]
+    msgs = [dict(m) for m in messages]
+    turns = [j for j, m in enumerate(msgs) if m.get("role") == "assistant"]
+    runs = _runs(loss_mask)
+    if len(runs) > len(turns) or (len(runs) < len(turns) and not truncated):
+        return f"{len(runs)} masked runs for {len(turns)} assistant turns"
+    for (first, _), turn in zip(runs, turns, strict=False):
+        history = msgs[:turn]
+        try:
+            if has_special_token_lookalike(tokenizer, history):
+                expected = encode_prompt(tokenizer, history)
+            else:
+                expected = _stock_prompt_ids(tokenizer, history)
+        except MaskError as err:
+            return f"cannot build the serving prompt for message {turn}: {err}"
+        if ids[:first] != expected:
+            got = ids[:first]
+            at = next(
+                (k for k, (a, b) in enumerate(zip(got, expected, strict=False)) if a != b),
+                min(len(got), len(expected)),
+            )
+            return (
+                f"before message {turn} the training tokens ({len(got)}) and the serving prompt "
+                f"({len(expected)}) differ at token {at}: {got[at : at + 5]} vs {expected[at : at + 5]}"
+            )
+    return None

@@ -1,0 +1,623 @@
+"""Assistant-only loss masks: exact by the DESIGN.md rule, equal to transformers' own
+generation-marker masks, skew-free against the serving prompt, and never wrong in
+silence (MaskError with a reason code instead)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from tokenizers import Tokenizer
+
+from core import masking
+from core.chat_templates import CHATML_GENERATION, DEFAULT_SYSTEM_PROMPT, TEMPLATES
+from core.masking import (
+    MASK_REASONS,
+    EncodedConversation,
+    MaskError,
+    encode_batch,
+    encode_conversation,
+    encode_prompt,
+    has_special_token_lookalike,
+    verify_masks,
+    verify_serving_prefix,
+)
+
+try:
+    from masking_fixtures import conversation, conversations, tokenizer_for
+except ImportError:  # tests/ imported as a package
+    from tests.masking_fixtures import conversation, conversations, tokenizer_for
+
+ALL = sorted(TEMPLATES)
+
+
+def _decode(tok, ids):
+    return tok.backend_tokenizer.decode(list(ids), skip_special_tokens=False)
+
+
+def _masked_runs(tok, enc):
+    runs, cur = [], []
+    for i, m in zip(enc.input_ids, enc.loss_mask, strict=True):
+        if m:
+            cur.append(i)
+        elif cur:
+            runs.append(_decode(tok, cur))
+            cur = []
+    if cur:
+        runs.append(_decode(tok, cur))
+    return runs
+
+
+def _with_template(template_name: str, chat_template: str):
+    """A fresh tokenizer (same vocab as ``template_name``'s) carrying ``chat_template``."""
+    tok = tokenizer_for(template_name)
+    backend = Tokenizer.from_str(tok.backend_tokenizer.to_str())
+    clone = type(tok)(tokenizer_object=backend, **tok.special_tokens_map)
+    clone.chat_template = chat_template
+    return clone
+
+
+# --------------------------------------------------------------------------------------
+# The rule, checked by hand.
+
+
+def test_chatml_mask_by_hand():
+    tok = tokenizer_for("chatml")
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "What should I watch tonight?"},
+        {"role": "assistant", "content": "Try the heist movie."},
+        {"role": "user", "content": "Something funny?"},
+        {"role": "assistant", "content": "A cozy comedy series."},
+    ]
+    enc = encode_conversation(tok, messages)
+    assert _masked_runs(tok, enc) == ["Try the heist movie.<|im_end|>", "A cozy comedy series.<|im_end|>"]
+    unmasked = _decode(tok, [i for i, m in zip(enc.input_ids, enc.loss_mask, strict=True) if not m])
+    assert unmasked == (
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nWhat should I watch tonight?<|im_end|>\n"
+        "<|im_start|>assistant\n\n<|im_start|>user\nSomething funny?<|im_end|>\n<|im_start|>assistant\n\n"
+    )
+    # the newline after the end-of-turn token is scaffolding: the last token is unmasked
+    assert _decode(tok, enc.input_ids[-1:]) == "\n" and enc.loss_mask[-1] == 0
+    im_end = tok.convert_tokens_to_ids("<|im_end|>")
+    assert enc.input_ids[-2] == im_end and enc.loss_mask[-2] == 1
+    assert enc.truncated is False
+
+
+def test_header_mask_by_hand():
+    tok = tokenizer_for("header")
+    messages = [{"role": "user", "content": "Any thriller?"}, {"role": "assistant", "content": "Dark night."}]
+    enc = encode_conversation(tok, messages)
+    assert _masked_runs(tok, enc) == ["Dark night.<|eot_id|>"]
+    first = enc.loss_mask.index(1)
+    assert _decode(tok, enc.input_ids[:first]) == (
+        "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nAny thriller?<|eot_id|>"
+        "<|start_header_id|>assistant<|end_header_id|>\n\n"
+    )
+    assert enc.input_ids[0] == tok.bos_token_id and enc.loss_mask[0] == 0
+    assert sum(enc.loss_mask) == len(enc.input_ids) - first  # nothing after the eot
+
+
+def test_default_system_mask_by_hand():
+    tok = tokenizer_for("default_system")
+    messages = [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello, watch a western."},
+    ]
+    enc = encode_conversation(tok, messages)
+    assert _masked_runs(tok, enc) == ["Hello, watch a western.</turn>"]
+    first = enc.loss_mask.index(1)
+    # the inserted default system prompt is scaffolding, unmasked
+    assert (
+        _decode(tok, enc.input_ids[:first])
+        == f"<s>[SYS]{DEFAULT_SYSTEM_PROMPT}</turn>\n[USER]Hi</turn>\n[ASSISTANT]"
+    )
+    with_system = [{"role": "system", "content": "Own prompt."}, *messages]
+    assert DEFAULT_SYSTEM_PROMPT not in _decode(tok, encode_conversation(tok, with_system).input_ids)
+
+
+@pytest.mark.parametrize("template", ALL)
+@pytest.mark.parametrize("exchanges", [1, 2, 3, 4])
+@pytest.mark.parametrize("system", [False, True])
+def test_masked_runs_are_assistant_content_plus_eot(template, exchanges, system):
+    tok = tokenizer_for(template)
+    eot = TEMPLATES[template].end_of_turn
+    messages = conversation(random.Random(exchanges * 10 + system), exchanges, system)
+    enc = encode_conversation(tok, messages)
+    expected = [m["content"] + eot for m in messages if m["role"] == "assistant"]
+    assert _masked_runs(tok, enc) == expected
+    assert verify_masks(tok, messages, enc.input_ids, enc.loss_mask) is None
+    assert verify_serving_prefix(tok, messages, enc.input_ids, enc.loss_mask) is None
+    # input_ids are exactly the stock tokenization of the stock rendering
+    assert enc.input_ids == tok.apply_chat_template(messages)["input_ids"]
+    # user and system text never carries loss
+    for m in messages:
+        if m["role"] != "assistant":
+            assert all(m["content"] not in run for run in _masked_runs(tok, enc))
+
+
+def test_equals_transformers_assistant_mask_for_chatml():
+    tok = tokenizer_for("chatml")
+    convs = conversations(150, seed=3)
+    results, rejects = encode_batch(tok, convs)
+    assert rejects == []
+    for messages, enc in zip(convs, results, strict=True):
+        stock = tok.apply_chat_template(
+            messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+        )
+        assert enc.input_ids == stock["input_ids"]
+        assert enc.loss_mask == stock["assistant_masks"]
+
+
+@pytest.mark.parametrize("template", ALL)
+def test_serving_prompt_is_the_training_prefix(template):
+    tok = tokenizer_for(template)
+    for messages in conversations(20, seed=4):
+        enc = encode_conversation(tok, messages)
+        for k, turn in enumerate(j for j, m in enumerate(messages) if m["role"] == "assistant"):
+            prompt = encode_prompt(tok, messages[:turn])
+            stock = tok.apply_chat_template(messages[:turn], add_generation_prompt=True)["input_ids"]
+            assert prompt == stock
+            first = [
+                i
+                for i, (a, b) in enumerate(zip(enc.loss_mask, [0, *enc.loss_mask], strict=False))
+                if a and not b
+            ][k]
+            assert enc.input_ids[:first] == prompt
+
+
+# --------------------------------------------------------------------------------------
+# Templates that cannot give an exact mask.
+
+REWRITES_EARLIER_USER = CHATML_GENERATION.replace(
+    "{{ message['content'] + '<|im_end|>' + '\\n' }}",
+    "{{ ('(latest) ' if loop.last or (loop.index0 == messages|length - 2) else '') + message['content'] "
+    "+ '<|im_end|>' + '\\n' }}",
+)
+DROPS_EARLIER_ASSISTANT = CHATML_GENERATION.replace(
+    "{%- generation -%}{{ message['content'] + '<|im_end|>' }}{%- endgeneration -%}",
+    "{%- generation -%}{{ (message['content'] if loop.last else '[earlier reply omitted]') + '<|im_end|>' }}"
+    "{%- endgeneration -%}",
+)
+INJECTS_BEFORE_CONTENT = CHATML_GENERATION.replace(
+    "{%- generation -%}{{ message['content']", "{%- generation -%}{{ 'Sure! ' + message['content']"
+)
+MARKS_TRAILING_NEWLINE = CHATML_GENERATION.replace(
+    "{%- endgeneration -%}{{ '\\n' }}", "{{ '\\n' }}{%- endgeneration -%}"
+)
+UPPERCASES_CONTENT = TEMPLATES["header"].template.replace(
+    "message['content'] | trim", "message['content'] | upper"
+)
+
+
+@pytest.mark.parametrize(
+    ("base", "template", "reason"),
+    [
+        ("chatml", REWRITES_EARLIER_USER, "serving_prefix_mismatch"),
+        ("chatml", DROPS_EARLIER_ASSISTANT, "content_not_rendered"),
+        ("chatml", INJECTS_BEFORE_CONTENT, "serving_prefix_mismatch"),
+        ("chatml", MARKS_TRAILING_NEWLINE, "generation_marker_mismatch"),
+        ("header", UPPERCASES_CONTENT, "content_not_rendered"),
+    ],
+)
+def test_unfaithful_templates_raise_instead_of_masking(base, template, reason):
+    tok = _with_template(base, template)
+    messages = [
+        {"role": "user", "content": "first question"},
+        {"role": "assistant", "content": "first answer"},
+        {"role": "user", "content": "second question"},
+        {"role": "assistant", "content": "second answer"},
+    ]
+    with pytest.raises(MaskError) as info:
+        encode_conversation(tok, messages)
+    assert info.value.reason == reason, info.value.detail
+    assert info.value.detail
+    _, rejects = encode_batch(tok, [messages])
+    assert rejects == [(0, reason, info.value.detail)]
+
+
+def test_rewriting_template_hides_a_wrong_stock_mask():
+    # The stock generation-marker mask for DROPS_EARLIER_ASSISTANT would train on
+    # "[earlier reply omitted]": exactly the silent error we refuse to make.
+    tok = _with_template("chatml", DROPS_EARLIER_ASSISTANT)
+    messages = [
+        {"role": "user", "content": "q1"},
+        {"role": "assistant", "content": "a1"},
+        {"role": "user", "content": "q2"},
+        {"role": "assistant", "content": "a2"},
+    ]
+    stock = tok.apply_chat_template(messages, return_dict=True, return_assistant_tokens_mask=True)
+    trained_on = _decode(
+        tok, [i for i, m in zip(stock["input_ids"], stock["assistant_masks"], strict=True) if m]
+    )
+    assert "[earlier reply omitted]" in trained_on
+    with pytest.raises(MaskError):
+        encode_conversation(tok, messages)
+
+
+def test_trimmed_content_is_not_verbatim():
+    tok = tokenizer_for("header")
+    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "  padded reply  "}]
+    with pytest.raises(MaskError) as info:
+        encode_conversation(tok, messages)
+    assert info.value.reason == "content_not_verbatim"
+
+
+SPACE_AFTER_ROLE = CHATML_GENERATION.replace("message['role'] + '\\n'", "message['role'] + ' '").replace(
+    "'<|im_start|>assistant\\n'", "'<|im_start|>assistant '"
+)
+
+
+def test_token_straddling_the_content_boundary_is_rejected():
+    # "<|im_start|>assistant " + "movie": the space merges into the token " movie", so
+    # the prompt's last token is not a prefix of the training tokens.
+    tok = _with_template("chatml", SPACE_AFTER_ROLE)
+    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "movie"}]
+    assert tok.apply_chat_template(messages, tokenize=False).endswith(
+        "<|im_start|>assistant movie<|im_end|>\n"
+    )
+    assert len(tok.encode(" movie", add_special_tokens=False)) == 1
+    with pytest.raises(MaskError) as info:
+        encode_conversation(tok, messages)
+    assert info.value.reason == "boundary_straddle"
+
+
+def test_template_error_and_bad_input_are_rejects_not_crashes():
+    tok = tokenizer_for("chatml")
+    good = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+    batch = [
+        good,
+        [{"role": "tool", "content": "x"}, {"role": "assistant", "content": "y"}],  # template raises
+        [{"role": "user", "content": "only a question"}],
+        [{"role": "user", "content": ""}, {"role": "assistant", "content": "y"}],
+        [{"role": "user"}, {"role": "assistant", "content": "y"}],
+        "not a conversation",
+        [],
+        [{"role": "assistant", "content": "starts with assistant"}, {"role": "user", "content": "u"}],
+        [{"role": "user", "content": 3}, {"role": "assistant", "content": "y"}],
+        [{"role": "user", "content": "bad \ud800 text"}, {"role": "assistant", "content": "y"}],
+        good,
+    ]
+    results, rejects = encode_batch(tok, batch)
+    assert [r[:2] for r in rejects] == [
+        (1, "template_error"),
+        (2, "no_assistant_turn"),
+        (3, "invalid_messages"),
+        (4, "invalid_messages"),
+        (5, "invalid_messages"),
+        (6, "invalid_messages"),
+        (7, "invalid_messages"),
+        (8, "invalid_messages"),
+        (9, "invalid_messages"),
+    ]
+    assert "unknown role: tool" in rejects[0][2]
+    assert "surrogate" in rejects[-1][2]
+    assert results[0] == results[10] == encode_conversation(tok, good)
+    assert all(results[i] is None for i in range(1, 10))
+
+
+def test_mask_error_rejects_unknown_reason_codes():
+    with pytest.raises(ValueError, match="unknown mask reason"):
+        MaskError("oops", "x")
+    assert all(code == code.lower() and " " not in code for code in MASK_REASONS)
+
+
+def test_tokenizer_without_template_is_a_config_error():
+    tok = _with_template("chatml", CHATML_GENERATION)
+    tok.chat_template = None
+    with pytest.raises(ValueError, match="chat template"):
+        encode_batch(tok, [[{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]])
+
+
+# --------------------------------------------------------------------------------------
+# Length limits.
+
+
+@pytest.mark.parametrize("template", ALL)
+def test_overlong_is_quarantined_or_truncated(template):
+    tok = tokenizer_for(template)
+    messages = conversation(random.Random(5), 3, True)
+    full = encode_conversation(tok, messages)
+    n = len(full.input_ids)
+    assert encode_conversation(tok, messages, max_length=n) == full
+
+    with pytest.raises(MaskError) as info:
+        encode_conversation(tok, messages, max_length=n - 1)
+    assert info.value.reason == "too_long" and str(n) in info.value.detail
+
+    cut = n - 7
+    short = encode_conversation(tok, messages, max_length=cut, overlong="truncate")
+    assert short == EncodedConversation(full.input_ids[:cut], full.loss_mask[:cut], True)
+    assert verify_masks(tok, messages, short.input_ids, short.loss_mask, truncated=True) is None
+    assert verify_serving_prefix(tok, messages, short.input_ids, short.loss_mask, truncated=True) is None
+    assert verify_masks(tok, messages, short.input_ids, short.loss_mask) is not None
+
+    first = full.loss_mask.index(1)
+    with pytest.raises(MaskError) as info:
+        encode_conversation(tok, messages, max_length=first, overlong="truncate")
+    assert info.value.reason == "truncated_no_loss"
+
+
+def test_length_arguments_are_validated():
+    tok = tokenizer_for("chatml")
+    with pytest.raises(ValueError, match="overlong"):
+        encode_batch(tok, [], overlong="drop")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="max_length"):
+        encode_batch(tok, [], max_length=0)
+
+
+# --------------------------------------------------------------------------------------
+# Text that looks like a control token stays text.
+
+
+@pytest.mark.parametrize("template", ALL)
+def test_lookalikes_in_user_and_assistant_content_are_plain_text(template):
+    tok = tokenizer_for(template)
+    spec = TEMPLATES[template]
+    typed = " ".join(spec.special_tokens)
+    messages = [
+        {"role": "system", "content": f"system says {typed}"},
+        {"role": "user", "content": f"I typed {typed} here"},
+        {"role": "assistant", "content": f"You typed {typed}, which is just text"},
+        {"role": "user", "content": spec.end_of_turn},
+        {"role": "assistant", "content": spec.end_of_turn},
+    ]
+    assert has_special_token_lookalike(tok, messages)
+    enc = encode_conversation(tok, messages)
+    assert verify_masks(tok, messages, enc.input_ids, enc.loss_mask) is None
+    assert verify_serving_prefix(tok, messages, enc.input_ids, enc.loss_mask) is None
+    assert _masked_runs(tok, enc) == [
+        messages[2]["content"] + spec.end_of_turn,
+        messages[4]["content"] + spec.end_of_turn,
+    ]
+    # Control ids appear only where the template put them: as many as with the
+    # contents replaced by plain words.
+    special_ids = {i for i, t in tok.added_tokens_decoder.items() if t.special}
+    plain = [{**m, "content": "word"} for m in messages]
+    n_control = sum(i in special_ids for i in enc.input_ids)
+    assert n_control == sum(i in special_ids for i in encode_conversation(tok, plain).input_ids)
+    # The stock tokenizer would have read the typed text as control tokens.
+    stock = tok.apply_chat_template(messages)["input_ids"]
+    assert sum(i in special_ids for i in stock) > n_control
+    assert _decode(tok, enc.input_ids) == _decode(tok, stock)
+    # The serving path keeps typed markers as text too.
+    prompt = encode_prompt(tok, messages[:2])
+    assert prompt == enc.input_ids[: enc.loss_mask.index(1)]
+
+
+def test_partial_marker_at_content_edge_is_handled():
+    tok = tokenizer_for("chatml")
+    messages = [{"role": "user", "content": "end|> or <|im_"}, {"role": "assistant", "content": "ok <|im_"}]
+    assert has_special_token_lookalike(tok, messages)
+    enc = encode_conversation(tok, messages)
+    assert _masked_runs(tok, enc) == ["ok <|im_<|im_end|>"]
+    assert verify_serving_prefix(tok, messages, enc.input_ids, enc.loss_mask) is None
+
+
+def test_no_lookalike_means_segmented_tokenization_equals_stock():
+    for template in ALL:
+        tok = tokenizer_for(template)
+        info = masking._info(tok)
+        for messages in conversations(30, seed=6):
+            assert not has_special_token_lookalike(tok, messages)
+            for gen in (False, True):
+                text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=gen)
+                spans = masking._content_spans(info, messages, text, gen)
+                assert [text[a:b] for _, a, b in spans] == [m["content"] for m in messages]
+                ids, _ = masking._segment_encode(info, text, spans)
+                assert ids == tok.apply_chat_template(messages, add_generation_prompt=gen)["input_ids"]
+
+
+def _gpt2_style_tokenizer():
+    """Header template on a tokenizer whose pre-tokenizer splits "\n\n" differently at the
+    end of a text (the serving prompt) than before a word (the training text)."""
+    from tokenizers import AddedToken, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    spec = TEMPLATES["header"]
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    backend.decoder = decoders.ByteLevel()
+    special = [AddedToken(t, special=True, normalized=False) for t in spec.special_tokens]
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=special,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    backend.train_from_iterator([f"line {i}\n\n" for i in range(200)], trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token=spec.bos_token,
+        eos_token=spec.eos_token,
+        pad_token=spec.pad_token,
+        chat_template=spec.template,
+    )
+
+
+@pytest.mark.parametrize("segment_safe", [True, False])
+def test_token_level_skew_is_caught_when_text_matches(segment_safe, monkeypatch):
+    tok = _gpt2_style_tokenizer()
+    assert len(tok.encode("\n\n", add_special_tokens=False)) == 1  # merged at the end of a text
+    monkeypatch.setattr(masking._info(tok), "segment_safe", segment_safe)
+    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "line"}]
+    with pytest.raises(MaskError) as info:
+        encode_conversation(tok, messages)
+    assert info.value.reason == "token_prefix_mismatch"
+    # the stock generation-free approach would have trained on a prefix serving never sends
+    stock = tok.apply_chat_template(messages)["input_ids"]
+    prompt = tok.apply_chat_template(messages[:1], add_generation_prompt=True)["input_ids"]
+    assert stock[: len(prompt)] != prompt
+
+
+@pytest.mark.parametrize("template", ALL)
+def test_full_prompt_tokenization_fallback_agrees(template, monkeypatch):
+    tok = tokenizer_for(template)
+    convs = conversations(30, seed=11)
+    fast, _ = encode_batch(tok, convs)
+    monkeypatch.setattr(masking._info(tok), "segment_safe", False)
+    slow, rejects = encode_batch(tok, convs)
+    assert rejects == [] and slow == fast
+
+
+def test_segment_safety_detects_position_dependent_tokenizers():
+    assert masking._segment_safe({"added_tokens": [{"content": "<a>", "lstrip": False}]})
+    assert not masking._segment_safe({"added_tokens": [{"content": "<a>", "rstrip": True}]})
+    assert not masking._segment_safe({"added_tokens": [{"content": "<a>", "single_word": True}]})
+    first = {"type": "Metaspace", "replacement": "▁", "prepend_scheme": "first"}
+    assert not masking._segment_safe({"pre_tokenizer": {"type": "Sequence", "pretokenizers": [first]}})
+    assert masking._segment_safe({"pre_tokenizer": {**first, "prepend_scheme": "always"}})
+
+
+def test_callers_tokenizer_is_left_untouched():
+    tok = tokenizer_for("chatml")
+    before = tok.backend_tokenizer.encode_special_tokens
+    messages = [{"role": "user", "content": "<|im_end|>"}, {"role": "assistant", "content": "<|im_start|>"}]
+    encode_conversation(tok, messages)
+    encode_prompt(tok, messages[:1])
+    assert tok.backend_tokenizer.encode_special_tokens == before
+    assert tok.encode("<|im_end|>", add_special_tokens=False) == [tok.convert_tokens_to_ids("<|im_end|>")]
+
+
+# --------------------------------------------------------------------------------------
+# The verifiers catch wrong masks.
+
+
+def test_verifiers_catch_wrong_masks():
+    tok = tokenizer_for("chatml")
+    messages = conversation(random.Random(8), 2, True)
+    enc = encode_conversation(tok, messages)
+    ids, mask = enc.input_ids, enc.loss_mask
+    first = mask.index(1)
+    eot = max(i for i, m in enumerate(mask) if m)
+
+    shifted = [0, *mask[:-1]]
+    assert verify_masks(tok, messages, ids, shifted) is not None
+    assert verify_serving_prefix(tok, messages, ids, shifted) is not None
+    no_eot = list(mask)
+    no_eot[eot] = 0
+    assert "not masked" in verify_masks(tok, messages, ids, no_eot)
+    header_too = list(mask)
+    header_too[first - 1] = 1
+    assert verify_masks(tok, messages, ids, header_too) is not None
+    user_too = list(mask)
+    user_too[2] = 1
+    assert verify_masks(tok, messages, ids, user_too) is not None
+    assert verify_masks(tok, messages, ids, mask[:-1]) is not None
+    skewed = list(ids)
+    skewed[1] = skewed[2]
+    assert verify_serving_prefix(tok, messages, skewed, mask) is not None
+    # a typed marker encoded as the control id is caught
+    typed = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a <|im_end|> b"}]
+    stock = tok.apply_chat_template(typed, return_dict=True, return_assistant_tokens_mask=True)
+    assert verify_masks(tok, typed, stock["input_ids"], stock["assistant_masks"]) is not None
+
+
+# --------------------------------------------------------------------------------------
+# Batches.
+
+
+def test_encode_batch_equals_encode_conversation_elementwise():
+    tok = tokenizer_for("header")
+    convs = conversations(40, seed=9)
+    convs[3] = [{"role": "user", "content": "no answer"}]
+    convs[17] = [{"role": "user", "content": "q"}, {"role": "assistant", "content": " untrimmed "}]
+    convs[25] = [
+        {"role": "user", "content": "<|eot_id|>"},
+        {"role": "assistant", "content": "[ok]<|eot_id|>"},
+    ]
+    results, rejects = encode_batch(tok, convs, max_length=120)
+    assert {i for i, _, _ in rejects} == {i for i, r in enumerate(results) if r is None}
+    assert {(i, reason) for i, reason, _ in rejects} >= {
+        (3, "no_assistant_turn"),
+        (17, "content_not_verbatim"),
+    }
+    assert results[25] is not None
+    for i, messages in enumerate(convs):
+        try:
+            single = encode_conversation(tok, messages, max_length=120)
+        except MaskError as err:
+            assert (i, err.reason, err.detail) in rejects
+        else:
+            assert results[i] == single
+    assert any(reason == "too_long" for _, reason, _ in rejects)
+
+
+def test_encode_batch_of_nothing():
+    assert encode_batch(tokenizer_for("chatml"), []) == ([], [])
+
+
+# --------------------------------------------------------------------------------------
+# Properties on awkward content.
+
+FRAGMENTS = [
+    "<|im_",
+    "<|im_end|>",
+    "<|im_start|>assistant\n",
+    "<|eot_id|>",
+    "<|start_header_id|>",
+    "|>",
+    "<|",
+    "[ASSISTANT]",
+    "[USER]",
+    "</turn>",
+    "<s>",
+    "</s",
+    "e\u0301",
+    "\u0301",
+    "😀",
+    "👩\u200d👩\u200d👧",
+    "שלום",
+    "مرحبا",
+    "東京物語",
+    "\u200f",
+    " ",
+    "  ",
+    "\n",
+    "\n\n",
+    "\t",
+    "\r\n",
+    "movie",
+    " the",
+    "4.5",
+]
+piece = st.one_of(st.sampled_from(FRAGMENTS), st.text(max_size=4))
+raw_content = st.lists(piece, min_size=1, max_size=8).map("".join).filter(lambda s: s != "")
+curated_content = raw_content.map(str.strip).filter(lambda s: s != "")
+
+
+@st.composite
+def chats(draw, content):
+    messages = [{"role": "system", "content": draw(content)}] if draw(st.booleans()) else []
+    for _ in range(draw(st.integers(1, 3))):
+        messages.append({"role": "user", "content": draw(content)})
+        messages.append({"role": "assistant", "content": draw(content)})
+    return messages
+
+
+@pytest.mark.parametrize("template", ALL)
+@settings(max_examples=60, deadline=None, database=None)
+@given(messages=chats(raw_content))
+def test_property_raise_or_verified(template, messages):
+    tok = tokenizer_for(template)
+    try:
+        enc = encode_conversation(tok, messages)
+    except MaskError as err:
+        assert err.reason in MASK_REASONS
+        return
+    assert verify_masks(tok, messages, enc.input_ids, enc.loss_mask) is None
+    assert verify_serving_prefix(tok, messages, enc.input_ids, enc.loss_mask) is None
+
+
+@pytest.mark.parametrize("template", ALL)
+@settings(max_examples=40, deadline=None, database=None)
+@given(messages=chats(curated_content))
+def test_property_curated_content_always_encodes(template, messages):
+    # Curated content is stripped and non-empty: our templates must never reject it.
+    tok = tokenizer_for(template)
+    enc = encode_conversation(tok, messages)
+    assert verify_masks(tok, messages, enc.input_ids, enc.loss_mask) is None
+    assert verify_serving_prefix(tok, messages, enc.input_ids, enc.loss_mask) is None
+    assert _decode(tok, enc.input_ids) == tok.apply_chat_template(messages, tokenize=False)
