@@ -1,6 +1,5 @@
 """Raw layer: the catalog snapshot and daily member interactions, with quarantine."""
 
-
 from datetime import date
 
 import dagster as dg
@@ -14,7 +13,9 @@ from resources.landing import LandingArea
 from resources.warehouse import DuckDBWarehouse
 
 
-def schema_check(asset: str, name: str, df: pl.DataFrame, contract: dict[str, pl.DataType]) -> dg.AssetCheckResult:
+def schema_check(
+    asset: str, name: str, df: pl.DataFrame, contract: dict[str, pl.DataType]
+) -> dg.AssetCheckResult:
     """Column names and dtypes equal the contract, in order."""
     actual = dict(df.schema)
     mismatched = {c: str(actual.get(c)) for c, t in contract.items() if actual.get(c) != t}
@@ -23,7 +24,10 @@ def schema_check(asset: str, name: str, df: pl.DataFrame, contract: dict[str, pl
         asset_key=asset,
         check_name=name,
         passed=not mismatched and not extra,
-        metadata={"mismatched": dg.MetadataValue.json(mismatched), "extra_columns": dg.MetadataValue.json(extra)},
+        metadata={
+            "mismatched": dg.MetadataValue.json(mismatched),
+            "extra_columns": dg.MetadataValue.json(extra),
+        },
     )
 
 
@@ -32,7 +36,9 @@ def schema_check(asset: str, name: str, df: pl.DataFrame, contract: dict[str, pl
     kinds={"duckdb", "polars"},
     description="Latest catalog snapshot (raw.catalog); rows that break the schema go to raw.quarantine.",
     check_specs=[
-        dg.AssetCheckSpec("catalog_schema", asset="raw_catalog", description="raw.catalog matches the contract"),
+        dg.AssetCheckSpec(
+            "catalog_schema", asset="raw_catalog", description="raw.catalog matches the contract"
+        ),
         dg.AssetCheckSpec("unique_title_ids", asset="raw_catalog", description="title_id is a key"),
     ],
 )

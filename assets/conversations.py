@@ -1,15 +1,13 @@
 """Curated layer: grounded multi-turn conversations per day, plus external JSONL drops."""
 
-
 import json
 from datetime import date
 
 import dagster as dg
 import polars as pl
 
-from assets.catalog import schema_check
+from assets.catalog import raw_catalog, raw_interactions, schema_check
 from assets.metadata import counts_by, markdown_table, reason_metadata
-from assets.catalog import raw_catalog, raw_interactions
 from core import schemas
 from core.conversation_builder import BuilderConfig, build_conversations
 from core.curation import CurationConfig, curate, parse_external_jsonl
@@ -46,7 +44,10 @@ def curated_fingerprint(df: pl.DataFrame) -> str:
     check_specs=[
         dg.AssetCheckSpec("conversations_schema", asset="curated_conversations"),
         dg.AssetCheckSpec(
-            "no_member_in_two_splits", asset="curated_conversations", description="across all days", blocking=True
+            "no_member_in_two_splits",
+            asset="curated_conversations",
+            description="across all days",
+            blocking=True,
         ),
         dg.AssetCheckSpec("quarantine_rate_bounded", asset="curated_conversations"),
         dg.AssetCheckSpec("assistant_turn_in_every_row", asset="curated_conversations", blocking=True),
@@ -64,7 +65,9 @@ def curated_conversations(
     if catalog.height == 0:
         raise RuntimeError("raw.catalog is empty: materialize raw_catalog first")
     if interactions.height == 0:
-        context.log.warning(f"raw.interactions has no rows for {day}; only external conversations will be curated")
+        context.log.warning(
+            f"raw.interactions has no rows for {day}; only external conversations will be curated"
+        )
 
     generated = build_conversations(
         catalog, interactions, day, BuilderConfig(seed=config.seed, max_exchanges=config.max_exchanges)
@@ -76,13 +79,15 @@ def curated_conversations(
             external, rejected = parse_external_jsonl(fh, day, source=path.name)
         candidates.append(external)
         quarantines.append(rejected)
-    seen = warehouse.query(
-        "SELECT DISTINCT content_hash FROM curated.conversations WHERE day < ?", [day]
-    )["content_hash"].to_list()
+    seen = warehouse.query("SELECT DISTINCT content_hash FROM curated.conversations WHERE day < ?", [day])[
+        "content_hash"
+    ].to_list()
     cfg = CurationConfig(
         max_message_chars=config.max_message_chars, max_conversation_chars=config.max_conversation_chars
     )
-    curated, rejected, stats = curate(pl.concat(candidates, how="vertical_relaxed"), day, cfg, seen_hashes=seen)
+    curated, rejected, stats = curate(
+        pl.concat(candidates, how="vertical_relaxed"), day, cfg, seen_hashes=seen
+    )
     quarantine = pl.concat(
         [schemas.conform(q, schemas.CONVERSATION_QUARANTINE_SCHEMA) for q in [*quarantines, rejected]]
     )
@@ -116,7 +121,9 @@ def curated_conversations(
             "quarantine_preview": markdown_table(quarantine.select("conversation_id", "reason", "detail")),
         },
         check_results=[
-            schema_check("curated_conversations", "conversations_schema", stored, schemas.CONVERSATIONS_SCHEMA),
+            schema_check(
+                "curated_conversations", "conversations_schema", stored, schemas.CONVERSATIONS_SCHEMA
+            ),
             dg.AssetCheckResult(
                 asset_key="curated_conversations",
                 check_name="no_member_in_two_splits",

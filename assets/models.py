@@ -1,8 +1,6 @@
 """Model layer: the base model (tokenizer with chat template + initial weights)."""
 
-
 import dagster as dg
-
 
 from assets.conversations import curated_conversations
 from core.base_model import TinyModelPreset, import_local_model, save_preset
@@ -58,7 +56,10 @@ def training_texts(warehouse: DuckDBWarehouse) -> list[str]:
     ),
 )
 def base_model(
-    context: dg.AssetExecutionContext, config: BaseModelConfig, warehouse: DuckDBWarehouse, artifacts: ArtifactStore
+    context: dg.AssetExecutionContext,
+    config: BaseModelConfig,
+    warehouse: DuckDBWarehouse,
+    artifacts: ArtifactStore,
 ) -> dg.MaterializeResult:
     with artifacts.new_version("base_model") as (version, tmp):
         if config.local_path:
@@ -86,7 +87,6 @@ def base_model(
         meta["parameters"] = dg.MetadataValue.int(card["parameters"])
     if "preset" in card:
         meta["preset"] = dg.MetadataValue.json(card["preset"])
-    return dg.MaterializeResult(metadata=meta, data_version=dg.DataVersion(card["tokenizer_fingerprint"][:16] + version))
-
-
-
+    return dg.MaterializeResult(
+        metadata=meta, data_version=dg.DataVersion(card["tokenizer_fingerprint"][:16] + version)
+    )

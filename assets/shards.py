@@ -1,6 +1,5 @@
 """Token layer: per-day shard directories of input_ids + assistant-only loss masks."""
 
-
 from datetime import date
 from typing import Literal
 
@@ -41,10 +40,18 @@ def _check(name: str, passed: bool, **metadata: object) -> dg.AssetCheckResult:
         "chat template (artifacts/tokenized_shards/<day>/<version>/)."
     ),
     check_specs=[
-        dg.AssetCheckSpec("exact_masks", asset="tokenized_shards", blocking=True,
-                          description="masked tokens decode to the assistant contents + end-of-turn, in order"),
-        dg.AssetCheckSpec("train_serve_consistency", asset="tokenized_shards", blocking=True,
-                          description="tokens before each assistant turn == the serving prompt"),
+        dg.AssetCheckSpec(
+            "exact_masks",
+            asset="tokenized_shards",
+            blocking=True,
+            description="masked tokens decode to the assistant contents + end-of-turn, in order",
+        ),
+        dg.AssetCheckSpec(
+            "train_serve_consistency",
+            asset="tokenized_shards",
+            blocking=True,
+            description="tokens before each assistant turn == the serving prompt",
+        ),
         dg.AssetCheckSpec("manifest_checksums", asset="tokenized_shards", blocking=True),
         dg.AssetCheckSpec("tokenizer_fingerprint_recorded", asset="tokenized_shards", blocking=True),
     ],
@@ -126,7 +133,9 @@ def tokenized_shards(
                 rows_with_special_token_lookalikes=serving.lookalike_rows,
                 first_failures=dg.MetadataValue.json(serving.failures[:5]),
             ),
-            _check("manifest_checksums", not checksum_problems, problems=dg.MetadataValue.json(checksum_problems)),
+            _check(
+                "manifest_checksums", not checksum_problems, problems=dg.MetadataValue.json(checksum_problems)
+            ),
             _check(
                 "tokenizer_fingerprint_recorded",
                 manifest.get("tokenizer_fingerprint") == fingerprint and bool(fingerprint),

@@ -44,7 +44,9 @@ def shard_name(split: str, index: int) -> str:
     return f"{split}-{index:05d}.parquet"
 
 
-def write_split_files(out_dir: Path, split: str, rows: pl.DataFrame, rows_per_file: int) -> list[dict[str, Any]]:
+def write_split_files(
+    out_dir: Path, split: str, rows: pl.DataFrame, rows_per_file: int
+) -> list[dict[str, Any]]:
     """Write one split's rows as numbered parquet files; returns per-file stats."""
     if rows_per_file < 1:
         raise ValueError(f"rows_per_file must be >= 1, got {rows_per_file}")

@@ -81,7 +81,10 @@ class MaskAudit:
 
 
 def audit_masks(
-    tokenizer: PreTrainedTokenizerBase, rows: pl.DataFrame, curated: pl.DataFrame, max_length: int | None = None
+    tokenizer: PreTrainedTokenizerBase,
+    rows: pl.DataFrame,
+    curated: pl.DataFrame,
+    max_length: int | None = None,
 ) -> MaskAudit:
     """Every row: the masked tokens decode to the assistant contents (+ end-of-turn), in order.
 
@@ -89,7 +92,9 @@ def audit_masks(
     """
     joined = rows.join(curated.select("conversation_id", "messages"), on="conversation_id", how="left")
     failures = []
-    for cid, messages, ids, mask in joined.select("conversation_id", "messages", "input_ids", "loss_mask").iter_rows():
+    for cid, messages, ids, mask in joined.select(
+        "conversation_id", "messages", "input_ids", "loss_mask"
+    ).iter_rows():
         if messages is None:
             failures.append((cid, "row has no curated conversation"))
             continue
@@ -116,7 +121,9 @@ def audit_serving(
     picked = joined[indices] if indices else joined.head(0)
     failures = []
     lookalikes = 0
-    for cid, messages, ids, mask in picked.select("conversation_id", "messages", "input_ids", "loss_mask").iter_rows():
+    for cid, messages, ids, mask in picked.select(
+        "conversation_id", "messages", "input_ids", "loss_mask"
+    ).iter_rows():
         lookalikes += int(has_special_token_lookalike(tokenizer, messages))
         truncated = max_length is not None and len(ids) >= max_length
         problem = verify_serving_prefix(tokenizer, messages, ids, mask, truncated=truncated)

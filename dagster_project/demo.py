@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
-from datetime import date, timedelta
+from datetime import timedelta
 
 import dagster as dg
 
@@ -25,12 +25,16 @@ def _ensure_dagster_home() -> None:
             fh.write("telemetry:\n  enabled: false\n")
 
 
-def _run(job: dg.JobDefinition, instance: dg.DagsterInstance, label: str, timings: dict[str, float], **kwargs) -> None:
+def _run(
+    job: dg.JobDefinition, instance: dg.DagsterInstance, label: str, timings: dict[str, float], **kwargs
+) -> None:
     start = time.perf_counter()
     result = job.execute_in_process(instance=instance, raise_on_error=False, **kwargs)
     timings[label] = timings.get(label, 0.0) + time.perf_counter() - start
     if not result.success:
-        raise SystemExit(f"demo step {label} failed ({kwargs.get('partition_key', '')}); see `dagster dev` for the run")
+        raise SystemExit(
+            f"demo step {label} failed ({kwargs.get('partition_key', '')}); see `dagster dev` for the run"
+        )
     failed_checks = [
         f"{e.asset_check_evaluation_data.asset_key.to_user_string()}:{e.asset_check_evaluation_data.check_name}"
         for e in result.all_events
@@ -61,13 +65,25 @@ def main(argv: list[str] | None = None) -> None:
     _run(defs.resolve_job_def("catalog_job"), instance, "raw_catalog", timings)
     for day in days:
         print(f"  ingest {day}")
-        _run(ingestion, instance, "raw_interactions+curated_conversations", timings, partition_key=day,
-             asset_selection=[key("raw_interactions"), key("curated_conversations")])
+        _run(
+            ingestion,
+            instance,
+            "raw_interactions+curated_conversations",
+            timings,
+            partition_key=day,
+            asset_selection=[key("raw_interactions"), key("curated_conversations")],
+        )
     _run(defs.resolve_job_def("base_model_job"), instance, "base_model", timings)
     for day in days:
         print(f"  tokenize {day}")
-        _run(ingestion, instance, "tokenized_shards", timings, partition_key=day,
-             asset_selection=[key("tokenized_shards")])
+        _run(
+            ingestion,
+            instance,
+            "tokenized_shards",
+            timings,
+            partition_key=day,
+            asset_selection=[key("tokenized_shards")],
+        )
     print("\nwall time per step (s):")
     for label, seconds in timings.items():
         print(f"  {label:42s} {seconds:8.1f}")

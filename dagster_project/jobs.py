@@ -7,7 +7,9 @@ import dagster as dg
 from dagster_project.partitions import daily_partitions
 
 catalog_job = dg.define_asset_job(
-    "catalog_job", selection=dg.AssetSelection.assets("raw_catalog"), description="Refresh the catalog snapshot."
+    "catalog_job",
+    selection=dg.AssetSelection.assets("raw_catalog"),
+    description="Refresh the catalog snapshot.",
 )
 
 ingestion_job = dg.define_asset_job(
@@ -18,7 +20,9 @@ ingestion_job = dg.define_asset_job(
 )
 
 base_model_job = dg.define_asset_job(
-    "base_model_job", selection=dg.AssetSelection.assets("base_model"), description="Build or import the base model."
+    "base_model_job",
+    selection=dg.AssetSelection.assets("base_model"),
+    description="Build or import the base model.",
 )
 
 ALL_JOBS = [catalog_job, ingestion_job, base_model_job]

@@ -13,7 +13,13 @@ def print_summary(settings: PlatformSettings, days: list[str]) -> None:
     wh = DuckDBWarehouse(path=str(settings.warehouse_path))
     store = ArtifactStore(root=str(settings.artifacts_dir))
     print("\nrows per layer:")
-    for table in ("raw.catalog", "raw.interactions", "raw.quarantine", "curated.conversations", "curated.quarantine"):
+    for table in (
+        "raw.catalog",
+        "raw.interactions",
+        "raw.quarantine",
+        "curated.conversations",
+        "curated.quarantine",
+    ):
         n = wh.query(f"SELECT count(*) AS n FROM {table}")["n"][0]
         print(f"  {table:24s} {n:>9,}")
     print("\nquarantine by reason:")
@@ -39,6 +45,8 @@ def print_summary(settings: PlatformSettings, days: list[str]) -> None:
         conversations += manifest["totals"]["conversations"]
         for reason, n in manifest.get("quarantined", {}).items():
             token_quarantine[reason] = token_quarantine.get(reason, 0) + n
-    print(f"\ntokenized_shards: {conversations:,} conversations, {tokens:,} tokens, {loss_tokens:,} loss tokens")
+    print(
+        f"\ntokenized_shards: {conversations:,} conversations, {tokens:,} tokens, {loss_tokens:,} loss tokens"
+    )
     if token_quarantine:
         print(f"  quarantined at tokenization: {token_quarantine}")

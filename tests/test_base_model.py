@@ -9,7 +9,10 @@ from core.base_model import TinyModelPreset, import_local_model, read_model_card
 TEXTS = [
     f"I recently watched The Silent Harbor ({1990 + i % 30}) and Night Train {i}. What should I watch next?"
     for i in range(300)
-] + ["You might enjoy Quiet Rivers (2004), a drama about two sisters.", "What genre is Moonfall? It is sci-fi."] * 50
+] + [
+    "You might enjoy Quiet Rivers (2004), a drama about two sisters.",
+    "What genre is Moonfall? It is sci-fi.",
+] * 50
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +27,9 @@ def test_preset_is_a_loadable_hf_model_dir(preset_dir: Path) -> None:
     tokenizer = AutoTokenizer.from_pretrained(preset_dir, local_files_only=True)
     assert "{% generation %}" in tokenizer.chat_template.replace("{%- generation -%}", "{% generation %}")
     prompt = tokenizer.apply_chat_template(
-        [{"role": "user", "content": "What should I watch?"}], add_generation_prompt=True, tokenize=True,
+        [{"role": "user", "content": "What should I watch?"}],
+        add_generation_prompt=True,
+        tokenize=True,
         return_dict=True,
     )["input_ids"]
     with torch.no_grad():

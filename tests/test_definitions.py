@@ -13,7 +13,13 @@ def test_code_location_has_the_data_half_with_lineage() -> None:
 
     graph = defs.resolve_asset_graph()
     keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
-    assert {"raw_catalog", "raw_interactions", "curated_conversations", "base_model", "tokenized_shards"} <= keys
+    assert {
+        "raw_catalog",
+        "raw_interactions",
+        "curated_conversations",
+        "base_model",
+        "tokenized_shards",
+    } <= keys
 
     def parents(name: str) -> set[str]:
         return {k.to_user_string() for k in graph.get(dg.AssetKey(name)).parent_keys}
@@ -25,7 +31,12 @@ def test_code_location_has_the_data_half_with_lineage() -> None:
     for name in ("raw_interactions", "curated_conversations", "tokenized_shards"):
         assert graph.get(dg.AssetKey(name)).partitions_def is not None
     checks = {k.name for k in defs.resolve_asset_graph().asset_check_keys}
-    assert {"exact_masks", "train_serve_consistency", "manifest_checksums", "no_member_in_two_splits"} <= checks
+    assert {
+        "exact_masks",
+        "train_serve_consistency",
+        "manifest_checksums",
+        "no_member_in_two_splits",
+    } <= checks
 
 
 def test_workspace_loads_with_the_dagster_cli(tmp_path: Path) -> None:
@@ -33,7 +44,11 @@ def test_workspace_loads_with_the_dagster_cli(tmp_path: Path) -> None:
     env = {**os.environ, "DAGSTER_HOME": str(tmp_path), "PLATFORM_HOME": str(tmp_path / "home")}
     proc = subprocess.run(
         [str(Path(sys.executable).parent / "dagster"), "definitions", "validate", "-w", "workspace.yaml"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "Validation successful" in proc.stdout + proc.stderr

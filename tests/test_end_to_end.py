@@ -28,7 +28,11 @@ def run_demo(home: Path, extra_env: dict[str, str], days: int = 2) -> str:
     env = {**os.environ, **extra_env, "PLATFORM_HOME": str(home), "DAGSTER_HOME": str(home / "dagster")}
     proc = subprocess.run(
         [sys.executable, "-m", "dagster_project.demo", "--days", str(days)],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=900,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     return proc.stdout
@@ -77,10 +81,14 @@ def test_synthetic_demo_materializes_the_data_half(tmp_path: Path) -> None:
 
     checks = check_evaluations(home)
     expected = {
-        "tokenized_shards:exact_masks", "tokenized_shards:train_serve_consistency",
-        "tokenized_shards:manifest_checksums", "tokenized_shards:tokenizer_fingerprint_recorded",
-        "curated_conversations:no_member_in_two_splits", "curated_conversations:assistant_turn_in_every_row",
-        "curated_conversations:conversations_schema", "raw_catalog:catalog_schema",
+        "tokenized_shards:exact_masks",
+        "tokenized_shards:train_serve_consistency",
+        "tokenized_shards:manifest_checksums",
+        "tokenized_shards:tokenizer_fingerprint_recorded",
+        "curated_conversations:no_member_in_two_splits",
+        "curated_conversations:assistant_turn_in_every_row",
+        "curated_conversations:conversations_schema",
+        "raw_catalog:catalog_schema",
         "raw_interactions:known_titles_only",
     }
     assert expected <= set(checks)

@@ -21,11 +21,18 @@ def _rows() -> pl.DataFrame:
 
 def test_shard_directory_matches_the_contract(tmp_path: Path) -> None:
     manifest = write_shard_directory(
-        tmp_path, _rows(), partition="2026-01-01", tokenizer_fingerprint="fp", source_data_version="sv",
+        tmp_path,
+        _rows(),
+        partition="2026-01-01",
+        tokenizer_fingerprint="fp",
+        source_data_version="sv",
         rows_per_file=1,
     )
     assert manifest["splits"]["train"] == {
-        "conversations": 2, "tokens": 5, "loss_tokens": 3, "files": ["train-00000.parquet", "train-00001.parquet"]
+        "conversations": 2,
+        "tokens": 5,
+        "loss_tokens": 3,
+        "files": ["train-00000.parquet", "train-00001.parquet"],
     }
     assert manifest["totals"] == {"conversations": 4, "tokens": 10, "loss_tokens": 6}
     assert manifest["tokenizer_fingerprint"] == "fp" and manifest["source_data_version"] == "sv"
@@ -39,7 +46,9 @@ def test_shard_directory_matches_the_contract(tmp_path: Path) -> None:
 
 
 def test_checksums_catch_tampering_missing_and_extra_files(tmp_path: Path) -> None:
-    write_shard_directory(tmp_path, _rows(), partition="d", tokenizer_fingerprint="f", source_data_version="s")
+    write_shard_directory(
+        tmp_path, _rows(), partition="d", tokenizer_fingerprint="f", source_data_version="s"
+    )
     (tmp_path / "test-00000.parquet").write_bytes(b"corrupt")
     (tmp_path / "validation-00000.parquet").unlink()
     (tmp_path / "stray.parquet").write_bytes(b"x")
@@ -52,7 +61,9 @@ def test_checksums_catch_tampering_missing_and_extra_files(tmp_path: Path) -> No
 def test_unknown_split_is_refused(tmp_path: Path) -> None:
     rows = _rows().with_columns(pl.lit("dev").alias("split"))
     with pytest.raises(ValueError, match="unknown splits"):
-        write_shard_directory(tmp_path, rows, partition="d", tokenizer_fingerprint="f", source_data_version="s")
+        write_shard_directory(
+            tmp_path, rows, partition="d", tokenizer_fingerprint="f", source_data_version="s"
+        )
 
 
 def test_old_format_is_refused_with_advice(tmp_path: Path) -> None:

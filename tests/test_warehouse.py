@@ -59,9 +59,13 @@ def test_writer_waits_for_a_lock_held_by_another_process(tmp_path: Path) -> None
     wh = DuckDBWarehouse(path=str(db), lock_timeout_s=30)
     wh.ensure_tables()
     holder = subprocess.Popen(
-        [sys.executable, "-c",
-         f"import duckdb, time; c = duckdb.connect({str(db)!r}); print('locked', flush=True); time.sleep(2)"],
-        stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            f"import duckdb, time; c = duckdb.connect({str(db)!r}); print('locked', flush=True); time.sleep(2)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
     done = threading.Event()
