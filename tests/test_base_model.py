@@ -72,7 +72,7 @@ def test_local_model_is_snapshotted_with_its_own_template(preset_dir: Path, tmp_
 
 
 def test_local_model_errors_name_the_problem(preset_dir: Path, tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="config.json"):
+    with pytest.raises(FileNotFoundError, match=r"config\.json"):
         import_local_model(tmp_path / "nowhere", tmp_path / "o1")
     bare = tmp_path / "bare"
     tokenizer = AutoTokenizer.from_pretrained(preset_dir)
