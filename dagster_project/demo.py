@@ -25,16 +25,12 @@ def _ensure_dagster_home() -> None:
             fh.write("telemetry:\n  enabled: false\n")
 
 
-def _run(
-    job: dg.JobDefinition, instance: dg.DagsterInstance, label: str, timings: dict[str, float], **kwargs
-) -> None:
+def _run(job: dg.JobDefinition, instance: dg.DagsterInstance, label: str, timings: dict[str, float], **kwargs) -> None:
     start = time.perf_counter()
     result = job.execute_in_process(instance=instance, raise_on_error=False, **kwargs)
     timings[label] = timings.get(label, 0.0) + time.perf_counter() - start
     if not result.success:
-        raise SystemExit(
-            f"demo step {label} failed ({kwargs.get('partition_key', '')}); see `dagster dev` for the run"
-        )
+        raise SystemExit(f"demo step {label} failed ({kwargs.get('partition_key', '')}); see `dagster dev` for the run")
     failed_checks = [
         f"{e.asset_check_evaluation_data.asset_key.to_user_string()}:{e.asset_check_evaluation_data.check_name}"
         for e in result.all_events
@@ -42,6 +38,15 @@ def _run(
     ]
     if failed_checks:
         print(f"  ! failed asset checks in {label}: {failed_checks}")
+    return result
+
+
+def _metadata_number(result: dg.ExecuteInProcessResult, key: str) -> float:
+    total = 0.0
+    for event in result.get_asset_materialization_events():
+        value = event.materialization.metadata.get(key)
+        total += float(value.value) if value is not None else 0.0
+    return total
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -74,9 +79,10 @@ def main(argv: list[str] | None = None) -> None:
             asset_selection=[key("raw_interactions"), key("curated_conversations")],
         )
     _run(defs.resolve_job_def("base_model_job"), instance, "base_model", timings)
+    tokens = tokenize_seconds = 0.0
     for day in days:
         print(f"  tokenize {day}")
-        _run(
+        result = _run(
             ingestion,
             instance,
             "tokenized_shards",
@@ -84,12 +90,18 @@ def main(argv: list[str] | None = None) -> None:
             partition_key=day,
             asset_selection=[key("tokenized_shards")],
         )
+        tokens += _metadata_number(result, "tokens")
+        tokenize_seconds += _metadata_number(result, "tokenize_seconds")
     print("\nwall time per step (s):")
     for label, seconds in timings.items():
         print(f"  {label:42s} {seconds:8.1f}")
     from dagster_project.report import print_summary
 
     print_summary(settings, days)
+    if tokenize_seconds:
+        print(
+            f"  tokenization throughput: {tokens / tokenize_seconds:,.0f} tokens/s (render+tokenize+mask)"
+        )
 
 
 if __name__ == "__main__":
