@@ -162,6 +162,11 @@ def _numbered(names: pl.Expr) -> pl.Expr:
     ).list.join("\n")
 
 
+# A member who completed or rated a title watched it: rating-only sources (MovieLens-style
+# exports) then still yield watch histories and recommendation targets.
+WATCH_EVENTS = ("play", "complete", "rate")
+
+
 class _Catalog:
     """The catalog indexed by popularity rank: row i is the i-th most played title of
     the day (ties by title_id), so lists of ranks sort into popularity order."""
@@ -170,7 +175,7 @@ class _Catalog:
         cat = conform(catalog, CATALOG_SCHEMA)
         cat = cat.filter(pl.col("title_id").is_not_null() & (pl.col("title").str.strip_chars() != ""))
         cat = cat.unique("title_id", keep="first", maintain_order=True)
-        pop = inter.filter(pl.col("event") == "play").group_by("title_id").len("pop")
+        pop = inter.filter(pl.col("event").is_in(WATCH_EVENTS)).group_by("title_id").len("pop")
         cat = cat.join(pop, on="title_id", how="left").with_columns(pl.col("pop").fill_null(0))
         cat = cat.sort(["pop", "title_id"], descending=[True, False]).with_row_index("rank")
         cat = cat.with_columns(pl.col("rank").cast(pl.Int64))
@@ -280,7 +285,7 @@ def _hashes(df: pl.DataFrame, key: pl.Expr) -> pl.Series:
 
 def _recommendations(cat: _Catalog, inter: pl.DataFrame, day: date, cfg: BuilderConfig) -> pl.DataFrame:
     plays = (
-        inter.filter(pl.col("event") == "play")
+        inter.filter(pl.col("event").is_in(WATCH_EVENTS))
         .join(cat.rank_of, on="title_id", how="inner")
         .sort(["member_id", "ts", "title_id"])
         .unique(["member_id", "rank"], keep="first", maintain_order=True)

@@ -13,7 +13,7 @@ from datetime import UTC, date, datetime, timedelta
 import polars as pl
 import pytest
 
-from core.conversation_builder import CANDIDATE_SCHEMA, BuilderConfig, build_conversations
+from core.conversation_builder import CANDIDATE_SCHEMA, WATCH_EVENTS, BuilderConfig, build_conversations
 from core.curation import CurationConfig, curate
 from core.schemas import CATALOG_SCHEMA, INTERACTIONS_SCHEMA
 
@@ -108,7 +108,7 @@ def turns(row: dict) -> list[dict]:
 def play_sequences(interactions: pl.DataFrame) -> dict[str, list[str]]:
     """Each member's distinct plays of the day in ts order."""
     seqs: dict[str, list[str]] = {}
-    plays = interactions.filter(pl.col("event") == "play").sort(["member_id", "ts", "title_id"])
+    plays = interactions.filter(pl.col("event").is_in(WATCH_EVENTS)).sort(["member_id", "ts", "title_id"])
     for m, t in plays.select("member_id", "title_id").iter_rows():
         seq = seqs.setdefault(m, [])
         if t not in seq:
@@ -302,7 +302,7 @@ def test_search_results_contain_the_found_title_and_match_the_query(
     searched: dict[str, set[str]] = {}
     for m, t in interactions.filter(pl.col("event") == "search").select("member_id", "title_id").iter_rows():
         searched.setdefault(m, set()).add(t)
-    plays = interactions.filter(pl.col("event") == "play").group_by("title_id").len()
+    plays = interactions.filter(pl.col("event").is_in(WATCH_EVENTS)).group_by("title_id").len()
     pop = dict(plays.iter_rows())
     rows = built.filter(pl.col("kind") == "search")
     assert (

@@ -104,3 +104,71 @@ def test_synthetic_demo_materializes_the_data_half(tmp_path: Path) -> None:
     assert json.loads((first_version / "manifest.json").read_text()) == first_manifest
     assert verify_checksums(first_version) == []
     assert len(list((home / "artifacts" / "tokenized_shards" / "2026-01-01").iterdir())) == 2
+
+
+def test_bring_your_own_files_through_the_assets(tmp_path: Path) -> None:
+    """A MovieLens-shaped drop (one ratings file for all days) ingested via column mappings."""
+    data = tmp_path / "mydata"
+    data.mkdir()
+    genres = ["Comedy", "Drama|Romance", "Action|Thriller", "Animation|Children", "Sci-Fi"]
+    lines = ["movieId,title,genres"]
+    for i in range(1, 121):
+        lines.append(f'{i},"Film Number {i} ({1960 + i % 60})",{genres[i % len(genres)]}')
+    (data / "movies.csv").write_text("\n".join(lines) + "\n")
+    ratings = ["userId,movieId,rating,timestamp"]
+    day0 = 1767225600  # 2026-01-01T00:00:00Z
+    for user in range(1, 81):
+        for k in range(6):
+            movie = (user * 7 + k * 13) % 120 + 1
+            ts = day0 + (k % 2) * 86400 + user * 60 + k * 600
+            ratings.append(f"{user},{movie},{1 + (user + k) % 5}.0,{ts}")
+    ratings.append("81,999,4.0,1767225700")  # unknown title
+    ratings.append("82,5,3.5,not-a-time")  # bad timestamp
+    (data / "ratings.csv").write_text("\n".join(ratings) + "\n")
+    env = {
+        **SMALL,
+        "PLATFORM_DATA_SOURCE": "files",
+        "CATALOG_FILES": str(data / "movies.csv"),
+        "CATALOG_MAPPING": json.dumps(
+            {
+                "title_id": "movieId",
+                "title": "title",
+                "genres": "genres",
+                "year": None,
+                "synopsis": None,
+                "kind": None,
+                "language": None,
+                "maturity": None,
+            }
+        ),
+        "INTERACTION_FILES": str(data / "ratings.csv"),
+        "INTERACTION_MAPPING": json.dumps(
+            {
+                "member_id": "userId",
+                "title_id": "movieId",
+                "timestamp": "timestamp",
+                "rating": "rating",
+                "event": None,
+                "value": None,
+            }
+        ),
+    }
+    home = tmp_path / "home"
+    run_demo(home, env)
+    wh = DuckDBWarehouse(path=str(home / "warehouse.duckdb"))
+    catalog = wh.read_table("raw.catalog")
+    assert catalog.height == 120
+    row = catalog.filter(catalog["title_id"] == "7").row(0, named=True)
+    assert row["title"] == "Film Number 7" and row["year"] == 1967
+    per_day = dict(wh.query("SELECT day::VARCHAR, count(*) FROM raw.interactions GROUP BY 1").rows())
+    assert per_day == {"2026-01-01": 240, "2026-01-02": 240}
+    reasons = wh.query("SELECT reason, day FROM raw.quarantine ORDER BY reason").rows()
+    assert ("unknown_title", __import__("datetime").date(2026, 1, 1)) in reasons
+    assert ("bad_timestamp", None) in reasons
+    assert sum(1 for r in reasons if r[0] == "bad_timestamp") == 1  # replaced, not duplicated per day
+    kinds = set(wh.query("SELECT DISTINCT kind FROM curated.conversations")["kind"].to_list())
+    assert {"recommendation", "title_qa"} <= kinds
+    for day in ("2026-01-01", "2026-01-02"):
+        shard_dir = sorted((home / "artifacts" / "tokenized_shards" / day).iterdir())[-1]
+        assert verify_checksums(shard_dir) == []
+        assert read_manifest(shard_dir)["totals"]["conversations"] > 0
