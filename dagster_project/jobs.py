@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import dagster as dg
 
-from dagster_project.partitions import daily_partitions
-
 catalog_job = dg.define_asset_job(
     "catalog_job",
     selection=dg.AssetSelection.assets("raw_catalog"),
@@ -15,7 +13,6 @@ catalog_job = dg.define_asset_job(
 ingestion_job = dg.define_asset_job(
     "ingestion_job",
     selection=dg.AssetSelection.assets("raw_interactions", "curated_conversations", "tokenized_shards"),
-    partitions_def=daily_partitions,
     description="One day: raw_interactions -> curated_conversations -> tokenized_shards.",
 )
 
