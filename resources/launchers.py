@@ -1,0 +1,217 @@
+"""Training launchers: run `python -m training.sft` on N nodes x M processes.
+
+One small interface for every backend (local torchrun now, Kubernetes later):
+`launch(context, train_config, output_dir)` runs the trainer to completion under a
+Dagster Pipes session and returns what rank 0 reported. Rank 0 is the only
+process that talks to Dagster; every rank's output is streamed into the run's
+logs; a failed rank fails the materialization with that rank's error.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+from pydantic import Field
+
+from resources.torchrun_logs import diagnose
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class LaunchResult:
+    output_dir: Path
+    summary: dict[str, Any]
+    reported_metadata: dict[str, Any] = field(default_factory=dict)
+    progress: list[dict[str, Any]] = field(default_factory=list)
+    data_version: str | None = None
+
+
+class TrainingLauncher(dg.ConfigurableResource):
+    """The launcher interface. Implementations run the trainer and return its results."""
+
+    def launch(self, context: dg.AssetExecutionContext, train_config: dict[str, Any], output_dir: Path) -> LaunchResult:
+        raise NotImplementedError
+
+    @property
+    def world_size(self) -> int:
+        raise NotImplementedError
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def write_train_config(train_config: dict[str, Any], output_dir: Path) -> Path:
+    """The config file is the whole contract with the trainer; it sits next to its outputs."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    path = output_dir / "train_config.json"
+    path.write_text(json.dumps(train_config, indent=2, sort_keys=True))
+    return path
+
+
+class LocalTorchrunLauncher(TrainingLauncher):
+    """`torchrun` on this machine: `nnodes` agents x `nproc_per_node` processes.
+
+    With nnodes > 1 every agent runs here and meets the others through a c10d
+    rendezvous on 127.0.0.1 — the same code path a multi-node cluster uses.
+    """
+
+    nnodes: int = 1
+    nproc_per_node: int = 2
+    python_executable: str = ""
+    threads_per_process: int = 1
+    extra_env: dict[str, str] = Field(default_factory=dict)
+    termination_timeout_s: float = 30.0
+
+    @property
+    def world_size(self) -> int:
+        return self.nnodes * self.nproc_per_node
+
+    def commands(self, config_path: Path, log_dir: Path, port: int) -> list[list[str]]:
+        """One torchrun command per node (agent)."""
+        python = self.python_executable or sys.executable
+        base = [python, "-m", "torch.distributed.run", "--nnodes", str(self.nnodes)]
+        base += ["--nproc-per-node", str(self.nproc_per_node), "--tee", "3"]
+        tail = ["-m", "training.sft", "--config", str(config_path), "--resume"]
+        if self.nnodes == 1:
+            return [[*base, "--standalone", "--log-dir", str(log_dir / "node0"), *tail]]
+        rdzv = ["--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", f"local-{port}"]
+        return [
+            [*base, *rdzv, "--node-rank", str(n), "--log-dir", str(log_dir / f"node{n}"), *tail]
+            for n in range(self.nnodes)
+        ]
+
+    def launch(self, context: dg.AssetExecutionContext, train_config: dict[str, Any], output_dir: Path) -> LaunchResult:
+        if self.nnodes < 1 or self.nproc_per_node < 1:
+            raise dg.Failure(f"nnodes and nproc_per_node must be >= 1, got {self.nnodes} x {self.nproc_per_node}")
+        config_path = write_train_config(train_config, output_dir)
+        log_dir = output_dir / "torchrun_logs"
+        commands = self.commands(config_path, log_dir, free_port())
+        env = {
+            **os.environ,
+            "OMP_NUM_THREADS": str(self.threads_per_process),
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])),
+            **self.extra_env,
+        }
+        context.log.info(f"launching {self.nnodes} node(s) x {self.nproc_per_node} process(es): {commands[0]}")
+        with dg.open_pipes_session(
+            context=context,
+            context_injector=dg.PipesTempFileContextInjector(),
+            message_reader=dg.PipesTempFileMessageReader(),
+            extras={"output_dir": str(output_dir)},
+        ) as session:
+            pipes_env = session.get_bootstrap_env_vars()
+            # Only node 0 hosts global rank 0, the one process that reports through Pipes.
+            envs = [{**env, **pipes_env}] + [env] * (len(commands) - 1)
+            codes, output = _run_all(commands, envs, cwd=REPO_ROOT, context=context, grace=self.termination_timeout_s)
+        if any(codes):
+            failure = diagnose(output, log_dir / "node0" if self.nnodes == 1 else None)
+            context.log.error(f"training failed: {failure.headline()}\n{failure.error}")
+            raise dg.Failure(
+                description=f"training failed: {failure.headline()}",
+                metadata={
+                    "exit_codes": dg.MetadataValue.json(codes),
+                    "failed_rank": failure.rank if failure.rank is not None else -1,
+                    "error": dg.MetadataValue.md(f"```\n{failure.error}\n```"),
+                    "logs": dg.MetadataValue.path(str(log_dir)),
+                },
+            )
+        return collect_result(session, output_dir)
+
+
+def collect_result(session: Any, output_dir: Path) -> LaunchResult:
+    """What rank 0 reported through Pipes, plus summary.json from disk (the source of truth)."""
+    summary_path = output_dir / "summary.json"
+    if not summary_path.is_file():
+        raise dg.Failure(f"the trainer exited cleanly but wrote no {summary_path}")
+    summary = json.loads(summary_path.read_text())
+    metadata: dict[str, Any] = {}
+    data_version = None
+    for result in session.get_results():
+        if isinstance(result, dg.MaterializeResult):
+            metadata.update(result.metadata or {})
+            data_version = result.data_version.value if result.data_version else None
+    progress = [m for m in session.get_custom_messages() if isinstance(m, dict) and m.get("kind") == "progress"]
+    return LaunchResult(
+        output_dir=output_dir, summary=summary, reported_metadata=metadata, progress=progress, data_version=data_version
+    )
+
+
+def _run_all(
+    commands: Sequence[Sequence[str]],
+    envs: Sequence[dict[str, str]],
+    *,
+    cwd: Path,
+    context: dg.AssetExecutionContext,
+    grace: float,
+) -> tuple[list[int], str]:
+    """Start every agent, stream their output into this process's stdout (captured by Dagster)."""
+    tail: deque[str] = deque(maxlen=4000)
+    lock = threading.Lock()
+    procs = [
+        subprocess.Popen(
+            list(cmd),
+            cwd=cwd,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        for cmd, env in zip(commands, envs, strict=True)
+    ]
+
+    def pump(index: int, proc: subprocess.Popen[str]) -> None:
+        assert proc.stdout is not None
+        prefix = f"[node{index}]" if len(procs) > 1 else ""
+        for line in proc.stdout:
+            with lock:
+                tail.append(prefix + line)
+                sys.stdout.write(prefix + line)
+                sys.stdout.flush()
+
+    threads = [threading.Thread(target=pump, args=(i, p), daemon=True) for i, p in enumerate(procs)]
+    for thread in threads:
+        thread.start()
+    try:
+        while any(p.poll() is None for p in procs):
+            if any(p.poll() not in (None, 0) for p in procs):  # one agent failed: the others must not hang
+                _terminate(procs, grace)
+                break
+            time.sleep(0.2)
+    except (dg.DagsterExecutionInterruptedError, KeyboardInterrupt):
+        context.log.warning("run terminated: stopping the trainer processes")
+        _terminate(procs, grace)
+        raise
+    codes = [p.wait() for p in procs]
+    for thread in threads:
+        thread.join(timeout=10)
+    return codes, "".join(tail)
+
+
+def _terminate(procs: Sequence[subprocess.Popen[str]], grace: float) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
