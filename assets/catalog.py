@@ -13,9 +13,7 @@ from resources.landing import LandingArea
 from resources.warehouse import DuckDBWarehouse
 
 
-def schema_check(
-    asset: str, name: str, df: pl.DataFrame, contract: dict[str, pl.DataType]
-) -> dg.AssetCheckResult:
+def schema_check(asset: str, name: str, df: pl.DataFrame, contract: dict[str, pl.DataType]) -> dg.AssetCheckResult:
     """Column names and dtypes equal the contract, in order."""
     actual = dict(df.schema)
     mismatched = {c: str(actual.get(c)) for c, t in contract.items() if actual.get(c) != t}
@@ -36,9 +34,7 @@ def schema_check(
     kinds={"duckdb", "polars"},
     description="Latest catalog snapshot (raw.catalog); rows that break the schema go to raw.quarantine.",
     check_specs=[
-        dg.AssetCheckSpec(
-            "catalog_schema", asset="raw_catalog", description="raw.catalog matches the contract"
-        ),
+        dg.AssetCheckSpec("catalog_schema", asset="raw_catalog", description="raw.catalog matches the contract"),
         dg.AssetCheckSpec("unique_title_ids", asset="raw_catalog", description="title_id is a key"),
     ],
 )

@@ -65,9 +65,7 @@ def curated_conversations(
     if catalog.height == 0:
         raise RuntimeError("raw.catalog is empty: materialize raw_catalog first")
     if interactions.height == 0:
-        context.log.warning(
-            f"raw.interactions has no rows for {day}; only external conversations will be curated"
-        )
+        context.log.warning(f"raw.interactions has no rows for {day}; only external conversations will be curated")
 
     generated = build_conversations(
         catalog, interactions, day, BuilderConfig(seed=config.seed, max_exchanges=config.max_exchanges)
@@ -85,9 +83,7 @@ def curated_conversations(
     cfg = CurationConfig(
         max_message_chars=config.max_message_chars, max_conversation_chars=config.max_conversation_chars
     )
-    curated, rejected, stats = curate(
-        pl.concat(candidates, how="vertical_relaxed"), day, cfg, seen_hashes=seen
-    )
+    curated, rejected, stats = curate(pl.concat(candidates, how="vertical_relaxed"), day, cfg, seen_hashes=seen)
     quarantine = pl.concat(
         [schemas.conform(q, schemas.CONVERSATION_QUARANTINE_SCHEMA) for q in [*quarantines, rejected]]
     )
@@ -121,9 +117,7 @@ def curated_conversations(
             "quarantine_preview": markdown_table(quarantine.select("conversation_id", "reason", "detail")),
         },
         check_results=[
-            schema_check(
-                "curated_conversations", "conversations_schema", stored, schemas.CONVERSATIONS_SCHEMA
-            ),
+            schema_check("curated_conversations", "conversations_schema", stored, schemas.CONVERSATIONS_SCHEMA),
             dg.AssetCheckResult(
                 asset_key="curated_conversations",
                 check_name="no_member_in_two_splits",

@@ -25,9 +25,7 @@ class TokenizeConfig(dg.Config):
 
 
 def _check(name: str, passed: bool, **metadata: object) -> dg.AssetCheckResult:
-    return dg.AssetCheckResult(
-        asset_key="tokenized_shards", check_name=name, passed=passed, metadata=dict(metadata)
-    )
+    return dg.AssetCheckResult(asset_key="tokenized_shards", check_name=name, passed=passed, metadata=dict(metadata))
 
 
 @dg.asset(
@@ -69,9 +67,7 @@ def tokenized_shards(
     curated = warehouse.read_table("curated.conversations", "day = ?", [day])
     if curated.height == 0:
         context.log.warning(f"curated.conversations has no rows for {day}; writing empty shards")
-    result = tokenize_conversations(
-        tokenizer, curated, day, max_length=config.max_length, overlong=config.overlong
-    )
+    result = tokenize_conversations(tokenizer, curated, day, max_length=config.max_length, overlong=config.overlong)
     source_version = curated_fingerprint(curated)
     with artifacts.new_version("tokenized_shards", context.partition_key) as (version, tmp):
         write_shard_directory(
@@ -133,9 +129,7 @@ def tokenized_shards(
                 rows_with_special_token_lookalikes=serving.lookalike_rows,
                 first_failures=dg.MetadataValue.json(serving.failures[:5]),
             ),
-            _check(
-                "manifest_checksums", not checksum_problems, problems=dg.MetadataValue.json(checksum_problems)
-            ),
+            _check("manifest_checksums", not checksum_problems, problems=dg.MetadataValue.json(checksum_problems)),
             _check(
                 "tokenizer_fingerprint_recorded",
                 manifest.get("tokenizer_fingerprint") == fingerprint and bool(fingerprint),

@@ -99,9 +99,7 @@ def main(argv: list[str] | None = None) -> None:
 
     print_summary(settings, days)
     if tokenize_seconds:
-        print(
-            f"  tokenization throughput: {tokens / tokenize_seconds:,.0f} tokens/s (render+tokenize+mask)"
-        )
+        print(f"  tokenization throughput: {tokens / tokenize_seconds:,.0f} tokens/s (render+tokenize+mask)")
 
 
 if __name__ == "__main__":

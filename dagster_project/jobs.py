@@ -22,4 +22,10 @@ base_model_job = dg.define_asset_job(
     description="Build or import the base model.",
 )
 
-ALL_JOBS = [catalog_job, ingestion_job, base_model_job]
+training_job = dg.define_asset_job(
+    "training_job",
+    selection=dg.AssetSelection.assets("trained_checkpoint"),
+    description="Train a checkpoint on the tokenized shards (eval_report follows it).",
+)
+
+ALL_JOBS = [catalog_job, ingestion_job, base_model_job, training_job]

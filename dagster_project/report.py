@@ -45,8 +45,6 @@ def print_summary(settings: PlatformSettings, days: list[str]) -> None:
         conversations += manifest["totals"]["conversations"]
         for reason, n in manifest.get("quarantined", {}).items():
             token_quarantine[reason] = token_quarantine.get(reason, 0) + n
-    print(
-        f"\ntokenized_shards: {conversations:,} conversations, {tokens:,} tokens, {loss_tokens:,} loss tokens"
-    )
+    print(f"\ntokenized_shards: {conversations:,} conversations, {tokens:,} tokens, {loss_tokens:,} loss tokens")
     if token_quarantine:
         print(f"  quarantined at tokenization: {token_quarantine}")

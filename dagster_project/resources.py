@@ -7,11 +7,21 @@ from typing import Any
 from dagster_project.settings import PlatformSettings
 from resources.artifacts import ArtifactStore
 from resources.landing import LandingArea
+from resources.launchers import LocalTorchrunLauncher, TrainingLauncher
 from resources.warehouse import DuckDBWarehouse
+
+
+def build_launcher(settings: PlatformSettings) -> TrainingLauncher:
+    if settings.training_launcher == "local":
+        return LocalTorchrunLauncher(nnodes=settings.training_nnodes, nproc_per_node=settings.training_nproc_per_node)
+    raise ValueError(
+        f"TRAINING_LAUNCHER={settings.training_launcher!r} is not available; use 'local' (torchrun on this machine)"
+    )
 
 
 def build_resources(settings: PlatformSettings) -> dict[str, Any]:
     return {
+        "trainer": build_launcher(settings),
         "warehouse": DuckDBWarehouse(path=str(settings.warehouse_path)),
         "artifacts": ArtifactStore(root=str(settings.artifacts_dir)),
         "landing": LandingArea(

@@ -51,6 +51,9 @@ class PlatformSettings:
     catalog_mapping: str  # JSON
     interaction_mapping: str  # JSON
     base_model_path: str  # empty = build the tiny preset
+    training_launcher: str  # "local" (torchrun here); "kubernetes" lands with the Kubernetes issue
+    training_nnodes: int
+    training_nproc_per_node: int
 
     @property
     def dagster_home(self) -> Path:
@@ -90,4 +93,7 @@ def load_settings() -> PlatformSettings:
         catalog_mapping=_env("CATALOG_MAPPING", "{}"),
         interaction_mapping=_env("INTERACTION_MAPPING", "{}"),
         base_model_path=_env("BASE_MODEL_PATH", ""),
+        training_launcher=_env("TRAINING_LAUNCHER", "local"),
+        training_nnodes=_env_int("TRAINING_NNODES", 1),
+        training_nproc_per_node=_env_int("TRAINING_NPROC_PER_NODE", 2),
     )

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from core.atomic_io import atomic_directory, list_versions, new_version_id
+from core.atomic_io import TMP_PREFIX, atomic_directory, fsync_dir, fsync_tree, list_versions, new_version_id
 
 
 class ArtifactStore(dg.ConfigurableResource):
@@ -31,6 +31,24 @@ class ArtifactStore(dg.ConfigurableResource):
         final = self.asset_dir(asset, partition) / version
         with atomic_directory(final) as tmp:
             yield version, tmp
+
+    def staging_dir(self, asset: str, key: str) -> Path:
+        """A resumable work directory (hidden from `versions`), e.g. one per Dagster run lineage.
+
+        A retried run gets the same directory back, so a trainer can resume from its checkpoints.
+        """
+        path = self.asset_dir(asset) / f"{TMP_PREFIX}run-{key}"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def publish(self, asset: str, staging: Path) -> tuple[str, Path]:
+        """Atomically turn a finished staging directory into a new immutable version."""
+        version = new_version_id()
+        final = self.asset_dir(asset) / version
+        fsync_tree(staging)
+        staging.rename(final)
+        fsync_dir(final.parent)
+        return version, final
 
     def version_path(self, asset: str, version: str, partition: str | None = None) -> Path:
         return self.asset_dir(asset, partition) / version

@@ -48,9 +48,7 @@ class LandingArea(dg.ConfigurableResource):
 
     def catalog_mapping_obj(self) -> ingest.CatalogMapping:
         return (
-            ingest.catalog_mapping_from_json(self.catalog_mapping)
-            if not self.is_synthetic
-            else ingest.CatalogMapping()
+            ingest.catalog_mapping_from_json(self.catalog_mapping) if not self.is_synthetic else ingest.CatalogMapping()
         )
 
     def interaction_mapping_obj(self) -> ingest.InteractionMapping:
@@ -68,9 +66,7 @@ class LandingArea(dg.ConfigurableResource):
             return [path]
         return _glob_required(self.catalog_files, "CATALOG_FILES")
 
-    def interaction_paths(
-        self, day: date, log: dg.DagsterLogManager | None = None
-    ) -> tuple[list[Path], bool]:
+    def interaction_paths(self, day: date, log: dg.DagsterLogManager | None = None) -> tuple[list[Path], bool]:
         """(files, per_day): per_day is True when the files hold exactly this day's events."""
         if self.is_synthetic:
             path = synthetic.landing_paths(Path(self.root), day)["interactions"]
