@@ -1,0 +1,276 @@
+"""The champion registry: which checkpoint is the current best, and why.
+
+Append-only and immutable, like every artifact: each promotion is one JSON record
+``<registry>/<version>.json`` written atomically and never overwritten, so the
+history of champions is the directory listing and a reader can never see half a
+record. The current champion is the newest valid record; a corrupt or foreign file
+is reported and skipped, never fatal (a bad write must not block every later eval).
+
+Promotion rule (``decide_promotion``): a candidate is promoted unless it is worse
+than the champion by more than a margin on validation loss (relative margin) or on
+the model's recommendation hit@5 (absolute margin). The first checkpoint is promoted.
+Both sides must be measured on the same held-out data for the comparison to mean
+anything; the records carry an ``eval_set`` fingerprint so a mismatch is reported.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import uuid
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from core.atomic_io import TMP_PREFIX, atomic_write_bytes, fsync_dir, new_version_id
+
+RECORD_FORMAT = 1
+_VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+
+# The metrics promotion looks at, extracted from an eval report by ``promotion_metrics``.
+LOSS_KEY = "validation_loss"
+HIT_KEY = "hit@5"
+
+
+@dataclass(frozen=True)
+class ChampionRecord:
+    """One promotion: the checkpoint that became champion and the evidence for it."""
+
+    version: str  # record name; usually the eval_report version that promoted it
+    checkpoint: str  # path of the trained_checkpoint version directory
+    eval_version: str  # eval_report version holding the full report
+    metrics: dict[str, Any]  # at least validation_loss and hit@5 (see promotion_metrics)
+    promoted_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
+    reasons: tuple[str, ...] = ()
+    previous: str | None = None  # version of the champion it replaced
+    format: int = RECORD_FORMAT
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["reasons"] = list(self.reasons)
+        return out
+
+    @classmethod
+    def from_json(cls, obj: Any) -> ChampionRecord:
+        if not isinstance(obj, dict):
+            raise ValueError(f"a champion record is a JSON object, got {type(obj).__name__}")
+        missing = [k for k in ("version", "checkpoint", "eval_version", "metrics", "promoted_at") if k not in obj]
+        if missing:
+            raise ValueError(f"champion record lacks {missing}")
+        if obj.get("format", RECORD_FORMAT) != RECORD_FORMAT:
+            raise ValueError(f"champion record format {obj.get('format')} is not {RECORD_FORMAT}")
+        if not isinstance(obj["metrics"], dict):
+            raise ValueError("champion record 'metrics' is not an object")
+        for key in ("version", "checkpoint", "eval_version", "promoted_at"):
+            if not isinstance(obj[key], str) or not obj[key]:
+                raise ValueError(f"champion record {key!r} is not a non-empty string")
+        return cls(
+            version=obj["version"],
+            checkpoint=obj["checkpoint"],
+            eval_version=obj["eval_version"],
+            metrics=dict(obj["metrics"]),
+            promoted_at=obj["promoted_at"],
+            reasons=tuple(str(r) for r in obj.get("reasons", ())),
+            previous=obj.get("previous"),
+        )
+
+
+@dataclass(frozen=True)
+class RegistryProblem:
+    """A file in the registry directory that is not a valid record (kept, never deleted)."""
+
+    path: str
+    detail: str
+
+
+def read_champions(registry: Path) -> tuple[list[ChampionRecord], list[RegistryProblem]]:
+    """Every valid record, oldest first (by promoted_at, then version), and the files that are not valid."""
+    registry = Path(registry)
+    if not registry.is_dir():
+        return [], []
+    records: list[ChampionRecord] = []
+    problems: list[RegistryProblem] = []
+    for path in sorted(registry.iterdir()):
+        if path.name.startswith(TMP_PREFIX) or path.suffix != ".json" or not path.is_file():
+            continue
+        try:
+            record = ChampionRecord.from_json(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, ValueError) as exc:
+            problems.append(RegistryProblem(str(path), f"unreadable champion record: {exc}"))
+            continue
+        if record.version != path.stem:
+            problems.append(
+                RegistryProblem(str(path), f"record says version {record.version!r} but the file is {path.name}")
+            )
+            continue
+        records.append(record)
+    records.sort(key=lambda r: (r.promoted_at, r.version))
+    return records, problems
+
+
+def current_champion(registry: Path) -> ChampionRecord | None:
+    """The newest valid champion record, or None when nothing was promoted yet."""
+    records, _ = read_champions(registry)
+    return records[-1] if records else None
+
+
+def promote(registry: Path, record: ChampionRecord) -> Path:
+    """Append ``record`` as ``<registry>/<version>.json``; never replaces an existing record.
+
+    The bytes are staged and fsynced under a temporary name, then hard-linked into
+    place: the link fails if the name exists, so two concurrent promotions of the same
+    version cannot overwrite each other (FileExistsError).
+    """
+    if not _VERSION_RE.match(record.version):
+        raise ValueError(
+            f"champion version {record.version!r} must be 1-200 characters of letters, digits, '.', '_' or '-' "
+            "(it becomes a file name)"
+        )
+    registry = Path(registry)
+    final = registry / f"{record.version}.json"
+    if final.exists():
+        raise FileExistsError(f"champion record {final} already exists; records are immutable, use a new version")
+    data = (json.dumps(record.to_json(), indent=2, sort_keys=True) + "\n").encode("utf-8")
+    staging = registry / f"{TMP_PREFIX}{record.version}.json-{uuid.uuid4().hex[:8]}"
+    atomic_write_bytes(staging, data)
+    try:
+        os.link(staging, final)
+    except FileExistsError:
+        raise FileExistsError(
+            f"champion record {final} already exists; records are immutable, use a new version"
+        ) from None
+    except OSError:  # a filesystem without hard links: rename, after the existence check above
+        if final.exists():
+            raise FileExistsError(f"champion record {final} already exists") from None
+        os.replace(staging, final)
+    finally:
+        staging.unlink(missing_ok=True)
+    fsync_dir(registry)
+    return final
+
+
+def new_record(
+    *,
+    checkpoint: str | Path,
+    eval_version: str,
+    metrics: dict[str, Any],
+    reasons: list[str] | tuple[str, ...] = (),
+    previous: str | None = None,
+    version: str | None = None,
+) -> ChampionRecord:
+    """A record named after ``eval_version`` (or a fresh sortable id when that is not a valid name)."""
+    name = version or (eval_version if _VERSION_RE.match(eval_version) else new_version_id())
+    return ChampionRecord(
+        version=name,
+        checkpoint=str(checkpoint),
+        eval_version=eval_version,
+        metrics=dict(metrics),
+        reasons=tuple(reasons),
+        previous=previous,
+    )
+
+
+# --------------------------------------------------------------------------------------
+# The decision
+
+
+@dataclass(frozen=True)
+class Decision:
+    promoted: bool
+    reasons: list[str]
+    deltas: dict[str, float | None]  # candidate - champion (and the relative loss change)
+
+
+def promotion_metrics(report: dict[str, Any]) -> dict[str, Any]:
+    """The numbers promotion compares, from an eval report (core.eval_report contract)."""
+    splits = report.get("splits", {})
+    model = report.get("recommendation", {}).get("model", {})
+    return {
+        LOSS_KEY: splits.get("validation", {}).get("loss"),
+        "test_loss": splits.get("test", {}).get("loss"),
+        "hit@1": model.get("hit@1"),
+        HIT_KEY: model.get("hit@5"),
+        "hit_n": model.get("n"),
+        "eval_set": report.get("eval_set"),
+    }
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def decide_promotion(
+    candidate: dict[str, Any],
+    champion: dict[str, Any] | None,
+    *,
+    loss_margin: float = 0.02,
+    hit_margin: float = 0.02,
+) -> Decision:
+    """Promote unless validation loss is worse by more than ``loss_margin`` (relative) or
+    hit@5 is lower by more than ``hit_margin`` (absolute). No champion: promoted.
+
+    A candidate without a finite validation loss is never promoted (nothing to judge);
+    a metric the champion lacks is not compared, and the reasons say so.
+    """
+    if loss_margin < 0 or hit_margin < 0:
+        raise ValueError(f"margins must be >= 0, got loss_margin={loss_margin}, hit_margin={hit_margin}")
+    c_loss, c_hit = _number(candidate.get(LOSS_KEY)), _number(candidate.get(HIT_KEY))
+    deltas: dict[str, float | None] = {}
+    if c_loss is None:
+        return Decision(
+            False,
+            [f"candidate has no finite {LOSS_KEY} ({candidate.get(LOSS_KEY)!r}): held-out data missing or diverged"],
+            deltas,
+        )
+    if champion is None:
+        return Decision(True, ["no champion yet: the first evaluated checkpoint becomes champion"], deltas)
+    reasons: list[str] = []
+    promoted = True
+    ch_loss, ch_hit = _number(champion.get(LOSS_KEY)), _number(champion.get(HIT_KEY))
+    if ch_loss is None:
+        reasons.append(f"champion has no {LOSS_KEY}; loss not compared")
+    else:
+        deltas[LOSS_KEY] = c_loss - ch_loss
+        rel = (c_loss - ch_loss) / abs(ch_loss) if ch_loss else 0.0
+        deltas[f"{LOSS_KEY}_relative"] = rel
+        if c_loss > ch_loss + abs(ch_loss) * loss_margin + 1e-12:
+            promoted = False
+            reasons.append(
+                f"{LOSS_KEY} {c_loss:.4f} is {rel:+.1%} vs champion {ch_loss:.4f}, worse than the "
+                f"{loss_margin:.1%} margin"
+            )
+        else:
+            reasons.append(f"{LOSS_KEY} {c_loss:.4f} vs champion {ch_loss:.4f} ({rel:+.1%}, margin {loss_margin:.1%})")
+    if ch_hit is None:
+        reasons.append(f"champion has no {HIT_KEY}; hit rate not compared")
+    elif c_hit is None:
+        promoted = False
+        reasons.append(f"candidate has no {HIT_KEY} but the champion has {ch_hit:.3f}")
+    else:
+        deltas[HIT_KEY] = c_hit - ch_hit
+        if c_hit < ch_hit - hit_margin - 1e-12:
+            promoted = False
+            reasons.append(
+                f"{HIT_KEY} {c_hit:.3f} is {c_hit - ch_hit:+.3f} vs champion {ch_hit:.3f}, below the "
+                f"{hit_margin:.3f} margin"
+            )
+        else:
+            reasons.append(
+                f"{HIT_KEY} {c_hit:.3f} vs champion {ch_hit:.3f} ({c_hit - ch_hit:+.3f}, margin {hit_margin:.3f})"
+            )
+    c1, ch1 = _number(candidate.get("hit@1")), _number(champion.get("hit@1"))
+    if c1 is not None and ch1 is not None:
+        deltas["hit@1"] = c1 - ch1
+    c_set, ch_set = candidate.get("eval_set"), champion.get("eval_set")
+    if c_set and ch_set and c_set != ch_set:
+        reasons.append(
+            "note: candidate and champion were evaluated on different held-out data "
+            f"({c_set} vs {ch_set}); deltas mix model and data changes"
+        )
+    reasons.insert(0, "promoted: within margins of the champion" if promoted else "not promoted: regression")
+    return Decision(promoted, reasons, deltas)

@@ -1,0 +1,417 @@
+"""The `eval_report` artifact: report.json for machines, report.md and PNG plots for people.
+
+``report.json`` follows DESIGN.md's contract exactly (``checkpoint``;
+``splits.<split>.loss|perplexity|loss_tokens`` for validation and test;
+``recommendation.<system>.hit@1|hit@5`` for model, base_model and popularity;
+``champion``; ``promoted``). Extra keys (per-kind losses, decision, deltas, counts)
+are added next to them, never in their place; ``validate_report_json`` checks the
+contract and is what tests and the asset check call.
+
+Plots use matplotlib's object API with the Agg canvas (no pyplot, no global
+backend switch), so rendering is safe in a Dagster worker or a test process.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from core.champion import Decision, promotion_metrics
+
+CONTRACT_SPLITS = ("validation", "test")
+CONTRACT_SYSTEMS = ("model", "base_model", "popularity")
+SPLIT_KEYS = ("loss", "perplexity", "loss_tokens")
+HIT_KEYS = ("hit@1", "hit@5")
+# Per-system keys copied into report.json; bulky lists (samples, per-case results) stay out.
+_SYSTEM_KEYS = ("hit@1", "hit@5", "n", "by_split", "no_title_outputs", "mean_titles", "skipped_by_reason")
+_SPLIT_EXTRA = ("conversations",)
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def build_report_json(
+    *,
+    checkpoint: str | Path,
+    splits: dict[str, dict[str, Any]],
+    recommendation: dict[str, dict[str, Any]],
+    champion: str | None,
+    promoted: bool,
+    by_kind: dict[str, dict[str, dict[str, Any]]] | None = None,
+    decision: Decision | None = None,
+    champion_metrics: dict[str, Any] | None = None,
+    base_model_splits: dict[str, dict[str, Any]] | None = None,
+    eval_set: str | None = None,
+    samples: int = 0,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The report.json object: contract keys first, then extras.
+
+    ``splits`` and ``by_kind`` are ``training.evaluate.evaluate_loss_by``'s; each
+    ``recommendation[system]`` is an ``evaluate_recommendations`` / ``evaluate_popularity``
+    result (only scalar summaries are kept). Raises ValueError when a contract split or
+    system is missing, naming it.
+    """
+    missing_splits = [s for s in CONTRACT_SPLITS if s not in splits]
+    missing_systems = [s for s in CONTRACT_SYSTEMS if s not in recommendation]
+    if missing_splits or missing_systems:
+        raise ValueError(
+            f"eval report needs splits {list(CONTRACT_SPLITS)} and recommendation systems {list(CONTRACT_SYSTEMS)}; "
+            f"missing splits {missing_splits}, systems {missing_systems}"
+        )
+
+    def split_entry(values: dict[str, Any]) -> dict[str, Any]:
+        keys = (*SPLIT_KEYS, *_SPLIT_EXTRA)
+        return {k: values.get(k) for k in keys if k in values or k in SPLIT_KEYS}
+
+    report: dict[str, Any] = {
+        "checkpoint": str(checkpoint),
+        "splits": {name: split_entry(values) for name, values in splits.items()},
+        "recommendation": {
+            name: {k: values.get(k) for k in _SYSTEM_KEYS if k in values or k in HIT_KEYS}
+            for name, values in recommendation.items()
+        },
+        "champion": champion,
+        "promoted": bool(promoted),
+    }
+    if by_kind is not None:
+        report["by_kind"] = {s: {k: split_entry(v) for k, v in kinds.items()} for s, kinds in by_kind.items()}
+    if decision is not None:
+        report["decision"] = {"promoted": decision.promoted, "reasons": list(decision.reasons)}
+        report["deltas"] = dict(decision.deltas)
+    if champion_metrics is not None:
+        report["champion_metrics"] = dict(champion_metrics)
+    if base_model_splits is not None:
+        report["base_model_splits"] = {name: split_entry(v) for name, v in base_model_splits.items()}
+    if eval_set is not None:
+        report["eval_set"] = eval_set
+    report["samples"] = int(samples)
+    for key, value in (extra or {}).items():
+        if key in report:
+            raise ValueError(f"extra key {key!r} would replace a report key; rename it")
+        report[key] = value
+    return report
+
+
+def validate_report_json(obj: Any) -> list[str]:
+    """Contract problems of a report.json object (empty list = valid)."""
+    if not isinstance(obj, dict):
+        return [f"report must be a JSON object, got {type(obj).__name__}"]
+    problems: list[str] = []
+    if not isinstance(obj.get("checkpoint"), str) or not obj.get("checkpoint"):
+        problems.append("checkpoint: must be a non-empty string (the checkpoint path)")
+    splits = obj.get("splits")
+    if not isinstance(splits, dict):
+        problems.append("splits: must be an object")
+        splits = {}
+    for name in CONTRACT_SPLITS:
+        entry = splits.get(name)
+        if not isinstance(entry, dict):
+            problems.append(f"splits.{name}: missing")
+            continue
+        for key in SPLIT_KEYS:
+            if key not in entry:
+                problems.append(f"splits.{name}.{key}: missing")
+        tokens, loss, ppl = entry.get("loss_tokens"), entry.get("loss"), entry.get("perplexity")
+        if not isinstance(tokens, int) or isinstance(tokens, bool) or tokens < 0:
+            problems.append(f"splits.{name}.loss_tokens: must be an integer >= 0, got {tokens!r}")
+            continue
+        if loss is None:
+            if tokens > 0:
+                problems.append(f"splits.{name}.loss: null although loss_tokens = {tokens}")
+            if ppl is not None:
+                problems.append(f"splits.{name}.perplexity: must be null when loss is null")
+            continue
+        if not _finite(loss) or loss < 0:
+            problems.append(f"splits.{name}.loss: must be a finite number >= 0, got {loss!r}")
+            continue
+        if tokens == 0:
+            problems.append(f"splits.{name}.loss: {loss} although loss_tokens = 0")
+        if ppl is not None and (not _finite(ppl) or not math.isclose(ppl, math.exp(loss), rel_tol=1e-6)):
+            problems.append(f"splits.{name}.perplexity: {ppl!r} is not exp(loss) = exp({loss})")
+        if ppl is None and loss < 700:
+            problems.append(f"splits.{name}.perplexity: null although loss {loss} is finite")
+    rec = obj.get("recommendation")
+    if not isinstance(rec, dict):
+        problems.append("recommendation: must be an object")
+        rec = {}
+    for system in CONTRACT_SYSTEMS:
+        entry = rec.get(system)
+        if not isinstance(entry, dict):
+            problems.append(f"recommendation.{system}: missing")
+            continue
+        for key in HIT_KEYS:
+            if key not in entry:
+                problems.append(f"recommendation.{system}.{key}: missing")
+                continue
+            value = entry[key]
+            if value is None:
+                if entry.get("n"):
+                    problems.append(f"recommendation.{system}.{key}: null although n = {entry.get('n')}")
+            elif not _finite(value) or not 0.0 <= value <= 1.0:
+                problems.append(f"recommendation.{system}.{key}: must be a number in [0, 1], got {value!r}")
+        h1, h5 = entry.get("hit@1"), entry.get("hit@5")
+        if _finite(h1) and _finite(h5) and h1 > h5 + 1e-12:
+            problems.append(f"recommendation.{system}: hit@1 {h1} > hit@5 {h5}")
+    if "champion" not in obj:
+        problems.append("champion: missing (a version string or null)")
+    elif obj["champion"] is not None and (not isinstance(obj["champion"], str) or not obj["champion"]):
+        problems.append(f"champion: must be a version string or null, got {obj['champion']!r}")
+    if not isinstance(obj.get("promoted"), bool):
+        problems.append(f"promoted: must be true or false, got {obj.get('promoted')!r}")
+    try:
+        json.dumps(obj, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        problems.append(f"report is not strict JSON: {exc}")
+    return problems
+
+
+# --------------------------------------------------------------------------------------
+# Markdown
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}" if math.isfinite(value) else str(value)
+    return str(value)
+
+
+def _delta(a: Any, b: Any, digits: int = 4) -> str:
+    if not _finite(a) or not _finite(b):
+        return "—"
+    return f"{a - b:+.{digits}f}"
+
+
+def _fence(text: str) -> str:
+    """A code block whose fence is longer than any backtick run inside ``text``."""
+    longest = max((len(m) for m in re.findall(r"`+", text)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return f"{fence}text\n{text}\n{fence}"
+
+
+def _cell(text: Any) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _champion_numbers(champion_report: dict[str, Any] | None, report: dict[str, Any]) -> dict[str, Any] | None:
+    """Flat champion metrics from a champion report.json, flat metrics, or the report's own copy."""
+    source = champion_report if champion_report is not None else report.get("champion_metrics")
+    if source is None:
+        return None
+    return promotion_metrics(source) if "splits" in source else dict(source)
+
+
+def render_markdown(
+    report: dict[str, Any],
+    *,
+    champion_report: dict[str, Any] | None = None,
+    samples: Sequence[dict[str, Any]] = (),
+    plots: Sequence[str] = (),
+) -> str:
+    """report.md: summary, per-kind losses, systems, champion comparison and decision, samples."""
+    lines = ["# Eval report", ""]
+    lines.append(f"- checkpoint: `{report['checkpoint']}`")
+    lines.append(
+        f"- champion compared against: `{report['champion']}`" if report["champion"] else "- champion: none yet"
+    )
+    lines.append(f"- **promoted: {'yes' if report['promoted'] else 'no'}**")
+    if report.get("eval_set"):
+        lines.append(f"- held-out data fingerprint: `{report['eval_set']}`")
+    lines += ["", "## Held-out loss (assistant tokens only)", ""]
+    lines += ["| split | loss | perplexity | loss tokens | conversations |", "|---|---:|---:|---:|---:|"]
+    for name, entry in report["splits"].items():
+        lines.append(
+            f"| {_cell(name)} | {_fmt(entry.get('loss'))} | {_fmt(entry.get('perplexity'), 2)} | "
+            f"{_fmt(entry.get('loss_tokens'))} | {_fmt(entry.get('conversations'))} |"
+        )
+    base = report.get("base_model_splits")
+    if base:
+        lines += ["", "Base model on the same data:", ""]
+        lines += ["| split | loss | perplexity |", "|---|---:|---:|"]
+        for name, entry in base.items():
+            lines.append(f"| {_cell(name)} | {_fmt(entry.get('loss'))} | {_fmt(entry.get('perplexity'), 2)} |")
+    if report.get("by_kind"):
+        lines += ["", "## Loss by conversation kind", ""]
+        lines += ["| split | kind | loss | perplexity | loss tokens | conversations |", "|---|---|---:|---:|---:|---:|"]
+        for split, kinds in report["by_kind"].items():
+            for kind, entry in kinds.items():
+                lines.append(
+                    f"| {_cell(split)} | {_cell(kind)} | {_fmt(entry.get('loss'))} | "
+                    f"{_fmt(entry.get('perplexity'), 2)} | {_fmt(entry.get('loss_tokens'))} | "
+                    f"{_fmt(entry.get('conversations'))} |"
+                )
+    lines += ["", "## Recommendation: next title watched (hit@k)", ""]
+    lines += ["| system | hit@1 | hit@5 | cases |", "|---|---:|---:|---:|"]
+    for name, entry in report["recommendation"].items():
+        lines.append(
+            f"| {_cell(name)} | {_fmt(entry.get('hit@1'), 3)} | {_fmt(entry.get('hit@5'), 3)} | "
+            f"{_fmt(entry.get('n'))} |"
+        )
+    lines += [
+        "",
+        "The model and base model answer each held-out recommendation prompt greedily; the titles they name are "
+        "matched to the catalog. Popularity recommends the most watched titles the member has not seen.",
+    ]
+    lines += ["", "## Versus champion", ""]
+    champ = _champion_numbers(champion_report, report)
+    cand = promotion_metrics(report)
+    if champ is None:
+        lines.append("No champion yet: this is the first evaluated checkpoint.")
+    else:
+        lines += ["| metric | candidate | champion | delta |", "|---|---:|---:|---:|"]
+        for key, digits in (("validation_loss", 4), ("test_loss", 4), ("hit@1", 3), ("hit@5", 3)):
+            a, b = cand.get(key), champ.get(key)
+            lines.append(f"| {key} | {_fmt(a, digits)} | {_fmt(b, digits)} | {_delta(a, b, digits)} |")
+    decision = report.get("decision")
+    lines += ["", f"**Decision: {'promoted' if report['promoted'] else 'not promoted'}.**"]
+    if decision:
+        lines += [""] + [f"- {reason}" for reason in decision.get("reasons", [])]
+    if samples:
+        lines += ["", "## Generation samples", ""]
+        for k, sample in enumerate(samples, 1):
+            hit = sample.get("hit@1")
+            lines.append(
+                f"### {k}. `{sample.get('conversation_id', '?')}` — target {sample.get('target', '?')}"
+                + (f" — hit@1 {'✓' if hit else '✗'}" if hit is not None else "")
+            )
+            if sample.get("recommended") is not None:
+                lines.append(f"\nParsed recommendations: {', '.join(map(str, sample['recommended'])) or '(none)'}")
+            lines += ["", "Prompt:", "", _fence(str(sample.get("prompt", ""))), ""]
+            lines += ["Generated:", "", _fence(str(sample.get("generated", ""))), ""]
+    if plots:
+        lines += ["", "## Plots", ""] + [f"![{Path(p).stem}]({Path(p).name})" for p in plots]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+# --------------------------------------------------------------------------------------
+# Plots
+
+
+def _figure(width: float, height: float) -> Any:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=100)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def plot_loss_curve(path: Path, loss_curve: Sequence[dict[str, Any]]) -> Path:
+    """Training loss (and learning rate, when recorded) against the optimizer step."""
+    points = [p for p in loss_curve if _finite(p.get("step")) and _finite(p.get("loss"))]
+    fig = _figure(7, 4)
+    ax = fig.add_subplot(1, 1, 1)
+    ax.plot([p["step"] for p in points], [p["loss"] for p in points], color="tab:blue", label="train loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("mean loss per assistant token")
+    ax.grid(alpha=0.3)
+    lrs = [(p["step"], p["lr"]) for p in points if _finite(p.get("lr"))]
+    if lrs:
+        ax2 = ax.twinx()
+        ax2.plot([s for s, _ in lrs], [lr for _, lr in lrs], color="tab:orange", alpha=0.6, label="lr")
+        ax2.set_ylabel("learning rate")
+    ax.set_title("Training loss")
+    fig.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+    return path
+
+
+def plot_metrics(path: Path, report: dict[str, Any], champion: dict[str, Any] | None) -> Path:
+    """Bars: validation loss, hit@1, hit@5 of the candidate vs the champion vs the baselines."""
+    cand = promotion_metrics(report)
+    rec = report["recommendation"]
+    base_loss = (report.get("base_model_splits") or {}).get("validation", {}).get("loss")
+    panels = [
+        (
+            "validation loss",
+            [
+                ("candidate", cand.get("validation_loss")),
+                ("champion", (champion or {}).get("validation_loss")),
+                ("base model", base_loss),
+            ],
+        ),
+    ]
+    for key in HIT_KEYS:
+        panels.append(
+            (
+                key,
+                [
+                    ("candidate", rec["model"].get(key)),
+                    ("champion", (champion or {}).get(key)),
+                    ("base model", rec["base_model"].get(key)),
+                    ("popularity", rec["popularity"].get(key)),
+                ],
+            )
+        )
+    colors = {"candidate": "tab:blue", "champion": "tab:green", "base model": "tab:gray", "popularity": "tab:orange"}
+    fig = _figure(11, 3.8)
+    for k, (title, bars) in enumerate(panels, 1):
+        ax = fig.add_subplot(1, len(panels), k)
+        shown = [(name, float(v)) for name, v in bars if _finite(v)]
+        xs = list(range(len(shown)))
+        ax.bar(xs, [v for _, v in shown], color=[colors[n] for n, _ in shown])
+        ax.set_xticks(xs, [n for n, _ in shown], rotation=20)
+        for x, (_, v) in zip(xs, shown, strict=True):
+            ax.annotate(f"{v:.3f}", (x, v), ha="center", va="bottom", fontsize=8)
+        ax.set_title(title)
+        if title.startswith("hit"):
+            ax.set_ylim(0, max([1e-3, *[v * 1.2 for _, v in shown]]))
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle("Candidate vs champion vs baselines")
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+    return path
+
+
+# --------------------------------------------------------------------------------------
+# Writing
+
+
+def write_report(
+    out_dir: Path,
+    report: dict[str, Any],
+    *,
+    loss_curve: Sequence[dict[str, Any]] | None = None,
+    champion_report: dict[str, Any] | None = None,
+    samples: Sequence[dict[str, Any]] = (),
+) -> list[Path]:
+    """Write report.json, report.md, samples.json and the PNG plots into ``out_dir``; returns the files.
+
+    Refuses (ValueError listing the problems) a report that breaks the contract, so a
+    broken report.json never reaches a consumer. ``out_dir`` is normally the temporary
+    directory of ``core.atomic_io.atomic_directory``.
+    """
+    problems = validate_report_json(report)
+    if problems:
+        raise ValueError("eval report breaks the DESIGN.md contract: " + "; ".join(problems))
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    path = out_dir / "report.json"
+    path.write_text(json.dumps(report, indent=2, sort_keys=True, allow_nan=False) + "\n", encoding="utf-8")
+    written.append(path)
+    plots: list[Path] = []
+    if loss_curve:
+        plots.append(plot_loss_curve(out_dir / "loss_curve.png", loss_curve))
+    plots.append(plot_metrics(out_dir / "metrics_vs_champion.png", report, _champion_numbers(champion_report, report)))
+    if samples:
+        path = out_dir / "samples.json"
+        path.write_text(json.dumps(list(samples), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        written.append(path)
+    path = out_dir / "report.md"
+    markdown = render_markdown(report, champion_report=champion_report, samples=samples, plots=[p.name for p in plots])
+    path.write_text(markdown, encoding="utf-8")
+    written.append(path)
+    return written + plots
