@@ -23,14 +23,14 @@ class TrainingRunConfig(dg.Config):
     seq_len: int = 1024
     micro_batch_rows: int = 4
     grad_accum_steps: int = 2
-    max_steps: int = 60
+    max_steps: int = 100
     lr: float = 2e-3
     min_lr_ratio: float = 0.1
-    warmup_steps: int = 6
+    warmup_steps: int = 10
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     seed: int = 0
-    checkpoint_every: int = 20
+    checkpoint_every: int = 25
     activation_checkpointing: bool = False
     distributed: str = "ddp"
     log_every: int = 5

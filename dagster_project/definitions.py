@@ -6,6 +6,7 @@ import dagster as dg
 
 from assets.catalog import raw_catalog, raw_interactions
 from assets.conversations import curated_conversations
+from assets.evals import eval_report
 from assets.models import base_model
 from assets.shards import tokenized_shards
 from assets.training import trained_checkpoint
@@ -13,6 +14,14 @@ from dagster_project.jobs import ALL_JOBS
 from dagster_project.resources import build_resources
 from dagster_project.settings import load_settings
 
-ASSETS = [raw_catalog, raw_interactions, curated_conversations, base_model, tokenized_shards, trained_checkpoint]
+ASSETS = [
+    raw_catalog,
+    raw_interactions,
+    curated_conversations,
+    base_model,
+    tokenized_shards,
+    trained_checkpoint,
+    eval_report,
+]
 
 defs = dg.Definitions(assets=ASSETS, jobs=ALL_JOBS, resources=build_resources(load_settings()))

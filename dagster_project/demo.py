@@ -52,6 +52,7 @@ def _metadata_number(result: dg.ExecuteInProcessResult, key: str) -> float:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--days", type=int, default=None, help="demo days (default SYNTHETIC_DAYS)")
+    parser.add_argument("--skip-training", action="store_true", help="stop after tokenized_shards")
     args = parser.parse_args(argv)
     _ensure_dagster_home()
 
@@ -92,12 +93,43 @@ def main(argv: list[str] | None = None) -> None:
         )
         tokens += _metadata_number(result, "tokens")
         tokenize_seconds += _metadata_number(result, "tokenize_seconds")
+    evals: list = []
+    trains: list = []
+    if not args.skip_training:
+        print("  train + evaluate")
+        result = _run(defs.resolve_job_def("training_job"), instance, "trained_checkpoint+eval_report", timings)
+        evals = [
+            e.materialization.metadata
+            for e in result.get_asset_materialization_events()
+            if e.asset_key == key("eval_report")
+        ]
+        trains = [
+            e.materialization.metadata
+            for e in result.get_asset_materialization_events()
+            if e.asset_key == key("trained_checkpoint")
+        ]
     print("\nwall time per step (s):")
     for label, seconds in timings.items():
         print(f"  {label:42s} {seconds:8.1f}")
     from dagster_project.report import print_summary
 
     print_summary(settings, days)
+    if trains:
+        meta = {k: getattr(v, "value", v) for k, v in trains[0].items()}
+        print(
+            f"\ntrained_checkpoint: {meta['steps']} steps on {meta['world_size']} processes, "
+            f"{meta['tokens_seen']:,} tokens, final loss {meta['final_loss']:.4f}, "
+            f"{meta['tokens_per_second']:,.0f} tokens/s, packing efficiency {meta['packing_efficiency']:.3f}, "
+            f"MFU estimate {meta['mfu_estimate']:.2f}"
+        )
+    if evals:
+        meta = {k: getattr(v, "value", v) for k, v in evals[0].items()}
+        print("\neval_report:")
+        for name in ("validation_loss", "test_loss", "base_model_validation_loss"):
+            print(f"  {name:28s} {meta[name]:.4f}")
+        for system in ("model", "base_model", "popularity"):
+            print(f"  {system:12s} hit@1 {meta[system + '/hit@1']:.3f}  hit@5 {meta[system + '/hit@5']:.3f}")
+        print(f"  promoted: {meta['promoted']}  (champion compared: {meta['champion']})")
     if tokenize_seconds:
         print(f"  tokenization throughput: {tokens / tokenize_seconds:,.0f} tokens/s (render+tokenize+mask)")
 

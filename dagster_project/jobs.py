@@ -24,8 +24,8 @@ base_model_job = dg.define_asset_job(
 
 training_job = dg.define_asset_job(
     "training_job",
-    selection=dg.AssetSelection.assets("trained_checkpoint"),
-    description="Train a checkpoint on the tokenized shards (eval_report follows it).",
+    selection=dg.AssetSelection.assets("trained_checkpoint", "eval_report"),
+    description="Train a checkpoint on the tokenized shards, evaluate it and gate it against the champion.",
 )
 
 ALL_JOBS = [catalog_job, ingestion_job, base_model_job, training_job]

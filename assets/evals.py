@@ -1,0 +1,189 @@
+"""Evaluation layer: held-out metrics, baselines, and the champion gate."""
+
+import base64
+import json
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+
+from assets.training import trained_checkpoint
+from core.champion import current_champion, decide_promotion, new_record, promote, promotion_metrics
+from core.eval_report import build_report_json, write_report
+from core.fingerprints import files_fingerprint
+from resources.artifacts import ArtifactStore
+from resources.warehouse import DuckDBWarehouse
+from training.eval_suite import SuiteInputs, SuiteSettings, hits, run_suite
+
+
+class EvalConfig(dg.Config):
+    generation_cases: int = 200
+    max_new_tokens: int = 64
+    batch_size: int = 16
+    batch_tokens: int = 8192
+    loss_margin: float = 0.02  # relative: candidate validation loss may be at most 2% worse than the champion's
+    hit_margin: float = 0.02  # absolute: candidate hit@5 may be at most 0.02 lower
+
+
+def champion_registry(artifacts: ArtifactStore) -> Path:
+    return Path(artifacts.root) / "champion"
+
+
+def read_lineage(checkpoint: Path) -> dict:
+    path = checkpoint / "lineage.json"
+    if not path.is_file():
+        raise dg.Failure(f"{checkpoint} has no lineage.json; re-materialize trained_checkpoint")
+    return json.loads(path.read_text())
+
+
+def suite_inputs(checkpoint: Path, warehouse: DuckDBWarehouse, champion_dir: Path | None) -> SuiteInputs:
+    lineage = read_lineage(checkpoint)
+    shard_dirs = [Path(p) for p in lineage["shards"]]
+    days = sorted({p.parent.name for p in shard_dirs})
+    day_filter = pl.col("day").cast(pl.String).is_in(days)
+    conversations = warehouse.read_table("curated.conversations").filter(day_filter)
+    heldout_members = conversations.filter(pl.col("split") != "train")["member_id"].drop_nulls().unique()
+    # Popularity is learned from the same days, without the held-out members' own events.
+    events = warehouse.read_table("raw.interactions").filter(day_filter & ~pl.col("member_id").is_in(heldout_members))
+    return SuiteInputs(
+        checkpoint_dir=checkpoint,
+        base_model_dir=Path(lineage["base_model"]),
+        shard_dirs=shard_dirs,
+        conversations=conversations,
+        catalog=warehouse.read_table("raw.catalog"),
+        train_events=events,
+        champion_dir=champion_dir,
+    )
+
+
+def image_markdown(paths: list[Path]) -> str:
+    """PNG plots inlined as data URIs, so they render in the Dagster UI without a file server."""
+    parts = []
+    for path in paths:
+        if path.suffix == ".png":
+            data = base64.b64encode(path.read_bytes()).decode()
+            parts.append(f"**{path.stem}**\n\n![{path.stem}](data:image/png;base64,{data})")
+    return "\n\n".join(parts) or "_(no plots)_"
+
+
+@dg.asset(
+    group_name="evaluation",
+    kinds={"pytorch"},
+    deps=[trained_checkpoint],
+    description=(
+        "Held-out loss/perplexity (by split and kind), hit@1/hit@5 of generated recommendations vs the base model "
+        "and a popularity baseline, and the champion gate (artifacts/eval_report/<version>/)."
+    ),
+    check_specs=[
+        dg.AssetCheckSpec(
+            "no_regression_vs_champion",
+            asset="eval_report",
+            blocking=True,
+            description="the checkpoint is not worse than the current champion by more than the configured margins",
+        )
+    ],
+)
+def eval_report(
+    context: dg.AssetExecutionContext, config: EvalConfig, artifacts: ArtifactStore, warehouse: DuckDBWarehouse
+) -> dg.MaterializeResult:
+    checkpoint = artifacts.require_latest("trained_checkpoint")
+    registry = champion_registry(artifacts)
+    champion = current_champion(registry)
+    champion_dir = Path(champion.checkpoint) if champion else None
+    if champion_dir is not None and not champion_dir.is_dir():
+        context.log.warning(f"champion {champion.version} points at missing {champion_dir}; comparing without it")
+        champion_dir = None
+    inputs = suite_inputs(checkpoint, warehouse, champion_dir)
+    settings = SuiteSettings(
+        generation_cases=config.generation_cases,
+        max_new_tokens=config.max_new_tokens,
+        batch_size=config.batch_size,
+        batch_tokens=config.batch_tokens,
+    )
+    results = run_suite(inputs, settings)
+    model, base = results["model"], results["base_model"]
+    recommendation = {
+        "model": hits(model["recommendation"]),
+        "base_model": hits(base["recommendation"]),
+        "popularity": hits(results["popularity"]),
+    }
+    candidate = promotion_metrics({"splits": model["loss"]["splits"], "recommendation": recommendation})
+    champion_metrics = None
+    if "champion" in results:
+        champion_metrics = promotion_metrics(
+            {
+                "splits": results["champion"]["loss"]["splits"],
+                "recommendation": {"model": hits(results["champion"]["recommendation"])},
+            }
+        )
+    decision = decide_promotion(
+        candidate, champion_metrics, loss_margin=config.loss_margin, hit_margin=config.hit_margin
+    )
+    summary = json.loads((checkpoint / "summary.json").read_text())
+    report = build_report_json(
+        checkpoint=str(checkpoint),
+        splits=model["loss"]["splits"],
+        recommendation=recommendation,
+        champion=champion.version if champion_metrics is not None and champion else None,
+        promoted=decision.promoted,
+        by_kind=model["loss"]["by_kind"],
+        decision=decision,
+        champion_metrics=champion_metrics,
+        base_model_splits=base["loss"]["splits"],
+        eval_set=files_fingerprint([p / "manifest.json" for p in inputs.shard_dirs]),
+        samples=len(model["recommendation"]["samples"]),
+    )
+    with artifacts.new_version("eval_report") as (version, tmp):
+        files = write_report(
+            tmp,
+            report,
+            loss_curve=summary.get("loss_curve"),
+            champion_report=champion_metrics,
+            samples=model["recommendation"]["samples"],
+        )
+    out_dir = artifacts.version_path("eval_report", version)
+    if decision.promoted:
+        promote(
+            registry,
+            new_record(
+                checkpoint=str(checkpoint),
+                eval_version=version,
+                metrics=candidate,
+                reasons=decision.reasons,
+                previous=champion.version if champion else None,
+            ),
+        )
+        context.log.info(f"promoted {checkpoint.name} to champion: {'; '.join(decision.reasons)}")
+    else:
+        context.log.warning(f"not promoted, champion unchanged: {'; '.join(decision.reasons)}")
+    val, test = report["splits"]["validation"], report["splits"]["test"]
+    return dg.MaterializeResult(
+        metadata={
+            "path": dg.MetadataValue.path(str(out_dir)),
+            "version": version,
+            "checkpoint": dg.MetadataValue.path(str(checkpoint)),
+            "validation_loss": val["loss"],
+            "validation_perplexity": val["perplexity"],
+            "test_loss": test["loss"],
+            "test_perplexity": test["perplexity"],
+            "base_model_validation_loss": base["loss"]["splits"]["validation"]["loss"],
+            **{f"{system}/{k}": v for system, m in recommendation.items() for k, v in m.items()},
+            "champion": report["champion"] or "none",
+            "promoted": decision.promoted,
+            "decision": dg.MetadataValue.json({"reasons": decision.reasons, "deltas": decision.deltas}),
+            "report": dg.MetadataValue.md((out_dir / "report.md").read_text()),
+            "plots": dg.MetadataValue.md(image_markdown([out_dir / f.name for f in files])),
+        },
+        check_results=[
+            dg.AssetCheckResult(
+                asset_key="eval_report",
+                check_name="no_regression_vs_champion",
+                passed=decision.promoted,
+                metadata={
+                    "reasons": dg.MetadataValue.json(decision.reasons),
+                    "deltas": dg.MetadataValue.json(decision.deltas),
+                    "champion": report["champion"] or "none",
+                },
+            )
+        ],
+    )

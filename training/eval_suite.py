@@ -1,0 +1,92 @@
+"""One evaluation pass: a checkpoint against the base model, popularity, and the champion.
+
+Plain functions over paths and frames (no Dagster), so the asset stays thin and the
+same suite can run in a trainer pod.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import torch
+
+from training.evaluate import (
+    RecoCase,
+    TitleMatcher,
+    evaluate_loss_by,
+    evaluate_popularity,
+    evaluate_recommendations,
+    heldout_rows,
+    load_for_eval,
+    popularity_ranking,
+    recommendation_prompts,
+)
+
+
+@dataclass(frozen=True)
+class SuiteSettings:
+    generation_cases: int = 200  # held-out recommendation prompts generated per model
+    max_new_tokens: int = 64
+    batch_size: int = 16
+    batch_tokens: int = 8192
+    device: str = "cpu"
+
+
+@dataclass
+class SuiteInputs:
+    checkpoint_dir: Path
+    base_model_dir: Path
+    shard_dirs: list[Path]
+    conversations: pl.DataFrame  # curated.conversations rows of the shard days
+    catalog: pl.DataFrame  # raw.catalog
+    train_events: pl.DataFrame  # raw.interactions of the shard days (popularity baseline)
+    champion_dir: Path | None = None
+
+
+def evaluate_model(
+    model_dir: Path, rows: pl.DataFrame, cases: list[RecoCase], matcher: TitleMatcher, settings: SuiteSettings
+) -> dict[str, Any]:
+    """Held-out masked loss (by split and kind) and greedy-generation hit@k for one model dir."""
+    model, tokenizer = load_for_eval(model_dir, device=settings.device)
+    with torch.no_grad():
+        loss = evaluate_loss_by(model, rows, batch_tokens=settings.batch_tokens, device=settings.device)
+        reco = evaluate_recommendations(
+            model,
+            tokenizer,
+            cases,
+            matcher,
+            batch_size=settings.batch_size,
+            max_new_tokens=settings.max_new_tokens,
+            limit=settings.generation_cases,
+            device=settings.device,
+        )
+    del model
+    return {"loss": loss, "recommendation": reco}
+
+
+def run_suite(inputs: SuiteInputs, settings: SuiteSettings) -> dict[str, Any]:
+    rows = heldout_rows(inputs.shard_dirs, inputs.conversations)
+    matcher = TitleMatcher(inputs.catalog)
+    heldout = inputs.conversations.filter(pl.col("split").is_in(["validation", "test"]))
+    cases, skipped = recommendation_prompts(heldout, matcher)
+    results: dict[str, Any] = {
+        "heldout_rows": rows.height,
+        "reco_cases": len(cases),
+        "reco_skipped": [s.as_dict() for s in skipped],
+        "model": evaluate_model(inputs.checkpoint_dir, rows, cases, matcher, settings),
+        "base_model": evaluate_model(inputs.base_model_dir, rows, cases, matcher, settings),
+        "popularity": evaluate_popularity(
+            cases, popularity_ranking(inputs.train_events), limit=settings.generation_cases
+        ),
+    }
+    # The champion is re-evaluated on the same held-out data, so the gate compares models, not data.
+    if inputs.champion_dir is not None and inputs.champion_dir.is_dir():
+        results["champion"] = evaluate_model(inputs.champion_dir, rows, cases, matcher, settings)
+    return results
+
+
+def hits(reco: dict[str, Any]) -> dict[str, Any]:
+    return {"hit@1": reco["hit@1"], "hit@5": reco["hit@5"], "n": reco["n"]}
