@@ -22,7 +22,6 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 demo: install
-	@mkdir -p $(DAGSTER_HOME)
 	$(PY) -m dagster_project.demo
 
 test: install
@@ -40,7 +39,7 @@ format: install
 	$(VENV)/bin/ruff check --fix .
 
 dev: install
-	@mkdir -p $(DAGSTER_HOME)
+	$(PY) -m dagster_project.instance
 	$(VENV)/bin/dagster dev -w workspace.yaml
 
 # Drop the next synthetic day into the landing area (what a daily upstream export would do).

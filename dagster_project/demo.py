@@ -7,22 +7,12 @@ materialization and asset check shows up in `dagster dev` afterwards.
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from datetime import timedelta
 
 import dagster as dg
 
-
-def _ensure_dagster_home() -> None:
-    from dagster_project.settings import load_settings
-
-    home = os.environ.setdefault("DAGSTER_HOME", str(load_settings().dagster_home))
-    os.makedirs(home, exist_ok=True)
-    config = os.path.join(home, "dagster.yaml")
-    if not os.path.exists(config):
-        with open(config, "w") as fh:
-            fh.write("telemetry:\n  enabled: false\n")
+from dagster_project.instance import ensure_dagster_home
 
 
 def _run(job: dg.JobDefinition, instance: dg.DagsterInstance, label: str, timings: dict[str, float], **kwargs) -> None:
@@ -54,7 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--days", type=int, default=None, help="demo days (default SYNTHETIC_DAYS)")
     parser.add_argument("--skip-training", action="store_true", help="stop after tokenized_shards")
     args = parser.parse_args(argv)
-    _ensure_dagster_home()
+    ensure_dagster_home()
 
     from dagster_project.definitions import defs
     from dagster_project.settings import load_settings

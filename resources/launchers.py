@@ -75,6 +75,7 @@ class LocalTorchrunLauncher(TrainingLauncher):
     nnodes: int = 1
     nproc_per_node: int = 2
     python_executable: str = ""
+    working_dir: str = ""  # where `-m training.sft` is resolved; default: this checkout
     threads_per_process: int = 1
     extra_env: dict[str, str] = Field(default_factory=dict)
     termination_timeout_s: float = 30.0
@@ -119,7 +120,8 @@ class LocalTorchrunLauncher(TrainingLauncher):
             pipes_env = session.get_bootstrap_env_vars()
             # Only node 0 hosts global rank 0, the one process that reports through Pipes.
             envs = [{**env, **pipes_env}] + [env] * (len(commands) - 1)
-            codes, output = _run_all(commands, envs, cwd=REPO_ROOT, context=context, grace=self.termination_timeout_s)
+            cwd = Path(self.working_dir) if self.working_dir else REPO_ROOT
+            codes, output = _run_all(commands, envs, cwd=cwd, context=context, grace=self.termination_timeout_s)
         if any(codes):
             failure = diagnose(output, log_dir / "node0" if self.nnodes == 1 else None)
             context.log.error(f"training failed: {failure.headline()}\n{failure.error}")
