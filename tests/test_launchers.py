@@ -43,7 +43,7 @@ def test_failed_rank_error_comes_from_its_own_output(tmp_path: Path) -> None:
     failure = diagnose(TORCHRUN_FAILURE, None)
     assert failure.rank == 3 and failure.exit_code == 1
     assert failure.error.endswith("ValueError: shard 3 is corrupt")
-    assert "rank 3 failed (exit code 1): ValueError: shard 3 is corrupt" == failure.headline()
+    assert failure.headline() == "rank 3 failed (exit code 1): ValueError: shard 3 is corrupt"
     # The log folder (torchrun --log-dir) wins over the console when it has the traceback.
     rank_dir = tmp_path / "run-1" / "attempt_0" / "1"
     rank_dir.mkdir(parents=True)
