@@ -1,0 +1,68 @@
+import itertools
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from training.config import ConfigError, TrainConfig, load_config
+from training.sft import lr_factor
+
+REQUIRED = {"base_model_dir": "/m", "shard_dirs": ["/s"], "output_dir": "/o"}
+
+
+def test_defaults_are_documented_values() -> None:
+    cfg = TrainConfig.from_dict(REQUIRED)
+    assert (cfg.split, cfg.seq_len, cfg.overlong, cfg.distributed, cfg.device, cfg.dtype) == (
+        "train",
+        1024,
+        "split",
+        "ddp",
+        "auto",
+        "auto",
+    )
+    assert cfg.to_dict()["betas"] == [0.9, 0.95]
+
+
+def test_unknown_key_is_an_error_naming_it(tmp_path: Path) -> None:
+    path = tmp_path / "cfg.json"
+    path.write_text(json.dumps({**REQUIRED, "max_step": 10}))
+    with pytest.raises(ConfigError, match=r"unknown config keys \['max_step'\]"):
+        load_config(path)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"overlong": "truncate"}, "overlong must be one of"),
+        ({"distributed": "fsdp"}, "distributed must be one of"),
+        ({"seq_len": 0}, "seq_len must be an integer >= 1"),
+        ({"shard_dirs": "/s"}, "shard_dirs must be a non-empty list"),
+        ({"betas": [0.9]}, "betas must be two numbers"),
+    ],
+)
+def test_invalid_values_are_refused(override: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        TrainConfig.from_dict({**REQUIRED, **override})
+
+
+def test_missing_required_keys_are_named() -> None:
+    with pytest.raises(ConfigError, match=r"missing required config keys \['output_dir'\]"):
+        TrainConfig.from_dict({"base_model_dir": "/m", "shard_dirs": ["/s"]})
+
+
+def test_yaml_config_is_read(tmp_path: Path) -> None:
+    path = tmp_path / "cfg.yaml"
+    path.write_text("base_model_dir: /m\nshard_dirs: [/a, /b]\noutput_dir: /o\nseq_len: 256\n")
+    cfg = load_config(path)
+    assert cfg.shard_dirs == ["/a", "/b"] and cfg.seq_len == 256
+
+
+def test_lr_schedule_warms_up_linearly_then_cosine_decays_to_min() -> None:
+    cfg = TrainConfig.from_dict({**REQUIRED, "max_steps": 110, "warmup_steps": 10, "min_lr_ratio": 0.1})
+    assert [lr_factor(s, cfg) for s in range(3)] == pytest.approx([0.1, 0.2, 0.3])
+    assert lr_factor(9, cfg) == pytest.approx(1.0) and lr_factor(10, cfg) == pytest.approx(1.0)
+    assert lr_factor(60, cfg) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert lr_factor(110, cfg) == pytest.approx(0.1)
+    factors = [lr_factor(s, cfg) for s in range(10, 111)]
+    assert all(a >= b for a, b in itertools.pairwise(factors))

@@ -1,0 +1,190 @@
+"""`TrainConfig`: every knob of an SFT run, read from a JSON (or YAML) file.
+
+The config file is the whole contract between a launcher and the trainer, so it
+is strict: an unknown key is an error (a typo like `max_step` must not silently
+fall back to a default), and values are checked before any process group or
+model is created.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+OVERLONG_CHOICES = ("split", "drop")
+DISTRIBUTED_CHOICES = ("ddp", "fsdp2")
+DEVICE_CHOICES = ("auto", "cpu", "cuda")
+DTYPE_CHOICES = ("auto", "fp32", "bf16")
+ATTN_CHOICES = ("sdpa", "eager")
+
+
+class ConfigError(ValueError):
+    """The training config is invalid; the message names the key and what to change."""
+
+
+@dataclass
+class TrainConfig:
+    """One SFT run. Defaults suit a small model on one machine; the launcher overrides them.
+
+    Paths
+    - base_model_dir: HF model directory (weights + tokenizer) to start from.
+    - shard_dirs: `tokenized_shards` version directories (each with manifest.json).
+    - split: which split of the shards to train on.
+    - output_dir: final HF model dir + summary.json + checkpoints/ go here.
+
+    Data
+    - seq_len: length of every packed row (tokens).
+    - micro_batch_rows: packed rows per forward/backward per process.
+    - grad_accum_steps: micro-batches per optimizer step per process.
+      Global batch = micro_batch_rows * grad_accum_steps * world_size rows.
+    - overlong: "split" cuts a conversation longer than seq_len into seq_len chunks;
+      "drop" skips it. Both are counted in summary.json.
+    - pack_buffer_rows: conversations packed together by best-fit-decreasing (larger
+      = fuller rows, more memory, less shuffling locality).
+    - check_tokenizer_fingerprint: refuse shards tokenized by a different tokenizer
+      than base_model_dir's (that mismatch is silent train/serve skew).
+
+    Optimization
+    - max_steps: optimizer steps (the loader cycles epochs as needed).
+    - lr, min_lr_ratio: peak LR; cosine decays to lr * min_lr_ratio at max_steps.
+    - warmup_steps: linear warmup from lr/warmup_steps to lr.
+    - weight_decay, betas: AdamW (decay applies to matrices only, not norms/biases).
+    - grad_clip: max global gradient L2 norm (0 disables clipping).
+    - seed: model-independent randomness: data order and torch/numpy/python RNGs.
+    - activation_checkpointing: recompute activations in backward (less memory).
+
+    Checkpoints
+    - checkpoint_every: steps between checkpoints (a final one is always written).
+    - keep_checkpoints: newest checkpoints kept on disk.
+
+    Runtime
+    - distributed: "ddp" (replicated weights) or "fsdp2" (sharded with fully_shard).
+    - device: "auto" = cuda if available else cpu.
+    - dtype: "auto" = fp32 on CPU, bf16 autocast on GPU.
+    - attn_implementation: "sdpa" or "eager" (both honour packed position_ids).
+    - deterministic: torch.use_deterministic_algorithms (bit-exact CPU resume).
+    - cpu_threads: torch intra-op threads per process (0 = torch default).
+    - log_every: steps between progress lines / Dagster Pipes messages.
+    - peak_flops: per-device peak FLOP/s for the MFU estimate; 0 = measure with a
+      matmul probe (which underestimates the datasheet peak, so MFU reads high).
+    """
+
+    base_model_dir: str
+    shard_dirs: list[str]
+    output_dir: str
+    split: str = "train"
+    seq_len: int = 1024
+    micro_batch_rows: int = 4
+    grad_accum_steps: int = 1
+    max_steps: int = 1000
+    lr: float = 2e-4
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 20
+    weight_decay: float = 0.01
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    grad_clip: float = 1.0
+    seed: int = 0
+    checkpoint_every: int = 200
+    keep_checkpoints: int = 2
+    overlong: str = "split"
+    pack_buffer_rows: int = 512
+    check_tokenizer_fingerprint: bool = True
+    activation_checkpointing: bool = False
+    distributed: str = "ddp"
+    log_every: int = 10
+    device: str = "auto"
+    dtype: str = "auto"
+    attn_implementation: str = "sdpa"
+    deterministic: bool = False
+    cpu_threads: int = 0
+    peak_flops: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        if isinstance(self.shard_dirs, str) or not self.shard_dirs:
+            raise ConfigError("shard_dirs must be a non-empty list of tokenized_shards version directories")
+        for name in (
+            "seq_len",
+            "micro_batch_rows",
+            "grad_accum_steps",
+            "max_steps",
+            "checkpoint_every",
+            "keep_checkpoints",
+            "pack_buffer_rows",
+            "log_every",
+        ):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
+        for name in ("warmup_steps", "cpu_threads", "seed"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ConfigError(f"{name} must be an integer >= 0, got {value!r}")
+        if self.seq_len < 2:
+            raise ConfigError(f"seq_len must be >= 2 to hold a next-token target, got {self.seq_len}")
+        if not (isinstance(self.lr, int | float) and self.lr > 0):
+            raise ConfigError(f"lr must be > 0, got {self.lr!r}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ConfigError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio!r}")
+        if self.weight_decay < 0 or self.grad_clip < 0 or self.peak_flops < 0:
+            raise ConfigError("weight_decay, grad_clip and peak_flops must be >= 0")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ConfigError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
+        for name, choices in (
+            ("overlong", OVERLONG_CHOICES),
+            ("distributed", DISTRIBUTED_CHOICES),
+            ("device", DEVICE_CHOICES),
+            ("dtype", DTYPE_CHOICES),
+            ("attn_implementation", ATTN_CHOICES),
+        ):
+            if getattr(self, name) not in choices:
+                raise ConfigError(f"{name} must be one of {choices}, got {getattr(self, name)!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown config keys {unknown}; valid keys are {sorted(known)}")
+        required = sorted(f.name for f in fields(cls) if f.name not in data and _is_required(f))
+        if required:
+            raise ConfigError(f"missing required config keys {required}")
+        return cls(**data)
+
+
+def _is_required(f: Any) -> bool:
+    from dataclasses import MISSING
+
+    return f.default is MISSING and f.default_factory is MISSING
+
+
+def load_config(path: str | Path) -> TrainConfig:
+    """Read a config file: JSON, or YAML when the name ends in .yaml/.yml and PyYAML is installed."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    text = path.read_text()
+    if path.suffix in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ImportError as exc:
+            raise ConfigError(f"{path} is YAML but PyYAML is not installed; install it or use JSON") from exc
+        data = yaml.safe_load(text)
+    else:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{path} is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of config keys, got {type(data).__name__}")
+    try:
+        return TrainConfig.from_dict(data)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc

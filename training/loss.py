@@ -1,0 +1,74 @@
+"""Loss over the whole global batch, not a mean of per-micro-batch means.
+
+With packing, micro-batches hold very different numbers of loss tokens. Averaging
+per micro-batch (or per rank) would weight a token in a sparse micro-batch more
+than one in a dense micro-batch. Instead every micro-step backpropagates
+`sum of token losses * world_size / N_global`, where N_global is the loss-token
+count of the global batch (all ranks, all accumulation steps), all-reduced once
+*before* the first backward. DDP and FSDP2 average gradients over ranks (divide
+by world_size), so the accumulated gradient is exactly d(mean token loss)/dθ.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from training.data import IGNORE_INDEX
+from training.distributed import DistContext, gradient_sync
+
+
+def token_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Sum (not mean) of cross-entropy over positions whose label is not IGNORE_INDEX, in fp32.
+
+    Labels are already next-token aligned by the data loader (labels[t] is the target
+    for logits[t]); no shift here.
+    """
+    return F.cross_entropy(
+        logits.float().reshape(-1, logits.shape[-1]),
+        labels.reshape(-1),
+        ignore_index=IGNORE_INDEX,
+        reduction="sum",
+    )
+
+
+def forward_logits(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Packed forward pass: position_ids restart per conversation, no attention mask, no KV cache."""
+    return model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits
+
+
+@dataclass
+class StepLoss:
+    mean_loss: float  # global mean token loss of this optimizer step
+    loss_tokens: int  # global loss tokens of this step
+    tokens: int  # global non-pad tokens of this step
+
+
+def accumulate_gradients(
+    model: torch.nn.Module,
+    micro_batches: list[dict[str, torch.Tensor]],
+    ctx: DistContext,
+    autocast: AbstractContextManager | None = None,
+) -> StepLoss:
+    """Forward/backward every micro-batch of one optimizer step; gradients end up globally normalized."""
+    local_loss_tokens = sum(int((b["labels"] != IGNORE_INDEX).sum()) for b in micro_batches)
+    local_tokens = sum(int(b["tokens"].sum()) for b in micro_batches)
+    global_loss_tokens, global_tokens = ctx.all_reduce_sum([local_loss_tokens, local_tokens])
+    if global_loss_tokens == 0:
+        raise RuntimeError("the global batch has no loss tokens; check the shards' loss masks")
+    scale = ctx.world_size / global_loss_tokens
+    local_sum = torch.zeros((), dtype=torch.float64, device=ctx.device)
+    for index, batch in enumerate(micro_batches):
+        batch = {k: batch[k].to(ctx.device, non_blocking=True) for k in ("input_ids", "position_ids", "labels")}
+        # Forward and backward both inside: DDP decides in forward whether backward all-reduces.
+        with gradient_sync(model, enabled=index == len(micro_batches) - 1):
+            with autocast or nullcontext():
+                logits = forward_logits(model, batch)
+            loss_sum = token_loss_sum(logits, batch["labels"])
+            (loss_sum * scale).backward()
+        local_sum += loss_sum.detach().double()
+    (global_sum,) = ctx.all_reduce_sum([float(local_sum)])
+    return StepLoss(global_sum / global_loss_tokens, int(global_loss_tokens), int(global_tokens))
