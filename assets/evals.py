@@ -1,12 +1,12 @@
 """Evaluation layer: held-out metrics, baselines, and the champion gate."""
 
-import base64
 import json
 from pathlib import Path
 
 import dagster as dg
 import polars as pl
 
+from assets.metadata import image_markdown
 from assets.training import trained_checkpoint
 from core.champion import current_champion, decide_promotion, new_record, promote, promotion_metrics
 from core.eval_report import build_report_json, write_report
@@ -54,16 +54,6 @@ def suite_inputs(checkpoint: Path, warehouse: DuckDBWarehouse, champion_dir: Pat
         train_events=events,
         champion_dir=champion_dir,
     )
-
-
-def image_markdown(paths: list[Path]) -> str:
-    """PNG plots inlined as data URIs, so they render in the Dagster UI without a file server."""
-    parts = []
-    for path in paths:
-        if path.suffix == ".png":
-            data = base64.b64encode(path.read_bytes()).decode()
-            parts.append(f"**{path.stem}**\n\n![{path.stem}](data:image/png;base64,{data})")
-    return "\n\n".join(parts) or "_(no plots)_"
 
 
 @dg.asset(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -33,3 +35,13 @@ def reason_metadata(prefix: str, counts: dict[str, int]) -> dict[str, Any]:
     meta[f"{prefix}_by_reason"] = dg.MetadataValue.json(counts)
     meta[f"{prefix}_total"] = dg.MetadataValue.int(sum(counts.values()))
     return meta
+
+
+def image_markdown(paths: list[Path]) -> str:
+    """PNG plots inlined as data URIs, so they render in the Dagster UI without a file server."""
+    parts = []
+    for path in paths:
+        if path.suffix == ".png" and path.is_file():
+            data = base64.b64encode(path.read_bytes()).decode()
+            parts.append(f"**{path.stem}**\n\n![{path.stem}](data:image/png;base64,{data})")
+    return "\n\n".join(parts) or "_(no plots)_"

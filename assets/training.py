@@ -6,8 +6,10 @@ from typing import Any
 
 import dagster as dg
 
+from assets.metadata import image_markdown
 from assets.models import base_model
 from assets.shards import tokenized_shards
+from core.eval_report import plot_loss_curve
 from core.shards import read_manifest
 from core.tokenizer_training import tokenizer_fingerprint
 from resources.artifacts import ArtifactStore
@@ -101,10 +103,9 @@ def trained_checkpoint(
     staging = artifacts.staging_dir("trained_checkpoint", lineage)
     train_config = build_train_config(config, base_dir, shard_dirs, staging)
     result = trainer.launch(context, train_config, staging)
-    version, path = artifacts.publish("trained_checkpoint", staging)
     summary = result.summary
-    manifests = {str(p.parent.name): read_manifest(p) for p in shard_dirs}
-    (path / "lineage.json").write_text(
+    # Everything the version holds is written before it is published: versions are immutable.
+    (staging / "lineage.json").write_text(
         json.dumps(
             {
                 "base_model": str(base_dir),
@@ -115,6 +116,9 @@ def trained_checkpoint(
             indent=2,
         )
     )
+    plot = plot_loss_curve(staging / "loss_curve.png", summary.get("loss_curve", []))
+    version, path = artifacts.publish("trained_checkpoint", staging)
+    manifests = {str(p.parent.name): read_manifest(p) for p in shard_dirs}
     # What rank 0 reported through Pipes (data fingerprints, weights hash, conversation counts), then ours.
     reported = {k: v for k, v in result.reported_metadata.items() if k != "loss_curve"}
     return dg.MaterializeResult(
@@ -137,6 +141,7 @@ def trained_checkpoint(
             "packing_efficiency": summary.get("packing_efficiency"),
             "mfu_estimate": summary.get("mfu_estimate"),
             "loss_curve": dg.MetadataValue.md(loss_curve_markdown(summary.get("loss_curve", []))),
+            "loss_curve_plot": dg.MetadataValue.md(image_markdown([path / plot.name])),
         },
         data_version=dg.DataVersion(version),
     )

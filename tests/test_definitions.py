@@ -8,7 +8,7 @@ import dagster as dg
 REPO = Path(__file__).resolve().parent.parent
 
 
-def test_code_location_has_the_data_half_with_lineage() -> None:
+def test_code_location_has_the_asset_graph_with_lineage() -> None:
     from dagster_project.definitions import defs
 
     graph = defs.resolve_asset_graph()
@@ -28,6 +28,8 @@ def test_code_location_has_the_data_half_with_lineage() -> None:
     assert parents("curated_conversations") == {"raw_catalog", "raw_interactions"}
     assert parents("base_model") == {"curated_conversations"}
     assert parents("tokenized_shards") == {"curated_conversations", "base_model"}
+    assert parents("trained_checkpoint") == {"tokenized_shards", "base_model"}
+    assert parents("eval_report") == {"trained_checkpoint"}
     for name in ("raw_interactions", "curated_conversations", "tokenized_shards"):
         assert graph.get(dg.AssetKey(name)).partitions_def is not None
     checks = {k.name for k in defs.resolve_asset_graph().asset_check_keys}
@@ -66,3 +68,17 @@ def test_bad_settings_fail_with_advice(monkeypatch) -> None:
     monkeypatch.setenv("PLATFORM_PARTITION_START", "yesterday")
     with pytest.raises(ValueError, match="PLATFORM_PARTITION_START"):
         load_settings()
+
+
+def test_one_training_run_at_a_time(tmp_path: Path) -> None:
+    """trained_checkpoint sits in the `training` pool, and the instance we ship limits pools to 1."""
+    import shutil
+
+    from dagster_project.definitions import defs
+    from dagster_project.instance import INSTANCE_TEMPLATE
+
+    assets_def = defs.resolve_assets_def("trained_checkpoint")
+    assert assets_def.node_def.pool == "training"
+    shutil.copyfile(INSTANCE_TEMPLATE, tmp_path / "dagster.yaml")
+    instance = dg.DagsterInstance.from_config(str(tmp_path))
+    assert instance.get_concurrency_config().pool_config.default_pool_limit == 1
