@@ -44,7 +44,9 @@ def suite_inputs(checkpoint: Path, warehouse: DuckDBWarehouse, champion_dir: Pat
     conversations = warehouse.read_table("curated.conversations").filter(day_filter)
     heldout_members = conversations.filter(pl.col("split") != "train")["member_id"].drop_nulls().unique()
     # Popularity is learned from the same days, without the held-out members' own events.
-    events = warehouse.read_table("raw.interactions").filter(day_filter & ~pl.col("member_id").is_in(heldout_members))
+    events = warehouse.read_table("raw.interactions").filter(
+        day_filter & ~pl.col("member_id").is_in(heldout_members.implode())
+    )
     return SuiteInputs(
         checkpoint_dir=checkpoint,
         base_model_dir=Path(lineage["base_model"]),

@@ -27,7 +27,7 @@ SMALL = {
 def run_demo(home: Path, extra_env: dict[str, str], days: int = 2) -> str:
     env = {**os.environ, **extra_env, "PLATFORM_HOME": str(home), "DAGSTER_HOME": str(home / "dagster")}
     proc = subprocess.run(
-        [sys.executable, "-m", "dagster_project.demo", "--days", str(days)],
+        [sys.executable, "-m", "dagster_project.demo", "--days", str(days), "--skip-training"],
         cwd=REPO,
         env=env,
         capture_output=True,
