@@ -12,6 +12,7 @@ from typing import Any
 
 import polars as pl
 import torch
+from transformers.utils import logging as hf_logging
 
 from training.evaluate import (
     RecoCase,
@@ -68,6 +69,7 @@ def evaluate_model(
 
 
 def run_suite(inputs: SuiteInputs, settings: SuiteSettings) -> dict[str, Any]:
+    hf_logging.disable_progress_bar()  # per-model "Loading weights" bars would clutter the run's logs
     rows = heldout_rows(inputs.shard_dirs, inputs.conversations)
     matcher = TitleMatcher(inputs.catalog)
     heldout = inputs.conversations.filter(pl.col("split").is_in(["validation", "test"]))
