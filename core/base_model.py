@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 from transformers import AutoConfig, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
+from transformers.utils import logging as hf_logging
 
 from core.chat_templates import TEMPLATES
 from core.tokenizer_training import tokenizer_fingerprint, train_bpe_tokenizer
@@ -81,6 +82,7 @@ def save_preset(out_dir: Path, texts: Iterable[str], preset: TinyModelPreset) ->
     """Train the tokenizer, build the model and save both to `out_dir`; returns the model card."""
     tokenizer = build_preset_tokenizer(texts, preset)
     model = build_preset_model(tokenizer, preset)
+    hf_logging.disable_progress_bar()  # keep Dagster's run logs free of progress bars
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     card = {
