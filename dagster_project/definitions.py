@@ -12,6 +12,8 @@ from assets.shards import tokenized_shards
 from assets.training import trained_checkpoint
 from dagster_project.jobs import ALL_JOBS
 from dagster_project.resources import build_resources
+from dagster_project.schedules import SCHEDULES
+from dagster_project.sensors import SENSORS
 from dagster_project.settings import load_settings
 
 ASSETS = [
@@ -24,4 +26,10 @@ ASSETS = [
     eval_report,
 ]
 
-defs = dg.Definitions(assets=ASSETS, jobs=ALL_JOBS, resources=build_resources(load_settings()))
+defs = dg.Definitions(
+    assets=ASSETS,
+    jobs=ALL_JOBS,
+    sensors=SENSORS,
+    schedules=SCHEDULES,
+    resources=build_resources(load_settings()),
+)

@@ -1,0 +1,391 @@
+"""Sensors: a new landing drop starts that day's ingestion; enough new training data starts a training run.
+
+`landing_sensor` (default RUNNING: it only reads a directory listing and the instance)
+  watches `landing/interactions/day=YYYY-MM-DD/` and `landing/conversations/day=YYYY-MM-DD/`.
+  A day's *drop* is the set of files in those two folders; its signature is a hash of their
+  names, sizes and modification times. The sensor requests one `ingestion_job` run for the
+  day's partition per new signature (run key `landing:<day>:<signature>`, so even a lost
+  cursor cannot launch it twice) and keeps `{day: signature}` in its cursor. A drop is not
+  requested when:
+  - the day is already being processed by a queued or running run (it is looked at again on
+    the next tick), or
+  - `raw_interactions` and `curated_conversations` of that day were both materialized after
+    the drop's newest file was written (e.g. the synthetic source generated the drop inside
+    a backfill run): it is marked as seen.
+  When `base_model` has no version yet, `tokenized_shards` cannot be built; the sensor then
+  requests `raw_interactions` + `curated_conversations` only (tag `platform/tokenize=skipped`)
+  and the day is tokenized later by a backfill of `ingestion_job` once `base_model` exists.
+
+`retraining_sensor` (default STOPPED: a training run costs minutes of every core; turn it on in
+  the UI or with `dagster sensor start retraining_sensor`) compares the newest version of every
+  `tokenized_shards` partition with the shard versions the newest `trained_checkpoint` was
+  trained on (its `lineage.json`). Versions the checkpoint did not use and that are newer than
+  the newest one it did use are "new"; when their train-split loss tokens reach
+  `RETRAIN_MIN_NEW_LOSS_TOKENS` it requests a `training_job` run, once per set of shard versions
+  (cursor + run key). It never requests a run while a training run is queued or running.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import yaml
+
+from core.atomic_io import TMP_PREFIX
+from dagster_project.jobs import ingestion_job, training_job
+from dagster_project.partitions import daily_partitions
+from resources.artifacts import ArtifactStore
+from resources.landing import LandingArea
+
+IN_PROGRESS = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+    dg.DagsterRunStatus.CANCELING,
+]
+RAW_AND_CURATED = [dg.AssetKey("raw_interactions"), dg.AssetKey("curated_conversations")]
+TRAINED = dg.AssetKey("trained_checkpoint")
+_DAY_DIR = re.compile(r"^day=(\d{4}-\d{2}-\d{2})$")
+_DROP_FOLDERS = ("interactions", "conversations")
+
+
+# ---------------------------------------------------------------------------------------------- settings
+
+
+def env_int(name: str, default: int, minimum: int = 0) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError as exc:
+        raise ValueError(f"environment variable {name}={raw!r} must be an integer") from exc
+    if value < minimum:
+        raise ValueError(f"environment variable {name}={value} must be >= {minimum}")
+    return value
+
+
+def landing_interval_seconds() -> int:
+    return env_int("LANDING_SENSOR_INTERVAL_SECONDS", 30, minimum=1)
+
+
+def retrain_interval_seconds() -> int:
+    return env_int("RETRAIN_SENSOR_INTERVAL_SECONDS", 60, minimum=1)
+
+
+def retrain_threshold() -> int:
+    """Train-split loss tokens in new shard versions that justify a training run."""
+    return env_int("RETRAIN_MIN_NEW_LOSS_TOKENS", 200_000, minimum=1)
+
+
+def retrain_run_config() -> dict[str, Any]:
+    """Run config for sensor/schedule-started training runs: the YAML file named by RETRAIN_RUN_CONFIG, or {}.
+
+    Same format as `dagster job execute -c`, e.g. `ops: {trained_checkpoint: {config: {max_steps: 200}}}`.
+    """
+    path = os.environ.get("RETRAIN_RUN_CONFIG", "").strip()
+    if not path:
+        return {}
+    try:
+        loaded = yaml.safe_load(Path(path).expanduser().read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ValueError(f"RETRAIN_RUN_CONFIG={path!r} could not be read as YAML run config: {exc}") from exc
+    if not isinstance(loaded, dict):
+        raise ValueError(f"RETRAIN_RUN_CONFIG={path!r} must hold a YAML mapping like `ops: {{...}}`")
+    return loaded
+
+
+# ------------------------------------------------------------------------------------------- landing drops
+
+
+@dataclass(frozen=True)
+class Drop:
+    """The files that make up one day's landing drop."""
+
+    day: str
+    files: tuple[tuple[str, int, int], ...]  # (path relative to the landing root, size, mtime_ns), sorted
+
+    @property
+    def signature(self) -> str:
+        text = "\n".join(f"{name}\t{size}\t{mtime}" for name, size, mtime in self.files)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    @property
+    def newest_mtime(self) -> float:
+        return max(mtime for _, _, mtime in self.files) / 1e9
+
+
+def scan_landing(root: Path) -> dict[str, Drop]:
+    """Every day that has at least one file under landing/{interactions,conversations}/day=YYYY-MM-DD/.
+
+    Hidden and temporary files (names starting with "." such as atomic-write temp files) are ignored,
+    so a file that is still being written is not seen until it is renamed into place.
+    """
+    found: dict[str, list[tuple[str, int, int]]] = {}
+    for folder in _DROP_FOLDERS:
+        base = root / folder
+        if not base.is_dir():
+            continue
+        for day_dir in base.iterdir():
+            match = _DAY_DIR.match(day_dir.name)
+            if not match or not day_dir.is_dir():
+                continue
+            for path in day_dir.rglob("*"):
+                if path.name.startswith((".", TMP_PREFIX)) or not path.is_file():
+                    continue
+                try:
+                    stat = path.stat()
+                except FileNotFoundError:  # removed while we listed
+                    continue
+                entry = (path.relative_to(root).as_posix(), stat.st_size, stat.st_mtime_ns)
+                found.setdefault(match.group(1), []).append(entry)
+    return {day: Drop(day, tuple(sorted(files))) for day, files in found.items()}
+
+
+def _runs_in_progress(instance: dg.DagsterInstance, job_name: str | None = None) -> list[dg.DagsterRun]:
+    return list(instance.get_runs(dg.RunsFilter(statuses=IN_PROGRESS, job_name=job_name), limit=1000))
+
+
+# What each of our jobs materializes when a run does not name an asset subset.
+_JOB_ASSETS = {
+    ingestion_job.name: {*RAW_AND_CURATED, dg.AssetKey("tokenized_shards")},
+    training_job.name: {TRAINED, dg.AssetKey("eval_report")},
+}
+
+
+def _targets(run: dg.DagsterRun, keys: Iterable[dg.AssetKey]) -> bool:
+    """Whether a run materializes any of `keys` (one of our jobs, or an asset selection from the UI)."""
+    selected = run.asset_selection if run.asset_selection is not None else _JOB_ASSETS.get(run.job_name, set())
+    return any(k in selected for k in keys)
+
+
+def partitions_in_progress(instance: dg.DagsterInstance) -> set[str]:
+    """Daily partitions of raw_interactions/curated_conversations that a queued or running run is processing."""
+    return {
+        run.tags["dagster/partition"]
+        for run in _runs_in_progress(instance)
+        if "dagster/partition" in run.tags and _targets(run, RAW_AND_CURATED)
+    }
+
+
+def last_materialized(instance: dg.DagsterInstance, key: dg.AssetKey, partition: str) -> float | None:
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=key, asset_partitions=[partition]), limit=1
+    ).records
+    return records[0].timestamp if records else None
+
+
+def ingested_after(instance: dg.DagsterInstance, drop: Drop) -> bool:
+    """Both raw_interactions and curated_conversations of the day were materialized after the drop was written."""
+    for key in RAW_AND_CURATED:
+        when = last_materialized(instance, key, drop.day)
+        if when is None or when < drop.newest_mtime:
+            return False
+    return True
+
+
+@dataclass
+class LandingDecision:
+    """What one landing-sensor tick does (kept separate from the decorator so it can be read and tested)."""
+
+    requests: list[dg.RunRequest] = field(default_factory=list)
+    cursor: dict[str, str] = field(default_factory=dict)
+    already_ingested: list[str] = field(default_factory=list)
+    deferred: list[str] = field(default_factory=list)
+    outside_partitions: list[str] = field(default_factory=list)
+
+
+def decide_landing(
+    instance: dg.DagsterInstance,
+    landing_root: Path,
+    cursor: str | None,
+    base_model_ready: bool,
+    valid_days: set[str],
+) -> LandingDecision:
+    seen: dict[str, str] = json.loads(cursor) if cursor else {}
+    decision = LandingDecision(cursor=dict(seen))
+    drops = scan_landing(landing_root)
+    changed = {day: drop for day, drop in drops.items() if seen.get(day) != drop.signature}
+    if not changed:
+        return decision
+    busy = partitions_in_progress(instance)
+    for day in sorted(changed):
+        drop = changed[day]
+        if day not in valid_days:
+            decision.outside_partitions.append(day)
+            decision.cursor[day] = drop.signature
+        elif day in busy:
+            decision.deferred.append(day)  # looked at again next tick, once that run is done
+        elif ingested_after(instance, drop):
+            decision.already_ingested.append(day)
+            decision.cursor[day] = drop.signature
+        else:
+            tags = {"platform/drop_signature": drop.signature, "platform/drop_files": str(len(drop.files))}
+            selection = None
+            if not base_model_ready:
+                selection = RAW_AND_CURATED
+                tags["platform/tokenize"] = "skipped"
+            decision.requests.append(
+                dg.RunRequest(
+                    run_key=f"landing:{day}:{drop.signature}",
+                    partition_key=day,
+                    asset_selection=selection,
+                    tags=tags,
+                )
+            )
+            decision.cursor[day] = drop.signature
+    return decision
+
+
+@dg.sensor(
+    job=ingestion_job,
+    minimum_interval_seconds=landing_interval_seconds(),
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description=(
+        "Requests ingestion_job for a day's partition once per new landing drop "
+        "(files under landing/interactions|conversations/day=YYYY-MM-DD/)."
+    ),
+)
+def landing_sensor(
+    context: dg.SensorEvaluationContext, landing: LandingArea, artifacts: ArtifactStore
+) -> dg.SensorResult:
+    base_ready = artifacts.latest("base_model") is not None
+    valid_days = set(daily_partitions.get_partition_keys())
+    decision = decide_landing(context.instance, Path(landing.root), context.cursor, base_ready, valid_days)
+    cursor = json.dumps(decision.cursor, sort_keys=True)
+    if decision.outside_partitions:
+        context.log.warning(
+            f"drops for days outside the daily partitions ({daily_partitions.start:%Y-%m-%d} .. tomorrow) are ignored: "
+            f"{decision.outside_partitions}; set PLATFORM_PARTITION_START earlier to ingest them"
+        )
+    if decision.already_ingested:
+        context.log.info(f"already ingested after their files were written: {decision.already_ingested}")
+    if decision.deferred:
+        context.log.info(f"a queued or running run is processing {decision.deferred}; looking again next tick")
+    if decision.requests and not base_ready:
+        context.log.warning(
+            "base_model has no version yet, so tokenized_shards cannot be built: requesting raw_interactions + "
+            "curated_conversations only. Materialize base_model (base_model_job), then backfill ingestion_job "
+            "for these days."
+        )
+    if decision.requests:
+        context.log.info(f"requesting ingestion for {[r.partition_key for r in decision.requests]}")
+        return dg.SensorResult(run_requests=decision.requests, cursor=cursor)
+    return dg.SensorResult(skip_reason=f"no new landing drop under {landing.root}", cursor=cursor)
+
+
+# ---------------------------------------------------------------------------------------------- retraining
+
+
+@dataclass(frozen=True)
+class TrainingDelta:
+    """Shard versions a new training run would see that the newest checkpoint did not."""
+
+    checkpoint: Path | None
+    current: dict[str, str]  # day -> newest shard version
+    new: dict[str, str]  # day -> version, the subset of `current` that counts as new
+    new_loss_tokens: int  # train-split loss tokens of the new versions
+
+    @property
+    def key(self) -> str:
+        """Identifies the data a training run would see; one request per key."""
+        text = json.dumps(self.current, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _used_shards(checkpoint: Path | None) -> dict[str, str]:
+    if checkpoint is None:
+        return {}
+    lineage_path = checkpoint / "lineage.json"
+    if not lineage_path.is_file():
+        return {}
+    lineage = json.loads(lineage_path.read_text())
+    return {Path(p).parent.name: Path(p).name for p in lineage.get("shards", [])}
+
+
+def training_delta(artifacts: ArtifactStore) -> TrainingDelta:
+    checkpoint = artifacts.latest("trained_checkpoint")
+    used = _used_shards(checkpoint)
+    newest_used = max(used.values(), default="")
+    current: dict[str, str] = {}
+    root = artifacts.asset_dir("tokenized_shards")
+    if root.is_dir():
+        for day_dir in sorted(p for p in root.iterdir() if p.is_dir() and _DAY_DIR.match(f"day={p.name}")):
+            latest = artifacts.latest("tokenized_shards", day_dir.name)
+            if latest is not None:
+                current[day_dir.name] = latest.name
+    # Version ids are sortable UTC timestamps: "newer than the newest version the checkpoint used" leaves out
+    # old days that a windowed run (window_days) chose not to train on.
+    new = {day: v for day, v in current.items() if used.get(day) != v and v > newest_used}
+    loss_tokens = 0
+    for day, version in new.items():
+        manifest = json.loads((root / day / version / "manifest.json").read_text())
+        loss_tokens += int(manifest["splits"].get("train", {}).get("loss_tokens", 0))
+    return TrainingDelta(checkpoint=checkpoint, current=current, new=new, new_loss_tokens=loss_tokens)
+
+
+def training_runs_in_progress(instance: dg.DagsterInstance) -> list[dg.DagsterRun]:
+    """Queued or running runs that train: training_job, or any run whose asset selection has trained_checkpoint."""
+    return [run for run in _runs_in_progress(instance) if _targets(run, [TRAINED])]
+
+
+def busy_reason(runs: list[dg.DagsterRun]) -> str:
+    listed = ", ".join(f"{r.run_id[:8]} ({r.status.value})" for r in runs[:3])
+    return f"a training run is already queued or running: {listed}; not requesting another"
+
+
+def training_tags(delta: TrainingDelta, trigger: str) -> dict[str, str]:
+    return {
+        "platform/trigger": trigger,
+        "platform/new_loss_tokens": str(delta.new_loss_tokens),
+        "platform/new_shard_days": ",".join(sorted(delta.new))[:200],
+    }
+
+
+@dg.sensor(
+    job=training_job,
+    minimum_interval_seconds=retrain_interval_seconds(),
+    default_status=dg.DefaultSensorStatus.STOPPED,
+    description=(
+        "Requests training_job when the train-split loss tokens in tokenized_shards versions newer than the last "
+        "trained_checkpoint reach RETRAIN_MIN_NEW_LOSS_TOKENS; never while a training run is queued or running."
+    ),
+)
+def retraining_sensor(context: dg.SensorEvaluationContext, artifacts: ArtifactStore) -> dg.SensorResult:
+    running = training_runs_in_progress(context.instance)
+    if running:
+        return dg.SensorResult(skip_reason=busy_reason(running))
+    delta = training_delta(artifacts)
+    threshold = retrain_threshold()
+    since = f"since {delta.checkpoint.name}" if delta.checkpoint else "(no trained_checkpoint yet)"
+    if delta.new_loss_tokens < threshold:
+        return dg.SensorResult(
+            skip_reason=(
+                f"{delta.new_loss_tokens:,} new train loss tokens in {len(delta.new)} shard version(s) {since}; "
+                f"threshold RETRAIN_MIN_NEW_LOSS_TOKENS={threshold:,}"
+            )
+        )
+    if context.cursor == delta.key:
+        return dg.SensorResult(
+            skip_reason=(
+                f"a training run was already requested for this data (run key retrain:{delta.key}); "
+                "waiting for new shard versions"
+            )
+        )
+    context.log.info(f"{delta.new_loss_tokens:,} new train loss tokens {since}: requesting training_job")
+    request = dg.RunRequest(
+        run_key=f"retrain:{delta.key}", run_config=retrain_run_config(), tags=training_tags(delta, "retraining_sensor")
+    )
+    return dg.SensorResult(run_requests=[request], cursor=delta.key)
+
+
+SENSORS = [landing_sensor, retraining_sensor]
