@@ -76,6 +76,8 @@ def raw_catalog(
     kinds={"duckdb", "polars"},
     partitions_def=daily_partitions,
     deps=[raw_catalog],
+    # Transient failures (a drop still being copied, a slow shared disk) succeed on a later attempt.
+    retry_policy=dg.RetryPolicy(max_retries=2, delay=5, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS),
     description="One day of member events (raw.interactions); loading a day twice replaces it.",
     check_specs=[
         dg.AssetCheckSpec("interactions_schema", asset="raw_interactions"),

@@ -37,6 +37,7 @@ def curated_fingerprint(df: pl.DataFrame) -> str:
     kinds={"duckdb", "polars"},
     partitions_def=daily_partitions,
     deps=[raw_catalog, raw_interactions],
+    retry_policy=dg.RetryPolicy(max_retries=2, delay=5, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS),
     description=(
         "Validated multi-turn chats in the messages format with a stable split (curated.conversations); "
         "rejects in curated.quarantine with a reason code."

@@ -33,6 +33,7 @@ def _check(name: str, passed: bool, **metadata: object) -> dg.AssetCheckResult:
     kinds={"parquet", "huggingface"},
     partitions_def=daily_partitions,
     deps=[curated_conversations, base_model],
+    retry_policy=dg.RetryPolicy(max_retries=2, delay=5, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS),
     description=(
         "Token ids + assistant-only loss masks per conversation and split, rendered with the base model's "
         "chat template (artifacts/tokenized_shards/<day>/<version>/)."

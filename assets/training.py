@@ -85,6 +85,8 @@ def loss_curve_markdown(curve: list[dict[str, Any]], max_rows: int = 25) -> str:
     kinds={"pytorch", "huggingface"},
     deps=[tokenized_shards, base_model],
     pool=TRAINING_POOL,
+    # A retry runs in the same run (same root run id, same staging dir), so the trainer resumes from its checkpoint.
+    retry_policy=dg.RetryPolicy(max_retries=2, delay=10, backoff=dg.Backoff.EXPONENTIAL),
     description=(
         "Supervised fine-tuning of base_model on the train split of tokenized_shards (all days or a window), "
         "run by the configured TrainingLauncher; an HF model dir + training state + summary.json."

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dagster as dg
 
+INGESTION_LANE_TAG = "platform/lane"
+
 catalog_job = dg.define_asset_job(
     "catalog_job",
     selection=dg.AssetSelection.assets("raw_catalog"),
@@ -14,6 +16,8 @@ ingestion_job = dg.define_asset_job(
     "ingestion_job",
     selection=dg.AssetSelection.assets("raw_interactions", "curated_conversations", "tokenized_shards"),
     description="One day: raw_interactions -> curated_conversations -> tokenized_shards.",
+    # The instance config (instance_config.yaml) runs one run of this lane at a time, oldest first.
+    tags={INGESTION_LANE_TAG: "ingestion"},
 )
 
 base_model_job = dg.define_asset_job(
