@@ -125,11 +125,16 @@ class LocalTorchrunLauncher(TrainingLauncher):
         if any(codes):
             failure = diagnose(output, log_dir / "node0" if self.nnodes == 1 else None)
             context.log.error(f"training failed: {failure.headline()}\n{failure.error}")
+            # A rank killed by a signal (OOM killer, lost node) is worth a retry, which resumes from the last
+            # checkpoint; a rank that raised (bad config, bad data, a bug) would fail the same way again.
+            transient = failure.exit_code is not None and failure.exit_code < 0
             raise dg.Failure(
                 description=f"training failed: {failure.headline()}",
+                allow_retries=transient,
                 metadata={
                     "exit_codes": dg.MetadataValue.json(codes),
                     "failed_rank": failure.rank if failure.rank is not None else -1,
+                    "retryable": transient,
                     "error": dg.MetadataValue.md(f"```\n{failure.error}\n```"),
                     "logs": dg.MetadataValue.path(str(log_dir)),
                 },

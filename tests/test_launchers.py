@@ -101,14 +101,31 @@ time.sleep(30)
 """
 
 
-def _materialize(tmp_path: Path, body: str, nnodes: int = 1, nproc: int = 2) -> dg.ExecuteInProcessResult:
+FAKE_KILLED_ONCE = """
+import json, os, signal, sys
+from pathlib import Path
+cfg = json.loads(Path(sys.argv[sys.argv.index("--config") + 1]).read_text())
+marker = Path(cfg["output_dir"], "killed-once")
+if os.environ["RANK"] == "1" and not marker.exists():
+    marker.write_text("x")
+    os.kill(os.getpid(), signal.SIGKILL)  # what the OOM killer or a lost node looks like
+if os.environ["RANK"] == "0":
+    import time
+    time.sleep(1)
+    Path(cfg["output_dir"], "summary.json").write_text(json.dumps({"steps": 1, "world": os.environ["WORLD_SIZE"]}))
+"""
+
+
+def _materialize(
+    tmp_path: Path, body: str, nnodes: int = 1, nproc: int = 2, retries: int = 0
+) -> dg.ExecuteInProcessResult:
     fake = _fake_trainer(tmp_path, body)
     launcher = LocalTorchrunLauncher(
         nnodes=nnodes, nproc_per_node=nproc, working_dir=str(fake), termination_timeout_s=5
     )
     out = tmp_path / "out"
 
-    @dg.asset
+    @dg.asset(retry_policy=dg.RetryPolicy(max_retries=retries) if retries else None)
     def trained(context: dg.AssetExecutionContext, trainer: LocalTorchrunLauncher) -> dg.MaterializeResult:
         result = trainer.launch(context, {"output_dir": str(out)}, out)
         return dg.MaterializeResult(
@@ -137,9 +154,17 @@ def test_a_failed_rank_fails_the_materialization_with_its_error(tmp_path: Path) 
     text = info.error.message if info.error else ""
     assert "rank 1 failed" in text and "cannot read shard train-00003.parquet" in text
     assert info.user_failure_data.metadata["failed_rank"].value == 1
+    assert info.user_failure_data.metadata["retryable"].value is False  # a raised error is not retried
     assert "RuntimeError" in info.user_failure_data.metadata["error"].value
 
 
 def test_python_executable_defaults_to_this_interpreter(tmp_path: Path) -> None:
     cmd = LocalTorchrunLauncher().commands(tmp_path / "c.json", tmp_path, 1)[0]
     assert cmd[0] == sys.executable and cmd[1:3] == ["-m", "torch.distributed.run"]
+
+
+@pytest.mark.slow
+def test_a_killed_rank_is_retried_and_the_retry_succeeds(tmp_path: Path) -> None:
+    result = _materialize(tmp_path, FAKE_KILLED_ONCE, retries=1)
+    assert result.success
+    assert any(e.event_type_value == "STEP_UP_FOR_RETRY" for e in result.all_events)
