@@ -14,8 +14,14 @@ from resources.warehouse import DuckDBWarehouse
 def build_launcher(settings: PlatformSettings) -> TrainingLauncher:
     if settings.training_launcher == "local":
         return LocalTorchrunLauncher(nnodes=settings.training_nnodes, nproc_per_node=settings.training_nproc_per_node)
+    if settings.training_launcher == "kubernetes":
+        from dagster_project.settings import kubernetes_launcher_config
+        from resources.kubernetes_launcher import KubernetesTrainingLauncher
+
+        return KubernetesTrainingLauncher(**kubernetes_launcher_config(settings))
     raise ValueError(
-        f"TRAINING_LAUNCHER={settings.training_launcher!r} is not available; use 'local' (torchrun on this machine)"
+        f"TRAINING_LAUNCHER={settings.training_launcher!r} is not available; use 'local' (torchrun on this machine) "
+        "or 'kubernetes' (an Indexed Job on a cluster, see README 'Training on Kubernetes')"
     )
 
 

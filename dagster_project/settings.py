@@ -51,7 +51,7 @@ class PlatformSettings:
     catalog_mapping: str  # JSON
     interaction_mapping: str  # JSON
     base_model_path: str  # empty = build the tiny preset
-    training_launcher: str  # "local" (torchrun here); "kubernetes" lands with the Kubernetes issue
+    training_launcher: str  # "local" (torchrun here) or "kubernetes" (Indexed Job, K8S_* variables)
     training_nnodes: int
     training_nproc_per_node: int
 
@@ -97,3 +97,54 @@ def load_settings() -> PlatformSettings:
         training_nnodes=_env_int("TRAINING_NNODES", 1),
         training_nproc_per_node=_env_int("TRAINING_NPROC_PER_NODE", 2),
     )
+
+
+# ---- TRAINING_LAUNCHER=kubernetes ---------------------------------------------------------------------------
+
+
+def _env_json(name: str, default: str, kind: type) -> object:
+    import json
+
+    raw = _env(name, default)
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"environment variable {name}={raw!r} must be JSON ({kind.__name__})") from exc
+    if not isinstance(value, kind):
+        raise ValueError(f"environment variable {name}={raw!r} must be a JSON {kind.__name__}")
+    return value
+
+
+def kubernetes_launcher_config(settings: PlatformSettings) -> dict[str, object]:
+    """KubernetesTrainingLauncher fields from K8S_* variables (nodes x processes from TRAINING_NNODES/NPROC)."""
+    image = _env("K8S_IMAGE", "")
+    if not image:
+        raise ValueError(
+            "TRAINING_LAUNCHER=kubernetes needs K8S_IMAGE: the trainer image built from deploy/Dockerfile "
+            "(e.g. registry.example.com/catalog-posttrain:0.1.0)"
+        )
+    pull_secrets = [s.strip() for s in _env("K8S_IMAGE_PULL_SECRETS", "").split(",") if s.strip()]
+    return {
+        "namespace": _env("K8S_NAMESPACE", "catalog-posttrain"),
+        "image": image,
+        "image_pull_policy": _env("K8S_IMAGE_PULL_POLICY", "IfNotPresent"),
+        "image_pull_secrets": pull_secrets,
+        "nodes": settings.training_nnodes,
+        "procs_per_node": settings.training_nproc_per_node,
+        "gpus_per_node": _env_int("K8S_GPUS_PER_NODE", 0),
+        "cpu": _env("K8S_CPU", "4"),
+        "memory": _env("K8S_MEMORY", "16Gi"),
+        "shm_size": _env("K8S_SHM_SIZE", "2Gi"),
+        "artifacts_pvc": _env("K8S_ARTIFACTS_PVC", "catalog-posttrain-artifacts"),
+        "artifacts_mount_path": _env("K8S_ARTIFACTS_MOUNT_PATH", str(settings.artifacts_dir)),
+        "service_account": _env("K8S_SERVICE_ACCOUNT", ""),
+        "node_selector": _env_json("K8S_NODE_SELECTOR", "{}", dict),
+        "tolerations": _env_json("K8S_TOLERATIONS", "[]", list),
+        "priority_class": _env("K8S_PRIORITY_CLASS", ""),
+        "env": _env_json("K8S_ENV", "{}", dict),
+        "secret_env": _env_json("K8S_SECRET_ENV", "{}", dict),
+        "backoff_limit": _env_int("K8S_BACKOFF_LIMIT", -1),
+        "active_deadline_seconds": _env_int("K8S_ACTIVE_DEADLINE_SECONDS", 86400),
+        "kubeconfig": _env("K8S_KUBECONFIG", ""),
+        "kube_context": _env("K8S_CONTEXT", ""),
+    }

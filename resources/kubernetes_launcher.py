@@ -1,0 +1,350 @@
+"""`KubernetesTrainingLauncher`: `training.sft` on N Kubernetes pods x M processes, as an Indexed Job.
+
+Same interface as `LocalTorchrunLauncher` (`launch(context, train_config, output_dir)`,
+`world_size`); selected with TRAINING_LAUNCHER=kubernetes (see dagster_project/settings.py).
+The objects are built in `resources.k8s_objects`, watched in `resources.k8s_watch`; each pod's
+entry point is `resources.k8s_node`. The training config, checkpoints and outputs live on a
+shared ReadWriteMany volume mounted at the same path here and in every pod.
+
+Print the objects for a configuration without a cluster:
+
+    python -m resources.kubernetes_launcher render --nodes 2 --procs-per-node 8 --gpus-per-node 8 --image IMAGE
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import string
+import sys
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+from pydantic import Field
+
+from resources.k8s_objects import K8sConfigError, TrainingJobSpec, label_value, owned_by, render_yaml, with_env
+from resources.k8s_watch import (
+    JobOutcome,
+    JobWatcher,
+    PodLogMessageReader,
+    Rank0LogFollower,
+    api_status,
+    capture_failure,
+    delete_objects,
+    to_dict,
+)
+from resources.launchers import LaunchResult, TrainingLauncher, collect_result, write_train_config
+
+_SUFFIX = string.ascii_lowercase + string.digits
+
+
+def job_name_for(run_id: str, suffix: str | None = None) -> str:
+    """`sft-<first 8 of the run id>-<5 random>`: unique per launch, short enough for pod hostnames."""
+    suffix = suffix or "".join(secrets.choice(_SUFFIX) for _ in range(5))
+    head = "".join(ch for ch in run_id.lower() if ch.isalnum())[:8] or "run"
+    return f"sft-{head}-{suffix}"
+
+
+class KubernetesTrainingLauncher(TrainingLauncher):
+    """Runs the trainer as a Kubernetes Indexed Job (one pod per node) + headless Service for rendezvous.
+
+    The artifact volume (`artifacts_pvc`, a ReadWriteMany PVC) must be mounted at
+    `artifacts_mount_path` both in the Dagster run's pod and in the trainer pods: the training
+    config, the base model, the shards and the output directory must all be under it.
+    """
+
+    namespace: str = "default"
+    image: str = ""
+    image_pull_policy: str = "IfNotPresent"
+    image_pull_secrets: list[str] = Field(default_factory=list)
+    nodes: int = 2
+    procs_per_node: int = 1
+    gpus_per_node: int = 0
+    cpu: str = "4"
+    memory: str = "16Gi"
+    shm_size: str = "2Gi"
+    tmp_size: str = "10Gi"
+    artifacts_pvc: str = "catalog-posttrain-artifacts"
+    artifacts_mount_path: str = "/platform/artifacts"
+    service_account: str = ""
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[dict[str, str]] = Field(default_factory=list)
+    priority_class: str = ""
+    env: dict[str, str] = Field(default_factory=dict)
+    secret_env: dict[str, str] = Field(default_factory=dict)  # ENV_NAME -> "secret-name/key"
+    rdzv_port: int = 29500
+    cluster_domain: str = "cluster.local"
+    backoff_limit: int = -1  # -1: 2 x nodes
+    active_deadline_seconds: int = 86400
+    ttl_seconds_after_finished: int = 86400
+    dns_wait_seconds: int = 600
+    threads_per_process: int = 0
+    run_as_user: int = 1000
+    poll_interval_s: float = 5.0
+    log_tail_lines: int = 300
+    drain_timeout_s: float = 60.0
+    kubeconfig: str = ""  # empty: in-cluster config, else ~/.kube/config (or $KUBECONFIG)
+    kube_context: str = ""
+
+    @property
+    def world_size(self) -> int:
+        return self.nodes * self.procs_per_node
+
+    # ---- objects ------------------------------------------------------------------------------
+    def job_spec(
+        self,
+        name: str,
+        config_path: str,
+        labels: dict[str, str] | None = None,
+        annotations: dict[str, str] | None = None,
+    ) -> TrainingJobSpec:
+        return TrainingJobSpec(
+            name=name,
+            namespace=self.namespace,
+            image=self.image,
+            nodes=self.nodes,
+            procs_per_node=self.procs_per_node,
+            config_path=config_path,
+            gpus_per_node=self.gpus_per_node,
+            cpu=self.cpu,
+            memory=self.memory,
+            shm_size=self.shm_size,
+            tmp_size=self.tmp_size,
+            artifacts_pvc=self.artifacts_pvc,
+            artifacts_mount_path=self.artifacts_mount_path,
+            image_pull_policy=self.image_pull_policy,
+            image_pull_secrets=tuple(self.image_pull_secrets),
+            service_account=self.service_account,
+            node_selector=dict(self.node_selector),
+            tolerations=tuple(dict(t) for t in self.tolerations),
+            priority_class=self.priority_class,
+            env=dict(self.env),
+            secret_env=dict(self.secret_env),
+            labels=labels or {},
+            annotations=annotations or {},
+            rdzv_port=self.rdzv_port,
+            cluster_domain=self.cluster_domain,
+            backoff_limit=self.backoff_limit,
+            active_deadline_seconds=self.active_deadline_seconds,
+            ttl_seconds_after_finished=self.ttl_seconds_after_finished,
+            dns_wait_seconds=self.dns_wait_seconds,
+            threads_per_process=self.threads_per_process,
+            run_as_user=self.run_as_user,
+        )
+
+    def clients(self) -> tuple[Any, Any]:
+        """(BatchV1Api, CoreV1Api) from in-cluster config, or from a kubeconfig outside a cluster."""
+        from kubernetes import client, config
+
+        if self.kubeconfig or self.kube_context:
+            api = config.new_client_from_config(config_file=self.kubeconfig or None, context=self.kube_context or None)
+        else:
+            configuration = client.Configuration()
+            try:
+                config.load_incluster_config(client_configuration=configuration)
+            except config.ConfigException:
+                config.load_kube_config(client_configuration=configuration)
+            api = client.ApiClient(configuration)
+        return client.BatchV1Api(api), client.CoreV1Api(api)
+
+    def _check_paths(self, train_config: dict[str, Any], output_dir: Path) -> None:
+        mount = Path(self.artifacts_mount_path)
+        paths = {"output_dir": str(output_dir), "base_model_dir": train_config.get("base_model_dir")}
+        paths.update({f"shard_dirs[{i}]": p for i, p in enumerate(train_config.get("shard_dirs") or [])})
+        for key, value in paths.items():
+            if value and not Path(value).resolve().is_relative_to(mount.resolve()):
+                raise dg.Failure(
+                    f"{key}={value} is not on the shared artifact volume mounted at {mount} "
+                    f"(PVC {self.artifacts_pvc}): trainer pods could not read or write it. Mount the PVC there "
+                    "in the Dagster run's pod and set PLATFORM_HOME so artifacts live under it "
+                    "(K8S_ARTIFACTS_MOUNT_PATH must match)."
+                )
+
+    # ---- launch -------------------------------------------------------------------------------
+    def launch(self, context: dg.AssetExecutionContext, train_config: dict[str, Any], output_dir: Path) -> LaunchResult:
+        self._check_paths(train_config, output_dir)
+        config_path = write_train_config(train_config, output_dir)
+        run = context.run
+        name = job_name_for(run.run_id)
+        asset = "/".join(context.asset_key.path) if context.has_assets_def else ""
+        labels = {"dagster/run-id": run.run_id, "dagster/job": run.job_name}
+        if asset:
+            labels["dagster/asset"] = label_value(asset.replace("/", "__"))
+        annotations = {
+            "dagster/run-id": run.run_id,
+            "dagster/root-run-id": run.root_run_id or run.run_id,
+            "dagster/job": run.job_name,
+            "dagster/asset-key": asset,
+            "catalog-posttrain/output-dir": str(output_dir),
+            "catalog-posttrain/world-size": str(self.world_size),
+        }
+        try:
+            spec = self.job_spec(name, str(config_path), labels, annotations)
+            service, job = spec.service(), spec.job()
+        except K8sConfigError as exc:
+            raise dg.Failure(f"KubernetesTrainingLauncher configuration: {exc}") from exc
+        batch, core = self.clients()
+        reader = PodLogMessageReader(warn=context.log.warning)
+        outcome: JobOutcome | None = None
+        report = None
+        with dg.open_pipes_session(
+            context=context,
+            context_injector=dg.PipesEnvContextInjector(),
+            message_reader=reader,
+            extras={"output_dir": str(output_dir)},
+        ) as session:
+            job = with_env(job, session.get_bootstrap_env_vars())
+            self._submit(batch, core, job, service, context)
+            context.log.info(
+                f"submitted Job {self.namespace}/{name}: {self.nodes} node(s) x {self.procs_per_node} process(es)"
+                f"{f' x {self.gpus_per_node} GPU(s)' if self.gpus_per_node else ''}, rendezvous on "
+                f"{spec.rendezvous_host}:{self.rdzv_port}"
+            )
+            follower = Rank0LogFollower(
+                core, self.namespace, name, reader.consume, poll_s=min(2.0, self.poll_interval_s), log=context.log.info
+            )
+            watcher = JobWatcher(
+                batch,
+                core,
+                self.namespace,
+                name,
+                log=context.log,
+                poll_s=self.poll_interval_s,
+                timeout_s=self.active_deadline_seconds + 300,
+            )
+            follower.start()
+            try:
+                outcome = watcher.wait()
+                if outcome.succeeded:
+                    if not follower.finish(self.drain_timeout_s):
+                        context.log.warning("rank 0's log did not end in time; some Pipes messages may be missing")
+                else:
+                    follower.stop()
+                    report = capture_failure(
+                        core,
+                        batch,
+                        self.namespace,
+                        name,
+                        outcome,
+                        watcher.pods,
+                        tail_lines=self.log_tail_lines,
+                        save_dir=output_dir / "k8s" / name,
+                    )
+                    context.log.error(
+                        f"training Job {name} failed: {report.headline}\n{report.error}\n"
+                        + "events:\n"
+                        + "\n".join(report.events[-40:])
+                    )
+            except (dg.DagsterExecutionInterruptedError, KeyboardInterrupt):
+                context.log.warning(f"run terminated: deleting Job {name} and its Service")
+                follower.stop()
+                delete_objects(batch, core, self.namespace, name, context.log)
+                raise
+            except BaseException:
+                follower.stop()
+                delete_objects(batch, core, self.namespace, name, context.log)
+                raise
+            delete_objects(batch, core, self.namespace, name, context.log)
+        if report is not None:
+            raise dg.Failure(
+                description=f"training failed on Kubernetes: {report.headline}",
+                metadata={
+                    "k8s_job": f"{self.namespace}/{name}",
+                    "condition": outcome.describe() if outcome else "",
+                    **report.metadata(),
+                },
+            )
+        return collect_result(session, output_dir)
+
+    def _submit(self, batch: Any, core: Any, job: dict[str, Any], service: dict[str, Any], context: Any) -> None:
+        """The Job first, then the Service owned by it (garbage-collected with the Job whatever happens here)."""
+        try:
+            created = batch.create_namespaced_job(self.namespace, job)
+        except Exception as exc:
+            raise dg.Failure(_refused("creating the Job", self.namespace, exc)) from exc
+        owner = to_dict(created) if created is not None else None
+        if owner and (owner.get("metadata") or {}).get("uid"):
+            owner = {"apiVersion": "batch/v1", "kind": "Job", "metadata": owner["metadata"]}
+            service = owned_by(service, owner)
+        try:
+            core.create_namespaced_service(self.namespace, service)
+        except Exception as exc:
+            delete_objects(batch, core, self.namespace, job["metadata"]["name"], context.log)
+            raise dg.Failure(_refused("creating the headless Service", self.namespace, exc)) from exc
+
+
+def _refused(what: str, namespace: str, exc: BaseException) -> str:
+    status = api_status(exc)
+    hint = {
+        401: "the credentials were rejected",
+        403: "RBAC forbids it: bind deploy/k8s/rbac.yaml's Role to the service account the Dagster run uses",
+        404: f"namespace {namespace!r} does not exist",
+        409: "an object with that name already exists",
+        422: "the API server rejected the object (render it with `python -m resources.kubernetes_launcher render`)",
+    }.get(status or 0, "see the error")
+    body = getattr(exc, "body", None) or exc
+    return f"{what} in namespace {namespace} failed ({status}): {hint}. {body}"
+
+
+# ---- CLI ----------------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m resources.kubernetes_launcher", description=__doc__.splitlines()[0]
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    render = sub.add_parser("render", help="print the Service and Job a launch would submit, as YAML")
+    render.add_argument("--image", required=True)
+    render.add_argument("--nodes", type=int, default=2)
+    render.add_argument("--procs-per-node", type=int, default=1)
+    render.add_argument("--gpus-per-node", type=int, default=0)
+    render.add_argument("--namespace", default="catalog-posttrain")
+    render.add_argument("--cpu", default=None, help="CPU request = limit per pod (default: 8 per GPU, else 4)")
+    render.add_argument("--memory", default=None, help="memory request = limit per pod (default: 64Gi/GPU, else 16Gi)")
+    render.add_argument("--shm-size", default=None, help="/dev/shm size (default: 16Gi with GPUs, else 2Gi)")
+    render.add_argument("--artifacts-pvc", default="catalog-posttrain-artifacts")
+    render.add_argument("--artifacts-mount-path", default="/platform/artifacts")
+    render.add_argument("--service-account", default="catalog-posttrain-trainer")
+    render.add_argument("--run-id", default="00000000-0000-0000-0000-000000000000", help="Dagster run id (labels)")
+    render.add_argument("--name", default=None, help="Job name (default: sft-<run id>-xxxxx)")
+    args = parser.parse_args(argv)
+    gpus = args.gpus_per_node
+    launcher = KubernetesTrainingLauncher(
+        namespace=args.namespace,
+        image=args.image,
+        nodes=args.nodes,
+        procs_per_node=args.procs_per_node,
+        gpus_per_node=gpus,
+        cpu=args.cpu or (str(8 * gpus) if gpus else "4"),
+        memory=args.memory or (f"{64 * gpus}Gi" if gpus else "16Gi"),
+        shm_size=args.shm_size or ("16Gi" if gpus else "2Gi"),
+        artifacts_pvc=args.artifacts_pvc,
+        artifacts_mount_path=args.artifacts_mount_path,
+        service_account=args.service_account,
+    )
+    name = args.name or job_name_for(args.run_id, "xxxxx")
+    output_dir = f"{args.artifacts_mount_path.rstrip('/')}/trained_checkpoint/.tmp-run-{args.run_id}"
+    labels = {"dagster/run-id": args.run_id, "dagster/job": "training_job", "dagster/asset": "trained_checkpoint"}
+    annotations = {
+        "dagster/run-id": args.run_id,
+        "dagster/root-run-id": args.run_id,
+        "dagster/job": "training_job",
+        "dagster/asset-key": "trained_checkpoint",
+        "catalog-posttrain/output-dir": output_dir,
+        "catalog-posttrain/world-size": str(launcher.world_size),
+    }
+    try:
+        spec = launcher.job_spec(name, f"{output_dir}/train_config.json", labels, annotations)
+        sys.stdout.write(render_yaml(spec.objects()))
+    except K8sConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")
+    sys.exit(main())
