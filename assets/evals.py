@@ -62,6 +62,8 @@ def suite_inputs(checkpoint: Path, warehouse: DuckDBWarehouse, champion_dir: Pat
     group_name="evaluation",
     kinds={"pytorch"},
     deps=[trained_checkpoint],
+    # A checkpoint materialized on its own (e.g. from the Launchpad) is evaluated and gated automatically.
+    automation_condition=dg.AutomationCondition.eager(),
     description=(
         "Held-out loss/perplexity (by split and kind), hit@1/hit@5 of generated recommendations vs the base model "
         "and a popularity baseline, and the champion gate (artifacts/eval_report/<version>/)."
