@@ -7,7 +7,7 @@ PLATFORM_HOME ?= $(CURDIR)/var
 export PLATFORM_HOME
 export DAGSTER_HOME ?= $(PLATFORM_HOME)/dagster
 
-.PHONY: install demo test test-fast lint format dev drop-day clean-var
+.PHONY: install demo test test-fast lint format dev drop-day backfill clean-var
 
 # torch==2.13.0 first and explicitly: it is the CPU build on local disk; a looser
 # requirement would pull a multi-GB CUDA build.
@@ -42,9 +42,17 @@ dev: install
 	$(PY) -m dagster_project.instance
 	$(VENV)/bin/dagster dev -w workspace.yaml
 
-# Drop the next synthetic day into the landing area (what a daily upstream export would do).
+# Drop the next synthetic day into the landing area (what a daily upstream export would do), with the same
+# synthetic world as the assets (SYNTHETIC_* and PLATFORM_PARTITION_START, defaults as in settings.py).
 drop-day: install
-	$(PY) -m core.synthetic drop --landing $(PLATFORM_HOME)/landing
+	$(PY) -m core.synthetic drop --landing $(PLATFORM_HOME)/landing --seed $${SYNTHETIC_SEED:-7} \
+		--n-titles $${SYNTHETIC_TITLES:-3000} --n-members $${SYNTHETIC_MEMBERS:-4000} \
+		--start-day $${PLATFORM_PARTITION_START:-2026-01-01}
+
+# Backfill ingestion_job over FROM..TO (YYYY-MM-DD) on the running `make dev` (its daemon launches the runs).
+backfill: install
+	@test -n "$(FROM)" -a -n "$(TO)" || { echo "usage: make backfill FROM=2026-01-02 TO=2026-01-04"; exit 1; }
+	$(VENV)/bin/dagster job backfill -w workspace.yaml -j ingestion_job --from $(FROM) --to $(TO) --noprompt
 
 clean-var:
 	rm -rf $(PLATFORM_HOME)
