@@ -7,7 +7,7 @@ PLATFORM_HOME ?= $(CURDIR)/var
 export PLATFORM_HOME
 export DAGSTER_HOME ?= $(PLATFORM_HOME)/dagster
 
-.PHONY: install demo test test-fast lint format dev drop-day backfill clean-var
+.PHONY: install demo test test-fast lint format dev drop-day backfill clean-var bench
 
 # torch==2.13.0 first and explicitly: it is the CPU build on local disk; a looser
 # requirement would pull a multi-GB CUDA build.
@@ -56,3 +56,9 @@ backfill: install
 
 clean-var:
 	rm -rf $(PLATFORM_HOME)
+
+# Benchmarks against TRL (see "Benchmarks" in README.md): installs the `bench` extra
+# (trl, datasets, accelerate) into .venv. BENCH_QUICK=1 runs the smaller sizes.
+bench: install
+	$(PY) -m pip install --quiet -e '.[bench]'
+	$(PY) -m benchmarks.run
