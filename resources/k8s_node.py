@@ -3,7 +3,7 @@
 Runs inside each pod of the Indexed Job (no dagster import: it only needs the standard library):
 
 1. waits until pod 0's stable DNS name resolves (the headless Service publishes it once
-   pod 0 has an address; every pod, pod 0 included, needs it for the static rendezvous);
+   pod 0 has an address; every pod, pod 0 included, needs it for the rendezvous);
 2. runs the torchrun command given after `--`, passing its stdout and stderr through
    line by line (rank 0's Dagster Pipes messages travel on stderr as whole JSON lines);
 3. turns torchrun's result into the exit code the Job's podFailurePolicy reads:

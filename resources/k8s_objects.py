@@ -2,7 +2,7 @@
 
 One run = a batch/v1 Indexed Job (completions = parallelism = nodes) and a headless
 Service that gives every pod a stable DNS name (`<job>-<index>.<service>.<ns>.svc.<domain>`).
-Each pod runs `torchrun` with `--node-rank` = its completion index and a static rendezvous
+Each pod runs `torchrun` (`--node-rank` = its completion index) with a c10d rendezvous hosted
 on pod 0's name, through `resources.k8s_node`, which first waits for that name to resolve
 and afterwards turns torchrun's failure into an exit code the Job's podFailurePolicy reads:
 
@@ -216,7 +216,16 @@ class TrainingJobSpec:
         ]
 
     def container_args(self) -> list[str]:
-        """torchrun: static rendezvous on pod 0, node rank = the completion index (kubelet expands $(...))."""
+        """torchrun with a c10d rendezvous hosted by pod 0 (kubelet expands $(JOB_COMPLETION_INDEX)).
+
+        c10d orders the nodes by their address, here each pod's own stable name given as
+        --local-addr (`<job>-<index>.<service>...`), so global rank 0 is always on pod 0 (whose log
+        carries the Pipes messages) and the order is the same after every restart. --node-rank
+        records the completion index too (torchrun itself uses it only for a static rendezvous).
+        A node that joins late (a replacement pod) makes the running nodes restart their workers
+        into a new round instead of joining a stale one.
+        """
+        own_name = f"{self.name}-$(JOB_COMPLETION_INDEX).{self.service_name}.{self.namespace}.svc.{self.cluster_domain}"
         return [
             "torchrun",
             "--nnodes",
@@ -225,12 +234,16 @@ class TrainingJobSpec:
             str(self.procs_per_node),
             "--node-rank",
             "$(JOB_COMPLETION_INDEX)",
-            "--master-addr",
-            self.rendezvous_host,
-            "--master-port",
-            str(self.rdzv_port),
+            "--rdzv-backend",
+            "c10d",
+            "--rdzv-endpoint",
+            f"{self.rendezvous_host}:{self.rdzv_port}",
+            "--rdzv-id",
+            self.name,
+            "--local-addr",
+            own_name,
             "--max-restarts",
-            "0",
+            "0",  # a failed worker ends the pod: the Job's podFailurePolicy decides (retry or fail)
             "--tee",
             "1",  # stdout prefixed per rank; stderr (tracebacks, Pipes messages) passes through unchanged
             "-m",
