@@ -388,4 +388,14 @@ def retraining_sensor(context: dg.SensorEvaluationContext, artifacts: ArtifactSt
     return dg.SensorResult(run_requests=[request], cursor=delta.key)
 
 
-SENSORS = [landing_sensor, retraining_sensor]
+# eval_report carries AutomationCondition.eager(): a trained_checkpoint materialized on its own (Launchpad) is
+# evaluated automatically. Dagster's default sensor for automation conditions starts STOPPED; this one runs.
+automation_sensor = dg.AutomationConditionSensorDefinition(
+    "automation_sensor",
+    target=dg.AssetSelection.assets("eval_report"),
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=30,
+    description="Evaluates the assets' AutomationConditions (eval_report: eager after a new trained_checkpoint).",
+)
+
+SENSORS = [landing_sensor, retraining_sensor, automation_sensor]

@@ -8,6 +8,7 @@ from typing import Any
 
 import dagster as dg
 import pytest
+from dagster._core.storage.defs_state.base import set_defs_state_storage
 
 from assets.training import trained_checkpoint
 from core.atomic_io import new_version_id
@@ -17,6 +18,13 @@ from resources.artifacts import ArtifactStore
 from resources.launchers import LaunchResult, TrainingLauncher
 
 pytestmark = pytest.mark.slow  # the op retry waits for its RetryPolicy delay
+
+
+@pytest.fixture(autouse=True)
+def _no_stale_defs_state_storage():
+    """Dagster keeps the last `with`-entered instance as the current defs-state storage after it is closed."""
+    with set_defs_state_storage(None):
+        yield
 
 
 class FlakyLauncher(TrainingLauncher):
@@ -100,7 +108,8 @@ def test_a_run_retry_keeps_the_root_run_id_and_resumes(tmp_path: Path, monkeypat
     dagster_home.mkdir()
     shutil.copyfile(INSTANCE_TEMPLATE, dagster_home / "dagster.yaml")
     in_process = {"execution": {"config": {"in_process": {}}}}
-    with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
+    instance = dg.DagsterInstance.from_config(str(dagster_home))
+    try:
         assert instance.run_retries_enabled and instance.run_retries_max_retries >= 1
         job = dg.reconstructable(retry_job)
         with dg.execute_job(job, instance=instance, run_config=in_process) as failed:
@@ -109,6 +118,8 @@ def test_a_run_retry_keeps_the_root_run_id_and_resumes(tmp_path: Path, monkeypat
         with dg.execute_job(job, instance=instance, run_config=in_process, reexecution_options=options) as retried:
             assert retried.success
             assert retried.dagster_run.root_run_id == failed.run_id != retried.run_id
+    finally:
+        instance.dispose()
     first, second = _journal(tmp_path / "journal.jsonl")
     assert (first["run_id"], second["run_id"]) == (failed.run_id, retried.run_id)
     assert second["output_dir"] == first["output_dir"] and second["resumed"] is True

@@ -8,6 +8,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 from dagster._core.remote_origin import InProcessCodeLocationOrigin, RemoteJobOrigin, RemoteRepositoryOrigin
+from dagster._core.storage.defs_state.base import set_defs_state_storage
 from dagster._core.test_utils import create_run_for_test
 from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
 
@@ -28,10 +29,19 @@ SMALL = synthetic.SyntheticConfig(n_titles=60, n_members=80)
 DAY1, DAY2 = "2026-01-01", "2026-01-02"
 
 
+@pytest.fixture(autouse=True)
+def _no_stale_defs_state_storage():
+    """Dagster keeps the last `with`-entered instance as the current defs-state storage (a ContextVar) after it
+    is closed; building Definitions later would then open that deleted instance. Start each test without one."""
+    with set_defs_state_storage(None):
+        yield
+
+
 @pytest.fixture
-def instance():
-    with dg.instance_for_test() as inst:
-        yield inst
+def instance(tmp_path_factory: pytest.TempPathFactory):
+    inst = dg.DagsterInstance.from_config(str(tmp_path_factory.mktemp("dagster_home")))
+    yield inst
+    inst.dispose()
 
 
 @pytest.fixture
@@ -293,10 +303,26 @@ def test_nightly_schedule_skips_without_new_data_or_while_training(instance, hom
 def test_sensor_and_schedule_defaults_in_the_code_location() -> None:
     from dagster_project.definitions import defs
 
-    assert {s.name for s in defs.sensors} == {"landing_sensor", "retraining_sensor"}
+    assert {s.name for s in defs.sensors} == {"landing_sensor", "retraining_sensor", "automation_sensor"}
     assert {s.name for s in defs.schedules} == {"nightly_retrain_schedule"}
     assert landing_sensor.default_status == dg.DefaultSensorStatus.RUNNING
     assert landing_sensor.job_name == "ingestion_job"
     assert retraining_sensor.default_status == dg.DefaultSensorStatus.STOPPED
     assert retraining_sensor.job_name == "training_job"
     assert nightly_retrain_schedule.default_status == dg.DefaultScheduleStatus.STOPPED
+
+
+@pytest.mark.filterwarnings("ignore::dagster.BetaWarning")  # raised inside Dagster's automation tester
+def test_eval_report_follows_a_checkpoint_materialized_on_its_own(instance) -> None:
+    """eval_report's AutomationCondition.eager(): a new trained_checkpoint (e.g. from the Launchpad) is evaluated."""
+    from dagster_project.definitions import defs
+
+    first = dg.evaluate_automation_conditions(defs=defs, instance=instance)
+    assert first.total_requested == 0  # nothing trained yet
+    instance.report_runless_asset_event(dg.AssetMaterialization("trained_checkpoint"))
+    second = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=first.cursor)
+    assert second.get_requested_partitions(dg.AssetKey("eval_report")) == {None}
+    assert second.total_requested == 1
+    instance.report_runless_asset_event(dg.AssetMaterialization("eval_report"))
+    third = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=second.cursor)
+    assert third.total_requested == 0
