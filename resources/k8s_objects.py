@@ -331,6 +331,9 @@ class TrainingJobSpec:
         if self.node_selector:
             spec["nodeSelector"] = dict(self.node_selector)
         tolerations = [dict(t) for t in self.tolerations]
+        for t in tolerations:  # config systems may hand numbers over as strings
+            if "tolerationSeconds" in t:
+                t["tolerationSeconds"] = int(t["tolerationSeconds"])
         if self.gpus_per_node and not any(t.get("key") == GPU_RESOURCE for t in tolerations):
             tolerations.append({"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"})
         if tolerations:

@@ -138,15 +138,23 @@ class KubernetesTrainingLauncher(TrainingLauncher):
         """(BatchV1Api, CoreV1Api) from in-cluster config, or from a kubeconfig outside a cluster."""
         from kubernetes import client, config
 
-        if self.kubeconfig or self.kube_context:
-            api = config.new_client_from_config(config_file=self.kubeconfig or None, context=self.kube_context or None)
-        else:
-            configuration = client.Configuration()
-            try:
-                config.load_incluster_config(client_configuration=configuration)
-            except config.ConfigException:
-                config.load_kube_config(client_configuration=configuration)
-            api = client.ApiClient(configuration)
+        try:
+            if self.kubeconfig or self.kube_context:
+                api = config.new_client_from_config(
+                    config_file=self.kubeconfig or None, context=self.kube_context or None
+                )
+            else:
+                configuration = client.Configuration()
+                try:
+                    config.load_incluster_config(client_configuration=configuration)
+                except config.ConfigException:
+                    config.load_kube_config(client_configuration=configuration)
+                api = client.ApiClient(configuration)
+        except (config.ConfigException, OSError) as exc:
+            raise dg.Failure(
+                f"no Kubernetes credentials: not running in a cluster and no usable kubeconfig ({exc}). "
+                "Run Dagster in the cluster (deploy/k8s) or set K8S_KUBECONFIG / K8S_CONTEXT."
+            ) from exc
         return client.BatchV1Api(api), client.CoreV1Api(api)
 
     def _check_paths(self, train_config: dict[str, Any], output_dir: Path) -> None:

@@ -87,7 +87,15 @@ SHAPES = [
         "secret_env": {"HF_TOKEN": "hf-credentials/token", "WANDB_API_KEY": "wandb/api-key"},
         "env": {"NCCL_DEBUG": "WARN"},
         "node_selector": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"},
-        "tolerations": ({"key": "dedicated", "operator": "Equal", "value": "training", "effect": "NoSchedule"},),
+        "tolerations": (
+            {"key": "dedicated", "operator": "Equal", "value": "training", "effect": "NoSchedule"},
+            {
+                "key": "node.kubernetes.io/unreachable",
+                "operator": "Exists",
+                "effect": "NoExecute",
+                "tolerationSeconds": "60",
+            },
+        ),
         "image_pull_secrets": ("registry-credentials",),
         "priority_class": "training-high",
         "service_account": "catalog-posttrain-trainer",

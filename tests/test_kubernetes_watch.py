@@ -650,3 +650,44 @@ def test_job_names_fit_pod_hostnames() -> None:
     name = job_name_for("3f2c9a71-1111-2222-3333-444455556666")
     assert name.startswith("sft-3f2c9a71-") and len(name) == 18
     assert job_name_for("x", "abcde") == "sft-x-abcde"
+
+
+KUBECONFIG = """\
+apiVersion: v1
+kind: Config
+clusters:
+- name: lab
+  cluster: {server: "https://k8s.lab.example:6443", insecure-skip-tls-verify: true}
+users:
+- name: me
+  user: {token: not-a-real-token}
+contexts:
+- name: lab
+  context: {cluster: lab, user: me}
+current-context: lab
+"""
+
+
+def test_clients_come_from_in_cluster_config_or_a_kubeconfig(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import kubernetes.config.incluster_config as incluster
+
+    # Outside a cluster: the kubeconfig named in the settings (nothing is contacted to build the clients).
+    path = tmp_path / "kubeconfig"
+    path.write_text(KUBECONFIG)
+    batch, core = KubernetesTrainingLauncher(image="i", kubeconfig=str(path)).clients()
+    assert batch.api_client.configuration.host == core.api_client.configuration.host == "https://k8s.lab.example:6443"
+    # Inside a pod: the service account token and the KUBERNETES_SERVICE_* variables.
+    (tmp_path / "token").write_text("in-cluster-token")
+    (tmp_path / "ca.crt").write_text("-----BEGIN CERTIFICATE-----\n")
+    monkeypatch.setattr(incluster, "SERVICE_TOKEN_FILENAME", str(tmp_path / "token"))
+    monkeypatch.setattr(incluster, "SERVICE_CERT_FILENAME", str(tmp_path / "ca.crt"))
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.96.0.1")
+    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", "443")
+    batch, _ = KubernetesTrainingLauncher(image="i").clients()
+    assert batch.api_client.configuration.host == "https://10.96.0.1:443"
+    # Neither: a failure that says what to set.
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST")
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "missing"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    with pytest.raises(dg.Failure, match=r"no Kubernetes credentials.*K8S_KUBECONFIG"):
+        KubernetesTrainingLauncher(image="i").clients()
