@@ -151,8 +151,8 @@ def scan_landing(root: Path) -> dict[str, Drop]:
     return {day: Drop(day, tuple(sorted(files))) for day, files in found.items()}
 
 
-def _runs_in_progress(instance: dg.DagsterInstance, job_name: str | None = None) -> list[dg.DagsterRun]:
-    return list(instance.get_runs(dg.RunsFilter(statuses=IN_PROGRESS, job_name=job_name), limit=1000))
+def _runs_in_progress(instance: dg.DagsterInstance) -> list[dg.DagsterRun]:
+    return list(instance.get_runs(dg.RunsFilter(statuses=IN_PROGRESS), limit=1000))
 
 
 # What each of our jobs materializes when a run does not name an asset subset.
@@ -211,7 +211,10 @@ def decide_landing(
     base_model_ready: bool,
     valid_days: set[str],
 ) -> LandingDecision:
-    seen: dict[str, str] = json.loads(cursor) if cursor else {}
+    try:
+        seen: dict[str, str] = json.loads(cursor) if cursor else {}
+    except json.JSONDecodeError:
+        seen = {}  # an unreadable cursor only costs a re-check: run keys still stop duplicate runs
     decision = LandingDecision(cursor=dict(seen))
     drops = scan_landing(landing_root)
     changed = {day: drop for day, drop in drops.items() if seen.get(day) != drop.signature}
@@ -280,7 +283,13 @@ def landing_sensor(
     if decision.requests:
         context.log.info(f"requesting ingestion for {[r.partition_key for r in decision.requests]}")
         return dg.SensorResult(run_requests=decision.requests, cursor=cursor)
-    return dg.SensorResult(skip_reason=f"no new landing drop under {landing.root}", cursor=cursor)
+    if decision.deferred:
+        reason = f"waiting for the runs processing {decision.deferred}"
+    elif decision.already_ingested:
+        reason = f"new drops {decision.already_ingested} were already ingested"
+    else:
+        reason = f"no new landing drop under {landing.root}"
+    return dg.SensorResult(skip_reason=reason, cursor=cursor)
 
 
 # ---------------------------------------------------------------------------------------------- retraining

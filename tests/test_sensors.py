@@ -133,6 +133,15 @@ def test_a_late_external_conversation_file_is_a_new_drop_for_its_day(instance, h
     assert second.run_requests[0].tags["platform/drop_files"] == "3"
 
 
+def test_an_unreadable_cursor_is_rebuilt_and_run_keys_still_identify_the_drop(instance, home: Path) -> None:
+    _base_model(home)
+    _drop(home, DAY1)
+    first = _tick(instance, home, None)
+    again = _tick(instance, home, "{not json")
+    assert [r.run_key for r in again.run_requests] == [r.run_key for r in first.run_requests]  # Dagster dedupes
+    assert json.loads(again.cursor) == json.loads(first.cursor)
+
+
 def test_hidden_and_temporary_files_are_not_part_of_a_drop(home: Path) -> None:
     folder = home / "landing" / "interactions" / f"day={DAY1}"
     folder.mkdir(parents=True)
