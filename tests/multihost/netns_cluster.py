@@ -612,7 +612,11 @@ class NetnsCluster:
                 pod.mounts.append(f"pvc {src} -> {dst}")
             elif "emptyDir" in volume:
                 if any(p == Path(dst) or Path(dst) in p.parents for p in protected):
-                    pod.mounts.append(f"emptyDir {dst} skipped: it would hide {dst}'s code or data on this machine")
+                    # A fresh emptyDir would hide the checkout or data that live under it on this machine (a clone
+                    # under /tmp, say). Bind the host's directory onto itself instead: it stays writable when the
+                    # root filesystem is remounted read-only, as the pod's emptyDir would be.
+                    out += ["bind", dst, dst]
+                    pod.mounts.append(f"emptyDir {dst} emulated by the host's {dst} (it holds code or data here)")
                     continue
                 size = volume["emptyDir"].get("sizeLimit", "1Gi").replace("i", "")
                 if volume["emptyDir"].get("medium") == "Memory":
