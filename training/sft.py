@@ -53,7 +53,19 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Ada
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas))
+    # The fused kernel updates every tensor in one call; torch's default on CPU is a Python loop of
+    # ~10 small ops per parameter, which dominated optimizer steps of small models (benchmarks/).
+    fused = _fused_adamw_supported(params)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), **({"fused": True} if fused else {}))
+
+
+def _fused_adamw_supported(params: list[torch.Tensor]) -> bool:
+    """Plain (not DTensor/FSDP2-sharded) floating-point tensors on CPU or CUDA."""
+    from torch.distributed.tensor import DTensor
+
+    return bool(params) and all(
+        not isinstance(p, DTensor) and p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params
+    )
 
 
 def measure_peak_flops(device: torch.device, dtype: torch.dtype) -> float:
