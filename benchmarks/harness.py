@@ -214,12 +214,18 @@ def machine_description() -> dict[str, Any]:
 # ------------------------------------------------------------------------------ matmul peak
 
 
-def matmul_peak_flops(device: str = "cpu", dtype: str = "fp32", seconds: float = 2.0) -> dict[str, Any]:
+def matmul_peak_flops(
+    device: str = "cpu", dtype: str = "fp32", seconds: float = 2.0, threads: int = 0
+) -> dict[str, Any]:
     """Best sustained FLOP/s of square matmuls (several sizes), the denominator of MFU.
 
     Taking the best size makes the peak as high as this machine reaches, so MFU is not flattered.
+    `threads` (CPU) pins torch's intra-op threads to what the measured runs use.
     """
     import torch
+
+    if threads:
+        torch.set_num_threads(threads)
 
     torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
     sizes = [512, 1024, 2048] if device == "cpu" else [4096, 8192]
@@ -244,13 +250,16 @@ def matmul_peak_flops(device: str = "cpu", dtype: str = "fp32", seconds: float =
                 break
         flops = 2 * n**3 * reps / elapsed
         if flops > best["flops"]:
-            best = {"flops": flops, "size": n, "dtype": dtype, "device": device}
+            best = {"flops": flops, "size": n, "dtype": dtype, "device": device, "threads": torch.get_num_threads()}
     return best
 
 
-def gemm_flops(m: int, k: int, n: int, device: str = "cpu", seconds: float = 1.0) -> float:
+def gemm_flops(m: int, k: int, n: int, device: str = "cpu", seconds: float = 1.0, threads: int = 0) -> float:
     """FLOP/s of one (m x k) @ (k x n) fp32 matmul shape: what a model's own GEMM shapes can reach."""
     import torch
+
+    if threads:
+        torch.set_num_threads(threads)
 
     a = torch.randn(m, k, device=device)
     b = torch.randn(k, n, device=device)

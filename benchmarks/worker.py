@@ -21,7 +21,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any, ClassVar
 
-from benchmarks.harness import current_rss_mib, matmul_peak_flops, peak_rss_mib
+from benchmarks.harness import current_rss_mib, gemm_flops, matmul_peak_flops, peak_rss_mib
 
 DAY = date(2026, 1, 1)
 
@@ -77,9 +77,11 @@ def prep_ours(inputs: Path, out: Path) -> dict[str, Any]:
         quarantine=result.quarantine,
     )
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
+    peak = peak_rss_mib()  # before the tokenizer-only measurement below, which holds all encodings at once
     return {
         "seconds": seconds,
         "cpu_seconds": cpu_seconds,
+        "peak_rss_mib": peak,
         "tokenizer_seconds": _tokenizer_floor(tokenizer, curated["messages"].to_list()),
         "conversations": curated.height,
         "rows": manifest["totals"]["conversations"],
@@ -223,7 +225,10 @@ def train_ours(args: argparse.Namespace) -> dict[str, Any]:
     profiler = None
     for index in range(cfg.max_steps):
         if args.profile and index == 2:
-            profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
+            activities = [torch.profiler.ProfilerActivity.CPU]
+            if ctx.device.type == "cuda":
+                activities.append(torch.profiler.ProfilerActivity.CUDA)
+            profiler = torch.profiler.profile(activities=activities)
             profiler.__enter__()
         micro = [loader.next_batch() for _ in range(cfg.grad_accum_steps)]
         loss, _, _ = _optimizer_step(model, optimizer, scheduler, micro, ctx, autocast, cfg)
@@ -241,7 +246,8 @@ def train_ours(args: argparse.Namespace) -> dict[str, Any]:
     result = {"parameters": n_params, "steps": steps, "packing_efficiency": loader.packing_efficiency}
     if profiler is not None:
         profiler.__exit__(None, None, None)
-        result["profile"] = profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=15)
+        sort = "self_cuda_time_total" if ctx.device.type == "cuda" else "self_cpu_time_total"
+        result["profile"] = profiler.key_averages().table(sort_by=sort, row_limit=15)
     return result
 
 
@@ -472,6 +478,10 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("peak")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="fp32")
+    p.add_argument("--threads", type=int, default=0)
+    p = sub.add_parser("gemm")
+    p.add_argument("--shape", required=True, help="M,K,N")
+    p.add_argument("--threads", type=int, default=0)
     p = sub.add_parser("scale")
     p.add_argument("--n", type=int, required=True)
     p.add_argument("--per-day", type=int, default=50_000)
@@ -492,7 +502,10 @@ def main(argv: list[str] | None = None) -> int:
             summary["profile"] = raw["profile"]
         _emit(summary)
     elif args.command == "peak":
-        _emit(matmul_peak_flops(args.device, args.dtype))
+        _emit(matmul_peak_flops(args.device, args.dtype, threads=args.threads))
+    elif args.command == "gemm":
+        m, k, n = (int(x) for x in args.shape.split(","))
+        _emit({"flops": gemm_flops(m, k, n, threads=args.threads)})
     elif args.command == "scale":
         _emit(scale(args.n, args.per_day, args.out, args.seed, args.model))
     return 0
