@@ -170,6 +170,25 @@ def verify_checksums(shard_dir: Path, manifest: dict[str, Any] | None = None) ->
     return problems
 
 
+class ShardDataError(ValueError):
+    """A shard directory is unusable (checksum mismatch, wrong tokenizer, malformed rows)."""
+
+
+def read_verified_manifest(shard_dir: Path) -> dict[str, Any]:
+    """The manifest of a shard directory whose files all match it; refuses anything else.
+
+    Training and evaluation both read shards through this, so neither runs on corrupted data.
+    """
+    manifest = read_manifest(shard_dir)
+    problems = verify_checksums(shard_dir, manifest)
+    if problems:
+        raise ShardDataError(
+            f"shard directory {shard_dir} failed verification: {'; '.join(problems)}. "
+            "Re-materialize tokenized_shards for this partition before using it."
+        )
+    return manifest
+
+
 def read_split(shard_dir: Path, split: str, manifest: dict[str, Any] | None = None) -> pl.DataFrame:
     manifest = manifest or read_manifest(shard_dir)
     files: Sequence[str] = manifest["splits"].get(split, {}).get("files", [])

@@ -21,13 +21,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from core.shards import MANIFEST, read_manifest, read_split, verify_checksums
+from core.shards import MANIFEST, ShardDataError, read_split, read_verified_manifest
 
 IGNORE_INDEX = -100
-
-
-class ShardDataError(ValueError):
-    """A shard directory is unusable (checksum mismatch, wrong tokenizer, malformed rows)."""
 
 
 @dataclass
@@ -86,13 +82,7 @@ def load_corpus(
     token_parts, mask_parts, length_parts = [], [], []
     fingerprints = []
     for shard_dir in map(Path, shard_dirs):
-        manifest = read_manifest(shard_dir)
-        problems = verify_checksums(shard_dir, manifest)
-        if problems:
-            raise ShardDataError(
-                f"shard directory {shard_dir} failed verification: {'; '.join(problems)}. "
-                "Re-materialize tokenized_shards for this partition instead of training on it."
-            )
+        manifest = read_verified_manifest(shard_dir)
         if tokenizer_fingerprint is not None and manifest.get("tokenizer_fingerprint") != tokenizer_fingerprint:
             raise ShardDataError(
                 f"{shard_dir / MANIFEST} was tokenized with tokenizer {manifest.get('tokenizer_fingerprint')}, "

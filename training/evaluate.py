@@ -39,7 +39,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 from core.conversation_builder import WATCH_EVENTS
 from core.masking import MaskError, encode_conversation, encode_prompt
-from core.shards import read_manifest, read_split, verify_checksums
+from core.shards import read_split, read_verified_manifest
 
 HELDOUT_SPLITS = ("validation", "test")
 
@@ -351,13 +351,7 @@ def heldout_rows(
     """
     frames = []
     for shard_dir in map(Path, shard_dirs):
-        manifest = read_manifest(shard_dir)
-        problems = verify_checksums(shard_dir, manifest)
-        if problems:
-            raise ValueError(
-                f"shard directory {shard_dir} failed verification: {'; '.join(problems)}; re-materialize "
-                "tokenized_shards for this partition before evaluating on it"
-            )
+        manifest = read_verified_manifest(shard_dir)
         for split in splits:
             part = read_split(shard_dir, split, manifest)
             frames.append(part.with_columns(pl.lit(split).alias("split")))
