@@ -509,12 +509,10 @@ _UTC_US = pl.Datetime("us", "UTC")
 def _epoch_seconds(num: pl.Expr) -> pl.Expr:
     lo, hi = (t.timestamp() for t in TS_RANGE)
     ok = num.is_not_null() & num.is_finite() & (num >= lo) & (num < hi)
-    return (
-        pl.when(ok)
-        .then((num * 1e6).round().cast(pl.Int64))
-        .cast(pl.Datetime("us"))
-        .dt.replace_time_zone("UTC")
-    )
+    # Null out-of-range values before the cast: polars evaluates a `then` branch on every row, so casting
+    # inside it would still fail on inf or huge numbers.
+    in_range = pl.when(ok).then(num)
+    return (in_range * 1e6).round().cast(pl.Int64).cast(pl.Datetime("us")).dt.replace_time_zone("UTC")
 
 
 def _parse_text_timestamps(text: pl.Series) -> pl.Series:

@@ -511,3 +511,11 @@ def test_arbitrary_text_never_crashes_and_nothing_is_lost(rows: list[tuple], per
     rejected = cq.filter(~pl.col("reason").is_in(list(ig.REPAIRED_REASONS))).height
     assert crows.height + rejected == cat.height
     assert crows["title_id"].is_unique().all()
+
+
+def test_infinite_or_huge_epoch_values_are_unparsable_not_a_crash() -> None:
+    """Found by hypothesis: polars evaluates a when/then branch on every row, so a cast there saw inf."""
+    from core.ingest import parse_timestamps
+
+    parsed = parse_timestamps(pl.Series(["inf", "-inf", "1e30", "1767225600"]))
+    assert parsed.is_null().to_list() == [True, True, True, False]
