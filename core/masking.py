@@ -39,7 +39,7 @@ import json
 import re
 import threading
 import weakref
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -118,6 +118,10 @@ class _Info:
     plain: Tokenizer  # private copy: stock matching of added tokens, no post-processor
     textual: Tokenizer  # private copy: special tokens are encoded as plain text
     segment_safe: bool  # tokenization is independent per added-token segment
+    added_by_text: dict[str, int] = field(default_factory=dict)  # every added token, special or not
+    added_re: re.Pattern[str] | None = None  # leftmost-longest over added_by_text, as the tokenizer splits
+    split_exact: bool = False  # splitting at added_re reproduces the tokenizer's own split (see _split_safe)
+    split_checked: bool = False  # the split path was compared with whole-rendering tokenization once
     tail_cache: dict[str, list[int]] = field(default_factory=dict)
 
 
@@ -164,9 +168,23 @@ def _segment_safe(config: dict[str, Any]) -> bool:
             return any(position_dependent(v) for v in node)
         return False
 
-    return not position_dependent(config.get("pre_tokenizer")) and not position_dependent(
-        config.get("normalizer")
-    )
+    return not position_dependent(config.get("pre_tokenizer")) and not position_dependent(config.get("normalizer"))
+
+
+def _split_safe(config: dict[str, Any]) -> bool:
+    """Whether one leftmost-longest regex over the added tokens splits text as the tokenizer does.
+
+    The Rust tokenizer matches added tokens leftmost-longest in two passes: first the ones
+    with ``normalized=False`` on the raw text, then the ``normalized=True`` ones on the
+    normalized remainder. A single regex pass is the same when only one of the two kinds
+    exists and, for the normalized kind, there is no normalizer. Segment safety (see
+    ``_segment_safe``) is required on top, and checked where this is used.
+    """
+    tokens = config.get("added_tokens") or []
+    if not tokens:
+        return True
+    kinds = {bool(tok.get("normalized")) for tok in tokens}
+    return kinds == {False} or (kinds == {True} and config.get("normalizer") is None)
 
 
 def _info(tokenizer: Any) -> _Info:
@@ -191,6 +209,8 @@ def _info(tokenizer: Any) -> _Info:
 
     added = tokenizer.added_tokens_decoder
     specials = {tok.content: idx for idx, tok in added.items() if tok.special}
+    config = json.loads(backend.to_str())
+    added_by_text = {tok["content"]: tok["id"] for tok in config.get("added_tokens") or []}
     texts = sorted(specials, key=len, reverse=True)
     info = _Info(
         template=template,
@@ -207,7 +227,12 @@ def _info(tokenizer: Any) -> _Info:
         max_special_len=max((len(t) for t in texts), default=0),
         plain=_private_copy(backend, text_only=False),
         textual=_private_copy(backend, text_only=True),
-        segment_safe=_segment_safe(json.loads(backend.to_str())),
+        segment_safe=_segment_safe(config),
+        added_by_text=added_by_text,
+        added_re=re.compile("|".join(re.escape(t) for t in sorted(added_by_text, key=len, reverse=True)))
+        if added_by_text
+        else None,
+        split_exact=_split_safe(config),
     )
     ident = id(tokenizer)
     try:
@@ -368,9 +393,7 @@ def has_special_token_lookalike(tokenizer: Any, messages: Sequence[Mapping[str, 
     """True if any message's content could be read as a control (special) token by a stock tokenizer."""
     info = _info(tokenizer)
     return any(
-        isinstance(m, Mapping)
-        and isinstance(m.get("content"), str)
-        and _content_has_lookalike(info, m["content"])
+        isinstance(m, Mapping) and isinstance(m.get("content"), str) and _content_has_lookalike(info, m["content"])
         for m in messages
     )
 
@@ -390,9 +413,7 @@ def _content_spans(
     putting the contents back reproduces ``rendered`` exactly, so the spans are proven.
     """
     if len(messages) >= 0xFFFD:
-        raise MaskError(
-            "invalid_messages", f"{len(messages)} messages is more than sentinel rendering supports"
-        )
+        raise MaskError("invalid_messages", f"{len(messages)} messages is more than sentinel rendering supports")
     marked = [{**m, "content": _sentinel(j)} for j, m in enumerate(messages)]
     shadow, _ = _render_one(info, marked, add_generation_prompt, False)
     found: list[tuple[int, int]] = []
@@ -405,9 +426,7 @@ def _content_spans(
         if count == 1:
             found.append((shadow.index(_sentinel(j)), j))
         elif m["role"] == "assistant":
-            raise MaskError(
-                "content_not_rendered", f"message {j} (assistant) does not appear in the rendering"
-            )
+            raise MaskError("content_not_rendered", f"message {j} (assistant) does not appear in the rendering")
     found.sort()
     pieces: list[str] = []
     spans: list[tuple[int, int, int]] = []
@@ -536,21 +555,84 @@ def _locate_assistant_content(work: _Work) -> None:
         )
 
 
-def _token_span(
-    starts: list[int], ends: list[int], start: int, end: int, turn: int, rendered: str
-) -> tuple[int, int]:
+class _TokenOffsets:
+    """The character offsets of one rendering's tokens, kept per separately tokenized piece.
+
+    Segment-deduplicated tokenization reuses one segment's token offsets (relative to the
+    segment) in every rendering that holds it, so offsets are never shifted token by token
+    (that would cost as much as the tokenization saved). Lookups find the piece first, then
+    the token in it; they answer exactly what indexing and ``bisect_left`` on the flat list
+    of starts and ends would.
+    """
+
+    __slots__ = ("char_bases", "ends", "last_starts", "n", "starts", "tok_bases")
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.tok_bases: list[int] = []
+        self.char_bases: list[int] = []
+        self.last_starts: list[int] = []
+        self.starts: list[Sequence[int]] = []
+        self.ends: list[Sequence[int]] = []
+
+    def add(self, char_base: int, starts: Sequence[int], ends: Sequence[int]) -> None:
+        """Append a piece: its tokens' starts and ends relative to ``char_base``."""
+        if not starts:
+            return
+        self.tok_bases.append(self.n)
+        self.char_bases.append(char_base)
+        self.last_starts.append(starts[-1] + char_base)
+        self.starts.append(starts)
+        self.ends.append(ends)
+        self.n += len(starts)
+
+    @classmethod
+    def flat(cls, offsets: Sequence[tuple[int, int]]) -> _TokenOffsets:
+        out = cls()
+        if offsets:
+            starts, ends = zip(*offsets, strict=True)
+            out.add(0, starts, ends)
+        return out
+
+    def first_from(self, char: int) -> int:
+        """``bisect_left(starts, char)``: the first token starting at or after ``char`` (n if none)."""
+        if len(self.starts) == 1:
+            return bisect_left(self.starts[0], char - self.char_bases[0])
+        p = bisect_left(self.last_starts, char)
+        if p == len(self.last_starts):
+            return self.n
+        return self.tok_bases[p] + bisect_left(self.starts[p], char - self.char_bases[p])
+
+    def start(self, k: int) -> int:
+        p = bisect_right(self.tok_bases, k) - 1
+        return self.starts[p][k - self.tok_bases[p]] + self.char_bases[p]
+
+    def end(self, k: int) -> int:
+        p = bisect_right(self.tok_bases, k) - 1
+        return self.ends[p][k - self.tok_bases[p]] + self.char_bases[p]
+
+    def pairs(self) -> list[tuple[int, int]]:
+        """The flat (start, end) list (for checks, not the hot path)."""
+        return [
+            (a + base, b + base)
+            for base, starts, ends in zip(self.char_bases, self.starts, self.ends, strict=True)
+            for a, b in zip(starts, ends, strict=True)
+        ]
+
+
+def _token_span(offsets: _TokenOffsets, start: int, end: int, turn: int, rendered: str) -> tuple[int, int]:
     """Token index range [first, stop) covering exactly the characters [start, end)."""
-    n = len(starts)
-    first = bisect_left(starts, start)
-    stop = bisect_left(starts, end)
-    if first >= n or starts[first] != start or (first > 0 and ends[first - 1] > start):
+    n = offsets.n
+    first = offsets.first_from(start)
+    stop = offsets.first_from(end)
+    if first >= n or offsets.start(first) != start or (first > 0 and offsets.end(first - 1) > start):
         around = rendered[max(0, start - 10) : start + 10]
         raise MaskError(
             "boundary_straddle",
             f"no token boundary where message {turn}'s content starts (text around it: {around!r}); a token "
             "merges template text with content",
         )
-    if stop <= first or ends[stop - 1] != end:
+    if stop <= first or offsets.end(stop - 1) != end:
         around = rendered[max(0, end - 10) : end + 10]
         raise MaskError(
             "boundary_straddle",
@@ -563,14 +645,13 @@ def _finish(
     info: _Info,
     work: _Work,
     ids: list[int],
-    offsets: list[tuple[int, int]],
+    offsets: _TokenOffsets,
     prompt_ids: list[list[int]] | None,
 ) -> tuple[list[int], list[int]]:
-    starts, ends = map(list, zip(*offsets, strict=True)) if offsets else ([], [])
     mask = [0] * len(ids)
     masked_chars: list[tuple[int, int]] = []
     for k, (turn, (start, end)) in enumerate(zip(work.turns, work.spans, strict=True)):
-        first, stop = _token_span(starts, ends, start, end, turn, work.rendered)
+        first, stop = _token_span(offsets, start, end, turn, work.rendered)
         if not info.special_ids.isdisjoint(ids[first:stop]):
             t = next(t for t in range(first, stop) if ids[t] in info.special_ids)
             raise MaskError(
@@ -578,8 +659,8 @@ def _finish(
                 f"message {turn}'s content encodes to control token id {ids[t]} at token {t}",
             )
         char_end = end
-        if stop < len(ids) and ids[stop] in info.added_ids and starts[stop] == end:
-            char_end = ends[stop]
+        if stop < len(ids) and ids[stop] in info.added_ids and offsets.start(stop) == end:
+            char_end = offsets.end(stop)
             stop += 1
         mask[first:stop] = [1] * (stop - first)
         masked_chars.append((start, char_end))
@@ -595,7 +676,7 @@ def _finish(
             last = first - 1
             while last >= 0 and ids[last] not in info.added_ids:
                 last -= 1
-            tail = work.rendered[(ends[last] if last >= 0 else 0) : start]
+            tail = work.rendered[(offsets.end(last) if last >= 0 else 0) : start]
             tail_ids = info.tail_cache.get(tail)
             if tail_ids is None:
                 tail_ids = info.plain.encode(tail, add_special_tokens=False).ids
@@ -639,9 +720,7 @@ def _raise_token_mismatch(turn: int, got: list[int], expected: list[int]) -> Non
     )
 
 
-def _apply_length(
-    ids: list[int], mask: list[int], max_length: int | None, overlong: str
-) -> EncodedConversation:
+def _apply_length(ids: list[int], mask: list[int], max_length: int | None, overlong: str) -> EncodedConversation:
     if max_length is None or len(ids) <= max_length:
         return EncodedConversation(ids, mask, False)
     if overlong == "quarantine":
@@ -688,13 +767,14 @@ def encode_batch(
         results.extend(part)
         rejects.extend((lo + i, reason, detail) for i, reason, detail in part_rejects)
 
+    cache = _SegmentCache()
     with ThreadPoolExecutor(max_workers=1) as pool:
         pending = None
         for lo in range(0, len(conversations), _ENCODE_CHUNK):
             chunk = _prepare_chunk(
                 info, [conversations[i] for i in range(lo, min(lo + _ENCODE_CHUNK, len(conversations)))]
             )
-            tokenized = pool.submit(_tokenize_chunk, info, chunk)
+            tokenized = pool.submit(_tokenize_chunk, info, chunk, cache)
             if pending is not None:
                 finish(*pending)
             pending = (lo, chunk, tokenized)
@@ -751,19 +831,124 @@ def _prepare_chunk(info: _Info, conversations: list[Any]) -> _Chunk:
     return _Chunk(len(conversations), failed, ready, [w for w in ready if not w.lookalike])
 
 
-def _tokenize_chunk(info: _Info, chunk: _Chunk) -> tuple[list[Any], list[list[int]]]:
-    encodings = info.plain.encode_batch([w.rendered for w in chunk.stock], add_special_tokens=False)
+_SEGMENT_CACHE_TOKENS = 1 << 20  # bound on the tokens one encode_batch call keeps for reuse
+_SPLIT_CHECK_ROWS = 16
+
+
+@dataclass
+class _SegmentCache:
+    """Token ids and relative offsets of the rendering segments one encode_batch call has tokenized.
+
+    Bounded (cleared when it would pass _SEGMENT_CACHE_TOKENS) so memory stays flat however
+    many conversations go through; only the tokenizing thread touches it.
+    """
+
+    entries: dict[str, tuple[list[int], Sequence[int], Sequence[int]]] = field(default_factory=dict)
+    tokens: int = 0
+
+
+# A rendering split at its added tokens: (position, text segment, None) or (position, None, added token text).
+_Piece = tuple[int, str | None, str | None]
+
+
+def _split_rendering(info: _Info, text: str) -> list[_Piece]:
+    pieces: list[_Piece] = []
+    pos = 0
+    if info.added_re is not None:
+        for match in info.added_re.finditer(text):
+            start = match.start()
+            if start > pos:
+                pieces.append((pos, text[pos:start], None))
+            pieces.append((start, None, match.group()))
+            pos = match.end()
+    if pos < len(text):
+        pieces.append((pos, text[pos:], None))
+    return pieces
+
+
+def _tokenize_segments(info: _Info, cache: _SegmentCache, texts: list[str]) -> list[tuple[list[int], _TokenOffsets]]:
+    """Tokenize renderings as their added tokens plus each distinct text segment tokenized once.
+
+    For a segment-safe tokenizer whose added-token split we reproduce (``split_exact``) this
+    is exactly what tokenizing each whole rendering gives: the Rust tokenizer itself splits
+    at added tokens first and normalizes, pre-tokenizes and encodes every piece on its own.
+    Renderings repeat a lot of text (system prompts, role headers, stock replies), so the
+    tokenizer sees a fraction of the characters.
+    """
+    split = [_split_rendering(info, text) for text in texts]
+    entries = cache.entries
+    table = {}
+    missing = []
+    for pieces in split:
+        for _, segment, _ in pieces:
+            if segment is not None and segment not in table:
+                entry = entries.get(segment)
+                table[segment] = entry
+                if entry is None:
+                    missing.append(segment)
+    for segment, enc in zip(missing, info.plain.encode_batch(missing, add_special_tokens=False), strict=True):
+        offsets = enc.offsets
+        starts, ends = zip(*offsets, strict=True) if offsets else ((), ())
+        entry = (enc.ids, starts, ends)
+        table[segment] = entry
+        if cache.tokens + len(starts) > _SEGMENT_CACHE_TOKENS:
+            entries.clear()
+            cache.tokens = 0
+        entries[segment] = entry
+        cache.tokens += len(starts)
+    added_by_text = info.added_by_text
+    out = []
+    for pieces in split:
+        ids: list[int] = []
+        offsets_of = _TokenOffsets()
+        for pos, segment, added in pieces:
+            if segment is not None:
+                seg_ids, starts, ends = table[segment]  # type: ignore[misc]
+                ids += seg_ids
+                offsets_of.add(pos, starts, ends)
+            else:
+                assert added is not None
+                ids.append(added_by_text[added])
+                offsets_of.add(pos, (0,), (len(added),))
+        out.append((ids, offsets_of))
+    return out
+
+
+def _tokenize_chunk(
+    info: _Info, chunk: _Chunk, cache: _SegmentCache
+) -> tuple[list[tuple[list[int], _TokenOffsets]], list[list[int]]]:
+    texts = [w.rendered for w in chunk.stock]
+    tokenized = None
+    if info.segment_safe and info.split_exact:
+        tokenized = _tokenize_segments(info, cache, texts)
+        if not info.split_checked and texts:
+            # Once per tokenizer: the split path must agree with whole-rendering tokenization,
+            # else it is switched off for good (an added-token rule we do not reproduce).
+            probe = info.plain.encode_batch(texts[:_SPLIT_CHECK_ROWS], add_special_tokens=False)
+            if all(
+                enc.ids == ids and enc.offsets == offsets.pairs()
+                for enc, (ids, offsets) in zip(probe, tokenized, strict=False)
+            ):
+                info.split_checked = True
+            else:
+                info.split_exact = False
+                tokenized = None
+    if tokenized is None:
+        tokenized = [
+            (enc.ids, _TokenOffsets.flat(enc.offsets))
+            for enc in info.plain.encode_batch(texts, add_special_tokens=False)
+        ]
     stock_prompts: list[list[int]] = []
     if not info.segment_safe:
         flat = [p for w in chunk.stock for p in w.prompts]
         stock_prompts = [e.ids for e in info.plain.encode_batch(flat, add_special_tokens=False)]
-    return encodings, stock_prompts
+    return tokenized, stock_prompts
 
 
 def _complete_chunk(
     info: _Info,
     chunk: _Chunk,
-    encodings: list[Any],
+    tokenized: list[tuple[list[int], _TokenOffsets]],
     stock_prompts: list[list[int]],
     max_length: int | None,
     overlong: str,
@@ -773,13 +958,13 @@ def _complete_chunk(
     failed, ready, stock = chunk.failed, chunk.ready, chunk.stock
     prompt_pos = 0
     encoded: dict[int, tuple[list[int], list[int]]] = {}
-    for work, enc in zip(stock, encodings, strict=True):
+    for work, (ids, offsets) in zip(stock, tokenized, strict=True):
         own = None
         if not info.segment_safe:
             own = stock_prompts[prompt_pos : prompt_pos + len(work.turns)]
             prompt_pos += len(work.turns)
         try:
-            encoded[work.index] = _finish(info, work, enc.ids, enc.offsets, own)
+            encoded[work.index] = _finish(info, work, ids, offsets, own)
         except MaskError as err:
             failed[work.index] = err
 
@@ -792,12 +977,11 @@ def _complete_chunk(
             if [by_message.get(t) for t in work.turns] != work.spans:
                 raise MaskError(
                     "serving_prefix_mismatch",
-                    "assistant content positions from the serving prompts and from the sentinel "
-                    "rendering differ",
+                    "assistant content positions from the serving prompts and from the sentinel rendering differ",
                 )
             ids, offsets = _segment_encode(info, work.rendered, spans)
             prompt_ids = [_encode_prompt_text(info, work.messages[:t]) for t in work.turns]
-            encoded[work.index] = _finish(info, work, ids, offsets, prompt_ids)
+            encoded[work.index] = _finish(info, work, ids, _TokenOffsets.flat(offsets), prompt_ids)
         except MaskError as err:
             failed[work.index] = err
 

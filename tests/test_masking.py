@@ -4,7 +4,9 @@ silence (MaskError with a reason code instead)."""
 
 from __future__ import annotations
 
+import bisect
 import random
+import re
 
 import pytest
 from hypothesis import given, settings
@@ -111,8 +113,7 @@ def test_default_system_mask_by_hand():
     first = enc.loss_mask.index(1)
     # the inserted default system prompt is scaffolding, unmasked
     assert (
-        _decode(tok, enc.input_ids[:first])
-        == f"<s>[SYS]{DEFAULT_SYSTEM_PROMPT}</turn>\n[USER]Hi</turn>\n[ASSISTANT]"
+        _decode(tok, enc.input_ids[:first]) == f"<s>[SYS]{DEFAULT_SYSTEM_PROMPT}</turn>\n[USER]Hi</turn>\n[ASSISTANT]"
     )
     with_system = [{"role": "system", "content": "Own prompt."}, *messages]
     assert DEFAULT_SYSTEM_PROMPT not in _decode(tok, encode_conversation(tok, with_system).input_ids)
@@ -144,9 +145,7 @@ def test_equals_transformers_assistant_mask_for_chatml():
     results, rejects = encode_batch(tok, convs)
     assert rejects == []
     for messages, enc in zip(convs, results, strict=True):
-        stock = tok.apply_chat_template(
-            messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
-        )
+        stock = tok.apply_chat_template(messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
         assert enc.input_ids == stock["input_ids"]
         assert enc.loss_mask == stock["assistant_masks"]
 
@@ -161,9 +160,7 @@ def test_serving_prompt_is_the_training_prefix(template):
             stock = tok.apply_chat_template(messages[:turn], add_generation_prompt=True)["input_ids"]
             assert prompt == stock
             first = [
-                i
-                for i, (a, b) in enumerate(zip(enc.loss_mask, [0, *enc.loss_mask], strict=False))
-                if a and not b
+                i for i, (a, b) in enumerate(zip(enc.loss_mask, [0, *enc.loss_mask], strict=False)) if a and not b
             ][k]
             assert enc.input_ids[:first] == prompt
 
@@ -187,9 +184,7 @@ INJECTS_BEFORE_CONTENT = CHATML_GENERATION.replace(
 MARKS_TRAILING_NEWLINE = CHATML_GENERATION.replace(
     "{%- endgeneration -%}{{ '\\n' }}", "{{ '\\n' }}{%- endgeneration -%}"
 )
-UPPERCASES_CONTENT = TEMPLATES["header"].template.replace(
-    "message['content'] | trim", "message['content'] | upper"
-)
+UPPERCASES_CONTENT = TEMPLATES["header"].template.replace("message['content'] | trim", "message['content'] | upper")
 
 
 @pytest.mark.parametrize(
@@ -229,9 +224,7 @@ def test_rewriting_template_hides_a_wrong_stock_mask():
         {"role": "assistant", "content": "a2"},
     ]
     stock = tok.apply_chat_template(messages, return_dict=True, return_assistant_tokens_mask=True)
-    trained_on = _decode(
-        tok, [i for i, m in zip(stock["input_ids"], stock["assistant_masks"], strict=True) if m]
-    )
+    trained_on = _decode(tok, [i for i, m in zip(stock["input_ids"], stock["assistant_masks"], strict=True) if m])
     assert "[earlier reply omitted]" in trained_on
     with pytest.raises(MaskError):
         encode_conversation(tok, messages)
@@ -255,9 +248,7 @@ def test_token_straddling_the_content_boundary_is_rejected():
     # the prompt's last token is not a prefix of the training tokens.
     tok = _with_template("chatml", SPACE_AFTER_ROLE)
     messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "movie"}]
-    assert tok.apply_chat_template(messages, tokenize=False).endswith(
-        "<|im_start|>assistant movie<|im_end|>\n"
-    )
+    assert tok.apply_chat_template(messages, tokenize=False).endswith("<|im_start|>assistant movie<|im_end|>\n")
     assert len(tok.encode(" movie", add_special_tokens=False)) == 1
     with pytest.raises(MaskError) as info:
         encode_conversation(tok, messages)
@@ -621,3 +612,40 @@ def test_property_curated_content_always_encodes(template, messages):
     assert verify_masks(tok, messages, enc.input_ids, enc.loss_mask) is None
     assert verify_serving_prefix(tok, messages, enc.input_ids, enc.loss_mask) is None
     assert _decode(tok, enc.input_ids) == tok.apply_chat_template(messages, tokenize=False)
+
+
+@pytest.mark.parametrize("template", ALL)
+def test_segment_tokenization_equals_whole_rendering(template, monkeypatch):
+    """Distinct text segments tokenized once (and reused from a tiny, often-cleared cache)
+    give exactly the ids and offsets of tokenizing each rendering whole."""
+    tok = tokenizer_for(template)
+    info = masking._info(tok)
+    assert info.segment_safe and info.split_exact
+    texts = [masking._render_one(info, c, False, False)[0] for c in conversations(60, seed=21)]
+    texts += [t + "<|im_end|>x<|im_end|><|im_end|>" for t in texts[:5]] + ["", "\n\n", "plain text only"]
+    monkeypatch.setattr(masking, "_SEGMENT_CACHE_TOKENS", 50)
+    cache = masking._SegmentCache()
+    for lo in range(0, len(texts), 7):  # several calls share the cache, as chunks do
+        part = texts[lo : lo + 7]
+        got = masking._tokenize_segments(info, cache, part)
+        for text, enc, (ids, offsets) in zip(part, info.plain.encode_batch(part), got, strict=True):
+            assert ids == enc.ids, text
+            assert offsets.pairs() == enc.offsets, text
+            assert offsets.n == len(ids)
+            for char in range(len(text) + 2):  # the piece-wise lookups answer as the flat list would
+                assert offsets.first_from(char) == bisect.bisect_left([a for a, _ in enc.offsets], char)
+
+
+def test_segment_split_disagreement_switches_to_whole_renderings(monkeypatch):
+    """Were our added-token split ever wrong for a tokenizer, the once-per-tokenizer probe
+    notices and the whole renderings are tokenized instead: masks stay exact."""
+    tok = _with_template("chatml", TEMPLATES["chatml"].template)
+    convs = conversations(20, seed=4)
+    expected, _ = encode_batch(tokenizer_for("chatml"), convs)
+    info = masking._info(tok)
+    # a split at text that is no added token: tokenizes "ss" apart from its neighbours
+    monkeypatch.setattr(info, "added_re", re.compile("<\\|im_start\\|>|<\\|im_end\\|>|ss"))
+    monkeypatch.setattr(info, "added_by_text", {**info.added_by_text, "ss": 0})
+    results, rejects = encode_batch(tok, convs)
+    assert rejects == [] and results == expected
+    assert info.split_checked is False and info.split_exact is False
