@@ -10,9 +10,10 @@ import torch.nn.functional as F
 from test_training_helpers import make_base_model
 from transformers import AutoModelForCausalLM
 
+import training.attention  # noqa: F401  (registers packed_sdpa)
 from training.data import IGNORE_INDEX
 from training.distributed import DistContext, wrap_model
-from training.loss import accumulate_gradients, forward_logits, token_loss_sum
+from training.loss import accumulate_gradients, forward_logits, micro_batch_loss_sum, token_loss_sum
 
 SINGLE = DistContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), initialized=False)
 
@@ -38,8 +39,8 @@ def _micro_batch(seed: int, loss_tokens_per_row: int, rows: int = 2, seq_len: in
 GLOBAL_BATCH = [_micro_batch(0, 2), _micro_batch(1, 20), _micro_batch(2, 7), _micro_batch(3, 25)]
 
 
-def _load(base_model: Path) -> torch.nn.Module:
-    return AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32, attn_implementation="sdpa").train()
+def _load(base_model: Path, attn: str = "sdpa") -> torch.nn.Module:
+    return AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32, attn_implementation=attn).train()
 
 
 def _reference_grads(base_model: Path, batches: list[dict]) -> dict[str, torch.Tensor]:
@@ -58,9 +59,11 @@ def test_token_loss_sum_ignores_unmasked_positions() -> None:
     torch.testing.assert_close(token_loss_sum(logits, labels), expected)
 
 
-def test_accumulated_gradient_is_the_global_token_mean(base_model: Path) -> None:
+@pytest.mark.parametrize("attn", ["sdpa", "packed_sdpa"])
+def test_accumulated_gradient_is_the_global_token_mean(base_model: Path, attn: str) -> None:
+    """Full logits + stock attention (the definition) vs the training path: labelled-only logits, `attn`."""
     reference = _reference_grads(base_model, GLOBAL_BATCH)
-    model = _load(base_model)
+    model = _load(base_model, attn)
     result = accumulate_gradients(model, GLOBAL_BATCH, SINGLE)
     assert result.loss_tokens == 2 * (2 + 20 + 7 + 25) and result.tokens == 4 * 2 * 26
     for name, param in model.named_parameters():
@@ -71,6 +74,18 @@ def test_accumulated_gradient_is_the_global_token_mean(base_model: Path) -> None
         (token_loss_sum(forward_logits(naive, b), b["labels"]) / (b["labels"] != IGNORE_INDEX).sum() / 4).backward()
     grad = naive.model.embed_tokens.weight.grad
     assert not torch.allclose(grad, reference["model.embed_tokens.weight"], rtol=1e-3, atol=1e-6)
+
+
+def test_micro_batch_without_labels_contributes_nothing(base_model: Path) -> None:
+    """A micro-batch whose rows carry no label (all prompt) adds 0 loss and 0 gradient, and does not fail."""
+    model = _load(base_model, "packed_sdpa")
+    empty = {**GLOBAL_BATCH[0], "labels": torch.full_like(GLOBAL_BATCH[0]["labels"], IGNORE_INDEX)}
+    loss = micro_batch_loss_sum(model, empty)
+    loss.backward()
+    assert float(loss.detach()) == 0.0
+    assert all(p.grad is None or not p.grad.any() for p in model.parameters())
+    with_labels = accumulate_gradients(_load(base_model, "packed_sdpa"), [empty, GLOBAL_BATCH[1]], SINGLE)
+    assert with_labels.loss_tokens == 2 * 20
 
 
 def _free_port() -> int:

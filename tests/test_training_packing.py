@@ -14,6 +14,7 @@ import torch
 from test_training_helpers import make_base_model
 from transformers import AutoModelForCausalLM
 
+import training.attention  # noqa: F401  (registers packed_sdpa)
 from training.data import Corpus, PackedLoader
 from training.loss import forward_logits
 
@@ -31,7 +32,7 @@ def _corpus(lengths: list[int]) -> Corpus:
     return Corpus([f"c{i}" for i in range(len(lengths))], tokens, mask, offsets)
 
 
-@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("attn", ["sdpa", "eager", "packed_sdpa"])
 def test_packed_logits_equal_each_conversation_alone(base_model: Path, attn: str) -> None:
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(base_model, attn_implementation=attn, dtype=torch.float32).eval()

@@ -17,7 +17,7 @@ OVERLONG_CHOICES = ("split", "drop")
 DISTRIBUTED_CHOICES = ("ddp", "fsdp2")
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 DTYPE_CHOICES = ("auto", "fp32", "bf16")
-ATTN_CHOICES = ("sdpa", "eager")
+ATTN_CHOICES = ("auto", "packed_sdpa", "sdpa", "eager")
 
 
 class ConfigError(ValueError):
@@ -63,7 +63,9 @@ class TrainConfig:
     - distributed: "ddp" (replicated weights) or "fsdp2" (sharded with fully_shard).
     - device: "auto" = cuda if available else cpu.
     - dtype: "auto" = fp32 on CPU, bf16 autocast on GPU.
-    - attn_implementation: "sdpa" or "eager" (both honour packed position_ids).
+    - attn_implementation: "packed_sdpa" (each conversation of a packed row attended on its
+      own, training/attention.py), "sdpa" or "eager" (a block-diagonal mask over the whole
+      row); all three honour packed position_ids. "auto" = packed_sdpa on CPU, sdpa on GPU.
     - deterministic: torch.use_deterministic_algorithms (bit-exact CPU resume).
     - cpu_threads: torch intra-op threads per process (0 = torch default).
     - log_every: steps between progress lines / Dagster Pipes messages.
@@ -96,7 +98,7 @@ class TrainConfig:
     log_every: int = 10
     device: str = "auto"
     dtype: str = "auto"
-    attn_implementation: str = "sdpa"
+    attn_implementation: str = "auto"
     deterministic: bool = False
     cpu_threads: int = 0
     peak_flops: float = 0.0

@@ -11,6 +11,7 @@ by world_size), so the accumulated gradient is exactly d(mean token loss)/dθ.
 
 from __future__ import annotations
 
+import inspect
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
@@ -40,6 +41,29 @@ def forward_logits(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> to
     return model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits
 
 
+def micro_batch_loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Sum of token losses of one packed micro-batch, projecting to the vocabulary only where a label is.
+
+    About half the positions of a chat row (system, user turns, padding) carry no label;
+    their logits would be computed and thrown away. transformers' `logits_to_keep` (a
+    boolean rows x seq_len mask) runs the LM head and the cross-entropy on the labelled
+    positions only, which saves that share of the head's matmuls and of the loss's
+    softmax passes. Models whose forward has no `logits_to_keep` take the full-logits path.
+    """
+    if not _accepts_logits_to_keep(model):
+        return token_loss_sum(forward_logits(model, batch), batch["labels"])
+    keep = batch["labels"] != IGNORE_INDEX
+    logits = model(
+        input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False, logits_to_keep=keep
+    ).logits
+    return F.cross_entropy(logits.float(), batch["labels"][keep], reduction="sum")
+
+
+def _accepts_logits_to_keep(model: torch.nn.Module) -> bool:
+    inner = getattr(model, "module", model)  # DDP wraps; FSDP2 does not
+    return "logits_to_keep" in inspect.signature(inner.forward).parameters
+
+
 @dataclass
 class StepLoss:
     mean_loss: float  # global mean token loss of this optimizer step
@@ -66,8 +90,7 @@ def accumulate_gradients(
         # Forward and backward both inside: DDP decides in forward whether backward all-reduces.
         with gradient_sync(model, enabled=index == len(micro_batches) - 1):
             with autocast or nullcontext():
-                logits = forward_logits(model, batch)
-            loss_sum = token_loss_sum(logits, batch["labels"])
+                loss_sum = micro_batch_loss_sum(model, batch)
             (loss_sum * scale).backward()
         local_sum += loss_sum.detach().double()
     (global_sum,) = ctx.all_reduce_sum([float(local_sum)])

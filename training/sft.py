@@ -26,6 +26,7 @@ import torch
 
 from core.atomic_io import TMP_PREFIX, atomic_write_bytes, fsync_dir, fsync_tree, sha256_file
 from core.tokenizer_training import tokenizer_fingerprint
+from training.attention import PACKED_SDPA
 from training.checkpoint import find_resume_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
 from training.config import ConfigError, TrainConfig, load_config
 from training.data import PackedLoader, load_corpus, rank_indices
@@ -174,7 +175,7 @@ def _load_model(cfg: TrainConfig, ctx: DistContext) -> torch.nn.Module:
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(
-        cfg.base_model_dir, dtype=torch.float32, attn_implementation=cfg.attn_implementation, local_files_only=True
+        cfg.base_model_dir, dtype=torch.float32, attn_implementation=resolve_attn(cfg, ctx), local_files_only=True
     )
     model.config.use_cache = False
     if cfg.activation_checkpointing:
@@ -182,6 +183,13 @@ def _load_model(cfg: TrainConfig, ctx: DistContext) -> torch.nn.Module:
     if cfg.distributed == "fsdp2" and ctx.initialized:
         return model.train()  # fully_shard moves only this rank's shard to the device
     return model.to(ctx.device).train()
+
+
+def resolve_attn(cfg: TrainConfig, ctx: DistContext) -> str:
+    """ "auto": per-conversation attention on CPU; on GPU stock sdpa, the path verified on H100 so far."""
+    if cfg.attn_implementation != "auto":
+        return cfg.attn_implementation
+    return "sdpa" if ctx.device.type == "cuda" else PACKED_SDPA
 
 
 def _load_data(cfg: TrainConfig, ctx: DistContext, model_config: Any) -> tuple[PackedLoader, dict[str, Any]]:

@@ -1,0 +1,66 @@
+"""packed_sdpa: per-conversation attention gives the same logits and gradients as the masked full row."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from test_training_helpers import make_base_model
+from transformers import AutoModelForCausalLM
+
+from training.attention import PACKED_SDPA, packed_sdpa_forward, segment_boundaries
+from training.config import TrainConfig
+from training.distributed import DistContext
+from training.sft import resolve_attn
+
+
+@pytest.fixture(scope="module")
+def base_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_base_model(tmp_path_factory.mktemp("base"))
+
+
+def test_segments_start_at_every_row_and_position_restart() -> None:
+    positions = torch.tensor([[0, 1, 2, 0, 1, 0], [0, 1, 2, 3, 4, 5], [3, 4, 0, 1, 2, 3]])
+    # Row 3 starts mid-conversation (an overlong conversation's continuation): still a new segment.
+    assert segment_boundaries(positions).tolist() == [0, 3, 5, 6, 12, 14, 18]
+
+
+def _packed_batch(rows: int, seq_len: int, seed: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    position_ids = torch.empty(rows, seq_len, dtype=torch.int64)
+    for r in range(rows):
+        cursor = 0
+        while cursor < seq_len:
+            size = min(seq_len - cursor, int(torch.randint(1, 40, (), generator=g)))
+            position_ids[r, cursor : cursor + size] = torch.arange(size)
+            cursor += size
+    return {"input_ids": torch.randint(0, 300, (rows, seq_len), generator=g), "position_ids": position_ids}
+
+
+def test_logits_and_gradients_match_masked_sdpa(base_model: Path) -> None:
+    batch = _packed_batch(rows=3, seq_len=96, seed=0)
+    target = torch.randint(0, 300, (3, 96), generator=torch.Generator().manual_seed(1))
+    results = {}
+    for attn in ("sdpa", PACKED_SDPA):
+        model = AutoModelForCausalLM.from_pretrained(base_model, attn_implementation=attn, dtype=torch.float32)
+        logits = model(**batch, use_cache=False).logits
+        torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1)).backward()
+        results[attn] = (logits.detach(), {n: p.grad for n, p in model.named_parameters()})
+    torch.testing.assert_close(results[PACKED_SDPA][0], results["sdpa"][0], rtol=0, atol=1e-5)
+    for name, grad in results["sdpa"][1].items():
+        torch.testing.assert_close(results[PACKED_SDPA][1][name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_an_attention_mask_is_refused_with_the_way_out() -> None:
+    q = torch.randn(1, 2, 4, 8)
+    with pytest.raises(ValueError, match="use attn_implementation='sdpa' for padded batches"):
+        packed_sdpa_forward(torch.nn.Module(), q, q, q, attention_mask=torch.ones(1, 1, 4, 4, dtype=torch.bool))
+
+
+def test_auto_is_per_conversation_attention_on_cpu(tmp_path: Path) -> None:
+    cfg = TrainConfig(base_model_dir=str(tmp_path), shard_dirs=[str(tmp_path)], output_dir=str(tmp_path))
+    cpu = DistContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), initialized=False)
+    assert cfg.attn_implementation == "auto" and resolve_attn(cfg, cpu) == PACKED_SDPA
+    cuda = DistContext(rank=0, world_size=1, local_rank=0, device=torch.device("cuda"), initialized=False)
+    assert resolve_attn(cfg, cuda) == "sdpa"
+    explicit = TrainConfig(**{**cfg.__dict__, "attn_implementation": "eager"})
+    assert resolve_attn(explicit, cpu) == "eager"
