@@ -93,6 +93,9 @@ def test_single_process_run_writes_a_loadable_model_and_summary(
     assert 0.5 < summary["packing_efficiency"] <= 1 and summary["tokens_per_second"] > 0
     assert summary["tokens_seen"] > summary["loss_tokens"] > 0
     assert summary["mfu_estimate"] > 0 and summary["peak_flops_source"] == "config"
+    # CPU defaults: per-conversation attention, compiled decoder layers; compilation is the warm-up step.
+    assert summary["attn_implementation"] == "packed_sdpa" and summary["compiled"] is True
+    assert summary["warmup_seconds"] > 0
     assert summary["tokenizer_fingerprint"] == tokenizer_fingerprint(base_model)
     assert summary["data"][0]["source_data_version"] == "count-v1"
     assert len(summary["data"][0]["manifest_sha256"]) == 64

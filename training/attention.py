@@ -79,4 +79,5 @@ def _segment_lengths(kwargs: dict[str, Any], batch: int, seq_len: int) -> list[i
     return torch.diff(segment_boundaries(position_ids).to(torch.int64)).tolist()
 
 
-AttentionInterface.register(PACKED_SDPA, packed_sdpa_forward)
+# Not traced by torch.compile (training/compilation.py): the segment count changes every batch.
+AttentionInterface.register(PACKED_SDPA, torch.compiler.disable(packed_sdpa_forward))

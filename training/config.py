@@ -18,6 +18,7 @@ DISTRIBUTED_CHOICES = ("ddp", "fsdp2")
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 DTYPE_CHOICES = ("auto", "fp32", "bf16")
 ATTN_CHOICES = ("auto", "packed_sdpa", "sdpa", "eager")
+COMPILE_CHOICES = ("auto", "on", "off")
 
 
 class ConfigError(ValueError):
@@ -66,6 +67,9 @@ class TrainConfig:
     - attn_implementation: "packed_sdpa" (each conversation of a packed row attended on its
       own, training/attention.py), "sdpa" or "eager" (a block-diagonal mask over the whole
       row); all three honour packed position_ids. "auto" = packed_sdpa on CPU, sdpa on GPU.
+    - compile: torch.compile each decoder layer ("auto": on for CPU runs without FSDP2 or
+      activation checkpointing when a C++ compiler is present; training/compilation.py).
+      The first step then includes compilation (summary: warmup_seconds).
     - deterministic: torch.use_deterministic_algorithms (bit-exact CPU resume).
     - cpu_threads: torch intra-op threads per process (0 = torch default).
     - log_every: steps between progress lines / Dagster Pipes messages.
@@ -99,6 +103,7 @@ class TrainConfig:
     device: str = "auto"
     dtype: str = "auto"
     attn_implementation: str = "auto"
+    compile: str = "auto"
     deterministic: bool = False
     cpu_threads: int = 0
     peak_flops: float = 0.0
@@ -142,6 +147,7 @@ class TrainConfig:
             ("device", DEVICE_CHOICES),
             ("dtype", DTYPE_CHOICES),
             ("attn_implementation", ATTN_CHOICES),
+            ("compile", COMPILE_CHOICES),
         ):
             if getattr(self, name) not in choices:
                 raise ConfigError(f"{name} must be one of {choices}, got {getattr(self, name)!r}")

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from training.data import IGNORE_INDEX
-from training.distributed import DistContext, gradient_sync
+from training.distributed import DistContext, gradient_sync, unwrap
 
 
 def token_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -60,8 +60,7 @@ def micro_batch_loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor])
 
 
 def _accepts_logits_to_keep(model: torch.nn.Module) -> bool:
-    inner = getattr(model, "module", model)  # DDP wraps; FSDP2 does not
-    return "logits_to_keep" in inspect.signature(inner.forward).parameters
+    return "logits_to_keep" in inspect.signature(unwrap(model).forward).parameters
 
 
 @dataclass

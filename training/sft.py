@@ -28,6 +28,7 @@ from core.atomic_io import TMP_PREFIX, atomic_write_bytes, fsync_dir, fsync_tree
 from core.tokenizer_training import tokenizer_fingerprint
 from training.attention import PACKED_SDPA
 from training.checkpoint import find_resume_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
+from training.compilation import compile_decoder_layers, should_compile
 from training.config import ConfigError, TrainConfig, load_config
 from training.data import PackedLoader, load_corpus, rank_indices
 from training.distributed import DistContext, full_model_state, init_distributed, shutdown, unwrap, wrap_model
@@ -235,6 +236,10 @@ def _train(cfg: TrainConfig, resume: bool, ctx: DistContext, reporter: Reporter)
     fsdp_mixed = cfg.distributed == "fsdp2" and dtype != torch.float32  # FSDP2 casts params itself
     model = wrap_model(model, ctx, cfg.distributed, param_dtype=dtype if fsdp_mixed else None)
     autocast = torch.autocast(ctx.device.type, dtype=dtype) if dtype != torch.float32 and not fsdp_mixed else None
+    compile_on, compile_reason = should_compile(cfg, ctx)
+    if compile_on:
+        compile_decoder_layers(model)
+    reporter.info(compile_reason)
     optimizer = build_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg))
 
@@ -258,8 +263,10 @@ def _train(cfg: TrainConfig, resume: bool, ctx: DistContext, reporter: Reporter)
         f"{cfg.distributed}); {data_info['conversations']} conversations; global batch "
         f"{cfg.micro_batch_rows * cfg.grad_accum_steps * ctx.world_size} rows x {cfg.seq_len} tokens"
     )
-    # Throughput counts only time spent in steps (data, forward/backward, optimizer), not checkpoints.
+    # Throughput counts only time spent in steps (data, forward/backward, optimizer), not checkpoints,
+    # and not this session's first step (compilation, lazy initialisation), reported as warmup_seconds.
     session_tokens, session_seconds, log_tokens, log_seconds = 0, 0.0, 0, 0.0
+    warmup: tuple[int, float] | None = None
     while state["step"] < cfg.max_steps:
         started = time.perf_counter()
         micro_batches = [loader.next_batch() for _ in range(cfg.grad_accum_steps)]
@@ -274,7 +281,10 @@ def _train(cfg: TrainConfig, resume: bool, ctx: DistContext, reporter: Reporter)
         state["loss_curve"].append({"step": state["step"], "loss": step_loss.mean_loss, "lr": lr})
         if state["best_loss"] is None or step_loss.mean_loss < state["best_loss"]:
             state["best_loss"] = step_loss.mean_loss
-        session_tokens, session_seconds = session_tokens + step_loss.tokens, session_seconds + seconds
+        if warmup is None:
+            warmup = (step_loss.tokens, seconds)
+        else:
+            session_tokens, session_seconds = session_tokens + step_loss.tokens, session_seconds + seconds
         log_tokens, log_seconds = log_tokens + step_loss.tokens, log_seconds + seconds
 
         last = state["step"] == cfg.max_steps
@@ -319,6 +329,8 @@ def _train(cfg: TrainConfig, resume: bool, ctx: DistContext, reporter: Reporter)
     )
     if not ctx.is_main:
         return None
+    if not session_tokens and warmup is not None:  # a one-step session: nothing but the first step to go by
+        session_tokens, session_seconds = warmup
     tokens_per_second = session_tokens / session_seconds if session_tokens else 0.0
     peak = cfg.peak_flops or measure_peak_flops(ctx.device, dtype)
     summary = {
@@ -328,6 +340,9 @@ def _train(cfg: TrainConfig, resume: bool, ctx: DistContext, reporter: Reporter)
         "final_loss": state["loss_curve"][-1]["loss"] if state["loss_curve"] else None,
         "best_loss": state["best_loss"],
         "tokens_per_second": tokens_per_second,
+        "warmup_seconds": warmup[1] if warmup else None,
+        "compiled": compile_on,
+        "attn_implementation": resolve_attn(cfg, ctx),
         "packing_efficiency": tokens / (rows * cfg.seq_len) if rows else 0.0,
         "mfu_estimate": 6 * n_params * tokens_per_second / (peak * ctx.world_size),
         "peak_flops_per_device": peak,
@@ -363,6 +378,9 @@ def pipes_metadata(summary: dict[str, Any], output_dir: Path) -> dict[str, Any]:
         "final_loss",
         "best_loss",
         "tokens_per_second",
+        "warmup_seconds",
+        "compiled",
+        "attn_implementation",
         "packing_efficiency",
         "mfu_estimate",
         "parameters",
