@@ -43,6 +43,7 @@ from bisect import bisect_left, bisect_right
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from itertools import accumulate, chain
 from typing import Any, Literal
 
 from tokenizers import Tokenizer
@@ -119,8 +120,9 @@ class _Info:
     textual: Tokenizer  # private copy: special tokens are encoded as plain text
     segment_safe: bool  # tokenization is independent per added-token segment
     added_by_text: dict[str, int] = field(default_factory=dict)  # every added token, special or not
-    added_re: re.Pattern[str] | None = None  # leftmost-longest over added_by_text, as the tokenizer splits
-    split_exact: bool = False  # splitting at added_re reproduces the tokenizer's own split (see _split_safe)
+    added_split_re: re.Pattern[str] | None = None  # leftmost-longest over added_by_text, as the tokenizer splits
+    added_entries: dict[str, tuple[list[int], list[tuple[int, int]]]] = field(default_factory=dict)
+    split_exact: bool = False  # splitting at added_split_re reproduces the tokenizer's own split (see _split_safe)
     split_checked: bool = False  # the split path was compared with whole-rendering tokenization once
     tail_cache: dict[str, list[int]] = field(default_factory=dict)
 
@@ -229,9 +231,12 @@ def _info(tokenizer: Any) -> _Info:
         textual=_private_copy(backend, text_only=True),
         segment_safe=_segment_safe(config),
         added_by_text=added_by_text,
-        added_re=re.compile("|".join(re.escape(t) for t in sorted(added_by_text, key=len, reverse=True)))
+        added_split_re=re.compile(
+            "(" + "|".join(re.escape(t) for t in sorted(added_by_text, key=len, reverse=True)) + ")"
+        )
         if added_by_text
         else None,
+        added_entries={"": ([], []), **{t: ([i], [(0, len(t))]) for t, i in added_by_text.items()}},
         split_exact=_split_safe(config),
     )
     ident = id(tokenizer)
@@ -558,66 +563,86 @@ def _locate_assistant_content(work: _Work) -> None:
 class _TokenOffsets:
     """The character offsets of one rendering's tokens, kept per separately tokenized piece.
 
-    Segment-deduplicated tokenization reuses one segment's token offsets (relative to the
-    segment) in every rendering that holds it, so offsets are never shifted token by token
-    (that would cost as much as the tokenization saved). Lookups find the piece first, then
-    the token in it; they answer exactly what indexing and ``bisect_left`` on the flat list
-    of starts and ends would.
+    Segment-deduplicated tokenization reuses one segment's encoding (offsets relative to the
+    segment) in every rendering that holds it, so offsets are never shifted, copied or even
+    converted to Python token by token: that would cost about as much as the tokenization
+    saved. A piece is a list of (start, end) pairs or a tokenizers ``Encoding`` read one
+    token at a time. Lookups find the piece, then the token in it, and answer exactly what
+    indexing or ``bisect_left`` on the flat list of (start, end) pairs would, since token
+    offsets run in text order and lie inside their piece.
     """
 
-    __slots__ = ("char_bases", "ends", "last_starts", "n", "starts", "tok_bases")
+    __slots__ = ("char_bases", "n", "pieces", "tok_bases")
 
-    def __init__(self) -> None:
-        self.n = 0
-        self.tok_bases: list[int] = []
-        self.char_bases: list[int] = []
-        self.last_starts: list[int] = []
-        self.starts: list[Sequence[int]] = []
-        self.ends: list[Sequence[int]] = []
-
-    def add(self, char_base: int, starts: Sequence[int], ends: Sequence[int]) -> None:
-        """Append a piece: its tokens' starts and ends relative to ``char_base``."""
-        if not starts:
-            return
-        self.tok_bases.append(self.n)
-        self.char_bases.append(char_base)
-        self.last_starts.append(starts[-1] + char_base)
-        self.starts.append(starts)
-        self.ends.append(ends)
-        self.n += len(starts)
+    def __init__(self, pieces: list[Any], char_bases: list[int], tok_bases: list[int]) -> None:
+        # pieces[p] starts at character char_bases[p] and token tok_bases[p]; both lists end with the totals.
+        self.pieces = pieces
+        self.char_bases = char_bases
+        self.tok_bases = tok_bases
+        self.n = tok_bases[-1]
 
     @classmethod
-    def flat(cls, offsets: Sequence[tuple[int, int]]) -> _TokenOffsets:
-        out = cls()
-        if offsets:
-            starts, ends = zip(*offsets, strict=True)
-            out.add(0, starts, ends)
-        return out
+    def flat(cls, offsets: list[tuple[int, int]]) -> _TokenOffsets:
+        return cls([offsets], [0, offsets[-1][1] if offsets else 0], [0, len(offsets)])
 
     def first_from(self, char: int) -> int:
         """``bisect_left(starts, char)``: the first token starting at or after ``char`` (n if none)."""
-        if len(self.starts) == 1:
-            return bisect_left(self.starts[0], char - self.char_bases[0])
-        p = bisect_left(self.last_starts, char)
-        if p == len(self.last_starts):
+        pieces = self.pieces
+        if len(pieces) == 1:
+            return _first_from(pieces[0], char - self.char_bases[0], self.char_bases[1] - self.char_bases[0])
+        q = bisect_right(self.char_bases, char) - 1
+        if q >= len(pieces):
             return self.n
-        return self.tok_bases[p] + bisect_left(self.starts[p], char - self.char_bases[p])
+        base = self.char_bases[q]
+        local = _first_from(pieces[q], char - base, self.char_bases[q + 1] - base)
+        return self.tok_bases[q] + local
 
     def start(self, k: int) -> int:
         p = bisect_right(self.tok_bases, k) - 1
-        return self.starts[p][k - self.tok_bases[p]] + self.char_bases[p]
+        return _pair(self.pieces[p], k - self.tok_bases[p])[0] + self.char_bases[p]
 
     def end(self, k: int) -> int:
         p = bisect_right(self.tok_bases, k) - 1
-        return self.ends[p][k - self.tok_bases[p]] + self.char_bases[p]
+        return _pair(self.pieces[p], k - self.tok_bases[p])[1] + self.char_bases[p]
 
     def pairs(self) -> list[tuple[int, int]]:
         """The flat (start, end) list (for checks, not the hot path)."""
         return [
             (a + base, b + base)
-            for base, starts, ends in zip(self.char_bases, self.starts, self.ends, strict=True)
-            for a, b in zip(starts, ends, strict=True)
+            for base, piece in zip(self.char_bases, self.pieces, strict=False)
+            for a, b in (piece if type(piece) is list else piece.offsets)
         ]
+
+
+_SCAN_LIMIT = 24  # tokens read one by one from an Encoding before converting all its offsets
+
+
+def _pair(piece: Any, k: int) -> tuple[int, int]:
+    return piece[k] if type(piece) is list else piece.token_to_chars(k)
+
+
+def _start_of(pair: tuple[int, int]) -> int:
+    return pair[0]
+
+
+def _first_from(piece: Any, char: int, length: int) -> int:
+    """``bisect_left`` over one piece's token starts; an Encoding is scanned from its nearer end."""
+    if type(piece) is list:
+        return bisect_left(piece, char, key=_start_of)
+    n = len(piece)
+    if 2 * char <= length:
+        k = 0
+        while k < n and k < _SCAN_LIMIT and piece.token_to_chars(k)[0] < char:
+            k += 1
+        if k < _SCAN_LIMIT:
+            return k
+    else:
+        k = n
+        while k > 0 and n - k < _SCAN_LIMIT and piece.token_to_chars(k - 1)[0] >= char:
+            k -= 1
+        if n - k < _SCAN_LIMIT:
+            return k
+    return bisect_left(piece.offsets, char, key=_start_of)
 
 
 def _token_span(offsets: _TokenOffsets, start: int, end: int, turn: int, rendered: str) -> tuple[int, int]:
@@ -831,7 +856,7 @@ def _prepare_chunk(info: _Info, conversations: list[Any]) -> _Chunk:
     return _Chunk(len(conversations), failed, ready, [w for w in ready if not w.lookalike])
 
 
-_SEGMENT_CACHE_TOKENS = 1 << 20  # bound on the tokens one encode_batch call keeps for reuse
+_SEGMENT_CACHE_TOKENS = 1 << 19  # bound on the tokens one encode_batch call keeps for reuse (~60 MiB)
 _SPLIT_CHECK_ROWS = 16
 
 
@@ -839,31 +864,26 @@ _SPLIT_CHECK_ROWS = 16
 class _SegmentCache:
     """Token ids and relative offsets of the rendering segments one encode_batch call has tokenized.
 
-    Bounded (cleared when it would pass _SEGMENT_CACHE_TOKENS) so memory stays flat however
-    many conversations go through; only the tokenizing thread touches it.
+    Bounded by _SEGMENT_CACHE_TOKENS so memory stays flat however many conversations go
+    through. When full, it keeps the entries reused since the last purge (system prompts,
+    stock replies) and drops the rest. Only the tokenizing thread touches it.
     """
 
-    entries: dict[str, tuple[list[int], Sequence[int], Sequence[int]]] = field(default_factory=dict)
+    entries: dict[str, tuple[list[int], Any]] = field(default_factory=dict)  # ids, Encoding
+    reused: set[str] = field(default_factory=set)
     tokens: int = 0
 
-
-# A rendering split at its added tokens: (position, text segment, None) or (position, None, added token text).
-_Piece = tuple[int, str | None, str | None]
-
-
-def _split_rendering(info: _Info, text: str) -> list[_Piece]:
-    pieces: list[_Piece] = []
-    pos = 0
-    if info.added_re is not None:
-        for match in info.added_re.finditer(text):
-            start = match.start()
-            if start > pos:
-                pieces.append((pos, text[pos:start], None))
-            pieces.append((start, None, match.group()))
-            pos = match.end()
-    if pos < len(text):
-        pieces.append((pos, text[pos:], None))
-    return pieces
+    def add(self, key: str, entry: tuple[list[int], Any]) -> None:
+        size = len(entry[0])
+        if self.tokens + size > _SEGMENT_CACHE_TOKENS:
+            self.entries = {k: e for k, e in self.entries.items() if k in self.reused}
+            self.tokens = sum(len(e[0]) for e in self.entries.values())
+            self.reused = set()
+            if self.tokens + size > _SEGMENT_CACHE_TOKENS:
+                self.entries = {}
+                self.tokens = 0
+        self.entries[key] = entry
+        self.tokens += size
 
 
 def _tokenize_segments(info: _Info, cache: _SegmentCache, texts: list[str]) -> list[tuple[list[int], _TokenOffsets]]:
@@ -875,42 +895,36 @@ def _tokenize_segments(info: _Info, cache: _SegmentCache, texts: list[str]) -> l
     Renderings repeat a lot of text (system prompts, role headers, stock replies), so the
     tokenizer sees a fraction of the characters.
     """
-    split = [_split_rendering(info, text) for text in texts]
+    splitter = info.added_split_re
+    split = [splitter.split(text) for text in texts] if splitter is not None else [[text] for text in texts]
     entries = cache.entries
-    table = {}
+    table = dict(info.added_entries)  # the added tokens (odd positions of a split) and ""
     missing = []
-    for pieces in split:
-        for _, segment, _ in pieces:
-            if segment is not None and segment not in table:
-                entry = entries.get(segment)
-                table[segment] = entry
-                if entry is None:
-                    missing.append(segment)
-    for segment, enc in zip(missing, info.plain.encode_batch(missing, add_special_tokens=False), strict=True):
-        offsets = enc.offsets
-        starts, ends = zip(*offsets, strict=True) if offsets else ((), ())
-        entry = (enc.ids, starts, ends)
-        table[segment] = entry
-        if cache.tokens + len(starts) > _SEGMENT_CACHE_TOKENS:
-            entries.clear()
-            cache.tokens = 0
-        entries[segment] = entry
-        cache.tokens += len(starts)
-    added_by_text = info.added_by_text
-    out = []
-    for pieces in split:
-        ids: list[int] = []
-        offsets_of = _TokenOffsets()
-        for pos, segment, added in pieces:
-            if segment is not None:
-                seg_ids, starts, ends = table[segment]  # type: ignore[misc]
-                ids += seg_ids
-                offsets_of.add(pos, starts, ends)
+    for key in dict.fromkeys(chain.from_iterable(split)):
+        if key not in table:
+            entry = entries.get(key)
+            if entry is None:
+                missing.append(key)
             else:
-                assert added is not None
-                ids.append(added_by_text[added])
-                offsets_of.add(pos, (0,), (len(added),))
-        out.append((ids, offsets_of))
+                table[key] = entry
+                cache.reused.add(key)
+    for key, enc in zip(missing, info.plain.encode_batch(missing, add_special_tokens=False), strict=True):
+        entry = (enc.ids, enc)  # offsets stay in Rust until a lookup needs one
+        table[key] = entry
+        cache.add(key, entry)
+    out = []
+    for parts in split:
+        got = [table[part] for part in parts]
+        ids = list(chain.from_iterable([g[0] for g in got]))
+        pieces = [g[1] for g in got]
+        out.append(
+            (
+                ids,
+                _TokenOffsets(
+                    pieces, list(accumulate(map(len, parts), initial=0)), list(accumulate(map(len, pieces), initial=0))
+                ),
+            )
+        )
     return out
 
 

@@ -10,13 +10,23 @@ import random
 import time
 from dataclasses import dataclass, field
 from datetime import date
+from itertools import accumulate, chain
 from typing import Literal
 
+import numpy as np
 import polars as pl
+import pyarrow as pa
 from transformers import PreTrainedTokenizerBase
 
 from core.masking import encode_batch, has_special_token_lookalike, verify_masks, verify_serving_prefix
 from core.schemas import CONVERSATION_QUARANTINE_SCHEMA
+
+
+def _list_column(lists: list[list[int]], dtype: type[np.generic]) -> pl.Series:
+    """A list column from Python lists of ints, built from one flat array (polars' per-row conversion is slower)."""
+    values = np.fromiter(chain.from_iterable(lists), dtype=dtype, count=sum(map(len, lists)))
+    offsets = np.fromiter(accumulate(map(len, lists), initial=0), dtype=np.int64, count=len(lists) + 1)
+    return pl.Series(pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(values)))
 
 
 @dataclass
@@ -43,21 +53,22 @@ def tokenize_conversations(
     encoded, rejects = encode_batch(tokenizer, messages, max_length=max_length, overlong=overlong)
     seconds = time.perf_counter() - start
     keep = [i for i, e in enumerate(encoded) if e is not None]
+    kept = [encoded[i] for i in keep]
     ids = ordered["conversation_id"].to_list()
-    splits = ordered["split"].to_list()
     rows = pl.DataFrame(
         {
-            "conversation_id": [ids[i] for i in keep],
-            "split": [splits[i] for i in keep],
-            "input_ids": [encoded[i].input_ids for i in keep],  # type: ignore[union-attr]
-            "loss_mask": [encoded[i].loss_mask for i in keep],  # type: ignore[union-attr]
+            "conversation_id": ordered["conversation_id"].gather(keep) if keep else ordered["conversation_id"].head(0),
+            "split": ordered["split"].gather(keep) if keep else ordered["split"].head(0),
+            "input_ids": _list_column([e.input_ids for e in kept], np.int32),  # type: ignore[union-attr]
+            "loss_mask": _list_column([e.loss_mask for e in kept], np.uint8),  # type: ignore[union-attr]
         },
-        schema={
+    ).cast(
+        {
             "conversation_id": pl.String,
             "split": pl.String,
             "input_ids": pl.List(pl.Int32),
             "loss_mask": pl.List(pl.UInt8),
-        },
+        }
     )
     quarantine = pl.DataFrame(
         {
@@ -92,9 +103,7 @@ def audit_masks(
     """
     joined = rows.join(curated.select("conversation_id", "messages"), on="conversation_id", how="left")
     failures = []
-    for cid, messages, ids, mask in joined.select(
-        "conversation_id", "messages", "input_ids", "loss_mask"
-    ).iter_rows():
+    for cid, messages, ids, mask in joined.select("conversation_id", "messages", "input_ids", "loss_mask").iter_rows():
         if messages is None:
             failures.append((cid, "row has no curated conversation"))
             continue
@@ -121,9 +130,7 @@ def audit_serving(
     picked = joined[indices] if indices else joined.head(0)
     failures = []
     lookalikes = 0
-    for cid, messages, ids, mask in picked.select(
-        "conversation_id", "messages", "input_ids", "loss_mask"
-    ).iter_rows():
+    for cid, messages, ids, mask in picked.select("conversation_id", "messages", "input_ids", "loss_mask").iter_rows():
         lookalikes += int(has_special_token_lookalike(tokenizer, messages))
         truncated = max_length is not None and len(ids) >= max_length
         problem = verify_serving_prefix(tokenizer, messages, ids, mask, truncated=truncated)

@@ -644,8 +644,8 @@ def test_segment_split_disagreement_switches_to_whole_renderings(monkeypatch):
     expected, _ = encode_batch(tokenizer_for("chatml"), convs)
     info = masking._info(tok)
     # a split at text that is no added token: tokenizes "ss" apart from its neighbours
-    monkeypatch.setattr(info, "added_re", re.compile("<\\|im_start\\|>|<\\|im_end\\|>|ss"))
-    monkeypatch.setattr(info, "added_by_text", {**info.added_by_text, "ss": 0})
+    monkeypatch.setattr(info, "added_split_re", re.compile("(<\\|im_start\\|>|<\\|im_end\\|>|ss)"))
+    monkeypatch.setattr(info, "added_entries", {**info.added_entries, "ss": ([0], [(0, 2)])})
     results, rejects = encode_batch(tok, convs)
     assert rejects == [] and results == expected
     assert info.split_checked is False and info.split_exact is False
