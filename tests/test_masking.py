@@ -649,3 +649,95 @@ def test_segment_split_disagreement_switches_to_whole_renderings(monkeypatch):
     results, rejects = encode_batch(tok, convs)
     assert rejects == [] and results == expected
     assert info.split_checked is False and info.split_exact is False
+
+
+# Generation blocks in places the inlined template handles (top level, if, for) and in
+# places it must leave to transformers' tracker (macro, set block, filter, nested, recursive loop).
+_GEN = "{%- generation -%}{{ message['content'] + '<|im_end|>' }}{%- endgeneration -%}"
+GENERATION_VARIANTS = {
+    "chatml": (CHATML_GENERATION, True),
+    "set_inside_stays_local": (
+        CHATML_GENERATION.replace(
+            _GEN,
+            "{%- generation -%}{%- set tail = 'LEAK' -%}{{ message['content'] + '<|im_end|>' }}"
+            "{%- endgeneration -%}{{ tail }}",
+        ).replace("{%- for message in messages -%}", "{%- set tail = '' -%}{%- for message in messages -%}"),
+        True,
+    ),
+    "loop_and_namespace": (
+        CHATML_GENERATION.replace(
+            "{%- for message in messages -%}", "{%- set ns = namespace(n=0) -%}{%- for message in messages -%}"
+        ).replace(
+            _GEN,
+            "{%- generation -%}{%- set ns.n = ns.n + 1 -%}{{ message['content'] }}"
+            "{{ '<|im_end|>' if loop.index > 0 else '' }}{%- endgeneration -%}",
+        ),
+        True,
+    ),
+    "in_macro": (
+        "{%- macro turn(message) -%}"
+        + _GEN
+        + "{%- endmacro -%}"
+        + CHATML_GENERATION.replace(_GEN, "{{ turn(message) }}"),
+        False,
+    ),
+    "in_set_block": (
+        CHATML_GENERATION.replace(_GEN, "{%- set body -%}" + _GEN + "{%- endset -%}{{ body }}"),
+        False,
+    ),
+    "in_filter": (CHATML_GENERATION.replace(_GEN, "{%- filter trim -%}" + _GEN + "{%- endfilter -%}"), False),
+    "nested": (
+        CHATML_GENERATION.replace(_GEN, "{%- generation -%}" + _GEN + "{%- endgeneration -%}"),
+        False,
+    ),
+    "names_caller": (
+        CHATML_GENERATION.replace(
+            "message['content'] + '<|im_end|>' }}{%- endgeneration",
+            "message['content'] + '<|im_end|>' }}{{ caller is defined and '' or '' }}{%- endgeneration",
+        ),
+        False,
+    ),
+}
+
+
+@pytest.mark.parametrize("variant", sorted(GENERATION_VARIANTS))
+def test_inlined_generation_template_renders_as_transformers_tracker(variant):
+    """Same text and the same {% generation %} spans as transformers' tracker, per mode; templates
+    whose blocks cannot be inlined exactly keep the stock path."""
+    template, inlinable = GENERATION_VARIANTS[variant]
+    tok = _with_template("chatml", template)
+    info = masking._info(tok)
+    compiled = masking._compile_jinja_template(info.template)
+    chats = [m for m in conversations(40, seed=9)]
+    chats.append([{"role": "user", "content": "a"}, {"role": "tool", "content": "b"}])  # raises in the template
+    prompts = [c[:t] for c in chats for t, m in enumerate(c) if m["role"] == "assistant"]
+    for batch, agp, spans in ((chats, False, True), (prompts, True, False), (chats, False, False)):
+        fast = masking._render_plain(info, batch, agp, spans)
+        stock = masking._render_compiled(info, compiled, batch, agp, spans)
+        assert masking._comparable(fast) == masking._comparable(stock)
+    assert bool(info.fast_template) is inlinable
+    if inlinable:
+        assert info.fast_checked == {(False, True), (True, False), (False, False)}
+        results, _ = encode_batch(tok, chats)
+        masking._INFO_CACHE.clear()
+        info = masking._info(tok)
+        info.fast_template = False  # the stock tracker from the start
+        assert encode_batch(tok, chats)[0] == results
+
+
+def test_inlined_generation_template_probe_falls_back(monkeypatch):
+    """A rewrite that rendered differently is caught by the per-mode probe: stock rendering instead."""
+    tok = _with_template("chatml", CHATML_GENERATION)
+    info = masking._info(tok)
+    convs = conversations(20, seed=3)
+    expected, _ = encode_batch(tokenizer_for("chatml"), convs)
+
+    class Loud(masking._GenerationMark):
+        def __str__(self) -> str:
+            super().__str__()
+            return "!"
+
+    monkeypatch.setattr(masking, "_GenerationMark", Loud)
+    results, rejects = encode_batch(tok, convs)
+    assert rejects == [] and results == expected
+    assert info.fast_template is False
