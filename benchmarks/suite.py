@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -203,6 +204,31 @@ def _mean_train_length(shards: Path) -> float:
     return float(read_split(shards, "train")["input_ids"].list.len().mean())
 
 
+def _mean_attention_context(shards: Path, seq_len: int) -> float:
+    """Mean number of keys a token attends to (causal, within its conversation, pieces of <= seq_len)."""
+    import numpy as np
+
+    from core.shards import read_split
+
+    lengths = read_split(shards, "train")["input_ids"].list.len().to_numpy().astype(np.int64)
+    full, rest = np.divmod(lengths, seq_len)
+    keys = full * seq_len * (seq_len + 1) / 2 + rest * (rest + 1) / 2
+    return float(keys.sum() / lengths.sum())
+
+
+def model_flops_per_second(median: dict[str, float], params: dict[str, int], mean_context: float) -> float:
+    """FLOPs the step needs per second (PaLM-style model FLOPs, forward + backward = 3 x forward).
+
+    - every non-pad token: 6 x body parameters (the transformer blocks' matmuls) plus causal
+      attention within its conversation, 12 x layers x attention width x keys attended;
+    - every labelled token: 6 x LM-head parameters (positions without a label need no logits).
+    The same accounting for every side; what a side computes beyond it (padding, the score grid
+    of other conversations, unneeded logits) is not credited.
+    """
+    per_token = 6 * params["body"] + 12 * params["layers"] * params["attention_width"] * mean_context
+    return median["tokens_per_second"] * per_token + median["loss_tokens_per_second"] * 6 * params["head"]
+
+
 def bench_training(
     sizes: Sizes,
     model: Path,
@@ -250,8 +276,14 @@ def bench_training(
     )
     med = {name: medians(r, keys) for name, r in runs.items()}
     params = runs["ours_packed"][0]["parameters"]
+    flop_params = runs["ours_packed"][0]["flop_parameters"]
+    mean_context = _mean_attention_context(shards, sizes.seq_len)
     for name in med:
-        med[name]["mfu"] = 6 * params * med[name]["tokens_per_second"] / peak
+        med[name]["mfu"] = model_flops_per_second(med[name], flop_params, mean_context) / peak
+        med[name]["mfu_6n"] = 6 * params * med[name]["tokens_per_second"] / peak
+        med[name]["warmup_seconds"] = statistics.median(r["warmup_seconds"] for r in runs[name])
+        med[name]["attn_implementation"] = runs[name][0]["attn_implementation"]
+        med[name]["compiled"] = runs[name][0]["compiled"]
         med[name]["tokens_per_step"] = runs[name][0]["tokens_total"] / runs[name][0]["steps"]
     vs_padded = ratio(med["ours_packed"]["tokens_per_second"], med["trl_padded"]["tokens_per_second"])
     vs_packed = ratio(med["ours_packed"]["tokens_per_second"], med["trl_packed"]["tokens_per_second"])
@@ -261,6 +293,8 @@ def bench_training(
         "device": device,
         "dtype": dtype,
         "parameters": params,
+        "flop_parameters": flop_params,
+        "mean_attention_context": mean_context,
         "steps": steps,
         "seq_len": sizes.seq_len,
         "packed_rows_per_step": sizes.train_rows,
@@ -279,6 +313,7 @@ def bench_training(
         },
     }
     if device == "cpu":
+        payload["width_sweep"] = _mfu_by_width(sizes, base, med["ours_packed"], params, flop_params, mean_context, peak)
         payload["gemm_ceilings"] = _gemm_ceilings(sizes, model, peak, threads)
         if not sizes.quick:  # where ours spends its time (torch profiler over steps 3..)
             payload["profile"] = run_worker(["train-ours", *base, "--profile"], timeout=3600).get("profile", "")
@@ -286,9 +321,54 @@ def bench_training(
     return payload, training_markdown(payload)
 
 
+# Wider Llamas with the same tokenizer, data and steps: how MFU depends on width on this CPU.
+# head_dim 64 as in most released chat models; MLP ~2.7x hidden; GQA with 2 key/value heads.
+WIDTH_SWEEP = (
+    {"hidden_size": 256, "intermediate_size": 704, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 64},
+    {"hidden_size": 384, "intermediate_size": 1024, "num_attention_heads": 6, "num_key_value_heads": 2, "head_dim": 64},
+)
+
+
+def _mfu_by_width(
+    sizes: Sizes,
+    base: list[str],
+    preset: dict[str, Any],
+    params: int,
+    flop_params: dict[str, int],
+    mean_context: float,
+    peak: float,
+) -> list[dict[str, Any]]:
+    """Ours only (the TRL sides are compared on the preset above): MFU of the same training at larger widths."""
+    sides = {
+        f"hidden {spec['hidden_size']}": (
+            lambda index, spec=spec: run_worker(
+                ["train-ours", *base, "--model-overrides", json.dumps(spec)], timeout=7200
+            )
+        )
+        for spec in WIDTH_SWEEP
+    }
+    runs = run_alternating(sides, sizes.repeats)
+    rows = [{"overrides": {}, "parameters": params, "flop_parameters": flop_params, **preset}]
+    for spec, side_runs in zip(WIDTH_SWEEP, runs.values(), strict=True):
+        med = medians(side_runs, ("tokens_per_second", "loss_tokens_per_second"))
+        flop = side_runs[0]["flop_parameters"]
+        rows.append(
+            {
+                "overrides": spec,
+                "parameters": side_runs[0]["parameters"],
+                "flop_parameters": flop,
+                **med,
+                "mfu": model_flops_per_second(med, flop, mean_context) / peak,
+                "mfu_6n": 6 * side_runs[0]["parameters"] * med["tokens_per_second"] / peak,
+                "runs": side_runs,
+            }
+        )
+    return rows
+
+
 def profile_shares(table: str) -> dict[str, float]:
     """Self-CPU shares of matmuls, attention and everything else from a torch profiler table (top rows)."""
-    shares = {"matmul": 0.0, "attention": 0.0, "other (top rows)": 0.0}
+    shares = {"matmul": 0.0, "attention": 0.0, "compiled": 0.0, "other (top rows)": 0.0}
     for line in table.splitlines():
         cells = [c for c in line.strip().split("  ") if c.strip()]
         try:
@@ -299,9 +379,18 @@ def profile_shares(table: str) -> dict[str, float]:
             shares["matmul"] += share
         elif "scaled_dot_product" in name or "attention" in name:
             shares["attention"] += share
+        elif "CompiledFxGraph" in name:
+            shares["compiled"] += share
         else:
             shares["other (top rows)"] += share
     return shares
+
+
+def _shape_label(flop: dict[str, int]) -> str:
+    return (
+        f"hidden {flop['hidden']}, {flop['heads']} heads x {flop['head_dim']}, MLP {flop['intermediate']}, "
+        f"{flop['layers']} layers"
+    )
 
 
 def training_markdown(payload: dict[str, Any]) -> str:
@@ -311,16 +400,34 @@ def training_markdown(payload: dict[str, Any]) -> str:
         "trl_padded": f"TRL SFTTrainer, padded ({payload['trl_padded_conversations_per_step']} conversations/step)",
         "trl_packed": "TRL SFTTrainer, packing_strategy=bfd + padding_free",
     }
+
+    def attention(m: dict[str, Any]) -> str:
+        return f"{m.get('attn_implementation', 'sdpa')}{', compiled layers' if m.get('compiled') else ''}"
+
     table = markdown_table(
-        ["side", "non-pad tokens/s", "loss tokens/s", "non-pad fraction", "tokens/step", "MFU", "loss first -> final"],
+        [
+            "side",
+            "attention",
+            "non-pad tokens/s",
+            "loss tokens/s",
+            "non-pad fraction",
+            "tokens/step",
+            "MFU",
+            "6N MFU",
+            "warm-up s",
+            "loss first -> final",
+        ],
         [
             [
                 labels[name],
+                attention(m),
                 m["tokens_per_second"],
                 m["loss_tokens_per_second"],
                 m["non_pad_fraction"],
                 m["tokens_per_step"],
                 f"{m['mfu']:.1%}",
+                f"{m.get('mfu_6n', m['mfu']):.1%}",
+                m.get("warmup_seconds", float("nan")),
                 f"{m['first_loss']:.3f} -> {m['final_loss']:.3f}",
             ]
             for name, m in med.items()
@@ -330,18 +437,46 @@ def training_markdown(payload: dict[str, Any]) -> str:
     threads = payload.get("threads", 0)
     thread_note = f", {threads} torch thread per process" if threads else ""
     dtype, peak = payload["dtype"], payload["peak_flops"]
+    flop = payload.get("flop_parameters")
+    accounting = (
+        f"MFU = model FLOPs per second / peak, the same accounting for every side: per non-pad token 6 x "
+        f"{flop['body']:,} body parameters + causal attention within the conversation (12 x {flop['layers']} layers "
+        f"x width {flop['attention_width']} x {payload['mean_attention_context']:.1f} keys on average), per "
+        f"labelled token 6 x {flop['head']:,} LM-head parameters. 6N MFU = 6 x all {payload['parameters']:,} "
+        f"parameters x non-pad tokens/s / peak, for comparison."
+        if flop
+        else "MFU = 6 x parameters x non-pad tokens/s / peak."
+    )
     md = (
         f"## 2. Training throughput on {where} ({payload['parameters'] / 1e6:.1f}M-parameter Llama, {dtype}, "
         f"{payload['steps']} optimizer steps, ~{payload['packed_rows_per_step'] * payload['seq_len']:,} token slots "
-        f"per step, attn sdpa{thread_note})\n\n{table}\n\n"
+        f"per step{thread_note})\n\n{table}\n\n"
         f"- **ours / TRL padded: {targets['vs_trl_padded']['value']:.2f}x** (target >= 2.5x: "
         f"{targets['vs_trl_padded']['status']})\n"
         f"- **ours / TRL packed: {targets['vs_trl_packed']['value']:.2f}x** (target >= 1.0x: "
         f"{targets['vs_trl_packed']['status']})\n"
         f"- **MFU (ours): {targets['mfu']['value']:.1%}** of the measured {dtype} matmul peak {peak / 1e9:,.0f} "
-        f"GFLOP/s (target >= 60%: {targets['mfu']['status']}); MFU = 6 x parameters x non-pad tokens/s / peak.\n"
+        f"GFLOP/s (target >= 60%: {targets['mfu']['status']}). {accounting}\n"
+        f"- Throughput and MFU are over the steps after the first two; warm-up s = those first steps (ours: "
+        f"torch.compile of the decoder layers, cached on disk after the first run on a machine).\n"
         f"- Final loss = mean of the last 5 steps' token-mean loss; same data, steps, LR schedule on every side.\n"
     )
+    if payload.get("width_sweep"):
+        sweep = payload["width_sweep"]
+        table = markdown_table(
+            ["model (ours, same data and steps)", "parameters", "non-pad tokens/s", "MFU", "6N MFU"],
+            [
+                [
+                    _shape_label(row["flop_parameters"]) + ("" if row["overrides"] else " (the preset above)"),
+                    f"{row['parameters'] / 1e6:.1f}M",
+                    row["tokens_per_second"],
+                    f"{row['mfu']:.1%}",
+                    f"{row['mfu_6n']:.1%}",
+                ]
+                for row in sweep
+            ],
+        )
+        md += f"\nMFU by model width on this CPU (ours only; medians of {len(sweep[1]['runs'])} runs):\n\n{table}\n\n"
     if "gemm_ceilings" in payload:
         ceil = payload["gemm_ceilings"]
         md += (
@@ -354,8 +489,10 @@ def training_markdown(payload: dict[str, Any]) -> str:
         md += (
             "- Where ours spends its step time (torch profiler, self CPU time): "
             + ", ".join(f"{k} {v:.0%}" for k, v in shares.items())
-            + ". Attention is sdpa's CPU flash kernel with the block-diagonal mask of a packed row: it computes "
-            "seq_len x seq_len scores although each conversation attends only to itself.\n"
+            + ". Attention (packed_sdpa) is sdpa's CPU flash kernel run per conversation, so it computes no "
+            "cross-conversation scores; its share of the time is well above its share of the FLOPs because "
+            "with 32-wide heads each score costs one exp() per 64 multiply-adds (softmax-bound on CPU). "
+            "Compiled = inductor's fused elementwise kernels (norms, rotary, SiLU x up, residuals).\n"
         )
     return md
 

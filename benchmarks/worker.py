@@ -12,6 +12,7 @@ Only this module and benchmarks/ import trl; the platform never does.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -170,7 +171,8 @@ def _prepare_model_dir(model_dir: Path, overrides: dict[str, Any], work: Path) -
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    target = work / "model_override"
+    digest = hashlib.sha256(json.dumps(overrides, sort_keys=True).encode()).hexdigest()[:10]
+    target = work / f"model_override_{digest}"
     if (target / "config.json").is_file():
         return target
     config = AutoConfig.from_pretrained(model_dir, local_files_only=True)
@@ -189,8 +191,9 @@ def train_ours(args: argparse.Namespace) -> dict[str, Any]:
     """training.sft's own pieces, in its own order: model, packed loader, AdamW, _optimizer_step per step."""
     import torch
 
+    from training.compilation import compile_decoder_layers, should_compile
     from training.config import TrainConfig
-    from training.distributed import init_distributed, wrap_model
+    from training.distributed import init_distributed, unwrap, wrap_model
     from training.sft import _compute_dtype, _load_data, _load_model, _optimizer_step, build_optimizer, lr_factor
 
     if args.threads:
@@ -208,7 +211,7 @@ def train_ours(args: argparse.Namespace) -> dict[str, Any]:
         warmup_steps=args.warmup,
         check_tokenizer_fingerprint=False,
         device=args.device,
-        attn_implementation=args.attn,
+        attn_implementation=args.attn or "auto",
         seed=args.seed,
     )
     ctx = init_distributed(cfg.device)
@@ -218,11 +221,15 @@ def train_ours(args: argparse.Namespace) -> dict[str, Any]:
     loader, _ = _load_data(cfg, ctx, model.config)
     dtype = _compute_dtype(cfg, ctx)
     model = wrap_model(model, ctx, cfg.distributed)
+    compiled = should_compile(cfg, ctx)[0]
+    if compiled:
+        compile_decoder_layers(model)
     autocast = torch.autocast(ctx.device.type, dtype=dtype) if dtype != torch.float32 else None
     optimizer = build_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg))
     steps = []
     profiler = None
+    started = time.perf_counter()
     for index in range(cfg.max_steps):
         if args.profile and index == 2:
             activities = [torch.profiler.ProfilerActivity.CPU]
@@ -243,12 +250,46 @@ def train_ours(args: argparse.Namespace) -> dict[str, Any]:
                 "loss": loss.mean_loss,
             }
         )
-    result = {"parameters": n_params, "steps": steps, "packing_efficiency": loader.packing_efficiency}
+    result = {
+        "parameters": n_params,
+        "flop_parameters": flop_parameters(model),
+        "steps": steps,
+        "packing_efficiency": loader.packing_efficiency,
+        "attn_implementation": unwrap(model).config._attn_implementation,
+        "compiled": compiled,
+        "started": started,
+    }
     if profiler is not None:
         profiler.__exit__(None, None, None)
         sort = "self_cuda_time_total" if ctx.device.type == "cuda" else "self_cpu_time_total"
         result["profile"] = profiler.key_averages().table(sort_by=sort, row_limit=15)
     return result
+
+
+def flop_parameters(model: Any) -> dict[str, int]:
+    """What the model-FLOPs accounting needs: body / LM-head parameters, layers, attention width.
+
+    The input embedding is a lookup (no FLOPs); the LM head is a matmul over the vocabulary
+    (with tied weights the same matrix, counted once, as the head).
+    """
+    from training.distributed import unwrap
+
+    inner = unwrap(model)
+    head = inner.get_output_embeddings().weight
+    embed = inner.get_input_embeddings().weight
+    skip = {id(head), id(embed)}
+    config = inner.config
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    return {
+        "body": sum(p.numel() for p in inner.parameters() if id(p) not in skip),
+        "head": head.numel(),
+        "layers": config.num_hidden_layers,
+        "attention_width": config.num_attention_heads * head_dim,
+        "hidden": config.hidden_size,
+        "heads": config.num_attention_heads,
+        "head_dim": head_dim,
+        "intermediate": config.intermediate_size,
+    }
 
 
 def _trl_dataset(shards: str):
@@ -279,9 +320,10 @@ def train_trl(args: argparse.Namespace) -> dict[str, Any]:
     tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
     cuda = args.device == "cuda"
     model = AutoModelForCausalLM.from_pretrained(
-        model_dir, local_files_only=True, attn_implementation=args.attn, dtype=torch.float32
+        model_dir, local_files_only=True, attn_implementation=args.attn or "sdpa", dtype=torch.float32
     )
     n_params = sum(p.numel() for p in model.parameters())
+    flop_params = flop_parameters(model)
     packed = args.mode == "packed"
     config = SFTConfig(
         output_dir=str(Path(args.work) / f"trl-{args.mode}"),
@@ -342,8 +384,17 @@ def train_trl(args: argparse.Namespace) -> dict[str, Any]:
         processing_class=tokenizer,
         callbacks=[Clock()],
     )
+    started = time.perf_counter()
     trainer.train()
-    return {"parameters": n_params, "steps": steps, "mode": args.mode}
+    return {
+        "parameters": n_params,
+        "flop_parameters": flop_params,
+        "steps": steps,
+        "mode": args.mode,
+        "attn_implementation": model.config._attn_implementation,
+        "compiled": False,
+        "started": started,
+    }
 
 
 def summarize_steps(result: dict[str, Any], warmup_steps: int) -> dict[str, Any]:
@@ -368,6 +419,10 @@ def summarize_steps(result: dict[str, Any], warmup_steps: int) -> dict[str, Any]
         "loss_tokens_total": sum(s["loss_tokens"] for s in steps),
         "steps": len(steps),
         "parameters": result["parameters"],
+        "flop_parameters": result["flop_parameters"],
+        "attn_implementation": result["attn_implementation"],
+        "compiled": result["compiled"],
+        "warmup_seconds": steps[warmup_steps - 1]["t"] - result["started"] if warmup_steps else float("nan"),
         "peak_rss_mib": result.get("peak_rss_mib", float("nan")),
     }
 
@@ -470,7 +525,7 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--threads", type=int, default=0)
         p.add_argument("--device", default="cpu")
-        p.add_argument("--attn", default="sdpa")
+        p.add_argument("--attn", default="", help="default: ours 'auto' (training's own default), TRL 'sdpa'")
         p.add_argument("--model-overrides", default="")
         p.add_argument("--mode", choices=["padded", "packed"], default="padded")
         p.add_argument("--warmup-steps", type=int, default=2, help="steps excluded from throughput")

@@ -18,7 +18,7 @@ from benchmarks.harness import (
     run_alternating,
     write_result,
 )
-from benchmarks.suite import Sizes, summary_rows
+from benchmarks.suite import Sizes, model_flops_per_second, summary_rows
 from benchmarks.worker import summarize_steps
 
 
@@ -93,6 +93,10 @@ def test_mask_values_compare_as_booleans():
 def _steps(times, tokens, losses):
     return {
         "parameters": 10,
+        "flop_parameters": {"body": 8, "head": 2, "layers": 1, "attention_width": 4},
+        "attn_implementation": "packed_sdpa",
+        "compiled": True,
+        "started": 7.5,
         "steps": [
             {"t": t, "tokens": n, "loss_tokens": n // 2, "slots": 100, "loss": loss}
             for t, n, loss in zip(times, tokens, losses, strict=True)
@@ -110,6 +114,14 @@ def test_summarize_steps_excludes_warmup_steps_from_throughput():
     assert out["final_loss"] == pytest.approx((5 + 4 + 3 + 2) / 4)
     assert out["first_loss"] == 5.0
     assert out["tokens_total"] == 340
+    assert out["warmup_seconds"] == pytest.approx(10.0 - 7.5)  # start to the end of the warm-up step
+
+
+def test_model_flops_credit_attention_within_conversations_and_the_head_on_labelled_tokens_only():
+    params = {"body": 1000, "head": 300, "layers": 2, "attention_width": 8}
+    median = {"tokens_per_second": 10.0, "loss_tokens_per_second": 4.0}
+    # per token 6 x 1000 + 12 x 2 x 8 x 5 keys; per labelled token 6 x 300
+    assert model_flops_per_second(median, params, mean_context=5.0) == pytest.approx(10 * (6000 + 960) + 4 * 1800)
 
 
 def test_summarize_steps_needs_more_steps_than_warmup():

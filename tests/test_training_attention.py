@@ -7,7 +7,7 @@ import torch
 from test_training_helpers import make_base_model
 from transformers import AutoModelForCausalLM
 
-from training.attention import PACKED_SDPA, packed_sdpa_forward, segment_boundaries
+from training.attention import PACKED_SDPA, packed_sdpa_forward, row_segment_lengths
 from training.config import TrainConfig
 from training.distributed import DistContext
 from training.sft import resolve_attn
@@ -21,7 +21,7 @@ def base_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_segments_start_at_every_row_and_position_restart() -> None:
     positions = torch.tensor([[0, 1, 2, 0, 1, 0], [0, 1, 2, 3, 4, 5], [3, 4, 0, 1, 2, 3]])
     # Row 3 starts mid-conversation (an overlong conversation's continuation): still a new segment.
-    assert segment_boundaries(positions).tolist() == [0, 3, 5, 6, 12, 14, 18]
+    assert row_segment_lengths(positions) == [[3, 2, 1], [6], [2, 4]]
 
 
 def _packed_batch(rows: int, seq_len: int, seed: int) -> dict[str, torch.Tensor]:

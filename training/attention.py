@@ -25,18 +25,21 @@ from transformers import AttentionInterface
 PACKED_SDPA = "packed_sdpa"
 
 
-def segment_boundaries(position_ids: torch.Tensor) -> torch.Tensor:
-    """Cumulative segment boundaries over the flattened (rows x seq_len) tokens.
+def row_segment_lengths(position_ids: torch.Tensor) -> list[list[int]]:
+    """Lengths of the conversations (segments) of each row, from position_ids restarts.
 
     A segment starts at every row start and wherever a position does not follow its
     predecessor by one (the same rule transformers applies to detect packed sequences).
-    Returns int32 [0, b1, ..., rows * seq_len] on the CPU.
     """
     positions = position_ids.detach().to("cpu", torch.int64)
+    seq_len = positions.shape[1]
     starts = torch.ones_like(positions, dtype=torch.bool)
     starts[:, 1:] = positions[:, 1:] != positions[:, :-1] + 1
-    flat = torch.nonzero(starts.reshape(-1)).reshape(-1)
-    return torch.cat([flat, torch.tensor([positions.numel()])]).to(torch.int32)
+    lengths = []
+    for row in starts:
+        bounds = torch.cat([torch.nonzero(row).reshape(-1), torch.tensor([seq_len])])
+        lengths.append(torch.diff(bounds).tolist())
+    return lengths
 
 
 def packed_sdpa_forward(
@@ -55,28 +58,22 @@ def packed_sdpa_forward(
             f"{PACKED_SDPA} takes packed rows without an attention mask (segments come from position_ids); "
             "use attn_implementation='sdpa' for padded batches"
         )
-    batch, heads, seq_len, head_dim = query.shape
-    lengths = _segment_lengths(kwargs, batch, seq_len)
+    batch, heads, seq_len, _ = query.shape
+    position_ids = kwargs.get("position_ids")  # without it each row is one causal sequence
+    lengths = [[seq_len]] * batch if position_ids is None else row_segment_lengths(position_ids.expand(batch, seq_len))
     gqa = key.shape[1] != heads
-    # [H, B*T, D]: segments are then contiguous slices along dim 1, and split's backward is a single cat.
-    q_all, k_all, v_all = (t.transpose(0, 1).reshape(t.shape[1], -1, head_dim) for t in (query, key, value))
-    outputs = [
-        F.scaled_dot_product_attention(
-            q[None], k[None], v[None], dropout_p=dropout, is_causal=True, scale=scaling, enable_gqa=gqa
-        )[0]
-        for q, k, v in zip(q_all.split(lengths, 1), k_all.split(lengths, 1), v_all.split(lengths, 1), strict=True)
-    ]
-    out = torch.cat(outputs, dim=1).reshape(heads, batch, seq_len, head_dim)
-    return out.permute(1, 2, 0, 3).contiguous(), None
-
-
-def _segment_lengths(kwargs: dict[str, Any], batch: int, seq_len: int) -> list[int]:
-    position_ids = kwargs.get("position_ids")
-    if position_ids is None:
-        return [seq_len] * batch  # no packing information: each row is one causal sequence
-    if position_ids.shape != (batch, seq_len):
-        position_ids = position_ids.expand(batch, seq_len)
-    return torch.diff(segment_boundaries(position_ids).to(torch.int64)).tolist()
+    # unbind/split give views (no copies) and their backward is one stack/cat, not a zero-filled tensor per slice.
+    rows = []
+    for q_row, k_row, v_row, row_lengths in zip(query.unbind(0), key.unbind(0), value.unbind(0), lengths, strict=True):
+        segments = zip(*(t.split(row_lengths, 1) for t in (q_row, k_row, v_row)), strict=True)
+        outputs = [
+            F.scaled_dot_product_attention(
+                q[None], k[None], v[None], dropout_p=dropout, is_causal=True, scale=scaling, enable_gqa=gqa
+            )[0]
+            for q, k, v in segments
+        ]
+        rows.append(torch.cat(outputs, dim=1))
+    return torch.stack(rows).transpose(1, 2), None
 
 
 # Not traced by torch.compile (training/compilation.py): the segment count changes every batch.
