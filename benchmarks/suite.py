@@ -730,7 +730,21 @@ def summary_rows(results: dict[str, dict[str, Any]]) -> list[list[Any]]:
                     t["vs_trl_packed"]["status"],
                 ]
             )
-            rows.append([f"{title}: MFU (ours)", f"{t['mfu']['value']:.1%}", ">= 60%", t["mfu"]["status"]])
+            if key == "training_gpu":  # the issue asks to report GPU MFU, its 60% target is for CPU
+                rows.append([f"{title}: MFU (ours)", f"{t['mfu']['value']:.1%}", "reported", "-"])
+                continue
+            preset = f"{results[key]['parameters'] / 1e6:.1f}M preset"
+            rows.append([f"{title}: MFU (ours, {preset})", f"{t['mfu']['value']:.1%}", ">= 60%", t["mfu"]["status"]])
+            for row in results[key].get("width_sweep", [])[1:]:
+                size = f"hidden {row['flop_parameters']['hidden']}, {row['parameters'] / 1e6:.1f}M"
+                rows.append(
+                    [
+                        f"{title}: MFU (ours, {size})",
+                        f"{row['mfu']:.1%}",
+                        ">= 60%",
+                        _status(0.6, row["mfu"]),
+                    ]
+                )
     if "scale" in results:
         t = results["scale"]["targets"]
         rows.append(

@@ -142,11 +142,24 @@ def test_summary_rows_report_every_target():
     results = {
         "data_prep": {"ratio_conversations_per_second": 3.2, "target": "met"},
         "training": {
+            "parameters": 1_900_000,
             "targets": {
                 "vs_trl_padded": {"value": 2.0, "status": "MISSED"},
                 "vs_trl_packed": {"value": 1.5, "status": "met"},
                 "mfu": {"value": 0.3, "status": "MISSED"},
-            }
+            },
+            "width_sweep": [
+                {"mfu": 0.3, "parameters": 1_900_000, "flop_parameters": {"hidden": 192}},
+                {"mfu": 0.65, "parameters": 6_900_000, "flop_parameters": {"hidden": 384}},
+            ],
+        },
+        "training_gpu": {
+            "parameters": 106_000_000,
+            "targets": {
+                "vs_trl_padded": {"value": 3.0, "status": "met"},
+                "vs_trl_packed": {"value": 5.0, "status": "met"},
+                "mfu": {"value": 0.15, "status": "MISSED"},
+            },
         },
         "scale": {
             "targets": {"minutes": {"value": 9.0, "status": "met"}, "peak_rss_gib": {"value": 1.2, "status": "met"}}
@@ -154,10 +167,12 @@ def test_summary_rows_report_every_target():
         "multiprocess": {"ratio_2_vs_1": 0.8},
     }
     rows = summary_rows(results)
-    assert len(rows) == 7
+    assert len(rows) == 11
     assert rows[0][1:] == ["3.20x", ">= 3x", "met"]
     assert rows[1][1:] == ["2.00x", ">= 2.5x", "MISSED"]
-    assert rows[3][1] == "30.0%"
+    assert rows[3] == ["2. CPU training: MFU (ours, 1.9M preset)", "30.0%", ">= 60%", "MISSED"]
+    assert rows[4] == ["2. CPU training: MFU (ours, hidden 384, 6.9M)", "65.0%", ">= 60%", "met"]
+    assert rows[7] == ["2. GPU training: MFU (ours)", "15.0%", "reported", "-"]  # the 60% target is for CPU
 
 
 def test_results_are_written_as_json_and_markdown(tmp_path):
