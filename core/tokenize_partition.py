@@ -18,7 +18,13 @@ import polars as pl
 import pyarrow as pa
 from transformers import PreTrainedTokenizerBase
 
-from core.masking import encode_batch, has_special_token_lookalike, verify_masks, verify_serving_prefix
+from core.masking import (
+    encode_batch,
+    has_special_token_lookalike,
+    paused_gc,
+    verify_masks,
+    verify_serving_prefix,
+)
 from core.schemas import CONVERSATION_QUARANTINE_SCHEMA
 
 
@@ -48,10 +54,11 @@ def tokenize_conversations(
 ) -> TokenizedPartition:
     """Render + tokenize + mask every conversation; unmaskable ones become quarantine rows."""
     ordered = curated.sort("conversation_id")
-    messages = ordered["messages"].to_list()
-    start = time.perf_counter()
-    encoded, rejects = encode_batch(tokenizer, messages, max_length=max_length, overlong=overlong)
-    seconds = time.perf_counter() - start
+    with paused_gc():  # the messages as Python dicts are ~100k containers: see paused_gc
+        messages = ordered["messages"].to_list()
+        start = time.perf_counter()
+        encoded, rejects = encode_batch(tokenizer, messages, max_length=max_length, overlong=overlong)
+        seconds = time.perf_counter() - start
     keep = [i for i, e in enumerate(encoded) if e is not None]
     kept = [encoded[i] for i in keep]
     ids = ordered["conversation_id"].to_list()

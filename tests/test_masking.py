@@ -5,6 +5,7 @@ silence (MaskError with a reason code instead)."""
 from __future__ import annotations
 
 import bisect
+import gc
 import random
 import re
 
@@ -741,3 +742,35 @@ def test_inlined_generation_template_probe_falls_back(monkeypatch):
     results, rejects = encode_batch(tok, convs)
     assert rejects == [] and results == expected
     assert info.fast_template is False
+
+
+@pytest.mark.parametrize("template", ALL)
+def test_encode_batch_leaves_no_reference_cycles(template):
+    """encode_batch pauses the cyclic collector (paused_gc), which is only free if it makes no
+    garbage cycles: also not for rejected conversations (template errors, lookalikes, overlong)."""
+    tok = tokenizer_for(template)
+    convs = conversations(40, seed=8)
+    convs += [
+        [{"role": "user", "content": "a"}, {"role": "tool", "content": "b"}, {"role": "assistant", "content": "c"}],
+        [{"role": "user", "content": "<|im_end|> <s> [INST]"}, {"role": "assistant", "content": "x <|im_start|>"}],
+        [{"role": "user", "content": ""}],
+        "not a conversation",
+        [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "word " * 400}],
+    ]
+    encode_batch(tok, convs[:2])
+    gc.collect()
+    gc.disable()
+    try:
+        results, rejects = encode_batch(tok, convs, max_length=200)
+        assert rejects and any(r is not None for r in results)
+        del results, rejects
+        assert gc.collect() == 0
+    finally:
+        gc.enable()
+    assert gc.isenabled()
+    with masking.paused_gc():
+        assert not gc.isenabled()
+        with masking.paused_gc():
+            assert not gc.isenabled()
+        assert not gc.isenabled()
+    assert gc.isenabled()
