@@ -62,40 +62,46 @@ def tokenize_conversations(
 ) -> TokenizedPartition:
     """Render + tokenize + mask every conversation; unmaskable ones become quarantine rows."""
     ordered = curated.sort("conversation_id")
-    with paused_gc():  # the messages as Python dicts are ~100k containers: see paused_gc
+    # The whole Python-object phase runs with the cyclic GC paused (see paused_gc), and its
+    # objects (~100k message dicts, the encodings) are dropped before it ends, so the first
+    # collection afterwards has nothing left to scan.
+    with paused_gc():
         messages = ordered["messages"].to_list()
         start = time.perf_counter()
         encoded, rejects = encode_batch(tokenizer, messages, max_length=max_length, overlong=overlong)
         seconds = time.perf_counter() - start
-    keep = [i for i, e in enumerate(encoded) if e is not None]
-    kept = [encoded[i] for i in keep]
-    ids = ordered["conversation_id"].to_list()
-    rows = pl.DataFrame(
-        {
-            "conversation_id": ordered["conversation_id"].gather(keep) if keep else ordered["conversation_id"].head(0),
-            "split": ordered["split"].gather(keep) if keep else ordered["split"].head(0),
-            "input_ids": _list_column([e.input_ids for e in kept], np.int32),  # type: ignore[union-attr]
-            "loss_mask": _list_column([e.loss_mask for e in kept], np.uint8),  # type: ignore[union-attr]
-        },
-    ).cast(
-        {
-            "conversation_id": pl.String,
-            "split": pl.String,
-            "input_ids": pl.List(pl.Int32),
-            "loss_mask": pl.List(pl.UInt8),
-        }
-    )
-    quarantine = pl.DataFrame(
-        {
-            "conversation_id": [ids[i] for i, _, _ in rejects],
-            "day": [day] * len(rejects),
-            "reason": [reason for _, reason, _ in rejects],
-            "detail": [detail for _, _, detail in rejects],
-            "payload": [json.dumps({"messages": messages[i]}, ensure_ascii=False) for i, _, _ in rejects],
-        },
-        schema=CONVERSATION_QUARANTINE_SCHEMA,
-    )
-    truncated = sum(1 for e in encoded if e is not None and e.truncated)
+        keep = [i for i, e in enumerate(encoded) if e is not None]
+        kept = [e for e in encoded if e is not None]
+        rows = pl.DataFrame(
+            {
+                "conversation_id": ordered["conversation_id"].gather(keep)
+                if keep
+                else ordered["conversation_id"].head(0),
+                "split": ordered["split"].gather(keep) if keep else ordered["split"].head(0),
+                "input_ids": _list_column([e.input_ids for e in kept], np.int32),
+                "loss_mask": _list_column([e.loss_mask for e in kept], np.uint8),
+            },
+        ).cast(
+            {
+                "conversation_id": pl.String,
+                "split": pl.String,
+                "input_ids": pl.List(pl.Int32),
+                "loss_mask": pl.List(pl.UInt8),
+            }
+        )
+        ids = ordered["conversation_id"].to_list()
+        quarantine = pl.DataFrame(
+            {
+                "conversation_id": [ids[i] for i, _, _ in rejects],
+                "day": [day] * len(rejects),
+                "reason": [reason for _, reason, _ in rejects],
+                "detail": [detail for _, _, detail in rejects],
+                "payload": [json.dumps({"messages": messages[i]}, ensure_ascii=False) for i, _, _ in rejects],
+            },
+            schema=CONVERSATION_QUARANTINE_SCHEMA,
+        )
+        truncated = sum(1 for e in kept if e.truncated)
+        del messages, encoded, kept, keep, ids
     return TokenizedPartition(rows=rows, quarantine=quarantine, seconds=seconds, truncated=truncated)
 
 
