@@ -94,9 +94,10 @@ def prep_ours(inputs: Path, out: Path) -> dict[str, Any]:
 
 
 def _tokenizer_floor(tokenizer: Any, conversations: list[Any]) -> float:
-    """Seconds the Rust tokenizer alone takes for the full renderings (after the timed run, not part of it).
+    """Seconds the Rust tokenizer takes for the whole renderings (after the timed run, not part of it).
 
-    Every exact approach pays this (TRL tokenizes the same renderings, one call per conversation).
+    This is TRL's tokenization work (one call per conversation). Ours is no longer bound by it:
+    core.masking tokenizes each distinct text piece between control tokens once.
     """
     from core.masking import _info, _render_many, _validate
 
