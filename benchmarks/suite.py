@@ -160,6 +160,7 @@ def bench_data_prep(sizes: Sizes, inputs: Path, work: Path) -> tuple[dict[str, A
             )
         ],
     )
+    tok_seconds = med["ours"]["tokenizer_seconds"]
     md = (
         f"## 1. Data preparation ({first['conversations']:,} demo conversations, {first['tokens']:,} tokens)\n\n"
         f"{table}\n\n"
@@ -168,8 +169,8 @@ def bench_data_prep(sizes: Sizes, inputs: Path, work: Path) -> tuple[dict[str, A
         f"- Masks compared row by row on {compared:,} conversations: "
         f"{'identical' if not problems else 'DIFFERENT: ' + '; '.join(problems)}.\n"
         f"- Tokenizing the whole renderings with the Rust BPE tokenizer, as TRL does (one call per conversation), "
-        f"takes {med['ours']['tokenizer_seconds']:.2f} s here ({med['ours']['tokenizer_seconds'] / med['ours']['seconds']:.0%} "
-        f"of our wall time). Ours tokenizes each distinct text piece between control tokens once (the tokenizer "
+        f"takes {tok_seconds:.2f} s here ({tok_seconds / med['ours']['seconds']:.0%} of our wall time). "
+        f"Ours tokenizes each distinct text piece between control tokens once (the tokenizer "
         f"encodes those pieces independently; system prompts and stock phrases repeat), checked once per tokenizer "
         f"against whole-rendering tokenization. Ours additionally renders every assistant turn's serving prompt to "
         f"prove the train/serve prefix, and writes the shard files (parquet + manifest with sha256); TRL's prepared "
