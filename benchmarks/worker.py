@@ -551,9 +551,15 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "prep-trl":
         _emit(prep_trl(args.inputs, args.out, args.num_proc))
     elif args.command in ("train-ours", "train-trl"):
+        # This process's own matmul peak, just before and after its steps, at its thread count: MFU then
+        # compares like with like even when other load on a shared machine drifts between runs.
+        dtype = "bf16" if args.device == "cuda" else "fp32"
+        before = matmul_peak_flops(args.device, dtype, threads=args.threads)["flops"]
         raw = train_ours(args) if args.command == "train-ours" else train_trl(args)
         raw["peak_rss_mib"] = peak_rss_mib()
+        after = matmul_peak_flops(args.device, dtype, threads=args.threads)["flops"]
         summary = {**summarize_steps(raw, args.warmup_steps), "losses": [s["loss"] for s in raw["steps"]]}
+        summary["peak_flops"] = max(before, after)
         if "profile" in raw:
             summary["profile"] = raw["profile"]
         _emit(summary)
@@ -561,7 +567,8 @@ def main(argv: list[str] | None = None) -> int:
         _emit(matmul_peak_flops(args.device, args.dtype, threads=args.threads))
     elif args.command == "gemm":
         m, k, n = (int(x) for x in args.shape.split(","))
-        _emit({"flops": gemm_flops(m, k, n, threads=args.threads)})
+        flops = gemm_flops(m, k, n, threads=args.threads)
+        _emit({"flops": flops, "peak_flops": matmul_peak_flops("cpu", "fp32", threads=args.threads)["flops"]})
     elif args.command == "scale":
         _emit(scale(args.n, args.per_day, args.out, args.seed, args.model))
     return 0

@@ -18,7 +18,7 @@ from benchmarks.harness import (
     run_alternating,
     write_result,
 )
-from benchmarks.suite import Sizes, model_flops_per_second, summary_rows
+from benchmarks.suite import Sizes, model_flops_per_second, run_mfu, summary_rows
 from benchmarks.worker import summarize_steps
 
 
@@ -122,6 +122,19 @@ def test_model_flops_credit_attention_within_conversations_and_the_head_on_label
     median = {"tokens_per_second": 10.0, "loss_tokens_per_second": 4.0}
     # per token 6 x 1000 + 12 x 2 x 8 x 5 keys; per labelled token 6 x 300
     assert model_flops_per_second(median, params, mean_context=5.0) == pytest.approx(10 * (6000 + 960) + 4 * 1800)
+
+
+def test_each_run_is_judged_against_the_peak_of_its_own_process():
+    params = {"body": 100, "head": 0, "layers": 1, "attention_width": 0}
+    # The second run met a machine twice as busy: half the throughput, half the peak, the same MFU.
+    runs = [
+        {"tokens_per_second": 10.0, "loss_tokens_per_second": 0.0, "peak_flops": 12_000.0},
+        {"tokens_per_second": 5.0, "loss_tokens_per_second": 0.0, "peak_flops": 6_000.0},
+        {"tokens_per_second": 10.0, "loss_tokens_per_second": 0.0, "peak_flops": 10_000.0},
+    ]
+    out = run_mfu(runs, params=100, flop_params=params, mean_context=0.0)
+    assert out["mfu"] == pytest.approx(0.5) and out["mfu_6n"] == pytest.approx(0.5)
+    assert out["peak_flops"] == 10_000.0
 
 
 def test_summarize_steps_needs_more_steps_than_warmup():
