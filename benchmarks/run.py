@@ -53,13 +53,24 @@ def prepare_inputs(sizes: Sizes, work: Path) -> tuple[Path, Path]:
     return inputs, shards
 
 
+def _provenance_note(name: str, payload: dict) -> str:
+    """Say so when a kept result predates the current training path (results older than its MFU accounting)."""
+    if name.startswith("training") and "flop_parameters" not in payload:
+        return (
+            "- This result was measured by an earlier version of the code (`git log` of its JSON file): ours then "
+            "ran stock sdpa over the packed-row mask and full-vocabulary logits, MFU was 6 x parameters x tokens/s "
+            "against one peak probe. It has not been re-run since (no GPU machine in later sessions).\n"
+        )
+    return ""
+
+
 def write_report(out: Path, sizes: Sizes) -> None:
     """RESULTS.md from every benchmark result in `out` (so a partial re-run keeps the others)."""
     results, sections = {}, []
     for name in (*NAMES, "training_gpu"):
         if (out / f"{name}.json").is_file():
             results[name] = json.loads((out / f"{name}.json").read_text())
-            sections.append((out / f"{name}.md").read_text())
+            sections.append((out / f"{name}.md").read_text() + _provenance_note(name, results[name]))
     header = markdown_table(["comparison", "measured", "target", "status"], summary_rows(results))
     lines = [f"# Benchmarks against TRL ({'quick' if sizes.quick else 'full'} run)", ""]
     for label, file in (("CPU machine", "machine.json"), ("GPU machine", "machine_gpu.json")):
