@@ -201,19 +201,19 @@ def _train_args(sizes: Sizes, model: Path, shards: Path, work: Path, steps: int)
     ]
 
 
-def _mean_train_length(shards: Path) -> float:
-    from core.shards import read_split
-
-    return float(read_split(shards, "train")["input_ids"].list.len().mean())
-
-
-def _mean_attention_context(shards: Path, seq_len: int) -> float:
-    """Mean number of keys a token attends to (causal, within its conversation, pieces of <= seq_len)."""
+def _train_lengths(shards: Path) -> Any:
+    """Token count of every train conversation in the shards (one read for all the figures below)."""
     import numpy as np
 
     from core.shards import read_split
 
-    lengths = read_split(shards, "train")["input_ids"].list.len().to_numpy().astype(np.int64)
+    return read_split(shards, "train")["input_ids"].list.len().to_numpy().astype(np.int64)
+
+
+def _mean_attention_context(lengths: Any, seq_len: int) -> float:
+    """Mean number of keys a token attends to (causal, within its conversation, pieces of <= seq_len)."""
+    import numpy as np
+
     full, rest = np.divmod(lengths, seq_len)
     keys = full * seq_len * (seq_len + 1) / 2 + rest * (rest + 1) / 2
     return float(keys.sum() / lengths.sum())
@@ -259,7 +259,8 @@ def bench_training(
     base += extra or []
     if model_overrides:
         base += ["--model-overrides", model_overrides]
-    mean_len = _mean_train_length(shards)
+    lengths = _train_lengths(shards)
+    mean_len = float(lengths.mean())
     # Same effective batch: TRL padded gets as many conversations per step as the packed rows hold on average.
     batch = max(1, round(sizes.train_rows * sizes.seq_len * 0.98 / mean_len))
     dtype = "bf16" if device == "cuda" else "fp32"
@@ -287,7 +288,7 @@ def bench_training(
     med = {name: medians(r, keys) for name, r in runs.items()}
     params = runs["ours_packed"][0]["parameters"]
     flop_params = runs["ours_packed"][0]["flop_parameters"]
-    mean_context = _mean_attention_context(shards, sizes.seq_len)
+    mean_context = _mean_attention_context(lengths, sizes.seq_len)
     for name in med:
         med[name].update(run_mfu(runs[name], params, flop_params, mean_context))
         med[name]["warmup_seconds"] = statistics.median(r["warmup_seconds"] for r in runs[name])

@@ -192,7 +192,7 @@ def train_ours(args: argparse.Namespace) -> dict[str, Any]:
     """training.sft's own pieces, in its own order: model, packed loader, AdamW, _optimizer_step per step."""
     import torch
 
-    from training.compilation import compile_decoder_layers, should_compile
+    from training.compilation import maybe_compile
     from training.config import TrainConfig
     from training.distributed import init_distributed, unwrap, wrap_model
     from training.sft import _compute_dtype, _load_data, _load_model, _optimizer_step, build_optimizer, lr_factor
@@ -222,9 +222,7 @@ def train_ours(args: argparse.Namespace) -> dict[str, Any]:
     loader, _ = _load_data(cfg, ctx, model.config)
     dtype = _compute_dtype(cfg, ctx)
     model = wrap_model(model, ctx, cfg.distributed)
-    compiled = should_compile(cfg, ctx)[0]
-    if compiled:
-        compile_decoder_layers(model)
+    compiled = maybe_compile(model, cfg, ctx)[0]
     autocast = torch.autocast(ctx.device.type, dtype=dtype) if dtype != torch.float32 else None
     optimizer = build_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg))

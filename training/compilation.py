@@ -54,3 +54,11 @@ def compile_decoder_layers(model: torch.nn.Module) -> int:
     for layer in layers:
         layer.compile()
     return len(layers)
+
+
+def maybe_compile(model: torch.nn.Module, cfg: TrainConfig, ctx: DistContext) -> tuple[bool, str]:
+    """Decide (should_compile) and, if so, compile the decoder layers; returns (compiled, why)."""
+    compile_on, why = should_compile(cfg, ctx)
+    if compile_on:
+        compile_decoder_layers(model)
+    return compile_on, why

@@ -11,6 +11,7 @@ by world_size), so the accumulated gradient is exactly d(mean token loss)/dθ.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -60,7 +61,13 @@ def micro_batch_loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor])
 
 
 def _accepts_logits_to_keep(model: torch.nn.Module) -> bool:
-    return "logits_to_keep" in inspect.signature(unwrap(model).forward).parameters
+    return _forward_takes_logits_to_keep(type(unwrap(model)))
+
+
+@functools.cache
+def _forward_takes_logits_to_keep(model_class: type) -> bool:
+    """Once per model class, not per micro-batch: signature inspection is slow next to a step's Python work."""
+    return "logits_to_keep" in inspect.signature(model_class.forward).parameters
 
 
 @dataclass

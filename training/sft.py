@@ -28,7 +28,7 @@ from core.atomic_io import TMP_PREFIX, atomic_write_bytes, fsync_dir, fsync_tree
 from core.tokenizer_training import tokenizer_fingerprint
 from training.attention import PACKED_SDPA
 from training.checkpoint import find_resume_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
-from training.compilation import compile_decoder_layers, should_compile
+from training.compilation import maybe_compile
 from training.config import ConfigError, TrainConfig, load_config
 from training.data import PackedLoader, load_corpus, rank_indices
 from training.distributed import DistContext, full_model_state, init_distributed, shutdown, unwrap, wrap_model
@@ -236,9 +236,7 @@ def _train(cfg: TrainConfig, resume: bool, ctx: DistContext, reporter: Reporter)
     fsdp_mixed = cfg.distributed == "fsdp2" and dtype != torch.float32  # FSDP2 casts params itself
     model = wrap_model(model, ctx, cfg.distributed, param_dtype=dtype if fsdp_mixed else None)
     autocast = torch.autocast(ctx.device.type, dtype=dtype) if dtype != torch.float32 and not fsdp_mixed else None
-    compile_on, compile_reason = should_compile(cfg, ctx)
-    if compile_on:
-        compile_decoder_layers(model)
+    compile_on, compile_reason = maybe_compile(model, cfg, ctx)
     reporter.info(compile_reason)
     optimizer = build_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg))
