@@ -7,7 +7,13 @@ import torch
 from test_training_helpers import make_base_model
 from transformers import AutoModelForCausalLM
 
-from training.attention import PACKED_SDPA, packed_sdpa_forward, row_segment_lengths
+from training.attention import (
+    PACKED_SDPA,
+    _packed_sdpa_loop,
+    packed_flash_attention_cpu,
+    packed_sdpa_forward,
+    row_segment_lengths,
+)
 from training.config import TrainConfig
 from training.distributed import DistContext
 from training.sft import resolve_attn
@@ -64,3 +70,33 @@ def test_auto_is_per_conversation_attention_on_cpu(tmp_path: Path) -> None:
     assert resolve_attn(cfg, cuda) == "sdpa"
     explicit = TrainConfig(**{**cfg.__dict__, "attn_implementation": "eager"})
     assert resolve_attn(explicit, cpu) == "eager"
+
+
+def _grouped_qkv(seq_len: int, seed: int) -> tuple[torch.Tensor, ...]:
+    """Grouped-query shapes laid out as transformers hands them over: [B, T, H, D] storage viewed as [B, H, T, D]."""
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(2, seq_len, 6, 8, generator=g).transpose(1, 2).requires_grad_()
+    k, v = (torch.randn(2, seq_len, 2, 8, generator=g).transpose(1, 2).requires_grad_() for _ in range(2))
+    return q, k, v
+
+
+def test_cpu_operator_matches_the_per_conversation_loop_in_value_and_gradient() -> None:
+    # Segments of length 1 and a row that is one conversation: the edge cases of the slicing.
+    position_ids = torch.tensor([[0, 0, 1, 2, 0, 1, 2, 3, 0, 0], [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]])
+    results = []
+    for path in ("operator", "loop"):
+        q, k, v = _grouped_qkv(10, seed=3)
+        if path == "operator":
+            out = packed_sdpa_forward(torch.nn.Module(), q, k, v, None, position_ids=position_ids)[0]
+        else:
+            out = _packed_sdpa_loop(q, k, v, position_ids, 0.0, None)
+        out.pow(2).sum().backward()
+        results.append((out.detach(), q.grad, k.grad, v.grad))
+    for got, want in zip(*results, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_cpu_operator_registration_is_consistent_for_autograd_and_compile() -> None:
+    q, k, v = _grouped_qkv(12, seed=4)
+    position_ids = torch.tensor([[0, 1, 2, 3, 4, 0, 1, 2, 0, 1, 2, 3]])
+    torch.library.opcheck(packed_flash_attention_cpu, (q, k, v, position_ids, 8**-0.5))

@@ -49,6 +49,7 @@ def test_compiled_layers_match_eager_loss_and_gradients(tmp_path: Path) -> None:
     labels = torch.randint(0, 300, (2, 64), generator=g)
     labels[:, ::3] = IGNORE_INDEX
     batch = {"input_ids": torch.randint(0, 300, (2, 64), generator=g), "position_ids": position_ids, "labels": labels}
+    torch._dynamo.utils.counters.clear()
     for _ in range(2):  # the second call runs the cached compiled graphs
         for model in (eager, compiled):
             model.zero_grad(set_to_none=True)
@@ -58,4 +59,6 @@ def test_compiled_layers_match_eager_loss_and_gradients(tmp_path: Path) -> None:
         torch.testing.assert_close(compiled.last_loss, eager.last_loss, rtol=1e-5, atol=1e-4)
         for (name, a), b in zip(eager.named_parameters(), compiled.parameters(), strict=True):
             torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-5, msg=name)
+    # The attention operator is traced, not a break: one graph per layer, forward and backward.
+    assert not torch._dynamo.utils.counters["graph_break"], dict(torch._dynamo.utils.counters["graph_break"])
     assert set(compiled.state_dict()) == set(eager.state_dict())  # checkpoints keep their keys

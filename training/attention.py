@@ -8,6 +8,12 @@ CPU it was 29% of a training step (benchmarks/results). Here each conversation o
 is attended on its own with a causal kernel, so the work is sum(len_i^2) / 2 instead of
 seq_len^2, and no mask tensor is built at all.
 
+On CPU the per-conversation loop is one custom operator (forward and backward call the
+flash kernels directly and write each conversation's slice into one output): autograd
+sees one node per layer instead of a dozen views, splits and concatenations per
+conversation, and torch.compile traces a whole decoder layer around it without a graph
+break. Other devices (and dropout) take the same loop through `F.scaled_dot_product_attention`.
+
 The segments come from the position_ids restarts that transformers hands every attention
 call (without position_ids each row is one causal sequence). Numerically it matches "sdpa"
 with the packed mask (tests compare logits and gradients). The name is not saved in the
@@ -16,6 +22,7 @@ model's config.json: a trained model loads anywhere with stock attention.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -42,6 +49,115 @@ def row_segment_lengths(position_ids: torch.Tensor) -> list[list[int]]:
     return lengths
 
 
+def _segments(position_ids: torch.Tensor, batch: int) -> Iterator[tuple[int, int, int]]:
+    """(row, start, end) of every conversation of the batch."""
+    for row, lengths in enumerate(row_segment_lengths(position_ids.expand(batch, position_ids.shape[-1]))):
+        start = 0
+        for length in lengths:
+            yield row, start, start + length
+            start += length
+
+
+_FLASH_CPU = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default
+_FLASH_CPU_BACKWARD = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward.default
+
+
+@torch.library.custom_op("posttrain::packed_flash_attention_cpu", mutates_args=())
+def packed_flash_attention_cpu(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, position_ids: torch.Tensor, scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """query [B, Hq, T, D], key/value [B, Hkv, T, D] -> (output [B, T, Hq, D], logsumexp [B, Hq, T]).
+
+    The output is laid out the way transformers reshapes it next ([B, T, Hq * D]), so that
+    reshape is free. The flash kernel takes grouped-query key/value heads as they are.
+    """
+    batch, heads, seq_len, head_dim = query.shape
+    out = query.new_empty(batch, seq_len, heads, head_dim)
+    lse = query.new_empty(batch, heads, seq_len, dtype=torch.float32)
+    for row, start, end in _segments(position_ids, batch):
+        piece = slice(start, end)
+        piece_out, piece_lse = _FLASH_CPU(
+            query[row : row + 1, :, piece], key[row : row + 1, :, piece], value[row : row + 1, :, piece],
+            0.0, True, scale=scale,
+        )  # fmt: skip
+        out[row, piece] = piece_out[0].transpose(0, 1)
+        lse[row, :, piece] = piece_lse[0]
+    return out, lse
+
+
+@packed_flash_attention_cpu.register_fake
+def _(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, position_ids: torch.Tensor, scale: float):
+    batch, heads, seq_len, head_dim = query.shape
+    return query.new_empty(batch, seq_len, heads, head_dim), query.new_empty(batch, heads, seq_len, dtype=torch.float32)
+
+
+@torch.library.custom_op("posttrain::packed_flash_attention_cpu_backward", mutates_args=())
+def packed_flash_attention_cpu_backward(
+    grad_out: torch.Tensor,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    position_ids: torch.Tensor,
+    scale: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients for query, key and value, each conversation's slice written in place (no zero fill, no cat)."""
+    grads = [torch.empty_like(t) for t in (query, key, value)]
+    for row, start, end in _segments(position_ids, query.shape[0]):
+        piece = slice(start, end)
+        pieces = _FLASH_CPU_BACKWARD(
+            grad_out[row : row + 1, piece].transpose(1, 2),
+            query[row : row + 1, :, piece], key[row : row + 1, :, piece], value[row : row + 1, :, piece],
+            out[row : row + 1, piece].transpose(1, 2), lse[row : row + 1, :, piece],
+            0.0, True, scale=scale,
+        )  # fmt: skip
+        for grad, grad_piece in zip(grads, pieces, strict=True):
+            grad[row, :, piece] = grad_piece[0]
+    return tuple(grads)
+
+
+@packed_flash_attention_cpu_backward.register_fake
+def _(grad_out, query, key, value, out, lse, position_ids, scale):
+    return torch.empty_like(query), torch.empty_like(key), torch.empty_like(value)
+
+
+def _save_for_backward(ctx: Any, inputs: tuple[Any, ...], output: tuple[torch.Tensor, torch.Tensor]) -> None:
+    query, key, value, position_ids, scale = inputs
+    ctx.save_for_backward(query, key, value, *output, position_ids)
+    ctx.scale = scale
+
+
+def _backward(ctx: Any, grad_out: torch.Tensor, _grad_lse: torch.Tensor | None) -> tuple[Any, ...]:
+    query, key, value, out, lse, position_ids = ctx.saved_tensors
+    grads = packed_flash_attention_cpu_backward(grad_out, query, key, value, out, lse, position_ids, ctx.scale)
+    return (*grads, None, None)
+
+
+packed_flash_attention_cpu.register_autograd(_backward, setup_context=_save_for_backward)
+
+
+@torch.compiler.disable  # the segment count changes every batch: not traced by torch.compile
+def _packed_sdpa_loop(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    position_ids: torch.Tensor,
+    dropout: float,
+    scale: float | None,
+) -> torch.Tensor:
+    """The device-independent path: one `F.scaled_dot_product_attention` per conversation."""
+    batch = query.shape[0]
+    gqa = key.shape[1] != query.shape[1]
+    rows: list[list[torch.Tensor]] = [[] for _ in range(batch)]
+    for row, start, end in _segments(position_ids, batch):
+        q, k, v = (t[row : row + 1, :, start:end] for t in (query, key, value))
+        rows[row].append(
+            F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True, scale=scale, enable_gqa=gqa)
+        )
+    return torch.cat([torch.cat(pieces, dim=2) for pieces in rows]).transpose(1, 2)
+
+
 def packed_sdpa_forward(
     module: torch.nn.Module,
     query: torch.Tensor,
@@ -58,23 +174,13 @@ def packed_sdpa_forward(
             f"{PACKED_SDPA} takes packed rows without an attention mask (segments come from position_ids); "
             "use attn_implementation='sdpa' for padded batches"
         )
-    batch, heads, seq_len, _ = query.shape
-    position_ids = kwargs.get("position_ids")  # without it each row is one causal sequence
-    lengths = [[seq_len]] * batch if position_ids is None else row_segment_lengths(position_ids.expand(batch, seq_len))
-    gqa = key.shape[1] != heads
-    # unbind/split give views (no copies) and their backward is one stack/cat, not a zero-filled tensor per slice.
-    rows = []
-    for q_row, k_row, v_row, row_lengths in zip(query.unbind(0), key.unbind(0), value.unbind(0), lengths, strict=True):
-        segments = zip(*(t.split(row_lengths, 1) for t in (q_row, k_row, v_row)), strict=True)
-        outputs = [
-            F.scaled_dot_product_attention(
-                q[None], k[None], v[None], dropout_p=dropout, is_causal=True, scale=scaling, enable_gqa=gqa
-            )[0]
-            for q, k, v in segments
-        ]
-        rows.append(torch.cat(outputs, dim=1))
-    return torch.stack(rows).transpose(1, 2), None
+    position_ids = kwargs.get("position_ids")
+    if position_ids is None:  # each row is one causal sequence
+        position_ids = torch.arange(query.shape[2], device=query.device)[None]
+    if query.device.type == "cpu" and dropout == 0.0:
+        scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+        return packed_flash_attention_cpu(query, key, value, position_ids, scale)[0], None
+    return _packed_sdpa_loop(query, key, value, position_ids, dropout, scaling), None
 
 
-# Not traced by torch.compile (training/compilation.py): the segment count changes every batch.
-AttentionInterface.register(PACKED_SDPA, torch.compiler.disable(packed_sdpa_forward))
+AttentionInterface.register(PACKED_SDPA, packed_sdpa_forward)
