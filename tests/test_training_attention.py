@@ -1,5 +1,7 @@
 """packed_sdpa: per-conversation attention gives the same logits and gradients as the masked full row."""
 
+import functools
+import logging
 from pathlib import Path
 
 import pytest
@@ -7,10 +9,11 @@ import torch
 from test_training_helpers import make_base_model
 from transformers import AutoModelForCausalLM
 
+from training import attention_kernel
 from training.attention import (
     PACKED_SDPA,
     _packed_sdpa_loop,
-    packed_flash_attention_cpu,
+    packed_attention_cpu,
     packed_sdpa_forward,
     row_segment_lengths,
 )
@@ -72,31 +75,84 @@ def test_auto_is_per_conversation_attention_on_cpu(tmp_path: Path) -> None:
     assert resolve_attn(explicit, cpu) == "eager"
 
 
-def _grouped_qkv(seq_len: int, seed: int) -> tuple[torch.Tensor, ...]:
-    """Grouped-query shapes laid out as transformers hands them over: [B, T, H, D] storage viewed as [B, H, T, D]."""
+def _grouped_qkv(lengths: list[int], head_dim: int, seed: int) -> tuple[torch.Tensor, ...]:
+    """Two rows of grouped-query heads laid out as transformers hands them over ([B, T, H, D] viewed as
+    [B, H, T, D]), and position_ids: row 0 packs `lengths`, row 1 is one conversation."""
+    seq_len = sum(lengths)
     g = torch.Generator().manual_seed(seed)
-    q = torch.randn(2, seq_len, 6, 8, generator=g).transpose(1, 2).requires_grad_()
-    k, v = (torch.randn(2, seq_len, 2, 8, generator=g).transpose(1, 2).requires_grad_() for _ in range(2))
-    return q, k, v
+    q = torch.randn(2, seq_len, 6, head_dim, generator=g).transpose(1, 2).requires_grad_()
+    k, v = (torch.randn(2, seq_len, 2, head_dim, generator=g).transpose(1, 2).requires_grad_() for _ in range(2))
+    position_ids = torch.stack([torch.cat([torch.arange(n) for n in lengths]), torch.arange(seq_len)])
+    return q, k, v, position_ids
 
 
-def test_cpu_operator_matches_the_per_conversation_loop_in_value_and_gradient() -> None:
-    # Segments of length 1 and a row that is one conversation: the edge cases of the slicing.
-    position_ids = torch.tensor([[0, 0, 1, 2, 0, 1, 2, 3, 0, 0], [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]])
+@pytest.fixture(params=["kernel", "flash"])
+def cpu_backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both ways the CPU operator computes: our C kernel, and ATen's flash kernel it falls back to."""
+    if request.param == "flash":
+        monkeypatch.setattr(attention_kernel, "usable", lambda *tensors: None)
+    elif attention_kernel.kernel_for(8) is None:
+        pytest.skip("no C compiler here to build the CPU attention kernel")
+    return request.param
+
+
+# Conversations of length 1, around the kernel's blocks (8 rows, 32 keys) and past 64 keys.
+LENGTHS = [1, 7, 33, 1, 70, 9]
+
+
+@pytest.mark.parametrize("head_dim", [8, 32, 64])
+def test_cpu_operator_matches_stock_attention_per_conversation(cpu_backend: str, head_dim: int) -> None:
     results = []
-    for path in ("operator", "loop"):
-        q, k, v = _grouped_qkv(10, seed=3)
+    for path in ("operator", "stock"):
+        q, k, v, position_ids = _grouped_qkv(LENGTHS, head_dim, seed=3)
         if path == "operator":
             out = packed_sdpa_forward(torch.nn.Module(), q, k, v, None, position_ids=position_ids)[0]
         else:
             out = _packed_sdpa_loop(q, k, v, position_ids, 0.0, None)
-        out.pow(2).sum().backward()
+        (out * torch.linspace(-1, 1, out.numel()).reshape(out.shape)).sum().backward()
         results.append((out.detach(), q.grad, k.grad, v.grad))
-    for got, want in zip(*results, strict=True):
-        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    for name, got, want in zip(("output", "dq", "dk", "dv"), *results, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5, msg=name)
 
 
-def test_cpu_operator_registration_is_consistent_for_autograd_and_compile() -> None:
-    q, k, v = _grouped_qkv(12, seed=4)
-    position_ids = torch.tensor([[0, 1, 2, 3, 4, 0, 1, 2, 0, 1, 2, 3]])
-    torch.library.opcheck(packed_flash_attention_cpu, (q, k, v, position_ids, 8**-0.5))
+def test_kernel_gives_the_same_bits_on_one_thread_or_several(monkeypatch: pytest.MonkeyPatch) -> None:
+    if attention_kernel.kernel_for(16) is None:
+        pytest.skip("no C compiler here to build the CPU attention kernel")
+    runs = []
+    for threads in (1, 3):
+        monkeypatch.setattr(torch, "get_num_threads", lambda threads=threads: threads)
+        q, k, v, position_ids = _grouped_qkv(LENGTHS, 16, seed=5)
+        out = packed_sdpa_forward(torch.nn.Module(), q, k, v, None, position_ids=position_ids)[0]
+        out.sum().backward()
+        runs.append([out.detach(), q.grad, k.grad, v.grad])
+    for got, want in zip(*runs, strict=True):
+        assert torch.equal(got, want)
+
+
+def test_without_a_compiler_the_operator_falls_back_to_flash_and_says_why(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(attention_kernel, "_compiler", lambda: None)
+    monkeypatch.setattr(attention_kernel, "kernel_for", functools.cache(attention_kernel.kernel_for.__wrapped__))
+    with caplog.at_level(logging.WARNING):
+        assert attention_kernel.kernel_for(24) is None
+    assert "falls back to ATen's flash kernel: no C compiler" in caplog.text
+    monkeypatch.setattr(attention_kernel, "kernel_for", functools.cache(attention_kernel.kernel_for.__wrapped__))
+    monkeypatch.setenv(attention_kernel.ENV_SWITCH, "flash")
+    assert attention_kernel.kernel_for(32) is None
+
+
+def test_the_library_is_built_once_per_head_size_and_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    if attention_kernel._compiler() is None:
+        pytest.skip("no C compiler here to build the CPU attention kernel")
+    monkeypatch.setenv("POSTTRAIN_KERNEL_CACHE", str(tmp_path))
+    first = attention_kernel.build(32)
+    modified = first.stat().st_mtime_ns
+    assert attention_kernel.build(32) == first and first.stat().st_mtime_ns == modified
+    assert attention_kernel.build(64) != first
+    assert sorted(p.name.startswith("packed_attention_d") for p in tmp_path.iterdir()) == [True, True]
+
+
+def test_cpu_operator_registration_is_consistent_for_autograd_and_compile(cpu_backend: str) -> None:
+    q, k, v, position_ids = _grouped_qkv([5, 3, 4], 8, seed=4)
+    torch.library.opcheck(packed_attention_cpu, (q, k, v, position_ids, 8**-0.5))

@@ -22,12 +22,14 @@ model's config.json: a trained model loads anywhere with stock attention.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import itertools
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from transformers import AttentionInterface
+
+from training import attention_kernel
 
 PACKED_SDPA = "packed_sdpa"
 
@@ -49,21 +51,22 @@ def row_segment_lengths(position_ids: torch.Tensor) -> list[list[int]]:
     return lengths
 
 
-def _segments(position_ids: torch.Tensor, batch: int) -> Iterator[tuple[int, int, int]]:
-    """(row, start, end) of every conversation of the batch."""
-    for row, lengths in enumerate(row_segment_lengths(position_ids.expand(batch, position_ids.shape[-1]))):
-        start = 0
-        for length in lengths:
-            yield row, start, start + length
-            start += length
+def segment_table(position_ids: torch.Tensor, batch: int) -> torch.Tensor:
+    """(row, start, length) of every conversation of the batch, one int64 row each."""
+    table = [
+        (row, start, length)
+        for row, lengths in enumerate(row_segment_lengths(position_ids.expand(batch, position_ids.shape[-1])))
+        for start, length in zip(itertools.accumulate([0, *lengths[:-1]]), lengths, strict=True)
+    ]
+    return torch.tensor(table, dtype=torch.int64).reshape(-1, 3)
 
 
 _FLASH_CPU = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default
 _FLASH_CPU_BACKWARD = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward.default
 
 
-@torch.library.custom_op("posttrain::packed_flash_attention_cpu", mutates_args=())
-def packed_flash_attention_cpu(
+@torch.library.custom_op("posttrain::packed_attention_cpu", mutates_args=())
+def packed_attention_cpu(
     query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, position_ids: torch.Tensor, scale: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """query [B, Hq, T, D], key/value [B, Hkv, T, D] -> (output [B, T, Hq, D], logsumexp [B, Hq, T]).
@@ -74,8 +77,13 @@ def packed_flash_attention_cpu(
     batch, heads, seq_len, head_dim = query.shape
     out = query.new_empty(batch, seq_len, heads, head_dim)
     lse = query.new_empty(batch, heads, seq_len, dtype=torch.float32)
-    for row, start, end in _segments(position_ids, batch):
-        piece = slice(start, end)
+    segments = segment_table(position_ids, batch)
+    kernel = attention_kernel.usable(query, key, value)
+    if kernel is not None:
+        kernel.forward(query, key, value, out, lse, segments, scale)
+        return out, lse
+    for row, start, length in segments.tolist():
+        piece = slice(start, start + length)
         piece_out, piece_lse = _FLASH_CPU(
             query[row : row + 1, :, piece], key[row : row + 1, :, piece], value[row : row + 1, :, piece],
             0.0, True, scale=scale,
@@ -85,14 +93,14 @@ def packed_flash_attention_cpu(
     return out, lse
 
 
-@packed_flash_attention_cpu.register_fake
+@packed_attention_cpu.register_fake
 def _(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, position_ids: torch.Tensor, scale: float):
     batch, heads, seq_len, head_dim = query.shape
     return query.new_empty(batch, seq_len, heads, head_dim), query.new_empty(batch, heads, seq_len, dtype=torch.float32)
 
 
-@torch.library.custom_op("posttrain::packed_flash_attention_cpu_backward", mutates_args=())
-def packed_flash_attention_cpu_backward(
+@torch.library.custom_op("posttrain::packed_attention_cpu_backward", mutates_args=())
+def packed_attention_cpu_backward(
     grad_out: torch.Tensor,
     query: torch.Tensor,
     key: torch.Tensor,
@@ -104,8 +112,14 @@ def packed_flash_attention_cpu_backward(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients for query, key and value, each conversation's slice written in place (no zero fill, no cat)."""
     grads = [torch.empty_like(t) for t in (query, key, value)]
-    for row, start, end in _segments(position_ids, query.shape[0]):
-        piece = slice(start, end)
+    segments = segment_table(position_ids, query.shape[0])
+    kernel = attention_kernel.usable(query, key, value)
+    if kernel is not None:
+        grad_out = grad_out if grad_out.stride(-1) == 1 else grad_out.contiguous()
+        kernel.backward(grad_out, query, key, value, out, lse, tuple(grads), segments, scale)
+        return tuple(grads)
+    for row, start, length in segments.tolist():
+        piece = slice(start, start + length)
         pieces = _FLASH_CPU_BACKWARD(
             grad_out[row : row + 1, piece].transpose(1, 2),
             query[row : row + 1, :, piece], key[row : row + 1, :, piece], value[row : row + 1, :, piece],
@@ -117,7 +131,7 @@ def packed_flash_attention_cpu_backward(
     return tuple(grads)
 
 
-@packed_flash_attention_cpu_backward.register_fake
+@packed_attention_cpu_backward.register_fake
 def _(grad_out, query, key, value, out, lse, position_ids, scale):
     return torch.empty_like(query), torch.empty_like(key), torch.empty_like(value)
 
@@ -130,11 +144,11 @@ def _save_for_backward(ctx: Any, inputs: tuple[Any, ...], output: tuple[torch.Te
 
 def _backward(ctx: Any, grad_out: torch.Tensor, _grad_lse: torch.Tensor | None) -> tuple[Any, ...]:
     query, key, value, out, lse, position_ids = ctx.saved_tensors
-    grads = packed_flash_attention_cpu_backward(grad_out, query, key, value, out, lse, position_ids, ctx.scale)
+    grads = packed_attention_cpu_backward(grad_out, query, key, value, out, lse, position_ids, ctx.scale)
     return (*grads, None, None)
 
 
-packed_flash_attention_cpu.register_autograd(_backward, setup_context=_save_for_backward)
+packed_attention_cpu.register_autograd(_backward, setup_context=_save_for_backward)
 
 
 @torch.compiler.disable  # the segment count changes every batch: not traced by torch.compile
@@ -150,8 +164,8 @@ def _packed_sdpa_loop(
     batch = query.shape[0]
     gqa = key.shape[1] != query.shape[1]
     rows: list[list[torch.Tensor]] = [[] for _ in range(batch)]
-    for row, start, end in _segments(position_ids, batch):
-        q, k, v = (t[row : row + 1, :, start:end] for t in (query, key, value))
+    for row, start, length in segment_table(position_ids, batch).tolist():
+        q, k, v = (t[row : row + 1, :, start : start + length] for t in (query, key, value))
         rows[row].append(
             F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True, scale=scale, enable_gqa=gqa)
         )
@@ -179,7 +193,7 @@ def packed_sdpa_forward(
         position_ids = torch.arange(query.shape[2], device=query.device)[None]
     if query.device.type == "cpu" and dropout == 0.0:
         scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-        return packed_flash_attention_cpu(query, key, value, position_ids, scale)[0], None
+        return packed_attention_cpu(query, key, value, position_ids, scale)[0], None
     return _packed_sdpa_loop(query, key, value, position_ids, dropout, scaling), None
 
 

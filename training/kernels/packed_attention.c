@@ -1,0 +1,285 @@
+/*
+ * Causal attention over the conversations of packed rows, fp32, CPU: forward and backward.
+ *
+ * Why this exists: for the small heads of the models we train on CPU (head_dim 32-64,
+ * conversations of ~100-500 tokens), ATen's CPU flash-attention kernel runs at 20-40 GFLOP/s
+ * on one core, a quarter of what the core's matmuls reach, and attention was the largest
+ * non-matmul cost of a training step. Here each (conversation, query head) is one small
+ * dense problem whose scores fit in L1/L2: the keys (scaled) and values are transposed once
+ * into scratch, then blocks of ROWS query rows are scored against all their keys with
+ * register-sized accumulators, soft-maxed with a vectorised exp, and multiplied by the values.
+ * The backward recomputes the probabilities from the saved log-sum-exp (like flash attention),
+ * so nothing quadratic is kept between the passes.
+ *
+ * Layout (strides in elements; the last dimension of every tensor is contiguous):
+ *   q [B, Hq, T, D], k / v [B, Hkv, T, D], out [B, T, Hq, D], lse [B, Hq, T]
+ *   grad_out like out; grad_q like q; grad_k / grad_v like k / v (written, not accumulated)
+ * segs: nsegs triples (row, start, length); every position of a row belongs to exactly one.
+ * Query head h reads key/value head h / (Hq / Hkv) (grouped-query attention).
+ *
+ * Compiled at first use by training/attention_kernel.py with the host's own instruction set.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifndef HEAD_DIM
+#error "compile with -DHEAD_DIM=<the model's head_dim>: every inner loop is unrolled for it"
+#endif
+#define D HEAD_DIM
+/* Block sizes, tuned on a Sapphire Rapids core (AVX-512) for head_dim 32 and 64:
+ * ROWS query rows are scored together (each key load serves ROWS rows); CHUNK keys form one
+ * register block of ROWS x CHUNK accumulators; the key/value gradients are accumulated KEYS_AT_ONCE
+ * keys at a time so that the FMAs form independent chains. Score rows are padded to whole 16-float
+ * vectors, which is why CHUNK must be a multiple of 16 and KEYS_AT_ONCE a divisor of 16. */
+#define ROWS 8
+#define CHUNK 32
+#define KEYS_AT_ONCE 8
+_Static_assert(CHUNK % 16 == 0 && 16 % KEYS_AT_ONCE == 0, "see the padding of score rows");
+
+#define MASKED (-1.0e30f) /* a score past the causal edge: exp_nonpositive gives exactly 0 */
+
+/* e^x for x <= 0, to ~1 ulp: 2^n * e^r with n = round(x / ln 2), r in [-ln2/2, ln2/2] and a
+ * degree-6 polynomial for e^r. Plain arithmetic, so the compiler vectorises it inline (a
+ * libm call per element, or per vector through libmvec, costs more than the scores). */
+static inline float exp_nonpositive(float x) {
+    x = x < -87.0f ? -87.0f : x;
+    const float n = floorf(x * 1.44269504f + 0.5f);
+    const float r = x - n * 0.693359375f + n * 2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    int32_t bits = ((int32_t)n + 127) << 23;
+    float scale;
+    memcpy(&scale, &bits, sizeof(scale));
+    return x <= -87.0f ? 0.0f : p * scale;
+}
+
+typedef struct {
+    int64_t b, h, t;
+} strides3;
+
+static inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+/* s[r][j] = sum_d a[r][d] * bt[d][j] for r < nr rows of a (row stride a_st), j < ncols (padded
+ * to CHUNK; bt is [d][ld] with zeros past the valid columns). */
+static void rows_times_transposed(const float *restrict a, int64_t a_st, int nr, const float *restrict bt, int64_t ld,
+                                  int64_t ncols, float *restrict s) {
+    for (int64_t j0 = 0; j0 < ncols; j0 += CHUNK) {
+        float acc[ROWS][CHUNK];
+        memset(acc, 0, sizeof(acc));
+        for (int64_t d = 0; d < D; d++) {
+            const float *col = bt + d * ld + j0;
+            for (int r = 0; r < ROWS; r++) {
+                const float x = r < nr ? a[r * a_st + d] : 0.0f;
+#pragma omp simd
+                for (int jj = 0; jj < CHUNK; jj++) acc[r][jj] += x * col[jj];
+            }
+        }
+        for (int r = 0; r < ROWS; r++) memcpy(s + r * ld + j0, acc[r], sizeof(acc[r]));
+    }
+}
+
+/* o[r][:] = sum_{j < n} p[r][j] * m[j][:]  (m rows of D floats, row stride m_st) */
+static void probs_times_rows(const float *restrict p, int64_t ld, const float *restrict m, int64_t m_st, int64_t n,
+                             float *restrict o) {
+    float acc[ROWS][D];
+    memset(acc, 0, sizeof(acc));
+    for (int64_t j = 0; j < n; j++) {
+        const float *row = m + j * m_st;
+        for (int r = 0; r < ROWS; r++) {
+            const float w = p[r * ld + j];
+#pragma omp simd
+            for (int d = 0; d < D; d++) acc[r][d] += w * row[d];
+        }
+    }
+    memcpy(o, acc, sizeof(acc));
+}
+
+/* Transpose L rows of D floats (row stride st) into dst[D][ld], times `scale`, zero-padded to ld. */
+static void transpose_rows(const float *src, int64_t st, int64_t L, int64_t ld, float scale, float *dst) {
+    for (int64_t d = 0; d < D; d++) {
+        float *col = dst + d * ld;
+        for (int64_t j = 0; j < L; j++) col[j] = src[j * st + d] * scale;
+        for (int64_t j = L; j < ld; j++) col[j] = 0.0f;
+    }
+}
+
+static int64_t longest(const int64_t *segs, int64_t nsegs) {
+    int64_t L = 1;
+    for (int64_t i = 0; i < nsegs; i++)
+        if (segs[3 * i + 2] > L) L = segs[3 * i + 2];
+    return L;
+}
+
+int packed_attention_forward(const float *q, const float *k, const float *v, float *out, float *lse,
+                             const int64_t *segs, int64_t nsegs, int64_t Hq, int64_t Hkv,
+                             const int64_t *st, float scale) {
+    /* st: q (b,h,t), k (b,h,t), v (b,h,t), out (b,t,h), lse (b,h,t) */
+    const strides3 qs = {st[0], st[1], st[2]}, ks = {st[3], st[4], st[5]}, vs = {st[6], st[7], st[8]};
+    const int64_t ob = st[9], ot = st[10], oh = st[11], lb = st[12], lh = st[13], lt = st[14];
+    const int64_t group = Hq / Hkv;
+    const int64_t ld = round_up(longest(segs, nsegs) + ROWS, CHUNK);
+    float *kt = aligned_alloc(64, sizeof(float) * D * ld);
+    float *s = aligned_alloc(64, sizeof(float) * ROWS * ld);
+    float *o = aligned_alloc(64, sizeof(float) * ROWS * round_up(D, 16));
+    if (!kt || !s || !o) return 1;
+    for (int64_t g = 0; g < nsegs; g++) {
+        const int64_t b = segs[3 * g], t0 = segs[3 * g + 1], L = segs[3 * g + 2];
+        for (int64_t hk = 0; hk < Hkv; hk++) {
+            const float *K = k + b * ks.b + hk * ks.h + t0 * ks.t;
+            const float *V = v + b * vs.b + hk * vs.h + t0 * vs.t;
+            transpose_rows(K, ks.t, L, ld, scale, kt);
+            for (int64_t h = hk * group; h < (hk + 1) * group; h++) {
+                const float *Q = q + b * qs.b + h * qs.h + t0 * qs.t;
+                for (int64_t i0 = 0; i0 < L; i0 += ROWS) {
+                    const int nr = (int)(L - i0 < ROWS ? L - i0 : ROWS);
+                    const int64_t n = i0 + nr; /* keys this block needs */
+                    rows_times_transposed(Q + i0 * qs.t, qs.t, nr, kt, ld, n, s);
+                    const int64_t n16 = round_up(n, 16); /* whole vectors: no scalar tails */
+                    float inv[ROWS];
+                    for (int r = 0; r < nr; r++) {
+                        float *row = s + r * ld;
+                        const int64_t valid = i0 + r + 1;
+                        for (int64_t j = valid; j < n16; j++) row[j] = MASKED;
+                        float m = MASKED;
+#pragma omp simd reduction(max : m)
+                        for (int64_t j = 0; j < n16; j++) m = row[j] > m ? row[j] : m;
+                        float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+                        for (int64_t j = 0; j < n16; j++) {
+                            row[j] = exp_nonpositive(row[j] - m);
+                            sum += row[j];
+                        }
+                        inv[r] = 1.0f / sum; /* applied to the output row: one pass less over the scores */
+                        lse[b * lb + h * lh + (t0 + i0 + r) * lt] = m + logf(sum);
+                    }
+                    for (int r = nr; r < ROWS; r++) memset(s + r * ld, 0, sizeof(float) * n);
+                    probs_times_rows(s, ld, V, vs.t, n, o);
+                    for (int r = 0; r < nr; r++) {
+                        float *dst = out + b * ob + (t0 + i0 + r) * ot + h * oh;
+#pragma omp simd
+                        for (int d = 0; d < D; d++) dst[d] = o[r * D + d] * inv[r];
+                    }
+                }
+            }
+        }
+    }
+    free(kt);
+    free(s);
+    free(o);
+    return 0;
+}
+
+/* acc[j][:] += sum_r p[r][j] * a[r][:] for j < round_up(n, KEYS_AT_ONCE): p is zero past n (acc rows of D
+ * floats; a is ROWS x D, zero past nr). Several keys at a time: each key's row gets ROWS FMAs in a
+ * row, and one key alone would leave the core waiting on that dependency chain. */
+static void accumulate_transposed(const float *restrict p, int64_t ld, const float a[restrict ROWS][D], int64_t n,
+                                  float *restrict acc) {
+    for (int64_t j = 0; j < n; j += KEYS_AT_ONCE) {
+        float rows[KEYS_AT_ONCE][D];
+        memcpy(rows, acc + j * D, sizeof(rows));
+        for (int r = 0; r < ROWS; r++)
+            for (int u = 0; u < KEYS_AT_ONCE; u++) {
+                const float w = p[r * ld + j + u];
+#pragma omp simd
+                for (int d = 0; d < D; d++) rows[u][d] += w * a[r][d];
+            }
+        memcpy(acc + j * D, rows, sizeof(rows));
+    }
+}
+
+static void load_rows(const float *src, int64_t st, int nr, float dst[ROWS][D]) {
+    for (int r = 0; r < ROWS; r++)
+        for (int d = 0; d < D; d++) dst[r][d] = r < nr ? src[r * st + d] : 0.0f;
+}
+
+int packed_attention_backward(const float *q, const float *k, const float *v, const float *out, const float *lse,
+                              const float *grad_out, float *grad_q, float *grad_k, float *grad_v, const int64_t *segs,
+                              int64_t nsegs, int64_t Hq, int64_t Hkv, const int64_t *st, float scale) {
+    /* st: q, k, v (b,h,t); out (b,t,h); lse (b,h,t); grad_out (b,t,h); grad_q, grad_k, grad_v (b,h,t) */
+    const strides3 qs = {st[0], st[1], st[2]}, ks = {st[3], st[4], st[5]}, vs = {st[6], st[7], st[8]};
+    const int64_t ob = st[9], ot = st[10], oh = st[11], lb = st[12], lh = st[13], lt = st[14];
+    const int64_t gb = st[15], gt = st[16], gh = st[17];
+    const strides3 dqs = {st[18], st[19], st[20]}, dks = {st[21], st[22], st[23]}, dvs = {st[24], st[25], st[26]};
+    const int64_t group = Hq / Hkv;
+    const int64_t longest_len = longest(segs, nsegs);
+    const int64_t ld = round_up(longest_len + ROWS, CHUNK);
+    float *kt = aligned_alloc(64, sizeof(float) * D * ld);
+    float *vt = aligned_alloc(64, sizeof(float) * D * ld);
+    float *p = aligned_alloc(64, sizeof(float) * ROWS * ld);
+    float *ds = aligned_alloc(64, sizeof(float) * ROWS * ld);
+    float *dk = aligned_alloc(64, sizeof(float) * D * ld);
+    float *dv = aligned_alloc(64, sizeof(float) * D * ld);
+    float *o = aligned_alloc(64, sizeof(float) * ROWS * round_up(D, 16));
+    if (!kt || !vt || !p || !ds || !dk || !dv || !o) return 1;
+    for (int64_t g = 0; g < nsegs; g++) {
+        const int64_t b = segs[3 * g], t0 = segs[3 * g + 1], L = segs[3 * g + 2];
+        for (int64_t hk = 0; hk < Hkv; hk++) {
+            const float *K = k + b * ks.b + hk * ks.h + t0 * ks.t;
+            const float *V = v + b * vs.b + hk * vs.h + t0 * vs.t;
+            transpose_rows(K, ks.t, L, ld, scale, kt);
+            transpose_rows(V, vs.t, L, ld, 1.0f, vt);
+            memset(dk, 0, sizeof(float) * D * L);
+            memset(dv, 0, sizeof(float) * D * L);
+            for (int64_t h = hk * group; h < (hk + 1) * group; h++) {
+                const float *Q = q + b * qs.b + h * qs.h + t0 * qs.t;
+                const float *O = out + b * ob + t0 * ot + h * oh;
+                const float *dO = grad_out + b * gb + t0 * gt + h * gh;
+                const float *LSE = lse + b * lb + h * lh + t0 * lt;
+                float *dQ = grad_q + b * dqs.b + h * dqs.h + t0 * dqs.t;
+                for (int64_t i0 = 0; i0 < L; i0 += ROWS) {
+                    const int nr = (int)(L - i0 < ROWS ? L - i0 : ROWS);
+                    const int64_t n = i0 + nr, n16 = round_up(n, 16);
+                    rows_times_transposed(Q + i0 * qs.t, qs.t, nr, kt, ld, n, p);
+                    rows_times_transposed(dO + i0 * gt, gt, nr, vt, ld, n, ds);
+                    for (int r = 0; r < ROWS; r++) {
+                        float *prow = p + r * ld, *dsrow = ds + r * ld;
+                        if (r >= nr) {
+                            memset(prow, 0, sizeof(float) * n16);
+                            memset(dsrow, 0, sizeof(float) * n16);
+                            continue;
+                        }
+                        const int64_t i = i0 + r;
+                        float delta = 0.0f; /* sum_d dO[i][d] * O[i][d] */
+#pragma omp simd reduction(+ : delta)
+                        for (int d = 0; d < D; d++) delta += dO[i * gt + d] * O[i * ot + d];
+                        const float row_lse = LSE[i * lt];
+                        for (int64_t j = i + 1; j < n16; j++) prow[j] = MASKED;
+#pragma omp simd
+                        for (int64_t j = 0; j < n16; j++) {
+                            prow[j] = exp_nonpositive(prow[j] - row_lse);
+                            dsrow[j] = prow[j] * (dsrow[j] - delta) * scale;
+                        }
+                    }
+                    probs_times_rows(ds, ld, K, ks.t, n, o); /* dQ rows (K unscaled: scale is in ds) */
+                    for (int r = 0; r < nr; r++) memcpy(dQ + (i0 + r) * dqs.t, o + r * D, sizeof(float) * D);
+                    float rows[ROWS][D];
+                    load_rows(Q + i0 * qs.t, qs.t, nr, rows);
+                    accumulate_transposed(ds, ld, rows, n, dk);
+                    load_rows(dO + i0 * gt, gt, nr, rows);
+                    accumulate_transposed(p, ld, rows, n, dv);
+                }
+            }
+            float *dK = grad_k + b * dks.b + hk * dks.h + t0 * dks.t;
+            float *dV = grad_v + b * dvs.b + hk * dvs.h + t0 * dvs.t;
+            for (int64_t j = 0; j < L; j++) {
+                memcpy(dK + j * dks.t, dk + j * D, sizeof(float) * D);
+                memcpy(dV + j * dvs.t, dv + j * D, sizeof(float) * D);
+            }
+        }
+    }
+    free(kt);
+    free(vt);
+    free(p);
+    free(ds);
+    free(dk);
+    free(dv);
+    free(o);
+    return 0;
+}
