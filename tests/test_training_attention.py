@@ -1,7 +1,5 @@
 """packed_sdpa: per-conversation attention gives the same logits and gradients as the masked full row."""
 
-import functools
-import logging
 from pathlib import Path
 
 import pytest
@@ -9,7 +7,7 @@ import torch
 from test_training_helpers import make_base_model
 from transformers import AutoModelForCausalLM
 
-from training import attention_kernel
+from training import cpu_kernels
 from training.attention import (
     PACKED_SDPA,
     _packed_sdpa_loop,
@@ -90,8 +88,8 @@ def _grouped_qkv(lengths: list[int], head_dim: int, seed: int) -> tuple[torch.Te
 def cpu_backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Both ways the CPU operator computes: our C kernel, and ATen's flash kernel it falls back to."""
     if request.param == "flash":
-        monkeypatch.setattr(attention_kernel, "usable", lambda *tensors: None)
-    elif attention_kernel.kernel_for(8) is None:
+        monkeypatch.setattr(cpu_kernels, "attention_kernel", lambda *tensors: None)
+    elif cpu_kernels._attention(8) is None:
         pytest.skip("no C compiler here to build the CPU attention kernel")
     return request.param
 
@@ -113,44 +111,6 @@ def test_cpu_operator_matches_stock_attention_per_conversation(cpu_backend: str,
         results.append((out.detach(), q.grad, k.grad, v.grad))
     for name, got, want in zip(("output", "dq", "dk", "dv"), *results, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5, msg=name)
-
-
-def test_kernel_gives_the_same_bits_on_one_thread_or_several(monkeypatch: pytest.MonkeyPatch) -> None:
-    if attention_kernel.kernel_for(16) is None:
-        pytest.skip("no C compiler here to build the CPU attention kernel")
-    runs = []
-    for threads in (1, 3):
-        monkeypatch.setattr(torch, "get_num_threads", lambda threads=threads: threads)
-        q, k, v, position_ids = _grouped_qkv(LENGTHS, 16, seed=5)
-        out = packed_sdpa_forward(torch.nn.Module(), q, k, v, None, position_ids=position_ids)[0]
-        out.sum().backward()
-        runs.append([out.detach(), q.grad, k.grad, v.grad])
-    for got, want in zip(*runs, strict=True):
-        assert torch.equal(got, want)
-
-
-def test_without_a_compiler_the_operator_falls_back_to_flash_and_says_why(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    monkeypatch.setattr(attention_kernel, "_compiler", lambda: None)
-    monkeypatch.setattr(attention_kernel, "kernel_for", functools.cache(attention_kernel.kernel_for.__wrapped__))
-    with caplog.at_level(logging.WARNING):
-        assert attention_kernel.kernel_for(24) is None
-    assert "falls back to ATen's flash kernel: no C compiler" in caplog.text
-    monkeypatch.setattr(attention_kernel, "kernel_for", functools.cache(attention_kernel.kernel_for.__wrapped__))
-    monkeypatch.setenv(attention_kernel.ENV_SWITCH, "flash")
-    assert attention_kernel.kernel_for(32) is None
-
-
-def test_the_library_is_built_once_per_head_size_and_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    if attention_kernel._compiler() is None:
-        pytest.skip("no C compiler here to build the CPU attention kernel")
-    monkeypatch.setenv("POSTTRAIN_KERNEL_CACHE", str(tmp_path))
-    first = attention_kernel.build(32)
-    modified = first.stat().st_mtime_ns
-    assert attention_kernel.build(32) == first and first.stat().st_mtime_ns == modified
-    assert attention_kernel.build(64) != first
-    assert sorted(p.name.startswith("packed_attention_d") for p in tmp_path.iterdir()) == [True, True]
 
 
 def test_cpu_operator_registration_is_consistent_for_autograd_and_compile(cpu_backend: str) -> None:

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AttentionInterface
 
-from training import attention_kernel
+from training import cpu_kernels
 
 PACKED_SDPA = "packed_sdpa"
 
@@ -78,7 +78,7 @@ def packed_attention_cpu(
     out = query.new_empty(batch, seq_len, heads, head_dim)
     lse = query.new_empty(batch, heads, seq_len, dtype=torch.float32)
     segments = segment_table(position_ids, batch)
-    kernel = attention_kernel.usable(query, key, value)
+    kernel = cpu_kernels.attention_kernel(query, key, value)
     if kernel is not None:
         kernel.forward(query, key, value, out, lse, segments, scale)
         return out, lse
@@ -113,7 +113,7 @@ def packed_attention_cpu_backward(
     """Gradients for query, key and value, each conversation's slice written in place (no zero fill, no cat)."""
     grads = [torch.empty_like(t) for t in (query, key, value)]
     segments = segment_table(position_ids, query.shape[0])
-    kernel = attention_kernel.usable(query, key, value)
+    kernel = cpu_kernels.attention_kernel(query, key, value)
     if kernel is not None:
         grad_out = grad_out if grad_out.stride(-1) == 1 else grad_out.contiguous()
         kernel.backward(grad_out, query, key, value, out, lse, tuple(grads), segments, scale)

@@ -15,10 +15,12 @@ import functools
 import inspect
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from training import cpu_kernels
 from training.data import IGNORE_INDEX
 from training.distributed import DistContext, gradient_sync, unwrap
 
@@ -27,14 +29,31 @@ def token_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Sum (not mean) of cross-entropy over positions whose label is not IGNORE_INDEX, in fp32.
 
     Labels are already next-token aligned by the data loader (labels[t] is the target
-    for logits[t]); no shift here.
+    for logits[t]); no shift here. On CPU the loss and its gradient run in our C kernel
+    (training/kernels/cross_entropy.c) where it is available, else in ATen.
     """
-    return F.cross_entropy(
-        logits.float().reshape(-1, logits.shape[-1]),
-        labels.reshape(-1),
-        ignore_index=IGNORE_INDEX,
-        reduction="sum",
-    )
+    logits = logits.float().reshape(-1, logits.shape[-1])
+    labels = labels.reshape(-1)
+    if cpu_kernels.cross_entropy_kernel(logits, labels) is not None:
+        return _KernelCrossEntropySum.apply(logits, labels)
+    return F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX, reduction="sum")
+
+
+class _KernelCrossEntropySum(torch.autograd.Function):
+    """token_loss_sum through cross_entropy.c: two reads of the logits forward, one read and one write backward."""
+
+    @staticmethod
+    def forward(ctx: Any, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        kernel = cpu_kernels.cross_entropy_kernel(logits, labels)
+        total, lse = kernel.forward(logits, labels)
+        ctx.save_for_backward(logits, labels, lse)
+        return torch.tensor(total, dtype=torch.float32)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        logits, labels, lse = ctx.saved_tensors
+        kernel = cpu_kernels.cross_entropy_kernel(logits, labels)
+        return kernel.backward(logits, labels, lse, float(grad)), None
 
 
 def forward_logits(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -57,7 +76,7 @@ def micro_batch_loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor])
     logits = model(
         input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False, logits_to_keep=keep
     ).logits
-    return F.cross_entropy(logits.float(), batch["labels"][keep], reduction="sum")
+    return token_loss_sum(logits, batch["labels"][keep])
 
 
 def _accepts_logits_to_keep(model: torch.nn.Module) -> bool:

@@ -24,6 +24,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "vec_exp.h"
+
 #ifndef HEAD_DIM
 #error "compile with -DHEAD_DIM=<the model's head_dim>: every inner loop is unrolled for it"
 #endif
@@ -38,27 +40,7 @@
 #define KEYS_AT_ONCE 8
 _Static_assert(CHUNK % 16 == 0 && 16 % KEYS_AT_ONCE == 0, "see the padding of score rows");
 
-#define MASKED (-1.0e30f) /* a score past the causal edge: exp_nonpositive gives exactly 0 */
-
-/* e^x for x <= 0, to ~1 ulp: 2^n * e^r with n = round(x / ln 2), r in [-ln2/2, ln2/2] and a
- * degree-6 polynomial for e^r. Plain arithmetic, so the compiler vectorises it inline (a
- * libm call per element, or per vector through libmvec, costs more than the scores). */
-static inline float exp_nonpositive(float x) {
-    x = x < -87.0f ? -87.0f : x;
-    const float n = floorf(x * 1.44269504f + 0.5f);
-    const float r = x - n * 0.693359375f + n * 2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * r * r + r + 1.0f;
-    int32_t bits = ((int32_t)n + 127) << 23;
-    float scale;
-    memcpy(&scale, &bits, sizeof(scale));
-    return x <= -87.0f ? 0.0f : p * scale;
-}
+#define MASKED (-1.0e30f) /* a score past the causal edge: vec_expf gives exactly 0 */
 
 typedef struct {
     int64_t b, h, t;
@@ -153,7 +135,7 @@ int packed_attention_forward(const float *q, const float *k, const float *v, flo
                         float sum = 0.0f;
 #pragma omp simd reduction(+ : sum)
                         for (int64_t j = 0; j < n16; j++) {
-                            row[j] = exp_nonpositive(row[j] - m);
+                            row[j] = vec_expf(row[j] - m);
                             sum += row[j];
                         }
                         inv[r] = 1.0f / sum; /* applied to the output row: one pass less over the scores */
@@ -253,7 +235,7 @@ int packed_attention_backward(const float *q, const float *k, const float *v, co
                         for (int64_t j = i + 1; j < n16; j++) prow[j] = MASKED;
 #pragma omp simd
                         for (int64_t j = 0; j < n16; j++) {
-                            prow[j] = exp_nonpositive(prow[j] - row_lse);
+                            prow[j] = vec_expf(prow[j] - row_lse);
                             dsrow[j] = prow[j] * (dsrow[j] - delta) * scale;
                         }
                     }
