@@ -294,6 +294,7 @@ def bench_training(
         med[name]["warmup_seconds"] = statistics.median(r["warmup_seconds"] for r in runs[name])
         med[name]["attn_implementation"] = runs[name][0]["attn_implementation"]
         med[name]["compiled"] = runs[name][0]["compiled"]
+        med[name]["cpu_kernels"] = runs[name][0].get("cpu_kernels", [])
         med[name]["tokens_per_step"] = runs[name][0]["tokens_total"] / runs[name][0]["steps"]
     vs_padded = ratio(med["ours_packed"]["tokens_per_second"], med["trl_padded"]["tokens_per_second"])
     vs_packed = ratio(med["ours_packed"]["tokens_per_second"], med["trl_packed"]["tokens_per_second"])
@@ -410,7 +411,9 @@ def training_markdown(payload: dict[str, Any]) -> str:
     }
 
     def attention(m: dict[str, Any]) -> str:
-        return f"{m.get('attn_implementation', 'sdpa')}{', compiled layers' if m.get('compiled') else ''}"
+        kernels = m.get("cpu_kernels") or []
+        ours = f", C kernels ({' + '.join(k.replace('_', '-') for k in kernels)})" if kernels else ""
+        return f"{m.get('attn_implementation', 'sdpa')}{', compiled layers' if m.get('compiled') else ''}{ours}"
 
     table = markdown_table(
         [

@@ -192,8 +192,10 @@ def train_ours(args: argparse.Namespace) -> dict[str, Any]:
     """training.sft's own pieces, in its own order: model, packed loader, AdamW, _optimizer_step per step."""
     import torch
 
+    from training.attention import head_dim
     from training.compilation import maybe_compile
     from training.config import TrainConfig
+    from training.cpu_kernels import in_use
     from training.distributed import init_distributed, unwrap, wrap_model
     from training.sft import _compute_dtype, _load_data, _load_model, _optimizer_step, build_optimizer, lr_factor
 
@@ -256,6 +258,7 @@ def train_ours(args: argparse.Namespace) -> dict[str, Any]:
         "packing_efficiency": loader.packing_efficiency,
         "attn_implementation": unwrap(model).config._attn_implementation,
         "compiled": compiled,
+        "cpu_kernels": in_use(head_dim(unwrap(model).config)) if ctx.device.type == "cpu" else [],
         "started": started,
     }
     if profiler is not None:
@@ -271,6 +274,7 @@ def flop_parameters(model: Any) -> dict[str, int]:
     The input embedding is a lookup (no FLOPs); the LM head is a matmul over the vocabulary
     (with tied weights the same matrix, counted once, as the head).
     """
+    from training.attention import head_dim
     from training.distributed import unwrap
 
     inner = unwrap(model)
@@ -278,15 +282,15 @@ def flop_parameters(model: Any) -> dict[str, int]:
     embed = inner.get_input_embeddings().weight
     skip = {id(head), id(embed)}
     config = inner.config
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    width = head_dim(config)
     return {
         "body": sum(p.numel() for p in inner.parameters() if id(p) not in skip),
         "head": head.numel(),
         "layers": config.num_hidden_layers,
-        "attention_width": config.num_attention_heads * head_dim,
+        "attention_width": config.num_attention_heads * width,
         "hidden": config.hidden_size,
         "heads": config.num_attention_heads,
-        "head_dim": head_dim,
+        "head_dim": width,
         "intermediate": config.intermediate_size,
     }
 
@@ -421,6 +425,7 @@ def summarize_steps(result: dict[str, Any], warmup_steps: int) -> dict[str, Any]
         "flop_parameters": result["flop_parameters"],
         "attn_implementation": result["attn_implementation"],
         "compiled": result["compiled"],
+        "cpu_kernels": result.get("cpu_kernels", []),
         "warmup_seconds": steps[warmup_steps - 1]["t"] - result["started"] if warmup_steps else float("nan"),
         "peak_rss_mib": result.get("peak_rss_mib", float("nan")),
     }

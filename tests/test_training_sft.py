@@ -95,6 +95,7 @@ def test_single_process_run_writes_a_loadable_model_and_summary(
     assert summary["mfu_estimate"] > 0 and summary["peak_flops_source"] == "config"
     # CPU defaults: per-conversation attention, compiled decoder layers; compilation is the warm-up step.
     assert summary["attn_implementation"] == "packed_sdpa" and summary["compiled"] is True
+    assert summary["cpu_kernels"] == ["attention", "cross_entropy"]  # this machine has a C compiler
     assert summary["warmup_seconds"] > 0
     assert summary["tokenizer_fingerprint"] == tokenizer_fingerprint(base_model)
     assert summary["data"][0]["source_data_version"] == "count-v1"

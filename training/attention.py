@@ -34,6 +34,11 @@ from training import cpu_kernels
 PACKED_SDPA = "packed_sdpa"
 
 
+def head_dim(config: Any) -> int:
+    """Width of one attention head of a transformers model config."""
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+
 def row_segment_lengths(position_ids: torch.Tensor) -> list[list[int]]:
     """Lengths of the conversations (segments) of each row, from position_ids restarts.
 

@@ -293,3 +293,9 @@ def cross_entropy_kernel(logits: torch.Tensor, labels: torch.Tensor) -> CrossEnt
     if logits.dim() != 2 or labels.dtype != torch.int64 or not labels.is_contiguous() or not _cpu_fp32(logits):
         return None
     return _cross_entropy()
+
+
+def in_use(head_dim: int) -> list[str]:
+    """Names of our kernels a CPU run with this head size uses (what summary.json reports)."""
+    available = {"attention": _attention(head_dim), "cross_entropy": _cross_entropy()}
+    return [name for name, kernel in available.items() if kernel is not None]

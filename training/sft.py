@@ -26,7 +26,8 @@ import torch
 
 from core.atomic_io import TMP_PREFIX, atomic_write_bytes, fsync_dir, fsync_tree, sha256_file
 from core.tokenizer_training import tokenizer_fingerprint
-from training.attention import PACKED_SDPA
+from training import cpu_kernels
+from training.attention import PACKED_SDPA, head_dim
 from training.checkpoint import find_resume_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
 from training.compilation import maybe_compile
 from training.config import ConfigError, TrainConfig, load_config
@@ -341,6 +342,7 @@ def _train(cfg: TrainConfig, resume: bool, ctx: DistContext, reporter: Reporter)
         "warmup_seconds": warmup[1] if warmup else None,
         "compiled": compile_on,
         "attn_implementation": resolve_attn(cfg, ctx),
+        "cpu_kernels": cpu_kernels.in_use(head_dim(unwrap(model).config)) if ctx.device.type == "cpu" else [],
         "packing_efficiency": tokens / (rows * cfg.seq_len) if rows else 0.0,
         "mfu_estimate": 6 * n_params * tokens_per_second / (peak * ctx.world_size),
         "peak_flops_per_device": peak,
@@ -387,6 +389,7 @@ def pipes_metadata(summary: dict[str, Any], output_dir: Path) -> dict[str, Any]:
         "weights_sha256",
     )
     meta: dict[str, Any] = {key: summary[key] for key in scalar if summary[key] is not None}
+    meta["cpu_kernels"] = ", ".join(summary.get("cpu_kernels") or []) or "none"
     meta["path"] = {"raw_value": str(output_dir), "type": "path"}
     meta["loss_curve"] = {"raw_value": summary["loss_curve"], "type": "json"}
     meta["data"] = {"raw_value": summary["data"], "type": "json"}
