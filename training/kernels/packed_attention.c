@@ -17,7 +17,7 @@
  * segs: nsegs triples (row, start, length); every position of a row belongs to exactly one.
  * Query head h reads key/value head h / (Hq / Hkv) (grouped-query attention).
  *
- * Compiled at first use by training/attention_kernel.py with the host's own instruction set.
+ * Compiled at first use by training/cpu_kernels.py with the host's own instruction set.
  */
 #include <math.h>
 #include <stdint.h>
@@ -30,15 +30,13 @@
 #error "compile with -DHEAD_DIM=<the model's head_dim>: every inner loop is unrolled for it"
 #endif
 #define D HEAD_DIM
-/* Block sizes, tuned on a Sapphire Rapids core (AVX-512) for head_dim 32 and 64:
- * ROWS query rows are scored together (each key load serves ROWS rows); CHUNK keys form one
- * register block of ROWS x CHUNK accumulators; the key/value gradients are accumulated KEYS_AT_ONCE
- * keys at a time so that the FMAs form independent chains. Score rows are padded to whole 16-float
- * vectors, which is why CHUNK must be a multiple of 16 and KEYS_AT_ONCE a divisor of 16. */
+/* Block sizes, tuned on a Sapphire Rapids core (AVX-512) for head_dim 32 and 64: ROWS query rows
+ * are scored together (each key load serves ROWS rows) and CHUNK keys form one register block of
+ * ROWS x CHUNK accumulators. The passes over scores run over whole CHUNKs of keys; the softmax of
+ * the forward over whole 16-float vectors (no scalar tails), hence CHUNK % 16 == 0. */
 #define ROWS 8
 #define CHUNK 32
-#define KEYS_AT_ONCE 8
-_Static_assert(CHUNK % 16 == 0 && 16 % KEYS_AT_ONCE == 0, "see the padding of score rows");
+_Static_assert(CHUNK % 16 == 0, "score rows are processed in whole 16-float vectors");
 
 #define MASKED (-1.0e30f) /* a score past the causal edge: vec_expf gives exactly 0 */
 
@@ -110,8 +108,8 @@ int packed_attention_forward(const float *q, const float *k, const float *v, flo
     float *kt = aligned_alloc(64, sizeof(float) * D * ld);
     float *s = aligned_alloc(64, sizeof(float) * ROWS * ld);
     float *o = aligned_alloc(64, sizeof(float) * ROWS * round_up(D, 16));
-    if (!kt || !s || !o) return 1;
-    for (int64_t g = 0; g < nsegs; g++) {
+    const int failed = !kt || !s || !o;
+    for (int64_t g = 0; g < nsegs && !failed; g++) {
         const int64_t b = segs[3 * g], t0 = segs[3 * g + 1], L = segs[3 * g + 2];
         for (int64_t hk = 0; hk < Hkv; hk++) {
             const float *K = k + b * ks.b + hk * ks.h + t0 * ks.t;
@@ -155,30 +153,33 @@ int packed_attention_forward(const float *q, const float *k, const float *v, flo
     free(kt);
     free(s);
     free(o);
-    return 0;
+    return failed;
 }
 
-/* acc[j][:] += sum_r p[r][j] * a[r][:] for j < round_up(n, KEYS_AT_ONCE): p is zero past n (acc rows of D
- * floats; a is ROWS x D, zero past nr). Several keys at a time: each key's row gets ROWS FMAs in a
- * row, and one key alone would leave the core waiting on that dependency chain. */
-static void accumulate_transposed(const float *restrict p, int64_t ld, const float a[restrict ROWS][D], int64_t n,
-                                  float *restrict acc) {
-    for (int64_t j = 0; j < n; j += KEYS_AT_ONCE) {
-        float rows[KEYS_AT_ONCE][D];
-        memcpy(rows, acc + j * D, sizeof(rows));
-        for (int r = 0; r < ROWS; r++)
-            for (int u = 0; u < KEYS_AT_ONCE; u++) {
-                const float w = p[r * ld + j + u];
+/* acct[d][j] += sum_{r < nr} a[r][d] * p[r][j] for j < round_up(n, CHUNK) (acct is [D][ld], the
+ * gradient transposed; p is zero past n). Blocks of 8 head dimensions x CHUNK keys stay in
+ * registers while the rows stream by, the same blocking as rows_times_transposed. */
+static void accumulate_transposed(const float *restrict p, int64_t ld, const float *restrict a, int64_t a_st, int nr,
+                                  int64_t n, float *restrict acct) {
+    for (int64_t j0 = 0; j0 < n; j0 += CHUNK) {
+        for (int d0 = 0; d0 < D; d0 += 8) {
+            float acc[8][CHUNK];
+            memset(acc, 0, sizeof(acc));
+            for (int r = 0; r < nr; r++) {
+                const float *row = p + r * ld + j0;
+                for (int dd = 0; dd < 8; dd++) {
+                    const float x = d0 + dd < D ? a[r * a_st + d0 + dd] : 0.0f;
 #pragma omp simd
-                for (int d = 0; d < D; d++) rows[u][d] += w * a[r][d];
+                    for (int jj = 0; jj < CHUNK; jj++) acc[dd][jj] += x * row[jj];
+                }
             }
-        memcpy(acc + j * D, rows, sizeof(rows));
+            for (int dd = 0; dd < 8 && d0 + dd < D; dd++) {
+                float *dst = acct + (d0 + dd) * ld + j0;
+#pragma omp simd
+                for (int jj = 0; jj < CHUNK; jj++) dst[jj] += acc[dd][jj];
+            }
+        }
     }
-}
-
-static void load_rows(const float *src, int64_t st, int nr, float dst[ROWS][D]) {
-    for (int r = 0; r < ROWS; r++)
-        for (int d = 0; d < D; d++) dst[r][d] = r < nr ? src[r * st + d] : 0.0f;
 }
 
 int packed_attention_backward(const float *q, const float *k, const float *v, const float *out, const float *lse,
@@ -199,16 +200,16 @@ int packed_attention_backward(const float *q, const float *k, const float *v, co
     float *dk = aligned_alloc(64, sizeof(float) * D * ld);
     float *dv = aligned_alloc(64, sizeof(float) * D * ld);
     float *o = aligned_alloc(64, sizeof(float) * ROWS * round_up(D, 16));
-    if (!kt || !vt || !p || !ds || !dk || !dv || !o) return 1;
-    for (int64_t g = 0; g < nsegs; g++) {
+    const int failed = !kt || !vt || !p || !ds || !dk || !dv || !o;
+    for (int64_t g = 0; g < nsegs && !failed; g++) {
         const int64_t b = segs[3 * g], t0 = segs[3 * g + 1], L = segs[3 * g + 2];
         for (int64_t hk = 0; hk < Hkv; hk++) {
             const float *K = k + b * ks.b + hk * ks.h + t0 * ks.t;
             const float *V = v + b * vs.b + hk * vs.h + t0 * vs.t;
             transpose_rows(K, ks.t, L, ld, scale, kt);
             transpose_rows(V, vs.t, L, ld, 1.0f, vt);
-            memset(dk, 0, sizeof(float) * D * L);
-            memset(dv, 0, sizeof(float) * D * L);
+            memset(dk, 0, sizeof(float) * D * ld); /* transposed: [D][ld] */
+            memset(dv, 0, sizeof(float) * D * ld);
             for (int64_t h = hk * group; h < (hk + 1) * group; h++) {
                 const float *Q = q + b * qs.b + h * qs.h + t0 * qs.t;
                 const float *O = out + b * ob + t0 * ot + h * oh;
@@ -217,14 +218,14 @@ int packed_attention_backward(const float *q, const float *k, const float *v, co
                 float *dQ = grad_q + b * dqs.b + h * dqs.h + t0 * dqs.t;
                 for (int64_t i0 = 0; i0 < L; i0 += ROWS) {
                     const int nr = (int)(L - i0 < ROWS ? L - i0 : ROWS);
-                    const int64_t n = i0 + nr, n16 = round_up(n, 16);
+                    const int64_t n = i0 + nr, nc = round_up(n, CHUNK); /* columns the passes touch */
                     rows_times_transposed(Q + i0 * qs.t, qs.t, nr, kt, ld, n, p);
                     rows_times_transposed(dO + i0 * gt, gt, nr, vt, ld, n, ds);
                     for (int r = 0; r < ROWS; r++) {
                         float *prow = p + r * ld, *dsrow = ds + r * ld;
                         if (r >= nr) {
-                            memset(prow, 0, sizeof(float) * n16);
-                            memset(dsrow, 0, sizeof(float) * n16);
+                            memset(prow, 0, sizeof(float) * nc);
+                            memset(dsrow, 0, sizeof(float) * nc);
                             continue;
                         }
                         const int64_t i = i0 + r;
@@ -232,28 +233,26 @@ int packed_attention_backward(const float *q, const float *k, const float *v, co
 #pragma omp simd reduction(+ : delta)
                         for (int d = 0; d < D; d++) delta += dO[i * gt + d] * O[i * ot + d];
                         const float row_lse = LSE[i * lt];
-                        for (int64_t j = i + 1; j < n16; j++) prow[j] = MASKED;
+                        for (int64_t j = i + 1; j < nc; j++) prow[j] = MASKED;
 #pragma omp simd
-                        for (int64_t j = 0; j < n16; j++) {
+                        for (int64_t j = 0; j < nc; j++) {
                             prow[j] = vec_expf(prow[j] - row_lse);
                             dsrow[j] = prow[j] * (dsrow[j] - delta) * scale;
                         }
                     }
                     probs_times_rows(ds, ld, K, ks.t, n, o); /* dQ rows (K unscaled: scale is in ds) */
                     for (int r = 0; r < nr; r++) memcpy(dQ + (i0 + r) * dqs.t, o + r * D, sizeof(float) * D);
-                    float rows[ROWS][D];
-                    load_rows(Q + i0 * qs.t, qs.t, nr, rows);
-                    accumulate_transposed(ds, ld, rows, n, dk);
-                    load_rows(dO + i0 * gt, gt, nr, rows);
-                    accumulate_transposed(p, ld, rows, n, dv);
+                    accumulate_transposed(ds, ld, Q + i0 * qs.t, qs.t, nr, n, dk);
+                    accumulate_transposed(p, ld, dO + i0 * gt, gt, nr, n, dv);
                 }
             }
             float *dK = grad_k + b * dks.b + hk * dks.h + t0 * dks.t;
             float *dV = grad_v + b * dvs.b + hk * dvs.h + t0 * dvs.t;
-            for (int64_t j = 0; j < L; j++) {
-                memcpy(dK + j * dks.t, dk + j * D, sizeof(float) * D);
-                memcpy(dV + j * dvs.t, dv + j * D, sizeof(float) * D);
-            }
+            for (int64_t j = 0; j < L; j++)
+                for (int d = 0; d < D; d++) {
+                    dK[j * dks.t + d] = dk[d * ld + j];
+                    dV[j * dvs.t + d] = dv[d * ld + j];
+                }
         }
     }
     free(kt);
@@ -263,5 +262,5 @@ int packed_attention_backward(const float *q, const float *k, const float *v, co
     free(dk);
     free(dv);
     free(o);
-    return 0;
+    return failed;
 }
