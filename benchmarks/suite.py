@@ -501,10 +501,11 @@ def training_markdown(payload: dict[str, Any]) -> str:
         md += (
             "- Where ours spends its step time (torch profiler, self CPU time): "
             + ", ".join(f"{k} {v:.0%}" for k, v in shares.items())
-            + ". Attention (packed_sdpa) is sdpa's CPU flash kernel run per conversation, so it computes no "
-            "cross-conversation scores; its share of the time is well above its share of the FLOPs because "
-            "with 32-wide heads each score costs one exp() per 64 multiply-adds (softmax-bound on CPU). "
-            "Compiled = inductor's fused elementwise kernels (norms, rotary, SiLU x up, residuals).\n"
+            + ". Attention = packed_sdpa, each conversation on its own (our C kernel where it was built, else "
+            "ATen's CPU flash kernel); its share of the time is above its share of the FLOPs because with "
+            "32-wide heads each score costs one exp() per 64 multiply-adds, and the score blocks are small. "
+            "Compiled = inductor's fused elementwise kernels (norms, rotary, SiLU x up, residuals), "
+            "bound by memory bandwidth at these tensor sizes.\n"
         )
     return md
 

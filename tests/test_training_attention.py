@@ -13,7 +13,7 @@ from training.attention import (
     _packed_sdpa_loop,
     packed_attention_cpu,
     packed_sdpa_forward,
-    row_segment_lengths,
+    segment_table,
 )
 from training.config import TrainConfig
 from training.distributed import DistContext
@@ -28,7 +28,9 @@ def base_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_segments_start_at_every_row_and_position_restart() -> None:
     positions = torch.tensor([[0, 1, 2, 0, 1, 0], [0, 1, 2, 3, 4, 5], [3, 4, 0, 1, 2, 3]])
     # Row 3 starts mid-conversation (an overlong conversation's continuation): still a new segment.
-    assert row_segment_lengths(positions) == [[3, 2, 1], [6], [2, 4]]
+    table = [(0, 0, 3), (0, 3, 2), (0, 5, 1), (1, 0, 6), (2, 0, 2), (2, 2, 4)]
+    assert segment_table(positions, 3).tolist() == [list(t) for t in table]
+    assert segment_table(torch.arange(4)[None], 2).tolist() == [[0, 0, 4], [1, 0, 4]]  # one row, broadcast
 
 
 def _packed_batch(rows: int, seq_len: int, seed: int) -> dict[str, torch.Tensor]:

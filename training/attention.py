@@ -22,7 +22,6 @@ model's config.json: a trained model loads anywhere with stock attention.
 
 from __future__ import annotations
 
-import itertools
 from typing import Any
 
 import torch
@@ -39,31 +38,22 @@ def head_dim(config: Any) -> int:
     return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
 
 
-def row_segment_lengths(position_ids: torch.Tensor) -> list[list[int]]:
-    """Lengths of the conversations (segments) of each row, from position_ids restarts.
+def segment_table(position_ids: torch.Tensor, batch: int) -> torch.Tensor:
+    """(row, start, length) of every conversation of the batch, one int64 row each, in row order.
 
     A segment starts at every row start and wherever a position does not follow its
     predecessor by one (the same rule transformers applies to detect packed sequences).
+    Tensor ops over the whole batch: it runs for every layer, forward and backward.
     """
-    positions = position_ids.detach().to("cpu", torch.int64)
+    positions = position_ids.detach().to("cpu", torch.int64).expand(batch, position_ids.shape[-1])
     seq_len = positions.shape[1]
     starts = torch.ones_like(positions, dtype=torch.bool)
     starts[:, 1:] = positions[:, 1:] != positions[:, :-1] + 1
-    lengths = []
-    for row in starts:
-        bounds = torch.cat([torch.nonzero(row).reshape(-1), torch.tensor([seq_len])])
-        lengths.append(torch.diff(bounds).tolist())
-    return lengths
-
-
-def segment_table(position_ids: torch.Tensor, batch: int) -> torch.Tensor:
-    """(row, start, length) of every conversation of the batch, one int64 row each."""
-    table = [
-        (row, start, length)
-        for row, lengths in enumerate(row_segment_lengths(position_ids.expand(batch, position_ids.shape[-1])))
-        for start, length in zip(itertools.accumulate([0, *lengths[:-1]]), lengths, strict=True)
-    ]
-    return torch.tensor(table, dtype=torch.int64).reshape(-1, 3)
+    row, start = torch.nonzero(starts).unbind(1)
+    end = torch.full_like(start, seq_len)
+    same_row = row[1:] == row[:-1]
+    end[:-1] = torch.where(same_row, start[1:], end[:-1])
+    return torch.stack([row, start, end - start], dim=1)
 
 
 _FLASH_CPU = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default
