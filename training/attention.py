@@ -8,11 +8,13 @@ CPU it was 29% of a training step (benchmarks/results). Here each conversation o
 is attended on its own with a causal kernel, so the work is sum(len_i^2) / 2 instead of
 seq_len^2, and no mask tensor is built at all.
 
-On CPU the per-conversation loop is one custom operator (forward and backward call the
-flash kernels directly and write each conversation's slice into one output): autograd
-sees one node per layer instead of a dozen views, splits and concatenations per
-conversation, and torch.compile traces a whole decoder layer around it without a graph
-break. Other devices (and dropout) take the same loop through `F.scaled_dot_product_attention`.
+On CPU the per-conversation work is one custom operator, forward and backward: our C
+kernel (training/cpu_kernels.py, about twice ATen's CPU flash kernel at our head sizes)
+where it could be built, else ATen's flash kernel called per conversation, writing each
+slice into one output. Autograd sees one node per layer instead of a dozen views, splits
+and concatenations per conversation, and torch.compile traces a whole decoder layer around
+it without a graph break. Other devices (and dropout) take the same loop through
+`F.scaled_dot_product_attention`.
 
 The segments come from the position_ids restarts that transformers hands every attention
 call (without position_ids each row is one causal sequence). Numerically it matches "sdpa"
@@ -67,7 +69,7 @@ def packed_attention_cpu(
     """query [B, Hq, T, D], key/value [B, Hkv, T, D] -> (output [B, T, Hq, D], logsumexp [B, Hq, T]).
 
     The output is laid out the way transformers reshapes it next ([B, T, Hq * D]), so that
-    reshape is free. The flash kernel takes grouped-query key/value heads as they are.
+    reshape is free. Both kernels take grouped-query key/value heads as they are.
     """
     batch, heads, seq_len, head_dim = query.shape
     out = query.new_empty(batch, seq_len, heads, head_dim)

@@ -4,8 +4,8 @@ On CPU the elementwise work between the matmuls (RMSNorm, rotary embedding, SiLU
 residual adds and their backward) runs as one memory-bound aten op each; inductor fuses
 them into a few generated C++ loops. Each decoder layer is compiled on its own, so all
 layers share one compiled graph and compile time does not grow with depth. On CPU, packed_sdpa
-is one opaque custom operator inside that graph (its per-conversation loop runs eagerly
-within it), so a layer compiles to one graph, forward and backward, without a break.
+is one opaque custom operator inside that graph (our C kernel, or ATen's flash kernel per
+conversation), so a layer compiles to one graph, forward and backward, without a break.
 
 "auto" turns it on where it has been verified: single-process or DDP training on CPU with
 a C++ compiler present (inductor generates C++). It stays off for FSDP2, activation
