@@ -192,12 +192,18 @@ def train_ours(args: argparse.Namespace) -> dict[str, Any]:
     """training.sft's own pieces, in its own order: model, packed loader, AdamW, _optimizer_step per step."""
     import torch
 
-    from training.attention import head_dim
     from training.compilation import maybe_compile
     from training.config import TrainConfig
-    from training.cpu_kernels import in_use
     from training.distributed import init_distributed, unwrap, wrap_model
-    from training.sft import _compute_dtype, _load_data, _load_model, _optimizer_step, build_optimizer, lr_factor
+    from training.sft import (
+        _compute_dtype,
+        _cpu_kernels_used,
+        _load_data,
+        _load_model,
+        _optimizer_step,
+        build_optimizer,
+        lr_factor,
+    )
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -258,7 +264,7 @@ def train_ours(args: argparse.Namespace) -> dict[str, Any]:
         "packing_efficiency": loader.packing_efficiency,
         "attn_implementation": unwrap(model).config._attn_implementation,
         "compiled": compiled,
-        "cpu_kernels": in_use(head_dim(unwrap(model).config)) if ctx.device.type == "cpu" else [],
+        "cpu_kernels": _cpu_kernels_used(model, cfg, ctx, dtype),
         "started": started,
     }
     if profiler is not None:

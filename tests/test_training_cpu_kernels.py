@@ -96,3 +96,27 @@ def test_cross_entropy_kernel_names_a_label_outside_the_vocabulary() -> None:
     labels[4] = 50
     with pytest.raises(IndexError, match="label 50 of row 4 is outside the vocabulary of 50"):
         token_loss_sum(logits, labels)
+
+
+@needs_compiler
+def test_the_summary_names_only_the_kernels_the_steps_called(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from training.config import TrainConfig
+    from training.distributed import DistContext
+    from training.sft import _cpu_kernels_used
+
+    model = torch.nn.Module()
+    model.config = SimpleNamespace(hidden_size=64, num_attention_heads=2)
+
+    def used(device: str, dtype: torch.dtype, attn: str = "auto") -> list[str]:
+        cfg = TrainConfig(
+            base_model_dir=str(tmp_path), shard_dirs=[str(tmp_path)], output_dir=str(tmp_path), attn_implementation=attn
+        )
+        ctx = DistContext(rank=0, world_size=1, local_rank=0, device=torch.device(device), initialized=False)
+        return _cpu_kernels_used(model, cfg, ctx, dtype)
+
+    assert used("cpu", torch.float32) == ["attention", "cross_entropy"]
+    assert used("cpu", torch.bfloat16) == ["cross_entropy"]  # bf16 attention runs in ATen; the loss is fp32
+    assert used("cpu", torch.float32, attn="sdpa") == ["cross_entropy"]
+    assert used("cuda", torch.bfloat16) == []

@@ -295,7 +295,10 @@ def cross_entropy_kernel(logits: torch.Tensor, labels: torch.Tensor) -> CrossEnt
     return _cross_entropy()
 
 
-def in_use(head_dim: int) -> list[str]:
-    """Names of our kernels a CPU run with this head size uses (what summary.json reports)."""
-    available = {"attention": _attention(head_dim), "cross_entropy": _cross_entropy()}
+def in_use(attention_head_dim: int | None) -> list[str]:
+    """Names of our kernels a CPU run uses (what summary.json reports): the loss always runs in fp32;
+    attention only where the run's attention is packed_sdpa in fp32 (pass its head size, else None)."""
+    available = {"cross_entropy": _cross_entropy()}
+    if attention_head_dim is not None:
+        available = {"attention": _attention(attention_head_dim), **available}
     return [name for name, kernel in available.items() if kernel is not None]

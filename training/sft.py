@@ -105,6 +105,14 @@ def _compute_dtype(cfg: TrainConfig, ctx: DistContext) -> torch.dtype:
     return torch.bfloat16 if cfg.dtype == "bf16" else torch.float32
 
 
+def _cpu_kernels_used(model: torch.nn.Module, cfg: TrainConfig, ctx: DistContext, dtype: torch.dtype) -> list[str]:
+    """Which of our C kernels the steps called (training/cpu_kernels.py); none off CPU."""
+    if ctx.device.type != "cpu":
+        return []
+    attention = resolve_attn(cfg, ctx) == PACKED_SDPA and dtype == torch.float32
+    return cpu_kernels.in_use(head_dim(unwrap(model).config) if attention else None)
+
+
 def save_final_model(ctx: DistContext, model: torch.nn.Module, cfg: TrainConfig) -> Path:
     """Write the HF model dir into output_dir: weights/config via a temp dir, then the tokenizer files."""
     out = Path(cfg.output_dir)
@@ -342,7 +350,7 @@ def _train(cfg: TrainConfig, resume: bool, ctx: DistContext, reporter: Reporter)
         "warmup_seconds": warmup[1] if warmup else None,
         "compiled": compile_on,
         "attn_implementation": resolve_attn(cfg, ctx),
-        "cpu_kernels": cpu_kernels.in_use(head_dim(unwrap(model).config)) if ctx.device.type == "cpu" else [],
+        "cpu_kernels": _cpu_kernels_used(model, cfg, ctx, dtype),
         "packing_efficiency": tokens / (rows * cfg.seq_len) if rows else 0.0,
         "mfu_estimate": 6 * n_params * tokens_per_second / (peak * ctx.world_size),
         "peak_flops_per_device": peak,
