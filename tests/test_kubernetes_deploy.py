@@ -175,3 +175,6 @@ def test_dockerfile_builds_the_image_the_manifests_expect() -> None:
         assert f"!{package}/**" in ignore
     assert re.search(r"ENV .*PATH=/opt/venv/bin", text, re.S)  # `python` and `torchrun` in the pod command
     assert "dagster_project.definitions" in text and (REPO / "dagster_project" / "definitions.py").is_file()
+    # CPU trainer pods build inductor's and our C kernels on first use: the image carries a compiler.
+    assert re.search(r"apt-get install [^\n]*\bgcc\b[^\n]*\bg\+\+", text)
+    assert "kernels/*.c" in str(project["tool"]["setuptools"]["package-data"]["training"])
