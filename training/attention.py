@@ -71,8 +71,8 @@ def packed_attention_cpu(
     The output is laid out the way transformers reshapes it next ([B, T, Hq * D]), so that
     reshape is free. Both kernels take grouped-query key/value heads as they are.
     """
-    batch, heads, seq_len, head_dim = query.shape
-    out = query.new_empty(batch, seq_len, heads, head_dim)
+    batch, heads, seq_len, width = query.shape
+    out = query.new_empty(batch, seq_len, heads, width)
     lse = query.new_empty(batch, heads, seq_len, dtype=torch.float32)
     segments = segment_table(position_ids, batch)
     kernel = cpu_kernels.attention_kernel(query, key, value)
@@ -92,8 +92,8 @@ def packed_attention_cpu(
 
 @packed_attention_cpu.register_fake
 def _(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, position_ids: torch.Tensor, scale: float):
-    batch, heads, seq_len, head_dim = query.shape
-    return query.new_empty(batch, seq_len, heads, head_dim), query.new_empty(batch, heads, seq_len, dtype=torch.float32)
+    batch, heads, seq_len, width = query.shape
+    return query.new_empty(batch, seq_len, heads, width), query.new_empty(batch, heads, seq_len, dtype=torch.float32)
 
 
 @torch.library.custom_op("posttrain::packed_attention_cpu_backward", mutates_args=())

@@ -34,8 +34,9 @@ def token_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """
     logits = logits.float().reshape(-1, logits.shape[-1])
     labels = labels.reshape(-1)
-    if cpu_kernels.cross_entropy_kernel(logits, labels) is not None:
-        return _KernelCrossEntropySum.apply(logits, labels)
+    kernel = cpu_kernels.cross_entropy_kernel(logits, labels)
+    if kernel is not None:
+        return _KernelCrossEntropySum.apply(logits, labels, kernel)
     return F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX, reduction="sum")
 
 
@@ -43,17 +44,18 @@ class _KernelCrossEntropySum(torch.autograd.Function):
     """token_loss_sum through cross_entropy.c: two reads of the logits forward, one read and one write backward."""
 
     @staticmethod
-    def forward(ctx: Any, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        kernel = cpu_kernels.cross_entropy_kernel(logits, labels)
+    def forward(
+        ctx: Any, logits: torch.Tensor, labels: torch.Tensor, kernel: cpu_kernels.CrossEntropyKernel
+    ) -> torch.Tensor:
         total, lse = kernel.forward(logits, labels)
         ctx.save_for_backward(logits, labels, lse)
+        ctx.kernel = kernel
         return torch.tensor(total, dtype=torch.float32)
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
         logits, labels, lse = ctx.saved_tensors
-        kernel = cpu_kernels.cross_entropy_kernel(logits, labels)
-        return kernel.backward(logits, labels, lse, float(grad)), None
+        return ctx.kernel.backward(logits, labels, lse, float(grad)), None, None
 
 
 def forward_logits(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
