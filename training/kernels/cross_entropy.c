@@ -14,7 +14,7 @@
 #include <stdint.h>
 #include <string.h>
 
-#include "vec_exp.h"
+#include "vec_math.h"
 
 /* Sum of -log softmax(row)[label] over the rows into *loss (double), and each row's log-sum-exp.
  * Returns the index + 1 of the first row whose label is >= vocab, or 0. */
