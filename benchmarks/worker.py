@@ -201,12 +201,11 @@ def train_ours(args: argparse.Namespace) -> dict[str, Any]:
         _load_data,
         _load_model,
         _optimizer_step,
+        _setup_runtime,
         build_optimizer,
         lr_factor,
     )
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     model_dir = _prepare_model_dir(Path(args.model), _model_overrides(args.model_overrides), Path(args.work))
     cfg = TrainConfig(
         base_model_dir=str(model_dir),
@@ -222,9 +221,10 @@ def train_ours(args: argparse.Namespace) -> dict[str, Any]:
         device=args.device,
         attn_implementation=args.attn or "auto",
         seed=args.seed,
+        cpu_threads=args.threads,
     )
     ctx = init_distributed(cfg.device)
-    torch.manual_seed(cfg.seed)
+    _setup_runtime(cfg, ctx)
     model = _load_model(cfg, ctx)
     n_params = sum(p.numel() for p in model.parameters())
     loader, _ = _load_data(cfg, ctx, model.config)

@@ -26,7 +26,7 @@ import torch
 
 from core.atomic_io import TMP_PREFIX, atomic_write_bytes, fsync_dir, fsync_tree, sha256_file
 from core.tokenizer_training import tokenizer_fingerprint
-from training import cpu_kernels
+from training import allocator, cpu_kernels
 from training.attention import PACKED_SDPA, head_dim
 from training.checkpoint import find_resume_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
 from training.compilation import maybe_compile
@@ -91,6 +91,8 @@ def measure_peak_flops(device: torch.device, dtype: torch.dtype) -> float:
 def _setup_runtime(cfg: TrainConfig, ctx: DistContext) -> None:
     if cfg.cpu_threads:
         torch.set_num_threads(cfg.cpu_threads)
+    if ctx.device.type == "cpu":
+        allocator.keep_freed_memory()
     if cfg.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
