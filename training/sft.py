@@ -72,12 +72,19 @@ def _fused_adamw_supported(params: list[torch.Tensor]) -> bool:
 
 
 def measure_peak_flops(device: torch.device, dtype: torch.dtype) -> float:
-    """Best matmul FLOP/s of a short probe: a lower bound on the device's real peak."""
-    n = 4096 if device.type == "cuda" else 512
+    """Best matmul FLOP/s of a short probe: a lower bound on the device's real peak.
+
+    Untimed products first: on CPU the first ~10 ms of matmuls in a process ran up to 20%
+    slower (a 512 probe without them read 117-161 GFLOP/s on one core), which moved the
+    reported MFU estimate by as much.
+    """
+    n = 4096 if device.type == "cuda" else 1024
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
     best = float("inf")
-    for _ in range(5):
+    for _ in range(8):
         if device.type == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
