@@ -222,8 +222,8 @@ static void accumulate_keys(const float *restrict p, int64_t ld, const float *re
 
 /* The backward runs over blocks of BLOCK query rows (BLOCK / ROWS register blocks): their scores,
  * probabilities and score gradients are kept, so the key and value gradients accumulate over
- * BLOCK rows per pass. A block starts at a multiple of CHUNK, so its register blocks all span
- * the same round_up(first + BLOCK, CHUNK) columns. */
+ * BLOCK rows per pass. Each register block computes its own round_up(rows' end, CHUNK) columns;
+ * the softmax pass writes zeros past the causal edge up to the block's round_up(end, CHUNK). */
 #define BLOCK 32
 _Static_assert(BLOCK % ROWS == 0 && BLOCK % CHUNK == 0, "blocks of whole register blocks and chunks");
 
@@ -284,7 +284,8 @@ int packed_attention_backward(const float *q, const float *k, const float *v, co
                                     /* past the causal edge: vec_expf(MASKED) is exactly 0 */
                                     const float pj = vec_expf(j0 + jj <= i ? prow[j0 + jj] - row_lse : MASKED);
                                     prow[j0 + jj] = pj;
-                                    dsrow[j0 + jj] = pj * (dsrow[j0 + jj] - delta) * scale;
+                                    /* and 0 there whatever the scratch held (a NaN times 0 is not 0) */
+                                    dsrow[j0 + jj] = j0 + jj <= i ? pj * (dsrow[j0 + jj] - delta) * scale : 0.0f;
                                 }
                             }
                         }
