@@ -224,6 +224,8 @@ def matmul_peak_flops(
     """
     import torch
 
+    from training.flops import matmul_flops
+
     if threads:
         torch.set_num_threads(threads)
 
@@ -231,24 +233,7 @@ def matmul_peak_flops(
     sizes = [512, 1024, 2048] if device == "cpu" else [4096, 8192]
     best: dict[str, Any] = {"flops": 0.0}
     for n in sizes:
-        a = torch.randn(n, n, device=device, dtype=torch_dtype)
-        b = torch.randn(n, n, device=device, dtype=torch_dtype)
-        for _ in range(2):
-            a @ b
-        if device == "cuda":
-            torch.cuda.synchronize()
-        reps, start = 0, time.perf_counter()
-        while True:
-            a @ b
-            reps += 1
-            if device == "cuda" and reps % 10:
-                continue
-            if device == "cuda":
-                torch.cuda.synchronize()
-            elapsed = time.perf_counter() - start
-            if elapsed >= seconds / len(sizes):
-                break
-        flops = 2 * n**3 * reps / elapsed
+        flops = matmul_flops(n, n, n, device, torch_dtype, seconds=seconds / len(sizes))
         if flops > best["flops"]:
             best = {"flops": flops, "size": n, "dtype": dtype, "device": device, "threads": torch.get_num_threads()}
     return best
@@ -258,17 +243,12 @@ def gemm_flops(m: int, k: int, n: int, device: str = "cpu", seconds: float = 1.0
     """FLOP/s of one (m x k) @ (k x n) fp32 matmul shape: what a model's own GEMM shapes can reach."""
     import torch
 
+    from training.flops import matmul_flops
+
     if threads:
         torch.set_num_threads(threads)
 
-    a = torch.randn(m, k, device=device)
-    b = torch.randn(k, n, device=device)
-    a @ b
-    reps, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        a @ b
-        reps += 1
-    return 2 * m * k * n * reps / (time.perf_counter() - start)
+    return matmul_flops(m, k, n, device, torch.float32, seconds=seconds, warmup=1)
 
 
 # ------------------------------------------------------------------------------ results

@@ -33,6 +33,7 @@ from training.compilation import maybe_compile
 from training.config import ConfigError, TrainConfig, load_config
 from training.data import PackedLoader, load_corpus, rank_indices
 from training.distributed import DistContext, full_model_state, init_distributed, shutdown, unwrap, wrap_model
+from training.flops import matmul_flops
 from training.loss import StepLoss, accumulate_gradients
 from training.reporting import Reporter
 
@@ -72,27 +73,9 @@ def _fused_adamw_supported(params: list[torch.Tensor]) -> bool:
 
 
 def measure_peak_flops(device: torch.device, dtype: torch.dtype) -> float:
-    """Best matmul FLOP/s of a short probe: a lower bound on the device's real peak.
-
-    Untimed products first: on CPU the first ~10 ms of matmuls in a process ran up to 20%
-    slower (a 512 probe without them read 117-161 GFLOP/s on one core), which moved the
-    reported MFU estimate by as much.
-    """
+    """Sustained matmul FLOP/s of a short probe (~0.15 s): a lower bound on the device's real peak."""
     n = 4096 if device.type == "cuda" else 1024
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    for _ in range(3):
-        a @ b
-    best = float("inf")
-    for _ in range(8):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        a @ b
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - start)
-    return 2 * n**3 / best
+    return matmul_flops(n, n, n, device, dtype, seconds=0.15, warmup=3)
 
 
 def _setup_runtime(cfg: TrainConfig, ctx: DistContext) -> None:
