@@ -6,6 +6,9 @@ warehouse and the asset checks cannot drift apart.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from typing import Any
+
 import polars as pl
 
 MESSAGE_DTYPE = pl.Struct({"role": pl.String, "content": pl.String})
@@ -34,13 +37,18 @@ INTERACTIONS_SCHEMA: dict[str, pl.DataType] = {
     "day": pl.Date,
 }
 
+# Every quarantine payload is cut to this many characters. Quarantine is for a human to see what was
+# wrong; one 50 MB line must not become a 50 MB warehouse row (or a 50 MB UI preview). The original
+# length and a flag are kept next to it, so a cut payload is never mistaken for the whole input.
+QUARANTINE_PAYLOAD_MAX_CHARS = 65_536
+
 # raw.quarantine: raw rows that broke the schema, with a reason code.
 RAW_QUARANTINE_SCHEMA: dict[str, pl.DataType] = {
     "source": pl.String,  # "catalog" | "interactions"
     "day": pl.Date,  # partition day; null for the catalog snapshot
     "reason": pl.String,
     "detail": pl.String,
-    "payload": pl.String,  # the raw row as JSON
+    "payload": pl.String,  # the raw row as JSON, cut to QUARANTINE_PAYLOAD_MAX_CHARS
 }
 
 # curated.conversations
@@ -61,7 +69,7 @@ CONVERSATION_QUARANTINE_SCHEMA: dict[str, pl.DataType] = {
     "day": pl.Date,
     "reason": pl.String,
     "detail": pl.String,
-    "payload": pl.String,  # the raw conversation as JSON
+    "payload": pl.String,  # the raw conversation as JSON, cut to QUARANTINE_PAYLOAD_MAX_CHARS
 }
 
 
@@ -69,11 +77,44 @@ def empty_frame(schema: dict[str, pl.DataType]) -> pl.DataFrame:
     return pl.DataFrame(schema=schema)
 
 
+def cap_payloads(df: pl.DataFrame, max_chars: int = QUARANTINE_PAYLOAD_MAX_CHARS) -> pl.DataFrame:
+    """Cut ``payload`` to ``max_chars`` characters and fill ``payload_chars``/``payload_truncated``.
+
+    Idempotent: a frame that already carries ``payload_chars`` (e.g. the producer cut a huge line
+    before building the frame) keeps that original length, and an already-set flag stays set.
+    """
+    if max_chars < 1:
+        raise ValueError(f"max_chars={max_chars} must be >= 1")
+    payload = pl.col("payload").cast(pl.String)
+    length = payload.str.len_chars().cast(pl.Int64)
+    if "payload_chars" in df.columns:
+        length = pl.coalesce(pl.col("payload_chars").cast(pl.Int64), length)
+    over = payload.str.len_chars() > max_chars
+    if "payload_truncated" in df.columns:
+        over = pl.col("payload_truncated").cast(pl.Boolean).fill_null(False) | over
+    return df.with_columns(
+        length.alias("payload_chars"),
+        over.fill_null(False).alias("payload_truncated"),
+        payload.str.slice(0, max_chars).alias("payload"),
+    )
+
+
+def quarantine_frame(data: Mapping[str, Sequence[Any]], schema: dict[str, pl.DataType]) -> pl.DataFrame:
+    """A quarantine frame from column lists that leave out ``payload_chars``/``payload_truncated``
+    (they are derived from ``payload`` here, cut to the cap)."""
+    given = {c: t for c, t in schema.items() if c in data}
+    return conform(pl.DataFrame(dict(data), schema=given), schema)
+
+
 def conform(df: pl.DataFrame, schema: dict[str, pl.DataType]) -> pl.DataFrame:
     """Select and cast exactly the contract columns, in contract order.
 
-    Raises a ValueError naming the missing columns instead of a bare KeyError.
+    Raises a ValueError naming the missing columns instead of a bare KeyError. For the quarantine
+    contracts the payload is capped here (``cap_payloads``): every write to the warehouse passes
+    through ``conform``, so no code path can store an uncapped payload.
     """
+    if "payload_truncated" in schema and "payload" in df.columns:
+        df = cap_payloads(df)
     missing = [c for c in schema if c not in df.columns]
     if missing:
         raise ValueError(f"frame is missing contract columns {missing}; it has {df.columns}")
