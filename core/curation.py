@@ -24,10 +24,12 @@ from typing import Any
 
 import polars as pl
 
+from core.ingest import decode_error_detail, escape_surrogates, first_surrogate, has_surrogates, text_encoding
 from core.schemas import (
     CONVERSATION_QUARANTINE_SCHEMA,
     CONVERSATIONS_SCHEMA,
     MESSAGES_DTYPE,
+    QUARANTINE_PAYLOAD_MAX_CHARS,
     SPLITS,
     conform,
 )
@@ -38,6 +40,7 @@ ROLES = ("system", "user", "assistant")
 REASONS = (
     "missing_id",  # conversation_id null or empty
     "empty_conversation",  # messages null or an empty list
+    "too_many_turns",  # more messages than max_turns (tokenizing cost grows with the turn count)
     "bad_role",  # a role other than system/user/assistant
     "empty_turn",  # a message whose content is empty after normalization
     "bad_alternation",  # not: optional leading system, then user/assistant alternating from user
@@ -48,12 +51,14 @@ REASONS = (
     "duplicate_of_earlier_day",  # content hash already curated on an earlier day
     "duplicate_id",  # different content under a conversation_id already used in this batch
 )
-# Only produced by parse_external_jsonl.
-PARSE_REASONS = ("invalid_json", "bad_schema")
+# Only produced by parse_external_jsonl, checked in this order.
+PARSE_REASONS = ("encoding_error", "invalid_unicode", "invalid_json", "bad_schema")
 
 _HASH_CHUNK = 100_000
 _CURATE_CHUNK = 250_000
-_MAX_PAYLOAD_CHARS = 100_000
+# Payload text kept past the quarantine cap until PII is scrubbed, so an address straddling the cut
+# is still recognized and replaced before the final cut.
+_PII_MARGIN_CHARS = 1024
 
 # --- PII patterns (Rust regex syntax: no look-around, so boundaries use \b) ---------
 EMAIL_PATTERN = r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,}"
@@ -77,6 +82,10 @@ class CurationConfig:
 
     max_message_chars: int = 4000
     max_conversation_chars: int = 16000
+    # Messages per conversation, system turn included. The character bounds do not bound the turn count
+    # (10,000 one-word turns fit in 16,000 characters), and per-turn work downstream (serving-prompt
+    # checks, masks) grows with it. 64 is far above what the demo builds (system + 4 exchanges = 9).
+    max_turns: int = 64
     min_content_chars: int = 1
     split_fractions: tuple[float, float, float] = (0.9, 0.05, 0.05)
     split_salt: str = "split-v1"
@@ -89,6 +98,8 @@ class CurationConfig:
             )
         if self.min_content_chars < 1:
             raise ValueError(f"min_content_chars={self.min_content_chars} must be >= 1 (empty turns are rejects)")
+        if self.max_turns < 2:
+            raise ValueError(f"max_turns={self.max_turns} must be >= 2 (a user and an assistant message)")
         if self.max_message_chars < self.min_content_chars or self.max_conversation_chars < 1:
             raise ValueError(
                 f"max_message_chars={self.max_message_chars} and max_conversation_chars="
@@ -315,6 +326,8 @@ def _checked_rows(candidates: pl.DataFrame, cfg: CurationConfig) -> pl.DataFrame
         .then(pl.lit("missing_id"))
         .when(pl.col("messages").is_null() | (nmsg == 0))
         .then(pl.lit("empty_conversation"))
+        .when(nmsg > cfg.max_turns)
+        .then(pl.lit("too_many_turns"))
         .when(first_x.is_not_null())
         .then(pl.lit("bad_role"))
         .when(pl.col("_has_empty"))
@@ -334,6 +347,14 @@ def _checked_rows(candidates: pl.DataFrame, cfg: CurationConfig) -> pl.DataFrame
         .then(pl.lit("conversation_id is null or empty; the producer must give every conversation an id"))
         .when(pl.col("_reason") == "empty_conversation")
         .then(pl.lit("messages is null or an empty list; a conversation needs at least a user and an assistant turn"))
+        .when(pl.col("_reason") == "too_many_turns")
+        .then(
+            pl.format(
+                "conversation has {} messages, over max_turns={}; split it into shorter conversations",
+                nmsg,
+                pl.lit(cfg.max_turns),
+            )
+        )
         .when(pl.col("_reason") == "bad_role")
         .then(
             pl.format(
@@ -576,39 +597,101 @@ def _external_messages(obj: Any) -> tuple[list[dict[str, str]] | None, str | Non
     return out, member, ""
 
 
-def parse_external_jsonl(lines: Iterable[str | bytes], day: date, source: str) -> tuple[pl.DataFrame, pl.DataFrame]:
+def _surrogate_field(messages: list[dict[str, str]], member: str | None) -> str | None:
+    """Which decoded field holds a lone surrogate (a JSON escape such as \\ud800 that json.loads accepts)."""
+    for i, m in enumerate(messages, start=1):
+        for key in ("role", "content"):
+            if has_surrogates(m[key]):
+                return f"message {i} {key}"
+    if member is not None and has_surrogates(member):
+        return "member_id"
+    return None
+
+
+def _jsonl_encoding(encoding: str) -> str:
+    """The canonical codec name; refuses codecs that do not keep newline as the byte 0x0a, because the
+    caller splits the file into lines before decoding (UTF-16/32 would split mid-character)."""
+    name = text_encoding(encoding, "encoding")
+    if '\n{"a"}'.encode(name) != b'\n{"a"}':
+        raise ValueError(
+            f"encoding {encoding!r} does not write newline and ASCII as single bytes, so a JSONL file in it "
+            "cannot be read one line per record; convert the file to UTF-8 (e.g. iconv -f UTF-16 -t UTF-8)"
+        )
+    return name
+
+
+def parse_external_jsonl(
+    lines: Iterable[str | bytes], day: date, source: str, encoding: str = "utf-8"
+) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Parse landing-area JSONL (``{"messages": [...], "member_id"?: str}`` per line).
 
-    Returns (candidate rows with kind ``external`` ready for ``curate``, quarantine rows
-    for lines that are not JSON (``invalid_json``) or not the messages format
-    (``bad_schema``)). Blank lines are not records and are skipped. The conversation_id
-    hashes the member and the messages, not the source file, so the same record dropped
-    twice gets the same id (and is caught as a duplicate).
+    Returns (candidate rows with kind ``external`` ready for ``curate``, quarantine rows). One bad
+    line never fails the file: a line is quarantined, with ``source:line`` in the detail, when its
+    bytes do not decode strictly with ``encoding`` (``encoding_error``; ``bytes`` lines only), when it
+    holds lone surrogates, raw or as JSON escapes (``invalid_unicode``: they are not text and cannot be
+    hashed or stored), when it is not JSON (``invalid_json``) or not the messages format
+    (``bad_schema``). Records are the non-blank lines; blank lines are skipped and counted nowhere.
+
+    The conversation_id hashes the member and the messages, not the source file, so the same record
+    dropped twice gets the same id (and is caught as a duplicate).
     """
+    codec = _jsonl_encoding(encoding)
+    keep = QUARANTINE_PAYLOAD_MAX_CHARS + _PII_MARGIN_CHARS  # scrub PII before the final cut
     ids: list[str] = []
     members: list[str | None] = []
     messages: list[list[dict[str, str]]] = []
-    q_rows: list[dict[str, Any]] = []
+    q_rows: list[tuple[str, str, str, int]] = []  # (reason, detail, payload, original length)
+
+    def reject(reason: str, lineno: int, detail: str, payload: str) -> None:
+        q_rows.append((reason, f"{source}:{lineno}: {detail}", payload[:keep], len(payload)))
+
     for lineno, raw in enumerate(lines, start=1):
-        text = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else raw
+        if isinstance(raw, bytes):
+            try:
+                text = raw.decode(codec)
+            except UnicodeDecodeError as exc:
+                reject(
+                    "encoding_error",
+                    lineno,
+                    f"{decode_error_detail(exc, codec)}; the line was not read. If the whole file uses another "
+                    "encoding, set CONVERSATION_ENCODING (e.g. latin-1 or cp1252); otherwise fix or remove the line",
+                    raw.decode(codec, errors="backslashreplace").strip(),
+                )
+                continue
+        else:
+            text = raw
         line = text.strip().lstrip("\ufeff")  # a UTF-8 BOM on the first line is not content
         if not line:
             continue
-        payload = line if len(line) <= _MAX_PAYLOAD_CHARS else line[:_MAX_PAYLOAD_CHARS]
+        at = first_surrogate(line)
+        if at is not None:
+            reject(
+                "invalid_unicode",
+                lineno,
+                f"the line holds a lone surrogate code point at character {at + 1} (undecodable bytes read "
+                "with errors='surrogateescape', or half of a UTF-16 pair); it is not text and cannot be stored. "
+                "Pass the file's lines as bytes, or fix the producer",
+                escape_surrogates(line),
+            )
+            continue
         try:
             obj = json.loads(line)
-        except (json.JSONDecodeError, RecursionError) as exc:
-            q_rows.append(
-                {
-                    "reason": "invalid_json",
-                    "detail": f"{source}:{lineno}: not valid JSON ({exc}); fix or remove the line",
-                    "payload": payload,
-                }
-            )
+        except (ValueError, RecursionError) as exc:  # JSONDecodeError, too-long integers, too-deep nesting
+            reject("invalid_json", lineno, f"not valid JSON ({str(exc)[:200]}); fix or remove the line", line)
             continue
         msgs, member, err = _external_messages(obj)
         if msgs is None:
-            q_rows.append({"reason": "bad_schema", "detail": f"{source}:{lineno}: {err}", "payload": payload})
+            reject("bad_schema", lineno, err, line)
+            continue
+        where = _surrogate_field(msgs, member)
+        if where is not None:
+            reject(
+                "invalid_unicode",
+                lineno,
+                f"{where} holds a lone surrogate (a \\uD800-\\uDFFF JSON escape that is half of a UTF-16 "
+                "pair, not a character); the producer must escape whole characters (both halves of the pair)",
+                line,
+            )
             continue
         key = json.dumps(
             {"kind": "external", "member_id": member, "messages": msgs},
@@ -635,14 +718,22 @@ def parse_external_jsonl(lines: Iterable[str | bytes], day: date, source: str) -
             "messages": MESSAGES_DTYPE,
         },
     )
-    quarantine = pl.DataFrame(
+    rejected = pl.DataFrame(
         {
             "conversation_id": [None] * len(q_rows),
             "day": [day] * len(q_rows),
-            "reason": [r["reason"] for r in q_rows],
-            "detail": [r["detail"] for r in q_rows],
-            "payload": [r["payload"] for r in q_rows],
+            "reason": [r[0] for r in q_rows],
+            "detail": [r[1] for r in q_rows],
+            "payload": [r[2] for r in q_rows],
+            "payload_chars": [r[3] for r in q_rows],
         },
-        schema=CONVERSATION_QUARANTINE_SCHEMA,
+        schema={
+            "conversation_id": pl.String,
+            "day": pl.Date,
+            "reason": pl.String,
+            "detail": pl.String,
+            "payload": pl.String,
+            "payload_chars": pl.Int64,
+        },
     ).with_columns(scrub_pii_expr(pl.col("payload")).alias("payload"))
-    return candidates, quarantine
+    return candidates, conform(rejected, CONVERSATION_QUARANTINE_SCHEMA)

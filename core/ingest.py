@@ -32,8 +32,11 @@ Interaction reason codes (INTERACTION_REASONS, checked in this order, first wins
 
 from __future__ import annotations
 
+import codecs
+import contextlib
 import dataclasses
 import json
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -201,6 +204,67 @@ def absent_optional_columns(df: pl.DataFrame, mapping: CatalogMapping | Interact
     return [f for f in optional if getattr(mapping, f) is None or getattr(mapping, f) not in df.columns]
 
 
+# ------------------------------------------------------------------ text encodings
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+ENCODING_SETTINGS = {"catalog": "CATALOG_ENCODING", "interactions": "INTERACTION_ENCODING"}
+
+
+def text_encoding(name: str, setting: str = "encoding") -> str:
+    """Validate a codec name (any Python text codec) and return its canonical spelling.
+
+    Raises a ValueError naming ``setting`` for an unknown name or a bytes-to-bytes codec such as
+    base64, so a typo fails before any file is read instead of quarantining every row.
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"{setting} must be a codec name such as 'utf-8', 'latin-1' or 'cp1252', got {name!r}")
+    try:
+        info = codecs.lookup(name.strip())
+        with contextlib.suppress(UnicodeError):
+            "a".encode(info.name)  # raises LookupError for a bytes-to-bytes codec (b"".decode does not)
+    except LookupError as exc:
+        if "not a text encoding" in str(exc):
+            raise ValueError(f"{setting}={name!r}: {name!r} is not a text encoding; use e.g. 'utf-8'") from exc
+        raise ValueError(
+            f"{setting}={name!r}: unknown encoding {name!r}; use a Python codec name such as 'utf-8', "
+            "'latin-1' (ISO-8859-1) or 'cp1252' (Windows Western European)"
+        ) from exc
+    return info.name
+
+
+def first_surrogate(text: str) -> int | None:
+    """0-based index of the first lone surrogate (U+D800..U+DFFF) in ``text``, None when there is none.
+
+    Python strings can hold them (json.loads of a "\\ud800" escape, errors="surrogateescape"), but they
+    are not text: UTF-8 cannot encode them, so hashing, polars and DuckDB all fail on them.
+    """
+    m = _SURROGATE.search(text)
+    return None if m is None else m.start()
+
+
+def has_surrogates(text: str) -> bool:
+    return _SURROGATE.search(text) is not None
+
+
+def escape_surrogates(text: str) -> str:
+    """Printable stand-in for a string with lone surrogates: undecodable bytes (surrogateescape's
+    U+DC80..U+DCFF) become ``\\xNN``, other surrogates ``\\uNNNN``; everything else is kept."""
+
+    def show(m: re.Match[str]) -> str:
+        cp = ord(m.group())
+        return f"\\x{cp - 0xDC00:02x}" if 0xDC80 <= cp <= 0xDCFF else f"\\u{cp:04x}"
+
+    return _SURROGATE.sub(show, text)
+
+
+def decode_error_detail(exc: UnicodeDecodeError, encoding: str) -> str:
+    """'bytes 0xe9 at byte 3 are not valid utf-8' for a UnicodeDecodeError."""
+    bad = exc.object[exc.start : min(exc.end, exc.start + 8)]
+    shown = " ".join(f"0x{b:02x}" for b in bad)
+    plural = len(bad) > 1
+    return f"byte{'s' if plural else ''} {shown} at byte {exc.start} {'are' if plural else 'is'} not valid {encoding}"
+
+
 # -------------------------------------------------------------------------- reading
 
 
@@ -219,9 +283,7 @@ def _expand(paths: Iterable[Path]) -> list[Path]:
 
 def _suffix(path: Path) -> str:
     name = path.name.lower()
-    return next(
-        (s for s in sorted(SUPPORTED_SUFFIXES, key=len, reverse=True) if name.endswith(s)), path.suffix
-    )
+    return next((s for s in sorted(SUPPORTED_SUFFIXES, key=len, reverse=True) if name.endswith(s)), path.suffix)
 
 
 def read_tables(paths: Sequence[Path]) -> pl.DataFrame:
@@ -240,8 +302,7 @@ def read_tables(paths: Sequence[Path]) -> pl.DataFrame:
         suffix = _suffix(path)
         if suffix not in SUPPORTED_SUFFIXES:
             raise ValueError(
-                f"cannot read {path}: unknown file type {suffix!r}; "
-                f"supported: {', '.join(SUPPORTED_SUFFIXES)}"
+                f"cannot read {path}: unknown file type {suffix!r}; supported: {', '.join(SUPPORTED_SUFFIXES)}"
             )
         if not path.exists():
             raise FileNotFoundError(f"input file {path} does not exist")
@@ -282,11 +343,7 @@ def _text(name: str, dtype: pl.DataType) -> pl.Expr:
 
 def _show(expr: pl.Expr) -> pl.Expr:
     """A value for a human detail message: 'value' or null."""
-    return (
-        pl.when(expr.is_null())
-        .then(pl.lit("null"))
-        .otherwise(pl.concat_str([pl.lit("'"), expr, pl.lit("'")]))
-    )
+    return pl.when(expr.is_null()).then(pl.lit("null")).otherwise(pl.concat_str([pl.lit("'"), expr, pl.lit("'")]))
 
 
 def _payload(raw_columns: list[str]) -> pl.Expr:
@@ -333,9 +390,7 @@ def _year_expr(name: str, dtype: pl.DataType) -> tuple[pl.Expr, pl.Expr]:
     return pl.when(ok).then(num.cast(pl.Int32)), raw
 
 
-def ingest_catalog(
-    df: pl.DataFrame, mapping: CatalogMapping | None = None
-) -> tuple[pl.DataFrame, pl.DataFrame]:
+def ingest_catalog(df: pl.DataFrame, mapping: CatalogMapping | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Validate and normalize a catalog snapshot.
 
     Returns ``(rows, quarantine)``: rows conform to CATALOG_SCHEMA (input order, one per
@@ -350,8 +405,7 @@ def ingest_catalog(
     c_title = _column(df, mapping, "title", required=True)
     assert c_id is not None and c_title is not None
     c_kind, c_genres, c_year, c_syn, c_lang, c_mat = (
-        _column(df, mapping, f, required=False)
-        for f in ("kind", "genres", "year", "synopsis", "language", "maturity")
+        _column(df, mapping, f, required=False) for f in ("kind", "genres", "year", "synopsis", "language", "maturity")
     )
     null_text = pl.lit(None, dtype=pl.String)
     lo, hi = YEAR_RANGE
@@ -367,9 +421,7 @@ def ingest_catalog(
         year_col, year_raw = pl.lit(None, dtype=pl.Int32), null_text
     if c_kind is not None:
         kind_raw = _text(c_kind, schema[c_kind])
-        kind = kind_raw.str.to_lowercase().replace_strict(
-            KIND_SPELLINGS, default=None, return_dtype=pl.String
-        )
+        kind = kind_raw.str.to_lowercase().replace_strict(KIND_SPELLINGS, default=None, return_dtype=pl.String)
     else:
         kind_raw, kind = null_text, null_text
     if c_genres is None:
@@ -468,17 +520,12 @@ def ingest_catalog(
                 _show(col(f"{_P}year_raw")),
                 pl.lit(f" (column {c_year!r}) is not a whole year in {lo}..{hi}; kept the title with year="),
                 col(f"{_P}year").cast(pl.String).fill_null("null"),
-                pl.when(col(f"{_P}year").is_not_null())
-                .then(pl.lit(" (from the title)"))
-                .otherwise(pl.lit("")),
+                pl.when(col(f"{_P}year").is_not_null()).then(pl.lit(" (from the title)")).otherwise(pl.lit("")),
             ]
         ).alias(f"{_P}detail"),
     )
     flagged = pl.concat(
-        [
-            f.select(f"{_P}row", f"{_P}reason", f"{_P}detail", *raw_columns)
-            for f in (rejected, dups, bad_year)
-        ],
+        [f.select(f"{_P}row", f"{_P}reason", f"{_P}detail", *raw_columns) for f in (rejected, dups, bad_year)],
         how="vertical_relaxed",
     ).sort(f"{_P}row")
     quarantine = _quarantine(flagged, "catalog", pl.lit(None, dtype=pl.Date), raw_columns)
@@ -600,12 +647,10 @@ def ingest_interactions(
     c_title = _column(df, mapping, "title_id", required=True)
     c_ts = _column(df, mapping, "timestamp", required=True)
     assert c_member is not None and c_title is not None and c_ts is not None
-    c_event, c_value, c_rating = (
-        _column(df, mapping, f, required=False) for f in ("event", "value", "rating")
+    c_event, c_value, c_rating = (_column(df, mapping, f, required=False) for f in ("event", "value", "rating"))
+    known = (known_title_ids if isinstance(known_title_ids, pl.Series) else pl.Series(list(known_title_ids))).cast(
+        pl.String
     )
-    known = (
-        known_title_ids if isinstance(known_title_ids, pl.Series) else pl.Series(list(known_title_ids))
-    ).cast(pl.String)
     null_num = pl.lit(None, dtype=pl.Float64)
     null_text = pl.lit(None, dtype=pl.String)
 
@@ -697,9 +742,7 @@ def ingest_interactions(
             )
         )
         .when(col(f"{_P}reason") == "unknown_title")
-        .then(
-            pl.concat_str([pl.lit("title_id "), _show(col(f"{_P}title")), pl.lit(" is not in the catalog")])
-        )
+        .then(pl.concat_str([pl.lit("title_id "), _show(col(f"{_P}title")), pl.lit(" is not in the catalog")]))
         .when(col(f"{_P}reason") == "bad_event")
         .then(
             pl.concat_str(
@@ -726,9 +769,7 @@ def ingest_interactions(
         )
     )
     q_day = pl.lit(day) if per_day_files else pl.when(col(f"{_P}ts").is_not_null()).then(pl.lit(day))
-    quarantine = _quarantine(
-        bad.with_columns(detail.alias(f"{_P}detail")), "interactions", q_day, raw_columns
-    )
+    quarantine = _quarantine(bad.with_columns(detail.alias(f"{_P}detail")), "interactions", q_day, raw_columns)
 
     good = norm.filter(col(f"{_P}reason").is_null())
     key = [f"{_P}member", f"{_P}title", f"{_P}ts", f"{_P}event"]

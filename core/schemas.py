@@ -49,6 +49,8 @@ RAW_QUARANTINE_SCHEMA: dict[str, pl.DataType] = {
     "reason": pl.String,
     "detail": pl.String,
     "payload": pl.String,  # the raw row as JSON, cut to QUARANTINE_PAYLOAD_MAX_CHARS
+    "payload_chars": pl.Int64,  # length of the payload before it was cut
+    "payload_truncated": pl.Boolean,  # True when payload holds only its first QUARANTINE_PAYLOAD_MAX_CHARS
 }
 
 # curated.conversations
@@ -70,6 +72,8 @@ CONVERSATION_QUARANTINE_SCHEMA: dict[str, pl.DataType] = {
     "reason": pl.String,
     "detail": pl.String,
     "payload": pl.String,  # the raw conversation as JSON, cut to QUARANTINE_PAYLOAD_MAX_CHARS
+    "payload_chars": pl.Int64,
+    "payload_truncated": pl.Boolean,
 }
 
 

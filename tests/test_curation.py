@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import date
 
 import polars as pl
@@ -412,3 +413,131 @@ def test_external_rows_go_through_curation() -> None:
     assert cur.height == 1 and cur["messages"][0][0]["content"] == "call me on [PHONE]"
     assert sorted(q["reason"].to_list()) == ["bad_role", "duplicate"]
     assert stats["pii_phones"] == 2
+
+
+# ------------------------------------------- issue 12: one bad line never fails a day
+
+
+PARTNER_GOOD = json.dumps({"messages": [u("What is Heat about?"), a("A heist film.")]})
+PARTNER_GOOD_2 = json.dumps({"messages": [u("And Ronin?"), a("Also a heist film.")]})
+
+
+@pytest.mark.parametrize(
+    ("bad_line", "where"),
+    [
+        # A JSON escape of half a UTF-16 pair: json.loads accepts it, but it is not text.
+        (
+            '{"messages": [{"role": "user", "content": "hi \\ud800"}, {"role": "assistant", "content": "x"}]}',
+            "message 1",
+        ),
+        ('{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "\\udfff"}]}', "message 2"),
+        (
+            '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "x"}], '
+            '"member_id": "M\\udc80"}',
+            "member_id",
+        ),
+        # A raw lone surrogate in a str line (a text-mode reader with errors="surrogateescape").
+        ('{"messages": [{"role": "user", "content": "hi \udce9"}, {"role": "assistant", "content": "x"}]}', "line"),
+        ("not json \udce9 at all", "line"),
+    ],
+)
+def test_a_lone_surrogate_is_quarantined_and_the_rest_of_the_day_is_curated(bad_line: str, where: str) -> None:
+    cand, q = parse_external_jsonl([PARTNER_GOOD, bad_line, PARTNER_GOOD_2], DAY, source="partner.jsonl")
+    assert cand.height == 2
+    assert q["reason"].to_list() == ["invalid_unicode"]
+    assert q["detail"][0].startswith("partner.jsonl:2: ") and where in q["detail"][0]
+    assert re.search(r"\\(u|x)[0-9a-f]{2}", q["payload"][0]), "the surrogate is shown escaped, not dropped"
+    q["payload"][0].encode("utf-8")  # storable
+    cur, cq, stats = curate(cand, DAY, CFG)
+    assert cur.height == 2 and cq.height == 0 and stats["rows_in"] == 2
+
+
+def test_bytes_lines_are_decoded_strictly_and_undecodable_lines_are_quarantined() -> None:
+    latin = json.dumps({"messages": [u("Jos\u00e9?"), a("yes")]}, ensure_ascii=False).encode("latin-1")
+    lines = [PARTNER_GOOD.encode(), latin, PARTNER_GOOD_2.encode() + b"\n"]
+    cand, q = parse_external_jsonl(lines, DAY, source="partner.jsonl")
+    assert cand.height == 2, "the undecodable line must not become a candidate with U+FFFD in it"
+    assert q["reason"].to_list() == ["encoding_error"]
+    detail = q["detail"][0]
+    assert detail.startswith("partner.jsonl:2: ") and "utf-8" in detail and "0xe9" in detail
+    assert "Jos\\xe9" in q["payload"][0]
+
+    cand, q = parse_external_jsonl(lines[1:2], DAY, source="partner.jsonl", encoding="latin-1")
+    assert q.height == 0 and cand["messages"][0][0]["content"] == "Jos\u00e9?"
+    cand, q = parse_external_jsonl([b"\xef\xbb\xbf" + PARTNER_GOOD.encode()], DAY, source="bom.jsonl")
+    assert cand.height == 1 and q.height == 0, "a UTF-8 byte order mark is not content"
+
+
+def test_two_spellings_that_differ_only_in_undecodable_bytes_are_never_merged() -> None:
+    lines = [
+        json.dumps({"messages": [u(f"hi, I am {name}"), a("ok")], "member_id": name}, ensure_ascii=False).encode(
+            "latin-1"
+        )
+        for name in ("Jos\u00e9", "Jos\u00e8")
+    ]
+    cand, q = parse_external_jsonl(lines, DAY, source="p.jsonl")
+    assert cand.height == 0 and q["reason"].to_list() == ["encoding_error"] * 2
+    cand, q = parse_external_jsonl(lines, DAY, source="p.jsonl", encoding="latin-1")
+    assert q.height == 0 and sorted(cand["member_id"].to_list()) == ["Jos\u00e8", "Jos\u00e9"]
+    cur, _, _ = curate(cand, DAY, CFG)
+    assert cur["member_id"].n_unique() == 2
+
+
+def test_the_encoding_name_is_validated_with_a_clear_error() -> None:
+    with pytest.raises(ValueError, match=r"unknown encoding 'utf-9'.*latin-1"):
+        parse_external_jsonl([PARTNER_GOOD], DAY, source="p.jsonl", encoding="utf-9")
+    with pytest.raises(ValueError, match=r"'base64' is not a text encoding"):
+        parse_external_jsonl([PARTNER_GOOD], DAY, source="p.jsonl", encoding="base64")
+    with pytest.raises(ValueError, match=r"utf-16.*one line per record"):
+        parse_external_jsonl([PARTNER_GOOD.encode("utf-16")], DAY, source="p.jsonl", encoding="utf-16")
+
+
+def test_a_number_too_long_to_parse_is_invalid_json_not_a_crash() -> None:
+    """json.loads raises a plain ValueError (not JSONDecodeError) past Python's int-digit limit."""
+    line = '{"messages": [], "n": ' + "9" * 5000 + "}"
+    cand, q = parse_external_jsonl([PARTNER_GOOD, line], DAY, source="p.jsonl")
+    assert cand.height == 1 and q["reason"].to_list() == ["invalid_json"]
+    assert q["detail"][0].startswith("p.jsonl:2: ")
+
+
+def test_too_many_turns_is_a_reject_with_the_count_and_the_cap() -> None:
+    # 10,000 one-character turns stay under max_conversation_chars but would make tokenizing quadratic.
+    many = [u("a"), a("b")] * 5000
+    row = only_reject(many)
+    assert row["reason"] == "too_many_turns"
+    assert "10000 messages" in row["detail"] and "max_turns=64" in row["detail"]
+    cfg = CurationConfig(max_turns=5)
+    assert only_reject([s("sys"), u("a"), a("b"), u("c"), a("d"), u("e")], cfg=cfg)["reason"] == "too_many_turns"
+    cur, _, _ = run([("c1", "m1", [s("sys"), u("a"), a("b"), u("c"), a("d")])], cfg=cfg)
+    assert cur.height == 1, "exactly max_turns messages pass"
+    with pytest.raises(ValueError, match="max_turns"):
+        CurationConfig(max_turns=1)
+
+
+def test_the_default_turn_cap_admits_every_conversation_the_demo_builds() -> None:
+    from core.conversation_builder import BuilderConfig
+
+    biggest = 1 + 2 * 4  # a system turn plus BuilderConfig's largest allowed max_exchanges
+    with pytest.raises(ValueError):
+        BuilderConfig(max_exchanges=5)
+    assert BuilderConfig().max_exchanges <= 4 and CurationConfig().max_turns >= biggest
+
+
+def test_quarantine_payloads_are_capped_with_the_original_length_kept() -> None:
+    from core.schemas import QUARANTINE_PAYLOAD_MAX_CHARS as CAP
+
+    huge = "x" * (3 * CAP)
+    cfg = CurationConfig(max_message_chars=10 * CAP, max_conversation_chars=10 * CAP)
+    cur, q, _ = run([("big", "m1", [u(huge)]), ("small", "m2", [u("hi")])], cfg=cfg)
+    assert cur.height == 0
+    big, small = q.row(0, named=True), q.row(1, named=True)
+    assert len(big["payload"]) == CAP and big["payload_truncated"] is True
+    assert big["payload_chars"] > 3 * CAP and big["payload"].startswith('{"conversation_id":"big"')
+    assert small["payload_truncated"] is False and small["payload_chars"] == len(small["payload"])
+    json.loads(small["payload"])
+
+    line = '{"messages": "' + huge + '"'  # not JSON: no closing brace
+    _, pq = parse_external_jsonl([line], DAY, source="p.jsonl")
+    row = pq.row(0, named=True)
+    assert row["reason"] == "invalid_json" and row["payload_chars"] == len(line)
+    assert len(row["payload"]) == CAP and row["payload_truncated"] is True
