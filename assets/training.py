@@ -14,6 +14,7 @@ from core.shards import read_manifest
 from core.tokenizer_training import tokenizer_fingerprint
 from resources.artifacts import ArtifactStore
 from resources.launchers import TrainingLauncher
+from training.config import ConfigError, TrainConfig
 
 TRAINING_POOL = "training"
 
@@ -39,35 +40,85 @@ class TrainingRunConfig(dg.Config):
     extra_json: str = "{}"  # JSON object of any other TrainConfig keys, e.g. {"pack_buffer_rows": 1024}
 
 
+# TrainConfig keys the platform sets and a run may not: the paths lineage.json records (base model, shards, where
+# the version is written), the split (training on held-out data would make eval_report meaningless), the tokenizer
+# check (its mismatch is silent train/serve skew) and the launcher's CPU thread budget (threads_per_process).
+OWNED_BY_PLATFORM = {
+    "base_model_dir": "it is the latest base_model version, recorded in lineage.json",
+    "shard_dirs": "they are the latest tokenized_shards versions (choose days with window_days)",
+    "output_dir": "it is the run's staging directory, published as the trained_checkpoint version",
+    "split": "training reads the train split only; validation and test are eval_report's held-out data",
+    "check_tokenizer_fingerprint": "shards tokenized by another tokenizer are train/serve skew; re-tokenize instead",
+    "cpu_threads": "the launcher's threads_per_process sets the CPU threads of each trainer process",
+}
+# Run config fields that are also TrainConfig keys: one way to set each, as a typed field of the Launchpad form.
+RUN_CONFIG_KEYS = tuple(k for k in TrainingRunConfig.model_fields if k not in ("window_days", "extra_json"))
+PLATFORM_KEYS = (*OWNED_BY_PLATFORM, *RUN_CONFIG_KEYS)
+
+
+def config_failure(message: str) -> dg.Failure:
+    """A run config error: permanent until a person edits the config, so the RetryPolicy must not repeat it."""
+    return dg.Failure(description=f"trained_checkpoint config: {message}", allow_retries=False)
+
+
 def latest_shard_dirs(artifacts: ArtifactStore, window_days: int = 0) -> list[Path]:
     """The newest version of every materialized tokenized_shards partition (optionally the last N days)."""
     root = artifacts.asset_dir("tokenized_shards")
-    days = sorted(p.name for p in root.iterdir() if p.is_dir() and artifacts.latest("tokenized_shards", p.name))
+    found = root.iterdir() if root.is_dir() else iter(())
+    days = sorted(p.name for p in found if p.is_dir() and artifacts.latest("tokenized_shards", p.name))
     if not days:
-        raise dg.Failure("no tokenized_shards partition is materialized yet: run the ingestion job first")
+        raise dg.Failure(
+            description=f"no tokenized_shards partition is materialized yet under {root}: run the ingestion job "
+            "(or materialize tokenized_shards for at least one day) first",
+            allow_retries=False,
+        )
     if window_days:
         days = days[-window_days:]
     return [artifacts.require_latest("tokenized_shards", day) for day in days]
 
 
+def parse_extra_json(text: str) -> dict[str, Any]:
+    """The extra TrainConfig keys of a run; refuses keys the platform owns or a run config field already sets."""
+    try:
+        extra = json.loads(text or "{}")
+    except json.JSONDecodeError as exc:
+        raise config_failure(f"extra_json is not valid JSON ({exc}); give a JSON object such as {{}}") from exc
+    if not isinstance(extra, dict):
+        raise config_failure(
+            f"extra_json must be a JSON object of TrainConfig keys, got {type(extra).__name__}: {text[:200]!r}"
+        )
+    for key in extra:
+        if key in OWNED_BY_PLATFORM:
+            raise config_failure(
+                f"extra_json may not set {key!r}: {OWNED_BY_PLATFORM[key]}. Remove it from extra_json."
+            )
+        if key in RUN_CONFIG_KEYS:
+            raise config_failure(
+                f"extra_json may not set {key!r}: set it as the run config field {key} instead (one place per knob)"
+            )
+    return extra
+
+
 def build_train_config(
     config: TrainingRunConfig, base_dir: Path, shard_dirs: list[Path], output_dir: Path
 ) -> dict[str, Any]:
-    knobs = config.model_dump(exclude={"window_days", "extra_json"})
-    try:
-        extra = json.loads(config.extra_json or "{}")
-    except json.JSONDecodeError as exc:
-        raise dg.Failure(f"trained_checkpoint config extra_json is not valid JSON: {exc}") from exc
-    if not isinstance(extra, dict):
-        raise dg.Failure("trained_checkpoint config extra_json must be a JSON object of TrainConfig keys")
-    return {
+    """The complete, validated trainer config: checked here, in seconds, before any trainer process or pod starts.
+
+    Returned with every TrainConfig key spelled out, so the run's metadata records defaults too.
+    """
+    knobs = config.model_dump(include=set(RUN_CONFIG_KEYS))
+    extra = parse_extra_json(config.extra_json)
+    platform = {
         "base_model_dir": str(base_dir),
         "shard_dirs": [str(p) for p in shard_dirs],
         "output_dir": str(output_dir),
         "split": "train",
-        **knobs,
-        **extra,
+        "check_tokenizer_fingerprint": True,
     }
+    try:
+        return TrainConfig.from_dict({**knobs, **extra, **platform}).to_dict()
+    except ConfigError as exc:
+        raise config_failure(f"{exc}. Fix the run config (extra_json keys are the TrainConfig fields).") from exc
 
 
 def loss_curve_markdown(curve: list[dict[str, Any]], max_rows: int = 25) -> str:
@@ -102,8 +153,9 @@ def trained_checkpoint(
     shard_dirs = latest_shard_dirs(artifacts, config.window_days)
     # One staging directory per run lineage: a retried run resumes from the checkpoints it left.
     lineage = context.run.root_run_id or context.run.run_id
-    staging = artifacts.staging_dir("trained_checkpoint", lineage)
+    staging = artifacts.staging_path("trained_checkpoint", lineage)
     train_config = build_train_config(config, base_dir, shard_dirs, staging)
+    artifacts.staging_dir("trained_checkpoint", lineage)  # only once the config is known to be valid
     result = trainer.launch(context, train_config, staging)
     summary = result.summary
     # Everything the version holds is written before it is published: versions are immutable.

@@ -19,6 +19,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 TMP_PREFIX = ".tmp-"
+# Resumable work directories (ArtifactStore.staging_dir): owned by a run lineage, never by one process.
+STAGING_PREFIX = f"{TMP_PREFIX}run-"
 
 
 def new_version_id(now: datetime | None = None) -> str:

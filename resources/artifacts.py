@@ -8,7 +8,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from core.atomic_io import TMP_PREFIX, atomic_directory, fsync_dir, fsync_tree, list_versions, new_version_id
+from core.atomic_io import STAGING_PREFIX, atomic_directory, fsync_dir, fsync_tree, list_versions, new_version_id
 
 
 class ArtifactStore(dg.ConfigurableResource):
@@ -32,12 +32,16 @@ class ArtifactStore(dg.ConfigurableResource):
         with atomic_directory(final) as tmp:
             yield version, tmp
 
+    def staging_path(self, asset: str, key: str) -> Path:
+        """Where `staging_dir` puts the work directory of `key` (nothing is created)."""
+        return self.asset_dir(asset) / f"{STAGING_PREFIX}{key}"
+
     def staging_dir(self, asset: str, key: str) -> Path:
         """A resumable work directory (hidden from `versions`), e.g. one per Dagster run lineage.
 
         A retried run gets the same directory back, so a trainer can resume from its checkpoints.
         """
-        path = self.asset_dir(asset) / f"{TMP_PREFIX}run-{key}"
+        path = self.staging_path(asset, key)
         path.mkdir(parents=True, exist_ok=True)
         return path
 
@@ -64,7 +68,10 @@ class ArtifactStore(dg.ConfigurableResource):
         found = self.latest(asset, partition)
         if found is None:
             where = f"{asset}[{partition}]" if partition else asset
-            raise FileNotFoundError(
-                f"no version of {where} under {self.asset_dir(asset, partition)}; materialize {asset} first"
+            # Permanent until someone materializes the upstream asset: a step retry would fail the same way.
+            raise dg.Failure(
+                description=f"no version of {where} under {self.asset_dir(asset, partition)}: "
+                f"materialize {asset} first",
+                allow_retries=False,
             )
         return found

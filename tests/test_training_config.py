@@ -66,3 +66,39 @@ def test_lr_schedule_warms_up_linearly_then_cosine_decays_to_min() -> None:
     assert lr_factor(110, cfg) == pytest.approx(0.1)
     factors = [lr_factor(s, cfg) for s in range(10, 111)]
     assert all(a >= b for a, b in itertools.pairwise(factors))
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"min_lr_ratio": "0.1"}, r"min_lr_ratio must be a finite number, got '0.1' \(str\)"),
+        ({"weight_decay": None}, "weight_decay must be a finite number"),
+        ({"betas": 0.9}, r"betas must be list\[float\]"),
+        ({"betas": [0.9, "x"]}, r"betas must be list\[float\]"),
+        ({"grad_clip": float("inf")}, "grad_clip must be a finite number"),
+        ({"deterministic": "yes"}, "deterministic must be true or false"),
+        ({"check_tokenizer_fingerprint": 0}, "check_tokenizer_fingerprint must be true or false"),
+        ({"device": 0}, "device must be str"),
+        ({"shard_dirs": ["/a", 3]}, r"shard_dirs must be list\[str\]"),
+        ({"lr": True}, "lr must be a finite number"),
+    ],
+)
+def test_wrong_types_are_config_errors_naming_the_key(override: dict, message: str) -> None:
+    """A wrong type from a JSON file or extra_json is refused up front, not a TypeError deep in a trainer."""
+    with pytest.raises(ConfigError, match=message):
+        TrainConfig.from_dict({**REQUIRED, **override})
+
+
+def test_unknown_key_error_suggests_the_close_match() -> None:
+    with pytest.raises(ConfigError, match=r"did you mean 'pack_bufer_rows' -> 'pack_buffer_rows'"):
+        TrainConfig.from_dict({**REQUIRED, "pack_bufer_rows": 1024})
+
+
+def test_importing_the_config_module_stays_cheap() -> None:
+    """The Dagster process validates configs with this module before launching; it must not pull in torch."""
+    import subprocess
+    import sys
+
+    code = "import sys, training.config; print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -8,7 +8,9 @@ model is created.
 
 from __future__ import annotations
 
+import difflib
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -112,8 +114,11 @@ class TrainConfig:
         self.validate()
 
     def validate(self) -> None:
+        """Check types first, so a wrong type is a ConfigError naming the key, never a TypeError later."""
         if isinstance(self.shard_dirs, str) or not self.shard_dirs:
             raise ConfigError("shard_dirs must be a non-empty list of tokenized_shards version directories")
+        for f in fields(self):
+            _check_type(f.name, str(f.type), getattr(self, f.name))
         for name in (
             "seq_len",
             "micro_batch_rows",
@@ -160,11 +165,32 @@ class TrainConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ConfigError(f"unknown config keys {unknown}; valid keys are {sorted(known)}")
+            hints = [f"{k!r} -> {close[0]!r}" for k in unknown if (close := difflib.get_close_matches(k, known, n=1))]
+            hint = f" (did you mean {', '.join(hints)}?)" if hints else ""
+            raise ConfigError(f"unknown config keys {unknown}{hint}; valid keys are {sorted(known)}")
         required = sorted(f.name for f in fields(cls) if f.name not in data and _is_required(f))
         if required:
             raise ConfigError(f"missing required config keys {required}")
         return cls(**data)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _check_type(name: str, annotation: str, value: Any) -> None:
+    """Raise ConfigError unless ``value`` fits the field's annotation (as written in this module)."""
+    ok = {
+        "str": lambda v: isinstance(v, str),
+        "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+        "float": lambda v: _is_number(v) and math.isfinite(v),
+        "bool": lambda v: isinstance(v, bool),
+        "list[str]": lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
+        "list[float]": lambda v: isinstance(v, list) and all(_is_number(x) and math.isfinite(x) for x in v),
+    }[annotation]
+    if not ok(value):
+        kind = {"float": "a finite number", "bool": "true or false", "int": "an integer"}.get(annotation, annotation)
+        raise ConfigError(f"{name} must be {kind}, got {value!r} ({type(value).__name__})")
 
 
 def _is_required(f: Any) -> bool:
