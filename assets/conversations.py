@@ -1,7 +1,14 @@
-"""Curated layer: grounded multi-turn conversations per day, plus external JSONL drops."""
+"""Curated layer: grounded multi-turn conversations per day, plus external JSONL drops.
+
+Cross-day dedup: a text (content_hash) is kept on one day only, the first day to commit it. The final
+check against the hashes curated on *other* days and the write of both tables happen in one warehouse
+transaction, which excludes every other writer (DuckDB's file lock across processes), so the result does
+not depend on how days are launched (sensor runs, a UI backfill, several `dagster asset materialize`).
+"""
 
 import json
 from datetime import date
+from pathlib import Path
 
 import dagster as dg
 import polars as pl
@@ -12,9 +19,14 @@ from core import schemas
 from core.conversation_builder import BuilderConfig, build_conversations
 from core.curation import CurationConfig, curate, parse_external_jsonl
 from core.fingerprints import frame_fingerprint
+from core.landing_files import IgnoredFile, LandingFileRefused, describe_ignored, open_landing_file
 from dagster_project.partitions import daily_partitions
 from resources.landing import LandingArea
-from resources.warehouse import DuckDBWarehouse
+from resources.warehouse import DuckDBWarehouse, fetch, replace_in
+
+# Content hashes another day already holds. `day <> ?`, not `day < ?`: days run concurrently and in any order,
+# and the first to commit a text keeps it; re-running a day is stable because its own rows never count.
+SEEN_ELSEWHERE_SQL = "SELECT DISTINCT content_hash FROM curated.conversations WHERE day <> ?"
 
 
 class CurationRunConfig(dg.Config):
@@ -22,6 +34,8 @@ class CurationRunConfig(dg.Config):
 
     max_message_chars: int = 4000
     max_conversation_chars: int = 16000
+    # Messages per conversation (system included); more is quarantined as too_many_turns.
+    max_turns: int = 64
     max_exchanges: int = 4
     quarantine_rate_max: float = 0.25
     seed: int = 7
@@ -64,32 +78,48 @@ def curated_conversations(
     catalog = warehouse.read_table("raw.catalog")
     interactions = warehouse.read_table("raw.interactions", "day = ?", [day])
     if catalog.height == 0:
-        raise RuntimeError("raw.catalog is empty: materialize raw_catalog first")
+        # Permanent until someone materializes raw_catalog: retrying would only fail the same way twice more.
+        raise dg.Failure(
+            description=f"raw.catalog in {warehouse.path} is empty: materialize raw_catalog first, then this day",
+            allow_retries=False,
+        )
     if interactions.height == 0:
         context.log.warning(f"raw.interactions has no rows for {day}; only external conversations will be curated")
 
     generated = build_conversations(
         catalog, interactions, day, BuilderConfig(seed=config.seed, max_exchanges=config.max_exchanges)
     )
-    candidates = [generated]
-    quarantines = []
-    for path in landing.conversation_paths(day):
-        with open(path, encoding="utf-8", errors="replace") as fh:
-            external, rejected = parse_external_jsonl(fh, day, source=path.name)
-        candidates.append(external)
-        quarantines.append(rejected)
-    seen = warehouse.query("SELECT DISTINCT content_hash FROM curated.conversations WHERE day < ?", [day])[
-        "content_hash"
-    ].to_list()
+    external, parse_rejects, ignored = read_external_conversations(landing, day)
+    if ignored:
+        context.log.warning(
+            f"not reading {len(ignored)} entries of the conversations drop for {day}: {describe_ignored(ignored)} "
+            "(README 'Landing area' lists the reasons)"
+        )
+    candidates = pl.concat([generated, *external], how="vertical_relaxed")
     cfg = CurationConfig(
-        max_message_chars=config.max_message_chars, max_conversation_chars=config.max_conversation_chars
+        max_message_chars=config.max_message_chars,
+        max_conversation_chars=config.max_conversation_chars,
+        max_turns=config.max_turns,
     )
-    curated, rejected, stats = curate(pl.concat(candidates, how="vertical_relaxed"), day, cfg, seen_hashes=seen)
-    quarantine = pl.concat(
-        [schemas.conform(q, schemas.CONVERSATION_QUARANTINE_SCHEMA) for q in [*quarantines, rejected]]
-    )
-    warehouse.replace_partition("curated.conversations", curated, day)
-    warehouse.replace_partition("curated.quarantine", quarantine, day)
+    # Curate against a snapshot first (no lock held while the CPU-heavy rules run) ...
+    snapshot = warehouse.query(SEEN_ELSEWHERE_SQL, [day])["content_hash"]
+    curated, rejected, stats = curate(candidates, day, cfg, seen_hashes=snapshot)
+    with warehouse.transaction() as con:
+        # ... then check again where no other writer can commit until we do. Another day that committed one of
+        # our hashes meanwhile wins it: curate again against what is there now (rare; only real overlaps).
+        seen_now = fetch(con, SEEN_ELSEWHERE_SQL, [day])["content_hash"]
+        raced = int(curated["content_hash"].is_in(seen_now.implode()).sum())
+        if raced:
+            context.log.info(
+                f"{raced} conversations of {day} were committed by another day while this one was curated; "
+                "curating again against the committed hashes"
+            )
+            curated, rejected, stats = curate(candidates, day, cfg, seen_hashes=seen_now)
+        quarantine = pl.concat(
+            [schemas.conform(q, schemas.CONVERSATION_QUARANTINE_SCHEMA) for q in [*parse_rejects, rejected]]
+        )
+        replace_in(con, "curated.conversations", curated, "day = ?", [day])
+        replace_in(con, "curated.quarantine", quarantine, "day = ?", [day])
 
     stored = warehouse.read_table("curated.conversations", "day = ?", [day])
     leaking = warehouse.query(
@@ -116,6 +146,8 @@ def curated_conversations(
                 "```json\n" + json.dumps(stored.head(1)["messages"].to_list(), indent=1)[:3000] + "\n```"
             ),
             "quarantine_preview": markdown_table(quarantine.select("conversation_id", "reason", "detail")),
+            "ignored_files": dg.MetadataValue.json([i.as_dict() for i in ignored]),
+            "cross_day_race_rows": raced,
         },
         check_results=[
             schema_check("curated_conversations", "conversations_schema", stored, schemas.CONVERSATIONS_SCHEMA),
@@ -140,3 +172,31 @@ def curated_conversations(
             ),
         ],
     )
+
+
+def read_external_conversations(
+    landing: LandingArea, day: date
+) -> tuple[list[pl.DataFrame], list[pl.DataFrame], list[IgnoredFile]]:
+    """(candidate frames, parse-reject frames, ignored entries) of the day's external JSONL drop.
+
+    Reads exactly the files the landing sensor counts (`core.landing_files`), in binary, decoded strictly with
+    `landing.conversation_encoding`; a file that turned into a symlink or FIFO since the listing, or cannot be
+    opened, is reported as ignored instead of failing the day.
+    """
+    listing = landing.conversation_listing(day)
+    ignored = list(listing.ignored)
+    candidates: list[pl.DataFrame] = []
+    rejects: list[pl.DataFrame] = []
+    for entry in listing.accepted:
+        try:
+            fh = open_landing_file(entry.path)
+        except LandingFileRefused as exc:
+            ignored.append(IgnoredFile(entry.rel, exc.reason))
+            continue
+        with fh:
+            parsed, rejected = parse_external_jsonl(
+                fh, day, source=Path(entry.path).name, encoding=landing.conversation_encoding
+            )
+        candidates.append(parsed)
+        rejects.append(rejected)
+    return candidates, rejects, sorted(ignored, key=lambda i: i.rel)

@@ -2,8 +2,11 @@
 
 `landing_sensor` (default RUNNING: it only reads a directory listing and the instance)
   watches `landing/interactions/day=YYYY-MM-DD/` and `landing/conversations/day=YYYY-MM-DD/`.
-  A day's *drop* is the set of files in those two folders; its signature is a hash of their
-  names, sizes and modification times. The sensor requests one `ingestion_job` run for the
+  A day's *drop* is the set of files in those two folders that the assets read, chosen by the
+  same filter the assets use (`core.landing_files`: regular files directly in the day folder,
+  no symlinks, a suffix the folder's reader takes); its signature is a hash of their names,
+  sizes and modification times. Entries the filter ignores are reported with a reason in the
+  tick's log and skip message and never start a run. The sensor requests one `ingestion_job` run for the
   day's partition per new signature (run key `landing:<day>:<signature>`, so even a lost
   cursor cannot launch it twice) and keeps `{day: signature}` in its cursor. A drop is not
   requested when:
@@ -39,7 +42,7 @@ from typing import Any
 import dagster as dg
 import yaml
 
-from core.atomic_io import TMP_PREFIX
+from core.landing_files import IgnoredFile, describe_ignored, scan_root
 from dagster_project.jobs import ingestion_job, training_job
 from dagster_project.partitions import daily_partitions
 from resources.artifacts import ArtifactStore
@@ -55,7 +58,6 @@ IN_PROGRESS = [
 RAW_AND_CURATED = [dg.AssetKey("raw_interactions"), dg.AssetKey("curated_conversations")]
 TRAINED = dg.AssetKey("trained_checkpoint")
 _DAY_DIR = re.compile(r"^day=(\d{4}-\d{2}-\d{2})$")
-_DROP_FOLDERS = ("interactions", "conversations")
 
 
 # ---------------------------------------------------------------------------------------------- settings
@@ -113,6 +115,7 @@ class Drop:
 
     day: str
     files: tuple[tuple[str, int, int], ...]  # (path relative to the landing root, size, mtime_ns), sorted
+    ignored: tuple[IgnoredFile, ...] = ()  # entries of the day's folders no asset reads (not in the signature)
 
     @property
     def signature(self) -> str:
@@ -125,30 +128,24 @@ class Drop:
 
 
 def scan_landing(root: Path) -> dict[str, Drop]:
-    """Every day that has at least one file under landing/{interactions,conversations}/day=YYYY-MM-DD/.
+    """Every day with at least one file an asset reads under landing/{interactions,conversations}/day=YYYY-MM-DD/.
 
-    Hidden and temporary files (names starting with "." such as atomic-write temp files) are ignored,
-    so a file that is still being written is not seen until it is renamed into place.
+    The files are those `core.landing_files` accepts, the filter the assets read through: hidden and temporary
+    names (atomic-write temp files still being written), symlinks, FIFOs, nested folders and unread suffixes are
+    not part of a drop (they are in each Drop's `ignored`).
     """
-    found: dict[str, list[tuple[str, int, int]]] = {}
-    for folder in _DROP_FOLDERS:
-        base = root / folder
-        if not base.is_dir():
-            continue
-        for day_dir in base.iterdir():
-            match = _DAY_DIR.match(day_dir.name)
-            if not match or not day_dir.is_dir():
-                continue
-            for path in day_dir.rglob("*"):
-                if path.name.startswith((".", TMP_PREFIX)) or not path.is_file():
-                    continue
-                try:
-                    stat = path.stat()
-                except FileNotFoundError:  # removed while we listed
-                    continue
-                entry = (path.relative_to(root).as_posix(), stat.st_size, stat.st_mtime_ns)
-                found.setdefault(match.group(1), []).append(entry)
-    return {day: Drop(day, tuple(sorted(files))) for day, files in found.items()}
+    return scan_drops(root)[0]
+
+
+def scan_drops(root: Path) -> tuple[dict[str, Drop], list[IgnoredFile]]:
+    """(drops of days with accepted files, every ignored landing entry with its reason)."""
+    scan = scan_root(root)
+    drops = {
+        day: Drop(day, tuple((f.rel, f.size, f.mtime_ns) for f in listing.accepted), listing.ignored)
+        for day, listing in scan.days.items()
+        if listing.accepted
+    }
+    return drops, scan.ignored
 
 
 def _runs_in_progress(instance: dg.DagsterInstance) -> list[dg.DagsterRun]:
@@ -202,6 +199,7 @@ class LandingDecision:
     already_ingested: list[str] = field(default_factory=list)
     deferred: list[str] = field(default_factory=list)
     outside_partitions: list[str] = field(default_factory=list)
+    ignored: list[IgnoredFile] = field(default_factory=list)  # landing entries no asset reads, with reasons
 
 
 def decide_landing(
@@ -215,8 +213,8 @@ def decide_landing(
         seen: dict[str, str] = json.loads(cursor) if cursor else {}
     except json.JSONDecodeError:
         seen = {}  # an unreadable cursor only costs a re-check: run keys still stop duplicate runs
-    decision = LandingDecision(cursor=dict(seen))
-    drops = scan_landing(landing_root)
+    drops, ignored = scan_drops(landing_root)
+    decision = LandingDecision(cursor=dict(seen), ignored=ignored)
     changed = {day: drop for day, drop in drops.items() if seen.get(day) != drop.signature}
     if not changed:
         return decision
@@ -232,7 +230,11 @@ def decide_landing(
             decision.already_ingested.append(day)
             decision.cursor[day] = drop.signature
         else:
-            tags = {"platform/drop_signature": drop.signature, "platform/drop_files": str(len(drop.files))}
+            tags = {
+                "platform/drop_signature": drop.signature,
+                "platform/drop_files": str(len(drop.files)),
+                "platform/ignored_files": str(len(drop.ignored)),
+            }
             selection = None
             if not base_model_ready:
                 selection = RAW_AND_CURATED
@@ -272,6 +274,14 @@ def landing_sensor(
         )
     if decision.already_ingested:
         context.log.info(f"already ingested after their files were written: {decision.already_ingested}")
+    # Hidden and temporary names are the atomic-write protocol (a file still being copied in), not a mistake.
+    mistakes = [i for i in decision.ignored if i.reason != "hidden_or_temporary"]
+    ignored = f"; not read: {describe_ignored(mistakes)}" if mistakes else ""
+    if mistakes:
+        context.log.warning(
+            f"{len(mistakes)} landing entries are not read by any asset: {describe_ignored(mistakes)} "
+            "(README 'Landing area' lists the reasons)"
+        )
     if decision.deferred:
         context.log.info(f"a queued or running run is processing {decision.deferred}; looking again next tick")
     if decision.requests and not base_ready:
@@ -289,7 +299,7 @@ def landing_sensor(
         reason = f"new drops {decision.already_ingested} were already ingested"
     else:
         reason = f"no new landing drop under {landing.root}"
-    return dg.SensorResult(skip_reason=reason, cursor=cursor)
+    return dg.SensorResult(skip_reason=reason + ignored, cursor=cursor)
 
 
 # ---------------------------------------------------------------------------------------------- retraining

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import glob
+import os
+import stat
 from datetime import date
 from pathlib import Path
 
 import dagster as dg
+import pydantic
 
 from core import ingest, synthetic
+from core.landing_files import Listing, describe_ignored, list_day_folder
 
 
 class LandingArea(dg.ConfigurableResource):
@@ -19,6 +23,10 @@ class LandingArea(dg.ConfigurableResource):
     same data a scheduled drop would have written).
     `source="files"`: the user's CSV/Parquet files named by globs, read through
     the documented column mappings (JSON objects).
+
+    Files under the landing root are read only when `core.landing_files` accepts them (regular files, no
+    symlinks, suffix of the folder's format), the same filter the landing sensor uses; the `*_encoding`
+    fields name the text encoding of each source (any Python codec name).
     """
 
     root: str
@@ -32,6 +40,15 @@ class LandingArea(dg.ConfigurableResource):
     interaction_files: str = ""
     catalog_mapping: str = "{}"
     interaction_mapping: str = "{}"
+    catalog_encoding: str = "utf-8"
+    interaction_encoding: str = "utf-8"
+    conversation_encoding: str = "utf-8"
+
+    @pydantic.field_validator("catalog_encoding", "interaction_encoding", "conversation_encoding")
+    @classmethod
+    def _known_codec(cls, value: str, info: pydantic.ValidationInfo) -> str:
+        ingest.text_encoding(value, f"LandingArea.{info.field_name}")  # raises, naming the field
+        return value
 
     def synthetic_config(self) -> synthetic.SyntheticConfig:
         return synthetic.SyntheticConfig(
@@ -63,35 +80,72 @@ class LandingArea(dg.ConfigurableResource):
                 synthetic.write_catalog(Path(self.root), self.synthetic_config())
                 if log:
                     log.info(f"no catalog drop under {self.root}; wrote the synthetic catalog to {path}")
+            if not stat.S_ISREG(os.lstat(path).st_mode):
+                raise ValueError(f"{path} is not a regular file (a symlink, FIFO or directory); replace it with one")
             return [path]
-        return _glob_required(self.catalog_files, "CATALOG_FILES")
+        return _glob_required(self.catalog_files, "CATALOG_FILES", log)
 
     def interaction_paths(self, day: date, log: dg.DagsterLogManager | None = None) -> tuple[list[Path], bool]:
-        """(files, per_day): per_day is True when the files hold exactly this day's events."""
+        """(files, per_day): per_day is True when the files hold exactly this day's events.
+
+        Synthetic source: the accepted files of `interactions/day=D/` (the generated events.parquet, written
+        when missing, plus any CSV/Parquet an operator put there), exactly what the landing sensor counts.
+        """
         if self.is_synthetic:
             path = synthetic.landing_paths(Path(self.root), day)["interactions"]
             if not path.exists():
                 synthetic.ensure_drop(Path(self.root), self.synthetic_config(), day)
                 if log:
                     log.info(f"no landing drop for {day}; generated the synthetic drop under {path.parent}")
-            return [path], True
+            listing = list_day_folder(Path(self.root), "interactions", day.isoformat())
+            _warn_ignored(listing, log)
+            if not listing.accepted:
+                raise FileNotFoundError(
+                    f"no readable interactions file under {path.parent} "
+                    f"(ignored: {describe_ignored(listing.ignored)}); replace it with a regular CSV/Parquet file"
+                )
+            return listing.paths, True
         pattern = self.interaction_files
         per_day = "{day}" in pattern
-        return _glob_required(pattern.replace("{day}", day.isoformat()), "INTERACTION_FILES"), per_day
+        return _glob_required(pattern.replace("{day}", day.isoformat()), "INTERACTION_FILES", log), per_day
+
+    def conversation_listing(self, day: date) -> Listing:
+        """External JSONL conversations for the day (optional in both modes): accepted and ignored files."""
+        return list_day_folder(Path(self.root), "conversations", day.isoformat())
 
     def conversation_paths(self, day: date) -> list[Path]:
-        """External JSONL conversations for the day (optional in both modes)."""
-        folder = synthetic.landing_paths(Path(self.root), day)["conversations"].parent
-        return sorted(folder.glob("*.jsonl")) if folder.is_dir() else []
+        return self.conversation_listing(day).paths
 
 
-def _glob_required(pattern: str, setting: str) -> list[Path]:
+def _warn_ignored(listing: Listing, log: dg.DagsterLogManager | None) -> None:
+    if log and listing.ignored:
+        log.warning(
+            f"not reading {len(listing.ignored)} landing entries: {describe_ignored(listing.ignored)} "
+            "(reasons: README 'Landing area')"
+        )
+
+
+def _glob_required(pattern: str, setting: str, log: dg.DagsterLogManager | None = None) -> list[Path]:
+    """The files (or directories of files) the configured glob names; FIFOs, sockets and devices among them
+    are left out with a warning, since opening a FIFO would block the run. Symlinks are followed: the glob is
+    the operator's own configuration, not something a partner dropped."""
     if not pattern:
         raise ValueError(
             f"{setting} is not set; with PLATFORM_DATA_SOURCE=files it must be a glob of CSV or Parquet files "
             "(see README 'Bring your own data')"
         )
-    found = sorted(Path(p) for p in glob.glob(pattern))
+    found: list[Path] = []
+    skipped: list[str] = []
+    for name in sorted(glob.glob(pattern)):
+        try:
+            mode = os.stat(name).st_mode
+            regular = stat.S_ISREG(mode) or stat.S_ISDIR(mode)
+        except OSError:  # removed meanwhile, or a dangling symlink
+            regular = False
+        (found.append(Path(name)) if regular else skipped.append(name))
+    if skipped and log:
+        log.warning(f"{setting}={pattern!r}: not reading {skipped}: not regular files (FIFO, socket, device)")
     if not found:
-        raise FileNotFoundError(f"{setting}={pattern!r} matches no files")
+        extra = f" (not regular files: {skipped})" if skipped else ""
+        raise FileNotFoundError(f"{setting}={pattern!r} matches no regular files{extra}")
     return found

@@ -3,14 +3,22 @@
 DuckDB allows one writing process per database file, and Dagster runs steps in
 separate processes, so every operation opens a short-lived connection and
 retries while another process holds the lock.
+
+That lock is also what makes read-check-write sequences safe across processes:
+while `transaction()` holds its read-write connection no other process can open
+the file, so what the transaction reads stays true until it commits. Threads of
+one process share DuckDB's database instance (and so do not contend for the file
+lock); a per-file lock in this module serializes them the same way.
 """
 
 from __future__ import annotations
 
+import os
 import random
+import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -34,6 +42,8 @@ def duckdb_type(dtype: pl.DataType) -> str:
     """DuckDB DDL type for a polars dtype used in our contracts."""
     if dtype == pl.String:
         return "VARCHAR"
+    if dtype == pl.Boolean:
+        return "BOOLEAN"
     if dtype == pl.Int32:
         return "INTEGER"
     if dtype == pl.Int64:
@@ -55,6 +65,42 @@ def duckdb_type(dtype: pl.DataType) -> str:
 def create_table_sql(table: str, schema: Mapping[str, pl.DataType]) -> str:
     cols = ", ".join(f"{name} {duckdb_type(dtype)}" for name, dtype in schema.items())
     return f"CREATE TABLE IF NOT EXISTS {table} ({cols})"
+
+
+def replace_in(
+    con: duckdb.DuckDBPyConnection, table: str, df: pl.DataFrame, where: str, params: Sequence[Any] = ()
+) -> int:
+    """Inside the caller's transaction: delete `table`'s rows matching `where`, insert `df` (conformed here)."""
+    return _delete_insert(con, table, schemas.conform(df, TABLES[table]), where, params)
+
+
+def _delete_insert(
+    con: duckdb.DuckDBPyConnection, table: str, frame: pl.DataFrame, where: str, params: Sequence[Any]
+) -> int:
+    schema = TABLES[table]
+    con.execute(f"DELETE FROM {table} WHERE {where}", list(params))
+    if frame.height:
+        cols = ", ".join(schema)
+        con.register("incoming_rows", frame.to_arrow())
+        con.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM incoming_rows")
+        con.unregister("incoming_rows")  # after a failure the aborted transaction refuses this; the caller rolls back
+    return frame.height
+
+
+def fetch(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any] = ()) -> pl.DataFrame:
+    """A query's result as a polars frame, on the caller's connection (inside its transaction)."""
+    return pl.from_arrow(con.sql(sql, params=list(params)).to_arrow_table())  # type: ignore[return-value]
+
+
+_PROCESS_LOCKS: dict[str, threading.RLock] = {}
+_PROCESS_LOCKS_GUARD = threading.Lock()
+
+
+def _process_lock(path: str) -> threading.RLock:
+    """One lock per database file in this process (DuckDB's file lock only excludes other processes)."""
+    key = os.path.realpath(path)
+    with _PROCESS_LOCKS_GUARD:
+        return _PROCESS_LOCKS.setdefault(key, threading.RLock())
 
 
 def _is_lock_error(exc: Exception) -> bool:
@@ -88,11 +134,45 @@ class DuckDBWarehouse(dg.ConfigurableResource):
             con.close()
 
     def ensure_tables(self) -> None:
+        """Create missing schemas and tables, and add the columns the contracts gained since a table was created.
+
+        A warehouse written by an older version keeps working: its tables get the new columns (NULL in old rows)
+        instead of failing the first insert that names them.
+        """
         with self.connect() as con:
             con.execute("CREATE SCHEMA IF NOT EXISTS raw")
             con.execute("CREATE SCHEMA IF NOT EXISTS curated")
             for table, schema in TABLES.items():
                 con.execute(create_table_sql(table, schema))
+                schema_name, name = table.split(".")
+                have = {
+                    row[0]
+                    for row in con.execute(
+                        "SELECT column_name FROM information_schema.columns WHERE table_schema = ? AND table_name = ?",
+                        [schema_name, name],
+                    ).fetchall()
+                }
+                for column, dtype in schema.items():
+                    if column not in have:
+                        con.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {duckdb_type(dtype)}")
+
+    @contextmanager
+    def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A read-write connection inside one transaction: committed when the block ends, rolled back on error.
+
+        Nothing else writes the database while the block runs (other processes wait for DuckDB's file lock, other
+        threads for this process's lock), so a block may read, decide and write as one step.
+        """
+        self.ensure_tables()
+        with _process_lock(self.path), self.connect() as con:
+            con.execute("BEGIN TRANSACTION")
+            try:
+                yield con
+                con.execute("COMMIT")
+            except BaseException:
+                with suppress(duckdb.Error):  # a failed statement may already have ended the transaction
+                    con.execute("ROLLBACK")
+                raise
 
     def query(self, sql: str, params: Sequence[Any] | None = None) -> pl.DataFrame:
         self.ensure_tables()
@@ -105,26 +185,27 @@ class DuckDBWarehouse(dg.ConfigurableResource):
 
         This is what makes loading a partition twice give the same table, not duplicates.
         """
-        schema = TABLES[table]
-        frame = schemas.conform(df, schema)
-        self.ensure_tables()
-        with self.connect() as con:
-            con.execute("BEGIN TRANSACTION")
-            try:
-                con.execute(f"DELETE FROM {table} WHERE {where}", list(params))
-                if frame.height:
-                    con.register("incoming_rows", frame.to_arrow())
-                    cols = ", ".join(schema)
-                    con.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM incoming_rows")
-                    con.unregister("incoming_rows")
-                con.execute("COMMIT")
-            except BaseException:
-                con.execute("ROLLBACK")
-                raise
-        return frame.height
+        return self.replace_tables([(table, df, where, params)])[table]
+
+    def replace_tables(self, writes: Sequence[tuple[str, pl.DataFrame, str, Sequence[Any]]]) -> dict[str, int]:
+        """Several `replace_rows` (table, frame, where, params) in ONE transaction: all of them or none.
+
+        E.g. a partition's data rows and its quarantine rows, so no reader ever sees one without the other.
+        Frames are checked against their contracts before the database is touched.
+        """
+        frames = [(table, schemas.conform(df, TABLES[table]), where, params) for table, df, where, params in writes]
+        counts: dict[str, int] = {}
+        with self.transaction() as con:
+            for table, frame, where, params in frames:
+                counts[table] = counts.get(table, 0) + _delete_insert(con, table, frame, where, params)
+        return counts
 
     def replace_partition(self, table: str, df: pl.DataFrame, day: date) -> int:
         return self.replace_rows(table, df, "day = ?", [day])
+
+    def replace_partitions(self, frames: Mapping[str, pl.DataFrame], day: date) -> dict[str, int]:
+        """Replace `day`'s rows of several tables in one transaction."""
+        return self.replace_tables([(table, df, "day = ?", [day]) for table, df in frames.items()])
 
     def read_table(self, table: str, where: str = "TRUE", params: Sequence[Any] = ()) -> pl.DataFrame:
         schema = TABLES[table]

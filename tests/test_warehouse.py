@@ -2,11 +2,12 @@ import datetime as dt
 import threading
 from pathlib import Path
 
+import duckdb
 import polars as pl
 import pytest
 
 from core import schemas
-from resources.warehouse import DuckDBWarehouse
+from resources.warehouse import TABLES, DuckDBWarehouse, create_table_sql, duckdb_type
 
 
 def _events(day: dt.date, n: int) -> pl.DataFrame:
@@ -74,3 +75,143 @@ def test_writer_waits_for_a_lock_held_by_another_process(tmp_path: Path) -> None
     done.set()
     holder.wait(timeout=30)
     assert wh.query("SELECT count(*) AS n FROM raw.interactions")["n"][0] == 1
+
+
+# ------------------------------------------------------------------------- several tables, one transaction
+
+
+def _conversation_rows(day: dt.date, ids: list[str]) -> pl.DataFrame:
+    return pl.DataFrame(
+        {
+            "conversation_id": ids,
+            "day": [day] * len(ids),
+            "kind": ["external"] * len(ids),
+            "member_id": [None] * len(ids),
+            "messages": [[{"role": "user", "content": i}, {"role": "assistant", "content": "ok"}] for i in ids],
+            "content_hash": [f"h-{i}" for i in ids],
+            "split": ["train"] * len(ids),
+        }
+    )
+
+
+def _quarantine_rows(day: dt.date, reasons: list[str]) -> pl.DataFrame:
+    return pl.DataFrame(
+        {
+            "conversation_id": [None] * len(reasons),
+            "day": [day] * len(reasons),
+            "reason": reasons,
+            "detail": ["x"] * len(reasons),
+            "payload": ["{}"] * len(reasons),
+        }
+    )
+
+
+def _refuse_quarantine_reason(wh: DuckDBWarehouse, reason: str) -> None:
+    """Recreate curated.quarantine so the database itself rejects rows with `reason` (a failure mid-transaction)."""
+    wh.ensure_tables()
+    with wh.connect() as con:
+        cols = [
+            r[0]
+            for r in con.execute(
+                "SELECT column_name, data_type FROM information_schema.columns "
+                "WHERE table_schema = 'curated' AND table_name = 'quarantine' "
+                "ORDER BY ordinal_position"
+            ).fetchall()
+        ]
+        types = dict(
+            con.execute(
+                "SELECT column_name, data_type FROM information_schema.columns "
+                "WHERE table_schema = 'curated' AND table_name = 'quarantine'"
+            ).fetchall()
+        )
+        con.execute("DROP TABLE curated.quarantine")
+        body = ", ".join(f"{c} {types[c]}" for c in cols)
+        con.execute(f"CREATE TABLE curated.quarantine ({body}, CHECK (reason <> '{reason}'))")
+
+
+def test_a_partitions_data_and_quarantine_rows_are_replaced_together_or_not_at_all(tmp_path: Path) -> None:
+    wh = DuckDBWarehouse(path=str(tmp_path / "w.duckdb"))
+    d1 = dt.date(2026, 1, 1)
+    wh.replace_partitions(
+        {
+            "curated.conversations": _conversation_rows(d1, ["a", "b"]),
+            "curated.quarantine": _quarantine_rows(d1, ["x"]),
+        },
+        d1,
+    )
+    _refuse_quarantine_reason(wh, "refused")
+    with pytest.raises(duckdb.ConstraintException):
+        wh.replace_partitions(
+            {
+                "curated.conversations": _conversation_rows(d1, ["c"]),
+                "curated.quarantine": _quarantine_rows(d1, ["refused"]),
+            },
+            d1,
+        )
+    # The conversations written before the quarantine insert failed were rolled back with it.
+    assert sorted(wh.read_table("curated.conversations")["conversation_id"].to_list()) == ["a", "b"]
+
+    counts = wh.replace_partitions(
+        {"curated.conversations": _conversation_rows(d1, ["c"]), "curated.quarantine": _quarantine_rows(d1, [])}, d1
+    )
+    assert counts == {"curated.conversations": 1, "curated.quarantine": 0}
+    assert wh.read_table("curated.conversations")["conversation_id"].to_list() == ["c"]
+    assert wh.read_table("curated.quarantine").height == 0
+
+
+def test_a_contract_violation_is_reported_before_anything_is_written(tmp_path: Path) -> None:
+    wh = DuckDBWarehouse(path=str(tmp_path / "w.duckdb"))
+    d1 = dt.date(2026, 1, 1)
+    wh.replace_partitions({"curated.conversations": _conversation_rows(d1, ["a"])}, d1)
+    with pytest.raises(ValueError, match="missing contract columns"):
+        wh.replace_partitions(
+            {
+                "curated.conversations": _conversation_rows(d1, ["b"]),
+                "curated.quarantine": _quarantine_rows(d1, ["x"]).drop("reason"),
+            },
+            d1,
+        )
+    assert wh.read_table("curated.conversations")["conversation_id"].to_list() == ["a"]
+
+
+# --------------------------------------------------------------------------------- older warehouse files
+
+
+def test_booleans_map_to_duckdb_boolean() -> None:
+    assert duckdb_type(pl.Boolean) == "BOOLEAN"
+    assert duckdb_type(pl.List(pl.Boolean)) == "BOOLEAN[]"
+
+
+def test_tables_created_by_an_older_version_gain_the_new_contract_columns(tmp_path: Path, monkeypatch) -> None:
+    """A contract that grows a column must not break a warehouse file written before it did."""
+    db = tmp_path / "w.duckdb"
+    old_contract = {"source": pl.String, "day": pl.Date, "reason": pl.String, "detail": pl.String, "payload": pl.String}
+    con = duckdb.connect(str(db))
+    con.execute("CREATE SCHEMA raw")
+    con.execute(create_table_sql("raw.quarantine", old_contract))
+    con.execute("INSERT INTO raw.quarantine VALUES ('catalog', NULL, 'missing_id', 'old row', '{}')")
+    con.close()
+
+    grown = {**old_contract, "payload_chars": pl.Int64, "payload_truncated": pl.Boolean}
+    monkeypatch.setitem(TABLES, "raw.quarantine", grown)
+    wh = DuckDBWarehouse(path=str(db))
+    wh.ensure_tables()
+    wh.replace_rows(
+        "raw.quarantine",
+        pl.DataFrame(
+            {
+                "source": ["interactions"],
+                "day": [dt.date(2026, 1, 1)],
+                "reason": ["bad_timestamp"],
+                "detail": ["new row"],
+                "payload": ["{}"],
+                "payload_chars": [2],
+                "payload_truncated": [False],
+            }
+        ),
+        "source = 'interactions'",
+    )
+    assert dict(wh.read_table("raw.quarantine").schema) == grown
+    stored = wh.query("SELECT detail, payload_chars, payload_truncated FROM raw.quarantine ORDER BY detail")
+    assert stored.rows() == [("new row", 2, False), ("old row", None, None)]
+    wh.ensure_tables()  # idempotent once the columns exist

@@ -1,0 +1,227 @@
+"""Which files of the landing area are data: the one filter the landing sensor and the assets share.
+
+The landing area is written by other people's tools (partner uploads, sync jobs), so a listing
+trusts nothing it finds there. A file is *accepted* only when it is a regular file (checked with
+lstat, so a symlink is never followed), sits directly in a ``<folder>/day=YYYY-MM-DD/`` directory,
+resolves to a path inside the landing root, and has a suffix its folder reads (case-insensitive:
+``.JSONL`` is a JSON Lines file as much as ``.jsonl``). Everything else is *ignored with a reason*
+and reported, never read and never silently skipped. The sensor decides whether a day has a drop
+from the accepted files only, so it never starts a run that would read nothing, and the assets read
+exactly the files the sensor counted.
+
+``open_landing_file`` re-checks at open time (``O_NOFOLLOW | O_NONBLOCK`` plus fstat), so a file
+swapped for a symlink or a FIFO between the listing and the open is refused instead of followed or
+blocking the run forever.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+from core.atomic_io import TMP_PREFIX
+from core.ingest import SUPPORTED_SUFFIXES
+
+# What each drop folder's readers accept: raw_interactions reads CSV/TSV/Parquet (core.ingest.read_tables),
+# curated_conversations reads JSON Lines.
+DROP_SUFFIXES: dict[str, tuple[str, ...]] = {
+    "interactions": SUPPORTED_SUFFIXES,
+    "conversations": (".jsonl",),
+}
+DAY_DIR = re.compile(r"^day=(\d{4}-\d{2}-\d{2})$")
+
+# Why a file in the landing area is not read (reported in the sensor's evaluation and the asset's metadata).
+IGNORE_REASONS = {
+    "hidden_or_temporary": "name starts with '.' or the atomic-write prefix: still being written, or not data",
+    "symlink": "symbolic links are never followed; copy the file into the landing area instead",
+    "not_regular_file": "a FIFO, socket or device, not a file; only regular files are read",
+    "nested_directory": "only files directly in day=YYYY-MM-DD/ are read; move the files up a level",
+    "unsupported_suffix": "the folder's readers do not read this file type; rename or convert it",
+    "outside_root": "resolves to a path outside the landing root (a symlinked folder); copy the data in",
+    "outside_day_folder": "not inside a day=YYYY-MM-DD/ folder, so it belongs to no partition",
+    "unreadable": "could not be opened (permissions, or removed while listing)",
+}
+
+
+@dataclass(frozen=True)
+class LandingFile:
+    """An accepted file; ``rel`` is its path relative to the landing root (posix)."""
+
+    path: Path
+    rel: str
+    size: int
+    mtime_ns: int
+
+
+@dataclass(frozen=True)
+class IgnoredFile:
+    """A landing entry that is not read, and why (a key of ``IGNORE_REASONS``)."""
+
+    rel: str
+    reason: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"file": self.rel, "reason": self.reason}
+
+
+@dataclass(frozen=True)
+class Listing:
+    """Accepted and ignored entries of one or more landing folders (each sorted by relative path)."""
+
+    accepted: tuple[LandingFile, ...] = ()
+    ignored: tuple[IgnoredFile, ...] = ()
+
+    @property
+    def paths(self) -> list[Path]:
+        return [f.path for f in self.accepted]
+
+    def merged(self, other: Listing) -> Listing:
+        return Listing(
+            tuple(sorted((*self.accepted, *other.accepted), key=lambda f: f.rel)),
+            tuple(sorted((*self.ignored, *other.ignored), key=lambda f: f.rel)),
+        )
+
+
+@dataclass
+class RootScan:
+    """Every day's listing under the drop folders, plus entries that belong to no day."""
+
+    days: dict[str, Listing] = field(default_factory=dict)
+    undated: list[IgnoredFile] = field(default_factory=list)
+
+    @property
+    def ignored(self) -> list[IgnoredFile]:
+        return sorted([*self.undated, *(i for lst in self.days.values() for i in lst.ignored)], key=lambda f: f.rel)
+
+
+class LandingFileRefused(OSError):
+    """A landing file that cannot be read safely; ``reason`` is a key of ``IGNORE_REASONS``."""
+
+    def __init__(self, path: Path, reason: str, detail: str) -> None:
+        super().__init__(f"{path}: {detail}")
+        self.path = path
+        self.reason = reason
+
+
+def has_suffix(name: str, suffixes: Iterable[str]) -> bool:
+    """Case-insensitive suffix match (``part.JSONL`` is accepted, ``part.json`` is not)."""
+    lower = name.lower()
+    return any(lower.endswith(s) for s in suffixes)
+
+
+def describe_ignored(ignored: Iterable[IgnoredFile], limit: int = 20) -> str:
+    """'a/part.JSON (unsupported_suffix), a/p.jsonl (symlink), ...' for run logs and sensor messages."""
+    items = list(ignored)
+    text = ", ".join(f"{i.rel} ({i.reason})" for i in items[:limit])
+    return text + (f", and {len(items) - limit} more" if len(items) > limit else "")
+
+
+def _inside(path: str, real_root: str) -> bool:
+    real = os.path.realpath(path)
+    return real == real_root or real.startswith(real_root.rstrip(os.sep) + os.sep)
+
+
+def _rel(root: Path, path: Path) -> str:
+    return path.relative_to(root).as_posix()
+
+
+def _classify(entry: os.DirEntry[str], real_root: str, suffixes: tuple[str, ...]) -> tuple[str | None, os.stat_result]:
+    """(reason it is ignored or None when accepted, lstat result)."""
+    st = entry.stat(follow_symlinks=False)
+    if entry.name.startswith((".", TMP_PREFIX)):
+        return "hidden_or_temporary", st
+    if stat.S_ISLNK(st.st_mode):
+        return "symlink", st
+    if stat.S_ISDIR(st.st_mode):
+        return "nested_directory", st
+    if not stat.S_ISREG(st.st_mode):
+        return "not_regular_file", st
+    if not has_suffix(entry.name, suffixes):
+        return "unsupported_suffix", st
+    if not _inside(entry.path, real_root):
+        return "outside_root", st
+    return None, st
+
+
+def list_day_folder(root: Path, folder: str, day: str) -> Listing:
+    """The accepted and ignored entries of ``<root>/<folder>/day=<day>/`` (empty when it does not exist)."""
+    root = Path(root)
+    real_root = os.path.realpath(root)
+    directory = root / folder / f"day={day}"
+    try:
+        st = os.lstat(directory)
+    except FileNotFoundError:
+        return Listing()
+    if stat.S_ISLNK(st.st_mode):
+        return Listing(ignored=(IgnoredFile(_rel(root, directory), "symlink"),))
+    if not stat.S_ISDIR(st.st_mode):
+        return Listing(ignored=(IgnoredFile(_rel(root, directory), "not_regular_file"),))
+    suffixes = DROP_SUFFIXES[folder]
+    accepted: list[LandingFile] = []
+    ignored: list[IgnoredFile] = []
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return Listing(ignored=(IgnoredFile(_rel(root, directory), "unreadable"),))
+    for entry in entries:
+        rel = _rel(root, Path(entry.path))
+        try:
+            reason, st = _classify(entry, real_root, suffixes)
+        except FileNotFoundError:  # removed while we listed: not part of this drop
+            continue
+        if reason is None:
+            accepted.append(LandingFile(Path(entry.path), rel, st.st_size, st.st_mtime_ns))
+        else:
+            ignored.append(IgnoredFile(rel, reason))
+    return Listing(tuple(sorted(accepted, key=lambda f: f.rel)), tuple(sorted(ignored, key=lambda f: f.rel)))
+
+
+def scan_root(root: Path) -> RootScan:
+    """List every ``<folder>/day=YYYY-MM-DD/`` of the drop folders; entries not in a day folder are ``undated``."""
+    root = Path(root)
+    scan = RootScan()
+    for folder in DROP_SUFFIXES:
+        base = root / folder
+        if not base.is_dir():
+            continue
+        for entry in sorted(os.scandir(base), key=lambda e: e.name):
+            match = DAY_DIR.match(entry.name)
+            if entry.name.startswith((".", TMP_PREFIX)):
+                continue  # e.g. a folder being synced in under a temporary name
+            if not match:
+                scan.undated.append(IgnoredFile(_rel(root, Path(entry.path)), "outside_day_folder"))
+                continue
+            listing = list_day_folder(root, folder, match.group(1))
+            if listing.accepted or listing.ignored:
+                day = match.group(1)
+                scan.days[day] = scan.days[day].merged(listing) if day in scan.days else listing
+    return scan
+
+
+def open_landing_file(path: Path) -> BinaryIO:
+    """Open a listed landing file for binary reading, refusing what changed into a symlink or non-file.
+
+    O_NOFOLLOW fails on a symlink; O_NONBLOCK makes opening a FIFO return at once instead of waiting for a
+    writer; fstat on the opened descriptor then tells what was really opened.
+    """
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        if os.path.islink(path):
+            raise LandingFileRefused(path, "symlink", "became a symbolic link after it was listed") from exc
+        raise LandingFileRefused(path, "unreadable", f"cannot open: {exc.strerror or exc}") from exc
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise LandingFileRefused(path, "not_regular_file", "is not a regular file (FIFO, socket or device)")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
