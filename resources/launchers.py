@@ -9,6 +9,7 @@ logs; a failed rank fails the materialization with that rank's error.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -29,6 +30,9 @@ from pydantic import Field
 from resources.torchrun_logs import diagnose
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# Runs each torchrun agent so that it dies with this process (see training/lifeline.py). Stdlib only, run by path.
+LIFELINE_SCRIPT = REPO_ROOT / "training" / "lifeline.py"
+DEFAULT_MAX_WALL_CLOCK_S = 23 * 3600.0  # under training_job's dagster/max_runtime (24 h): the trainer stops first
 
 
 @dataclass
@@ -78,7 +82,10 @@ class LocalTorchrunLauncher(TrainingLauncher):
     working_dir: str = ""  # where `-m training.sft` is resolved; default: this checkout
     threads_per_process: int = 1
     extra_env: dict[str, str] = Field(default_factory=dict)
-    termination_timeout_s: float = 30.0
+    termination_timeout_s: float = 30.0  # SIGTERM -> SIGKILL grace when trainers are stopped
+    # Wall-clock budget of one launch (all agents, from start to exit); 0 = none. Past it the trainers are stopped
+    # (SIGTERM, grace, SIGKILL) and the step fails without a step retry: the checkpoints stay for a re-execution.
+    max_wall_clock_s: float = DEFAULT_MAX_WALL_CLOCK_S
 
     @property
     def world_size(self) -> int:
@@ -121,7 +128,16 @@ class LocalTorchrunLauncher(TrainingLauncher):
             # Only node 0 hosts global rank 0, the one process that reports through Pipes.
             envs = [{**env, **pipes_env}] + [env] * (len(commands) - 1)
             cwd = Path(self.working_dir) if self.working_dir else REPO_ROOT
-            codes, output = _run_all(commands, envs, cwd=cwd, context=context, grace=self.termination_timeout_s)
+            codes, output, timed_out = _run_all(
+                commands,
+                envs,
+                cwd=cwd,
+                context=context,
+                grace=self.termination_timeout_s,
+                max_wall_clock_s=self.max_wall_clock_s,
+            )
+        if timed_out:
+            raise wall_clock_failure(self.max_wall_clock_s, output_dir, codes, log_dir)
         if any(codes):
             failure = diagnose(output, log_dir / "node0" if self.nnodes == 1 else None)
             context.log.error(f"training failed: {failure.headline()}\n{failure.error}")
@@ -142,6 +158,27 @@ class LocalTorchrunLauncher(TrainingLauncher):
         return collect_result(session, output_dir)
 
 
+def wall_clock_failure(limit_s: float, output_dir: Path, codes: list[int], log_dir: Path) -> dg.Failure:
+    """The step failure for a launch stopped at its wall-clock limit: not retried, since a retry would only
+    spend the same budget again; a re-execution of the run resumes from the checkpoints that were kept."""
+    checkpoints = output_dir / "checkpoints"
+    return dg.Failure(
+        description=(
+            f"training stopped after the wall-clock limit of {limit_s:g} s (LocalTorchrunLauncher.max_wall_clock_s, "
+            f"env TRAINING_MAX_WALL_CLOCK_SECONDS). Its checkpoints are kept in {checkpoints}: raise the limit or "
+            "lower max_steps, then re-execute this run from failure to resume from the newest checkpoint."
+        ),
+        allow_retries=False,
+        metadata={
+            "wall_clock_limit_s": limit_s,
+            "exit_codes": dg.MetadataValue.json(codes),
+            "retryable": False,
+            "checkpoints": dg.MetadataValue.path(str(checkpoints)),
+            "logs": dg.MetadataValue.path(str(log_dir)),
+        },
+    )
+
+
 def collect_result(session: Any, output_dir: Path) -> LaunchResult:
     """What rank 0 reported through Pipes, plus summary.json from disk (the source of truth)."""
     summary_path = output_dir / "summary.json"
@@ -160,6 +197,12 @@ def collect_result(session: Any, output_dir: Path) -> LaunchResult:
     )
 
 
+def lifeline_command(cmd: Sequence[str], lifeline_fd: int, grace: float) -> list[str]:
+    """`cmd` (a python -m torch.distributed.run ...) run through training/lifeline.py with the same interpreter."""
+    head = [cmd[0], str(LIFELINE_SCRIPT), "--parent", str(os.getpid()), "--fd", str(lifeline_fd)]
+    return [*head, "--grace", f"{grace:g}", "--", *cmd]
+
+
 def _run_all(
     commands: Sequence[Sequence[str]],
     envs: Sequence[dict[str, str]],
@@ -167,22 +210,41 @@ def _run_all(
     cwd: Path,
     context: dg.AssetExecutionContext,
     grace: float,
-) -> tuple[list[int], str]:
-    """Start every agent, stream their output into this process's stdout (captured by Dagster)."""
+    max_wall_clock_s: float = 0.0,
+) -> tuple[list[int], str, bool]:
+    """Start every agent, stream their output into this process's stdout (captured by Dagster).
+
+    Returns (exit codes, output tail, whether the wall-clock limit stopped them). Each agent is its own session
+    (the process-group kill below reaches torchrun, which stops its ranks) and dies with this process: on Linux
+    the kernel sends it SIGTERM when the *thread* that forked it exits (PR_SET_PDEATHSIG), so the agents are
+    started and waited for by this same thread, which does not return while any of them runs.
+    """
     tail: deque[str] = deque(maxlen=4000)
     lock = threading.Lock()
-    procs = [
-        subprocess.Popen(
-            list(cmd),
-            cwd=cwd,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        )
-        for cmd, env in zip(commands, envs, strict=True)
-    ]
+    # The lifeline pipe: its write end lives only in this process (non-inheritable); where prctl is missing the
+    # wrapper stops its agent when the read end reaches EOF, i.e. when this process is gone.
+    lifeline_read, lifeline_write = os.pipe()
+    procs: list[subprocess.Popen[str]] = []
+    try:
+        for cmd, env in zip(commands, envs, strict=True):
+            procs.append(
+                subprocess.Popen(
+                    lifeline_command(cmd, lifeline_read, grace),
+                    cwd=cwd,
+                    env=env,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    text=True,
+                    start_new_session=True,
+                    pass_fds=(lifeline_read,),
+                )
+            )
+    except BaseException:  # an agent that started must not outlive a launch that failed to start the others
+        _terminate(procs, grace)
+        os.close(lifeline_write)
+        raise
+    finally:
+        os.close(lifeline_read)
 
     def pump(index: int, proc: subprocess.Popen[str]) -> None:
         assert proc.stdout is not None
@@ -196,9 +258,16 @@ def _run_all(
     threads = [threading.Thread(target=pump, args=(i, p), daemon=True) for i, p in enumerate(procs)]
     for thread in threads:
         thread.start()
+    deadline = time.monotonic() + max_wall_clock_s if max_wall_clock_s > 0 else None
+    timed_out = False
     try:
         while any(p.poll() is None for p in procs):
             if any(p.poll() not in (None, 0) for p in procs):  # one agent failed: the others must not hang
+                _terminate(procs, grace)
+                break
+            if deadline is not None and time.monotonic() >= deadline:
+                context.log.error(f"training ran past its wall-clock limit of {max_wall_clock_s:g} s: stopping it")
+                timed_out = True
                 _terminate(procs, grace)
                 break
             time.sleep(0.2)
@@ -206,19 +275,28 @@ def _run_all(
         context.log.warning("run terminated: stopping the trainer processes")
         _terminate(procs, grace)
         raise
+    except BaseException:
+        _terminate(procs, grace)
+        raise
+    finally:
+        os.close(lifeline_write)
     codes = [p.wait() for p in procs]
     for thread in threads:
         thread.join(timeout=10)
-    return codes, "".join(tail)
+    return codes, "".join(tail), timed_out
 
 
 def _terminate(procs: Sequence[subprocess.Popen[str]], grace: float) -> None:
+    """SIGTERM each agent's process group, SIGKILL what is left after `grace` seconds."""
     for proc in procs:
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
     for proc in procs:
         try:
-            proc.wait(timeout=grace)
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()

@@ -1,13 +1,18 @@
 """The local torchrun launcher and torchrun failure diagnosis."""
 
+import contextlib
 import json
+import os
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import dagster as dg
 import pytest
 
-from resources.launchers import LocalTorchrunLauncher
+from resources.launchers import LIFELINE_SCRIPT, LocalTorchrunLauncher
 from resources.torchrun_logs import diagnose, last_traceback, parse_root_cause, strip_tee_prefix
 
 TORCHRUN_FAILURE = """\
@@ -168,3 +173,146 @@ def test_a_killed_rank_is_retried_and_the_retry_succeeds(tmp_path: Path) -> None
     result = _materialize(tmp_path, FAKE_KILLED_ONCE, retries=1)
     assert result.success
     assert any(e.event_type_value == "STEP_UP_FOR_RETRY" for e in result.all_events)
+
+
+# ---- trainers die with their launcher (training/lifeline.py) and within their wall-clock budget ----------------
+
+LIFELINE = str(LIFELINE_SCRIPT)
+IS_LINUX = sys.platform.startswith("linux")
+
+
+def _gone(pid: int) -> bool:
+    """True once `pid` has exited; a zombie (exited, not yet reaped by whoever adopted it) counts as exited."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    except OSError:  # no /proc (macOS): signal 0 only says whether the pid exists
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
+
+
+def _wait_gone(pids: list[int], timeout: float = 60.0) -> list[int]:
+    """Poll until every pid has exited (the event we wait for); the survivors after a generous timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        alive = [pid for pid in pids if not _gone(pid)]
+        if not alive:
+            return []
+        time.sleep(0.05)
+    return [pid for pid in pids if not _gone(pid)]
+
+
+def _wait_for_file(path: Path, proc: subprocess.Popen, timeout: float = 120.0) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.is_file() and path.read_text().endswith("\n"):
+            return path.read_text()
+        assert proc.poll() is None, f"the launcher exited early with {proc.returncode}"
+        time.sleep(0.05)
+    raise AssertionError(f"{path} did not appear within {timeout}s")
+
+
+def _kill_all(pids: list[int]) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+
+
+# A stand-in for torchrun: its worker gets a session of its own (as torchrun's ranks do), and SIGTERM makes it
+# stop that worker first. The worker calls die_with_parent(), as training/distributed.py does for every rank.
+AGENT = """
+import os, signal, subprocess, sys, time
+from pathlib import Path
+worker_code, pid_file, lifeline_dir = sys.argv[1:4]
+ready = pid_file + ".ready"
+worker = subprocess.Popen([sys.executable, "-c", worker_code, lifeline_dir, ready], start_new_session=True)
+def stop(*_):
+    worker.terminate()
+    worker.wait()
+    sys.exit(0)
+signal.signal(signal.SIGTERM, stop)
+while not Path(ready).exists():
+    time.sleep(0.01)
+Path(pid_file).write_text(f"{os.getpid()} {worker.pid}\\n")
+time.sleep(600)
+"""
+WORKER = """
+import sys, time
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+from lifeline import die_with_parent
+assert die_with_parent()
+Path(sys.argv[2]).write_text("ready")
+time.sleep(600)
+"""
+# The launcher: starts the agent through the lifeline wrapper exactly as resources/launchers.py does.
+LAUNCHER = """
+import os, subprocess, sys, time
+from pathlib import Path
+lifeline, pid_file, watch, agent, worker = sys.argv[1:6]
+read_end, write_end = os.pipe()
+cmd = [sys.executable, lifeline, "--parent", str(os.getpid()), "--fd", str(read_end), "--grace", "5"]
+cmd += ["--watch"] if watch == "1" else []
+cmd += ["--", sys.executable, "-c", agent, worker, pid_file + ".agent", str(Path(lifeline).parent)]
+proc = subprocess.Popen(cmd, pass_fds=(read_end,), start_new_session=True)
+os.close(read_end)
+Path(pid_file).write_text(f"{os.getpid()} {proc.pid}\\n")
+time.sleep(600)
+"""
+
+
+def _start_tree(tmp_path: Path, watch: bool) -> tuple[subprocess.Popen, list[int]]:
+    """launcher -> lifeline wrapper -> agent -> worker; returns the launcher and [wrapper, agent, worker] pids."""
+    pid_file = tmp_path / "pids"
+    launcher = subprocess.Popen(
+        [sys.executable, "-c", LAUNCHER, LIFELINE, str(pid_file), "1" if watch else "0", AGENT, WORKER],
+        start_new_session=True,
+    )
+    _, wrapper = map(int, _wait_for_file(pid_file, launcher).split())
+    agent, worker = map(int, _wait_for_file(Path(f"{pid_file}.agent"), launcher).split())
+    return launcher, [wrapper, agent, worker]
+
+
+@pytest.mark.parametrize("watch", [False, True], ids=["prctl", "pipe-watchdog"])
+def test_a_sigkilled_launcher_takes_its_agent_and_the_agents_worker_with_it(tmp_path: Path, watch: bool) -> None:
+    if not watch and not IS_LINUX:
+        pytest.skip("PR_SET_PDEATHSIG is Linux only")
+    launcher, tree = _start_tree(tmp_path, watch)
+    wrapper, agent, _ = tree
+    try:
+        # prctl: the wrapper became the agent (exec), so the process group kill of a normal stop still reaches it.
+        assert (wrapper == agent) is (not watch)
+        assert not any(_gone(pid) for pid in tree)
+        launcher.kill()
+        launcher.wait()
+        assert _wait_gone(tree) == [], "processes outlived their launcher"
+    finally:
+        _kill_all([launcher.pid, *tree])
+
+
+@pytest.mark.skipif(not IS_LINUX, reason="PR_SET_PDEATHSIG is Linux only")
+def test_a_rank_dies_with_its_agent_even_when_the_agent_is_sigkilled(tmp_path: Path) -> None:
+    """torchrun stops its ranks on SIGTERM; SIGKILL leaves that to the ranks' own parent-death signal."""
+    launcher, tree = _start_tree(tmp_path, watch=False)
+    _, agent, worker = tree
+    try:
+        os.kill(agent, signal.SIGKILL)
+        assert _wait_gone([worker]) == [], "the worker outlived its SIGKILLed agent"
+    finally:
+        _kill_all([launcher.pid, *tree])
+
+
+def test_a_normal_stop_still_kills_the_agents_process_group(tmp_path: Path) -> None:
+    launcher, tree = _start_tree(tmp_path, watch=False)
+    wrapper, agent, worker = tree
+    try:
+        os.killpg(wrapper, signal.SIGTERM)  # what _terminate does on cancellation
+        assert _wait_gone([agent, worker]) == []
+        assert not _gone(launcher.pid)  # only the agent's group, not the launcher
+    finally:
+        _kill_all([launcher.pid, *tree])

@@ -10,6 +10,7 @@ branches on "am I distributed".
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -24,6 +25,8 @@ from torch.distributed.checkpoint.state_dict import (
     set_model_state_dict,
     set_optimizer_state_dict,
 )
+
+from training.lifeline import die_with_parent
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,10 @@ def init_distributed(device_preference: str = "auto") -> DistContext:
         device = torch.device("cuda", local_rank)
     else:
         device = torch.device("cpu")
+    if "TORCHELASTIC_RUN_ID" in os.environ:  # a rank started by torchrun's agent (set for its workers only)
+        # torchrun starts every rank in a session of its own, out of reach of a process-group kill: a rank must
+        # not outlive its agent (killed after the launcher's grace period, or by the OOM killer).
+        die_with_parent(signal.SIGTERM)
     if launched and not dist.is_initialized():
         if kind == "cuda":
             dist.init_process_group(backend="nccl", device_id=device)
