@@ -97,15 +97,46 @@ def save_preset(out_dir: Path, texts: Iterable[str], preset: TinyModelPreset) ->
     return card
 
 
-def _link_or_copy(src: Path, dst: Path) -> None:
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
+def _stat_key(path: Path) -> tuple[int, int, int]:
+    st = os.stat(path)
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def _copy_range(fin: int, fout: int, size: int) -> None:
+    """Kernel-side copy; on btrfs/XFS (reflink) and NFS 4.2 it shares or server-copies blocks copy-on-write."""
+    copied = 0
+    while copied < size:
+        n = os.copy_file_range(fin, fout, size - copied)
+        if n == 0:
+            break
+        copied += n
+
+
+def copy_file(src: Path, dst: Path) -> None:
+    """Copy the bytes of `src` to a new file `dst`: a copy (or copy-on-write clone), never a hard link.
+
+    A hard link shares the inode, so an in-place edit of the user's file (save_pretrained rewrites its files)
+    would change an "immutable" version and its fingerprint.
+    """
+    with open(src, "rb") as fin, open(dst, "xb") as fout:
+        size = os.fstat(fin.fileno()).st_size
+        try:
+            if not hasattr(os, "copy_file_range"):
+                raise OSError("copy_file_range is not available here")
+            _copy_range(fin.fileno(), fout.fileno(), size)
+        except OSError:  # another filesystem, an old kernel, not Linux: a plain read/write copy
+            fin.seek(0)
+            fout.seek(0)
+            fout.truncate()
+            shutil.copyfileobj(fin, fout, 1 << 20)
+    shutil.copystat(src, dst)
 
 
 def import_local_model(src: Path, out_dir: Path) -> dict:
-    """Snapshot a local HF model directory into the artifact version (hard links where possible).
+    """Snapshot a local HF model directory into the artifact version: a byte copy, never a hard link.
+
+    Refuses a file that changes while it is copied (a torn snapshot of half-old weights must not become a
+    version); the tokenizer fingerprint is computed from the copy, not the source.
 
     Validates up front that it is loadable offline and has a chat template, so a
     bad path fails here with a clear message instead of deep inside tokenization.
@@ -134,7 +165,13 @@ def import_local_model(src: Path, out_dir: Path) -> dict:
             target.mkdir(parents=True, exist_ok=True)
         else:
             target.parent.mkdir(parents=True, exist_ok=True)
-            _link_or_copy(path, target)
+            before = _stat_key(path)
+            copy_file(path, target)
+            if _stat_key(path) != before or target.stat().st_size != before[1]:
+                raise RuntimeError(
+                    f"{path} changed while it was copied from BASE_MODEL_PATH={src}; "
+                    "materialize base_model again once nothing writes to that directory"
+                )
     card = {
         "source": "local",
         "source_path": str(src),

@@ -83,3 +83,71 @@ def test_local_model_errors_name_the_problem(preset_dir: Path, tmp_path: Path) -
         leftover.unlink()
     with pytest.raises(ValueError, match="no chat template"):
         import_local_model(bare, tmp_path / "o2")
+
+
+def test_imported_version_does_not_change_when_the_source_is_edited(preset_dir: Path, tmp_path: Path) -> None:
+    """A base_model version is immutable: later edits of the user's directory must not reach it."""
+    import shutil
+
+    from core.tokenizer_training import tokenizer_fingerprint
+
+    src = tmp_path / "user_model"
+    shutil.copytree(preset_dir, src)
+    out = tmp_path / "snap"
+    out.mkdir()
+    card = import_local_model(src, out)
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    # The user keeps working in place: save_pretrained rewrites the same files (same inodes), and a raw edit.
+    tokenizer = AutoTokenizer.from_pretrained(src)
+    tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    tokenizer.save_pretrained(src)
+    with open(src / "model.safetensors", "r+b") as fh:
+        fh.seek(-4, 2)
+        fh.write(b"\xff\xff\xff\xff")
+    assert tokenizer_fingerprint(src) != card["tokenizer_fingerprint"]
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    assert tokenizer_fingerprint(out) == card["tokenizer_fingerprint"] == read_model_card(out)["tokenizer_fingerprint"]
+    assert all(p.stat().st_nlink == 1 for p in out.iterdir() if p.is_file())  # no file shared with the source
+
+
+def test_import_refuses_a_source_that_changes_while_it_is_copied(
+    preset_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A torn snapshot (half old, half new weights) must not become a version."""
+    import shutil
+
+    import core.base_model as base_model_module
+
+    src = tmp_path / "user_model"
+    shutil.copytree(preset_dir, src)
+    real_copy = base_model_module.copy_file
+
+    def copy_then_edit_source(a: Path, b: Path) -> None:
+        real_copy(a, b)
+        if a.name == "model.safetensors":
+            with open(a, "ab") as fh:  # another writer appends while we copy
+                fh.write(b"more")
+
+    monkeypatch.setattr(base_model_module, "copy_file", copy_then_edit_source)
+    with pytest.raises(RuntimeError, match=r"model\.safetensors changed while it was copied"):
+        import_local_model(src, tmp_path / "snap")
+
+
+def test_copy_falls_back_to_a_plain_copy_where_the_kernel_cannot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+    import os
+
+    from core.base_model import copy_file
+
+    src = tmp_path / "weights.bin"
+    src.write_bytes(os.urandom(3 << 20))
+
+    def cross_device(*_args: object) -> int:
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "copy_file_range", cross_device, raising=False)
+    copy_file(src, tmp_path / "copy.bin")
+    assert (tmp_path / "copy.bin").read_bytes() == src.read_bytes()
+    assert (tmp_path / "copy.bin").stat().st_ino != src.stat().st_ino
