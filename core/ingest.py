@@ -28,16 +28,29 @@ genres are split on the mapping's delimiter, deduplicated, "(no genres listed)" 
 
 Interaction reason codes (INTERACTION_REASONS, checked in this order, first wins):
     null_member_id, null_title_id, bad_timestamp, wrong_day, unknown_title, bad_event, bad_value
+
+Reason codes of records that cannot be read as values at all (READ_REASONS), either source;
+one such record never fails the file:
+    encoding_error                 CSV: bytes that do not decode with the source's encoding (detail:
+                                   file:line and the bytes); Parquet: a binary value that is not UTF-8
+    ragged_row                     CSV: more fields than the header (file:line)
+    malformed_row                  CSV: quoting the csv module cannot parse (file:line)
+    bad_type                       Parquet: a list/struct/duration where a value is expected
 """
 
 from __future__ import annotations
 
 import codecs
 import contextlib
+import csv
 import dataclasses
+import gzip
+import io
+import itertools
 import json
 import re
-from collections.abc import Iterable, Mapping, Sequence
+import zlib
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -51,6 +64,7 @@ from core.schemas import (
     INTERACTIONS_SCHEMA,
     RAW_QUARANTINE_SCHEMA,
     conform,
+    quarantine_frame,
 )
 
 CATALOG_REASONS = ("null_title_id", "null_title", "bad_kind", "duplicate_title_id", "bad_year")
@@ -64,6 +78,7 @@ INTERACTION_REASONS = (
     "bad_event",
     "bad_value",
 )
+READ_REASONS = ("encoding_error", "ragged_row", "malformed_row", "bad_type")
 YEAR_RANGE = (1870, 2100)
 RATING_RANGE = (0.5, 5.0)  # MovieLens uses half stars; the synthetic source uses 1..5
 TS_RANGE = (datetime(1900, 1, 1, tzinfo=UTC), datetime(2101, 1, 1, tzinfo=UTC))
@@ -286,18 +301,210 @@ def _suffix(path: Path) -> str:
     return next((s for s in sorted(SUPPORTED_SUFFIXES, key=len, reverse=True) if name.endswith(s)), path.suffix)
 
 
-def read_tables(paths: Sequence[Path]) -> pl.DataFrame:
+def _quarantine_rows(rows: list[tuple[str, str, str]], source: str) -> pl.DataFrame:
+    """RAW_QUARANTINE_SCHEMA rows (day null: the caller knows the partition) from (reason, detail, payload)."""
+    return quarantine_frame(
+        {
+            "source": [source] * len(rows),
+            "day": [None] * len(rows),
+            "reason": [r[0] for r in rows],
+            "detail": [r[1] for r in rows],
+            "payload": [r[2] for r in rows],
+        },
+        RAW_QUARANTINE_SCHEMA,
+    )
+
+
+def _file_bytes(path: Path, suffix: str) -> bytes:
+    try:
+        data = path.read_bytes()
+        return gzip.decompress(data) if suffix.endswith(".gz") else data
+    except (OSError, EOFError, zlib.error) as exc:
+        raise ValueError(
+            f"cannot read {path}: {exc}; if the file was still being copied, re-run once it is complete"
+        ) from exc
+
+
+def _check_utf8(data: bytes, chunk: int = 1 << 24) -> None:
+    """Raise UnicodeDecodeError unless ``data`` is valid UTF-8, in bounded chunks (no full-size copy)."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    view = memoryview(data)
+    for start in range(0, len(view), chunk):
+        decoder.decode(view[start : start + chunk])
+    decoder.decode(b"", final=True)
+
+
+def _polars_csv(data: bytes, sep: str) -> pl.DataFrame:
+    # Strict UTF-8: polars' "utf8-lossy" turned every undecodable byte into U+FFFD, which merged ids
+    # (Latin-1 "José" and "Josè" both became "Jos\ufffd").
+    return pl.read_csv(data, infer_schema=False, separator=sep, encoding="utf8")
+
+
+@contextlib.contextmanager
+def _no_csv_field_limit() -> Iterator[None]:
+    """The csv module refuses fields over 128 KiB by default; the fast path (polars) has no such limit."""
+    old = csv.field_size_limit()
+    csv.field_size_limit(2**31 - 1)
+    try:
+        yield
+    finally:
+        csv.field_size_limit(old)
+
+
+def _row_payload(header: list[str], record: list[str]) -> str:
+    """The raw record as a JSON object (header -> value; fields past the header under "__extra_fields")."""
+    row: dict[str, Any] = {}
+    for i, value in enumerate(record[: len(header)]):
+        key = escape_surrogates(header[i])
+        row[key if key not in row else f"{key}#{i + 1}"] = escape_surrogates(value)
+    if len(record) > len(header):
+        row["__extra_fields"] = [escape_surrogates(v) for v in record[len(header) :]]
+    return json.dumps(row, ensure_ascii=False)
+
+
+def _read_csv_record_by_record(
+    data: bytes, path: Path, sep: str, codec: str, source: str
+) -> tuple[pl.DataFrame, list[tuple[str, str, str]]]:
+    """The slow path, taken only when the file as a whole is not clean: split it into records with the csv
+    module, quarantine the records that cannot be read, and hand the rest to polars re-written as UTF-8.
+
+    Why re-write instead of building the frame here: the kept records then go through exactly the parser
+    the fast path uses (nulls, quoting, duplicate header names), so a file gives the same frame whichever
+    path read it. Reasons: ``encoding_error`` (bytes that do not decode with ``codec``), ``ragged_row``
+    (more fields than the header; extra fields that are all empty, i.e. a trailing delimiter, are
+    dropped instead), ``malformed_row`` (quoting the csv module cannot parse; the record's first line is
+    quarantined and reading resumes on the next line).
+    """
+    setting = ENCODING_SETTINGS.get(source, "the source's encoding setting")
+    text = data.decode(codec, errors="surrogateescape")  # undecodable bytes -> U+DC80..U+DCFF, marked per record
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    physical = list(io.StringIO(text, newline=""))
+    out = io.StringIO()
+    writer = csv.writer(out, delimiter=sep, lineterminator="\n")
+    rejects: list[tuple[str, str, str]] = []
+    header: list[str] | None = None
+
+    def keep_or_reject(record: list[str], line: int) -> None:
+        nonlocal header
+        if header is None:
+            at = next((i for i, name in enumerate(record) if has_surrogates(name)), None)
+            if at is not None:
+                raise ValueError(
+                    f"{path}:{line}: the header row is not valid {codec} (column {at + 1}: "
+                    f"{escape_surrogates(record[at])!r}); no row can be keyed. Set {setting} to the file's "
+                    "encoding (e.g. latin-1 or cp1252) or re-export the file as UTF-8"
+                )
+            if not record:
+                raise ValueError(f"{path}:{line}: the first line is blank; a CSV file must start with a header row")
+            header = record
+            writer.writerow(record)
+            return
+        bad = next((i for i, v in enumerate(record) if has_surrogates(v)), None)
+        if bad is not None:
+            value = record[bad]
+            column = header[bad] if bad < len(header) else f"field {bad + 1}"
+            shown = " ".join(f"0x{ord(c) - 0xDC00:02x}" for c in value if 0xDC80 <= ord(c) <= 0xDCFF)[:60]
+            rejects.append(
+                (
+                    "encoding_error",
+                    f"{path}:{line}: column {column!r} holds bytes that are not valid {codec} ({shown}); the row "
+                    f"was not read. If the whole file uses another encoding, set {setting} (e.g. latin-1 or "
+                    "cp1252); otherwise fix the row",
+                    _row_payload(header, record),
+                )
+            )
+            return
+        if len(record) > len(header):
+            if all(not v.strip() for v in record[len(header) :]):
+                record = record[: len(header)]  # a trailing delimiter: nothing is lost by dropping it
+            else:
+                rejects.append(
+                    (
+                        "ragged_row",
+                        f"{path}:{line}: the row has {len(record)} fields but the header has {len(header)}; "
+                        "the values cannot be matched to columns (an unquoted delimiter inside a value?). "
+                        "Quote the value or remove the extra fields",
+                        _row_payload(header, record),
+                    )
+                )
+                return
+        writer.writerow(record)
+
+    start = 0  # 0-based index of the physical line the next reader starts on
+    with _no_csv_field_limit():
+        while start < len(physical):
+            reader = csv.reader(itertools.islice(physical, start, None), delimiter=sep, strict=True)
+            consumed = 0
+            try:
+                for record in reader:
+                    keep_or_reject(record, start + consumed + 1)
+                    consumed = reader.line_num
+                break
+            except csv.Error as exc:
+                bad_line = start + consumed  # 0-based: the first line of the record that failed
+                if header is None:
+                    raise ValueError(f"{path}:{bad_line + 1}: cannot parse the header row ({exc})") from exc
+                raw = physical[bad_line].rstrip("\r\n")
+                rejects.append(
+                    (
+                        "malformed_row",
+                        f"{path}:{bad_line + 1}: cannot parse the row ({exc}); a quote inside a value must be "
+                        "doubled and the value quoted. The line was quarantined; reading resumed on the next one",
+                        json.dumps({"line": escape_surrogates(raw)}, ensure_ascii=False),
+                    )
+                )
+                start = bad_line + 1
+    if header is None:
+        raise ValueError(f"{path} is empty (no header row); if it was still being copied, re-run once it is complete")
+    try:
+        return _polars_csv(out.getvalue().encode("utf-8"), sep), rejects
+    except pl.exceptions.PolarsError as exc:  # not expected: the records were re-written by the csv module
+        raise ValueError(f"cannot read {path} even record by record: {exc}") from exc
+
+
+def _read_csv(path: Path, suffix: str, codec: str, source: str) -> tuple[pl.DataFrame, list[tuple[str, str, str]]]:
+    sep = "\t" if suffix == ".tsv" else ","
+    data = _file_bytes(path, suffix)
+    if not data.strip():
+        raise ValueError(f"{path} is empty (no header row); if it was still being copied, re-run once it is complete")
+    try:  # fast path: the whole file is clean
+        if codec == "utf-8":
+            _check_utf8(data)  # polars' own check misses the header row (polars 1.x decodes it lossily)
+            utf8 = data
+        else:
+            utf8 = data.decode(codec).encode("utf-8")
+        return _polars_csv(utf8, sep), []
+    except (UnicodeError, pl.exceptions.PolarsError):
+        # Undecodable bytes, a ragged row or quoting polars refuses: find the records at fault.
+        return _read_csv_record_by_record(data, path, sep, codec, source)
+
+
+def read_tables_with_rejects(
+    paths: Sequence[Path], encoding: str = "utf-8", source: str = "input"
+) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Read and concatenate CSV/TSV (every column as text) or Parquet files, by suffix.
 
-    CSV columns stay strings so that ingestion, not the CSV sniffer, decides what a
-    malformed value means (it becomes a quarantine row instead of a read error).
-    Directories are expanded to their supported files (sorted). Files with different
-    column sets are combined diagonally (missing columns = null).
+    Returns ``(frame, rejects)``: the records that could be read, and one RAW_QUARANTINE_SCHEMA row
+    (``source``, day null) per record that could not, with the file and line in the detail
+    (``encoding_error``, ``ragged_row``, ``malformed_row``; see ``_read_csv_record_by_record``).
+    One bad line never fails the file. Records read = ``frame.height + rejects.height``; in a CSV a
+    blank line is a record of empty fields (polars' reading), the header is not a record.
+
+    CSV is decoded strictly with ``encoding`` (any Python codec name; Parquet text is UTF-8 by the
+    format's definition). CSV columns stay strings so that ingestion, not the CSV sniffer, decides
+    what a malformed value means. Directories are expanded to their supported files (sorted). Files
+    with different column sets are combined diagonally (missing columns = null).
+
+    Raises ValueError (naming the file, and the line where there is one) for what no row can survive:
+    an unknown encoding, an empty file, an undecodable header, a Parquet file that does not open.
     """
+    codec = text_encoding(encoding, ENCODING_SETTINGS.get(source, "encoding"))
     files = _expand(paths)
     if not files:
         raise ValueError("read_tables got no files; give at least one .csv or .parquet file (or a directory)")
     frames = []
+    rejects: list[tuple[str, str, str]] = []
     for path in files:
         suffix = _suffix(path)
         if suffix not in SUPPORTED_SUFFIXES:
@@ -307,18 +514,37 @@ def read_tables(paths: Sequence[Path]) -> pl.DataFrame:
         if not path.exists():
             raise FileNotFoundError(f"input file {path} does not exist")
         if suffix in (".parquet", ".pq"):
-            frames.append(pl.read_parquet(path))
+            try:
+                frames.append(pl.read_parquet(path))
+            except (pl.exceptions.PolarsError, OSError) as exc:
+                raise ValueError(
+                    f"cannot read {path} as Parquet: {exc}; if it was still being copied, re-run once it is complete"
+                ) from exc
         else:
-            sep = "\t" if suffix == ".tsv" else ","
-            frames.append(pl.read_csv(path, infer_schema=False, separator=sep, encoding="utf8-lossy"))
+            frame, bad = _read_csv(path, suffix, codec, source)
+            frames.append(frame)
+            rejects.extend(bad)
+    quarantine = _quarantine_rows(rejects, source)
     if len(frames) == 1:
-        return frames[0]
+        return frames[0], quarantine
     try:
-        return pl.concat(frames, how="diagonal_relaxed")
+        return pl.concat(frames, how="diagonal_relaxed"), quarantine
     except pl.exceptions.PolarsError as exc:
         raise ValueError(
             f"cannot combine {[str(f) for f in files]}: {exc}; make the files use the same column types"
         ) from exc
+
+
+def read_tables(paths: Sequence[Path], encoding: str = "utf-8") -> pl.DataFrame:
+    """``read_tables_with_rejects`` for callers that have nowhere to put rejects: any record that cannot
+    be read raises a ValueError naming it (a row is never dropped or altered silently)."""
+    frame, rejects = read_tables_with_rejects(paths, encoding)
+    if rejects.height:
+        shown = "; ".join(f"{r}: {d}" for r, d in rejects.select("reason", "detail").head(3).iter_rows())
+        raise ValueError(
+            f"{rejects.height} record(s) cannot be read ({shown}); use read_tables_with_rejects to quarantine them"
+        )
+    return frame
 
 
 # ---------------------------------------------------------------- shared helpers
@@ -330,15 +556,121 @@ def _text(name: str, dtype: pl.DataType) -> pl.Expr:
     if dtype.is_nested() or dtype == pl.Object:
         raise ValueError(f"column {name!r} has type {dtype}; expected text or numbers")
     if dtype.is_float():
-        col = (
-            pl.when(col == col.floor())
-            .then(col.cast(pl.Int64, strict=False).cast(pl.String))
-            .otherwise(col.cast(pl.String))
-        )
+        # Whole numbers print as integers (so 7.0 matches the interaction id "7"); anything an Int64 cannot
+        # hold (1e300, inf) keeps its float spelling instead of turning into a missing id.
+        whole = col.is_finite() & (col == col.floor()) & (col.abs() < 2.0**63)
+        col = pl.when(whole).then(col.cast(pl.Int64, strict=False).cast(pl.String)).otherwise(col.cast(pl.String))
     elif dtype != pl.String:
         col = col.cast(pl.String)
     col = col.str.strip_chars()
     return pl.when(col.str.len_chars() > 0).then(col)
+
+
+_SCALAR_TYPES = (pl.String, pl.Categorical, pl.Enum, pl.Boolean, pl.Date, pl.Datetime, pl.Time, pl.Null)
+
+
+def _is_scalar(dtype: pl.DataType) -> bool:
+    """Types ``_text``/``_number``/``parse_timestamps`` can read a value from."""
+    return dtype.is_numeric() or isinstance(dtype, _SCALAR_TYPES)
+
+
+def _json_safe(dtype: pl.DataType) -> bool:
+    """polars' json_encode panics on binary values (1.x: "not yet implemented"), and objects are opaque."""
+    if dtype in (pl.Binary, pl.Object):
+        return False
+    if isinstance(dtype, pl.List | pl.Array):
+        return _json_safe(dtype.inner)
+    if isinstance(dtype, pl.Struct):
+        return all(_json_safe(f.dtype) for f in dtype.fields)
+    return True
+
+
+def _screen_values(df: pl.DataFrame, mapped: Sequence[str], list_column: str | None = None) -> pl.DataFrame:
+    """Make every column readable as text and mark rows whose mapped values cannot be read.
+
+    CSV gives only text, but Parquet (or a caller's frame) can hold what ingestion cannot read as one
+    value: bytes that are not UTF-8, lists, structs, durations. Adds ``{_P}pre_reason``/``{_P}pre_detail``
+    (null for readable rows), which the reason chains check first:
+
+    * a binary column is decoded as UTF-8 (Parquet's text encoding); a value that does not decode is
+      kept with ``\\xNN`` escapes for the payload, and in a mapped column its row is ``encoding_error``;
+    * a mapped column whose type is not text, a number or a date/time (``list_column``: a list of
+      those) makes each row with a value in it ``bad_type``; the column is replaced by the values'
+      JSON text, so the payload still shows what was there.
+
+    Unmapped columns are only made JSON-encodable (for the payload). Per-row Python runs only for the
+    columns of such types, never on the common path.
+    """
+    masks: list[tuple[pl.Series, str, str]] = []
+    replace: list[pl.Series] = []
+    for name, dtype in df.schema.items():
+        is_mapped = name in mapped
+        if dtype == pl.Binary:
+            text: list[str | None] = []
+            ok: list[bool] = []
+            for v in df.get_column(name).to_list():
+                try:
+                    text.append(None if v is None else v.decode("utf-8"))
+                    ok.append(True)
+                except UnicodeDecodeError:
+                    text.append(v.decode("utf-8", errors="backslashreplace"))
+                    ok.append(False)
+            replace.append(pl.Series(name, text, dtype=pl.String))
+            if is_mapped and not all(ok):
+                detail = f"column {name!r} holds bytes that are not valid UTF-8 (Parquet text is UTF-8)"
+                masks.append((~pl.Series(ok), "encoding_error", detail + "; fix the producer"))
+            continue
+        readable = _is_scalar(dtype) or (
+            name == list_column
+            and isinstance(dtype, pl.List | pl.Array)
+            and _is_scalar(dtype.inner)
+            and dtype.inner != pl.Null
+        )
+        if is_mapped and not readable:
+            values = df.get_column(name)
+            masks.append(
+                (
+                    values.is_not_null(),
+                    "bad_type",
+                    f"column {name!r} holds {dtype} values; expected text, a number or a date"
+                    + (" (or a list of those)" if name == list_column else ""),
+                )
+            )
+            replace.append(
+                pl.Series(
+                    name, [None if v is None else json.dumps(v, default=str) for v in values.to_list()], pl.String
+                )
+            )
+        elif not _json_safe(dtype):
+            values = df.get_column(name)
+            replace.append(
+                pl.Series(
+                    name,
+                    [None if v is None else json.dumps(v, default=_bytes_text) for v in values.to_list()],
+                    pl.String,
+                )
+            )
+        elif name == list_column and isinstance(dtype, pl.Array):
+            replace.append(df.get_column(name).arr.to_list())
+    if replace:
+        df = df.with_columns(replace)
+    null_text = pl.lit(None, dtype=pl.String)
+    if not masks:
+        return df.with_columns(null_text.alias(f"{_P}pre_reason"), null_text.alias(f"{_P}pre_detail"))
+    checks = pl.DataFrame([mask.alias(f"m{i}") for i, (mask, _, _) in enumerate(masks)])
+    reason: Any = pl
+    detail: Any = pl
+    for i, (_, code, text_) in enumerate(masks):  # the first column's problem wins
+        reason = reason.when(pl.col(f"m{i}")).then(pl.lit(code))
+        detail = detail.when(pl.col(f"m{i}")).then(pl.lit(text_))
+    flags = checks.select(
+        reason.otherwise(null_text).alias(f"{_P}pre_reason"), detail.otherwise(null_text).alias(f"{_P}pre_detail")
+    )
+    return df.hstack(flags)
+
+
+def _bytes_text(value: Any) -> str:
+    return value.decode("utf-8", errors="backslashreplace") if isinstance(value, bytes) else str(value)
 
 
 def _show(expr: pl.Expr) -> pl.Expr:
@@ -390,23 +722,28 @@ def _year_expr(name: str, dtype: pl.DataType) -> tuple[pl.Expr, pl.Expr]:
     return pl.when(ok).then(num.cast(pl.Int32)), raw
 
 
-def ingest_catalog(df: pl.DataFrame, mapping: CatalogMapping | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
+def ingest_catalog(
+    df: pl.DataFrame, mapping: CatalogMapping | None = None, *, read_rejects: pl.DataFrame | None = None
+) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Validate and normalize a catalog snapshot.
 
     Returns ``(rows, quarantine)``: rows conform to CATALOG_SCHEMA (input order, one per
     title_id), quarantine to RAW_QUARANTINE_SCHEMA with source="catalog", day=null.
-    Invariant: ``len(rows) + rejected == len(df)`` where rejected counts quarantine rows
-    whose reason is not in REPAIRED_REASONS.
+    ``read_rejects`` (from ``read_tables_with_rejects``) lead the quarantine.
+    Invariant: ``len(rows) + rejected == len(df) + len(read_rejects)`` where rejected counts
+    quarantine rows whose reason is not in REPAIRED_REASONS.
     """
     mapping = mapping or CatalogMapping()
     raw_columns = list(df.columns)
-    schema = df.schema
     c_id = _column(df, mapping, "title_id", required=True)
     c_title = _column(df, mapping, "title", required=True)
     assert c_id is not None and c_title is not None
     c_kind, c_genres, c_year, c_syn, c_lang, c_mat = (
         _column(df, mapping, f, required=False) for f in ("kind", "genres", "year", "synopsis", "language", "maturity")
     )
+    mapped = [c for c in (c_id, c_title, c_kind, c_genres, c_year, c_syn, c_lang, c_mat) if c is not None]
+    df = _screen_values(df, mapped, list_column=c_genres)
+    schema = df.schema
     null_text = pl.lit(None, dtype=pl.String)
     lo, hi = YEAR_RANGE
 
@@ -465,7 +802,9 @@ def ingest_catalog(df: pl.DataFrame, mapping: CatalogMapping | None = None) -> t
     )
     col = pl.col
     reason = (
-        pl.when(col(f"{_P}id").is_null())
+        pl.when(col(f"{_P}pre_reason").is_not_null())
+        .then(col(f"{_P}pre_reason"))
+        .when(col(f"{_P}id").is_null())
         .then(pl.lit("null_title_id"))
         .when(col(f"{_P}title").is_null())
         .then(pl.lit("null_title"))
@@ -475,7 +814,9 @@ def ingest_catalog(df: pl.DataFrame, mapping: CatalogMapping | None = None) -> t
     )
     norm = norm.with_columns(reason.alias(f"{_P}reason"))
     rejected = norm.filter(col(f"{_P}reason").is_not_null()).with_columns(
-        pl.when(col(f"{_P}reason") == "null_title_id")
+        pl.when(col(f"{_P}pre_reason").is_not_null())
+        .then(col(f"{_P}pre_detail"))
+        .when(col(f"{_P}reason") == "null_title_id")
         .then(pl.lit(f"title_id is missing or blank (column {c_id!r}); the row cannot be keyed"))
         .when(col(f"{_P}reason") == "null_title")
         .then(pl.lit(f"title is missing or blank (column {c_title!r})"))
@@ -529,6 +870,9 @@ def ingest_catalog(df: pl.DataFrame, mapping: CatalogMapping | None = None) -> t
         how="vertical_relaxed",
     ).sort(f"{_P}row")
     quarantine = _quarantine(flagged, "catalog", pl.lit(None, dtype=pl.Date), raw_columns)
+    if read_rejects is not None and read_rejects.height:
+        read = conform(read_rejects.with_columns(pl.lit("catalog").alias("source")), RAW_QUARANTINE_SCHEMA)
+        quarantine = pl.concat([read, quarantine])
     rows = conform(
         kept.select(
             col(f"{_P}id").alias("title_id"),
@@ -623,6 +967,7 @@ def ingest_interactions(
     known_title_ids: pl.Series | Sequence[str],
     *,
     per_day_files: bool,
+    read_rejects: pl.DataFrame | None = None,
 ) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, int]]:
     """Validate and normalize member events for the partition ``day`` (UTC).
 
@@ -639,15 +984,21 @@ def ingest_interactions(
     belong to other partitions and are only counted (other_day_rows). Rows whose timestamp
     cannot be parsed belong to no day: they are quarantined with day=null and every
     partition's run returns the same ones, so the caller must replace (not append) them.
+
+    ``read_rejects``: records ``read_tables_with_rejects`` could not read. They lead the
+    quarantine and count in rows_in; their day is ``day`` with per-day files, else null (an
+    unreadable row's timestamp is unknown, so like a bad timestamp it belongs to no day).
     """
     mapping = mapping or InteractionMapping()
     raw_columns = list(df.columns)
-    schema = df.schema
     c_member = _column(df, mapping, "member_id", required=True)
     c_title = _column(df, mapping, "title_id", required=True)
     c_ts = _column(df, mapping, "timestamp", required=True)
     assert c_member is not None and c_title is not None and c_ts is not None
     c_event, c_value, c_rating = (_column(df, mapping, f, required=False) for f in ("event", "value", "rating"))
+    mapped = [c for c in (c_member, c_title, c_ts, c_event, c_value, c_rating) if c is not None]
+    df = _screen_values(df, mapped)
+    schema = df.schema
     known = (known_title_ids if isinstance(known_title_ids, pl.Series) else pl.Series(list(known_title_ids))).cast(
         pl.String
     )
@@ -690,7 +1041,9 @@ def ingest_interactions(
         | ((ev == "complete") & val.is_not_null() & ((val < 0) | (val > 1)))
     )
     reason = (
-        pl.when(col(f"{_P}member").is_null())
+        pl.when(col(f"{_P}pre_reason").is_not_null())
+        .then(col(f"{_P}pre_reason"))
+        .when(col(f"{_P}member").is_null())
         .then(pl.lit("null_member_id"))
         .when(col(f"{_P}title").is_null())
         .then(pl.lit("null_title_id"))
@@ -710,7 +1063,9 @@ def ingest_interactions(
 
     bad = norm.filter(col(f"{_P}reason").is_not_null())
     detail = (
-        pl.when(col(f"{_P}reason") == "null_member_id")
+        pl.when(col(f"{_P}pre_reason").is_not_null())
+        .then(col(f"{_P}pre_detail"))
+        .when(col(f"{_P}reason") == "null_member_id")
         .then(pl.lit(f"member_id is missing or blank (column {c_member!r})"))
         .when(col(f"{_P}reason") == "null_title_id")
         .then(pl.lit(f"title_id is missing or blank (column {c_title!r})"))
@@ -770,6 +1125,12 @@ def ingest_interactions(
     )
     q_day = pl.lit(day) if per_day_files else pl.when(col(f"{_P}ts").is_not_null()).then(pl.lit(day))
     quarantine = _quarantine(bad.with_columns(detail.alias(f"{_P}detail")), "interactions", q_day, raw_columns)
+    if read_rejects is not None and read_rejects.height:
+        read = read_rejects.with_columns(
+            pl.lit("interactions").alias("source"), pl.lit(day if per_day_files else None, dtype=pl.Date).alias("day")
+        )
+        quarantine = pl.concat([conform(read, RAW_QUARANTINE_SCHEMA), quarantine])
+        rows_in += read_rejects.height
 
     good = norm.filter(col(f"{_P}reason").is_null())
     key = [f"{_P}member", f"{_P}title", f"{_P}ts", f"{_P}event"]

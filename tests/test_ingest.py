@@ -104,9 +104,7 @@ def movielens(tmp_path: Path) -> tuple[Path, Path]:
     return movies, ratings
 
 
-ML_CATALOG = ig.CatalogMapping(
-    title_id="movieId", title="title", genres="genres", kind=None, year=None, synopsis=None
-)
+ML_CATALOG = ig.CatalogMapping(title_id="movieId", title="title", genres="genres", kind=None, year=None, synopsis=None)
 ML_RATINGS = ig.InteractionMapping(
     member_id="userId", title_id="movieId", timestamp="timestamp", event=None, value=None, rating="rating"
 )
@@ -169,9 +167,7 @@ def test_movielens_ratings_one_big_file_keeps_only_the_day(movielens: tuple[Path
 
     # The next day's partition picks up the row that was "other day" above, and the
     # same unplaceable bad_timestamp row again (the caller replaces it).
-    rows2, q2, _ = ig.ingest_interactions(
-        raw, ML_RATINGS, date(2026, 1, 2), catalog["title_id"], per_day_files=False
-    )
+    rows2, q2, _ = ig.ingest_interactions(raw, ML_RATINGS, date(2026, 1, 2), catalog["title_id"], per_day_files=False)
     assert rows2.select("member_id", "title_id").rows() == [("3", "1")]
     assert q2["reason"].to_list() == ["bad_timestamp"]
     assert q2["payload"].to_list() == q.filter(pl.col("reason") == "bad_timestamp")["payload"].to_list()
@@ -262,18 +258,14 @@ def test_parquet_variant_with_iso_timestamps_and_other_names(tmp_path: Path) -> 
 
 def test_native_parquet_timestamps_and_numeric_epochs() -> None:
     day = date(2026, 1, 1)
-    naive = pl.DataFrame(
-        {"member_id": ["a", "b"], "title_id": ["T1", "T2"], "ts": [datetime(2026, 1, 1, 5), None]}
-    )
+    naive = pl.DataFrame({"member_id": ["a", "b"], "title_id": ["T1", "T2"], "ts": [datetime(2026, 1, 1, 5), None]})
     rows, q, _ = ig.ingest_interactions(naive, None, day, KNOWN, per_day_files=True)
     assert rows["ts"].to_list() == [datetime(2026, 1, 1, 5, tzinfo=UTC)]
     assert q["reason"].to_list() == ["bad_timestamp"] and "missing" in q["detail"][0]
     aware = naive.with_columns(pl.col("ts").dt.replace_time_zone("Asia/Tokyo"))
     rows, _, _ = ig.ingest_interactions(aware, None, date(2025, 12, 31), KNOWN, per_day_files=False)
     assert rows["ts"].to_list() == [datetime(2025, 12, 31, 20, tzinfo=UTC)]
-    epochs = pl.DataFrame(
-        {"member_id": ["a", "b"], "title_id": ["T1", "T2"], "ts": [_epoch(2026, 1, 1, 7), -5]}
-    )
+    epochs = pl.DataFrame({"member_id": ["a", "b"], "title_id": ["T1", "T2"], "ts": [_epoch(2026, 1, 1, 7), -5]})
     rows, q, _ = ig.ingest_interactions(epochs, None, day, ["T1", "T2"], per_day_files=False)
     assert rows["ts"].to_list() == [datetime(2026, 1, 1, 7, tzinfo=UTC)]
     assert q.height == 0, "1969 is a valid (other) day, not an error"
@@ -408,9 +400,7 @@ def test_defaults_when_optional_interaction_columns_are_absent() -> None:
     rows, q, _ = ig.ingest_interactions(df, ig.InteractionMapping(), DAY, KNOWN, per_day_files=True)
     assert rows.select("event", "value", "day").rows() == [("play", None, DAY)] and q.height == 0
     rated = df.with_columns(pl.lit("4").alias("stars"), pl.lit(None, dtype=pl.String).alias("event"))
-    rows, _, _ = ig.ingest_interactions(
-        rated, ig.InteractionMapping(rating="stars"), DAY, KNOWN, per_day_files=True
-    )
+    rows, _, _ = ig.ingest_interactions(rated, ig.InteractionMapping(rating="stars"), DAY, KNOWN, per_day_files=True)
     assert rows.select("event", "value").rows() == [("rate", 4.0)]
 
 
@@ -481,9 +471,9 @@ def test_read_tables_errors_and_mixed_inputs(tmp_path: Path) -> None:
     parts = tmp_path / "parts"
     parts.mkdir()
     (parts / "a.csv").write_text("member_id,title_id,ts\n001,T1,2026-01-01T00:00:00Z\n")
-    pl.DataFrame(
-        {"member_id": ["2"], "title_id": ["T2"], "ts": [_epoch(2026, 1, 1, 3)], "extra": [1]}
-    ).write_parquet(parts / "b.parquet")
+    pl.DataFrame({"member_id": ["2"], "title_id": ["T2"], "ts": [_epoch(2026, 1, 1, 3)], "extra": [1]}).write_parquet(
+        parts / "b.parquet"
+    )
     (parts / "notes.txt").write_text("ignored inside a directory")
     raw = ig.read_tables([parts])
     assert raw.height == 2 and raw["member_id"].to_list() == ["001", "2"], "leading zeros survive"
@@ -504,9 +494,9 @@ def test_arbitrary_text_never_crashes_and_nothing_is_lost(rows: list[tuple], per
     _invariant(df, out, q, stats)
     assert dict(out.schema) == INTERACTIONS_SCHEMA and dict(q.schema) == RAW_QUARANTINE_SCHEMA
     assert set(q["reason"]) <= set(ig.INTERACTION_REASONS)
-    cat = pl.DataFrame(
-        [r[:4] for r in rows], schema=["title_id", "title", "kind", "year"], orient="row"
-    ).with_columns(pl.all().cast(pl.String))
+    cat = pl.DataFrame([r[:4] for r in rows], schema=["title_id", "title", "kind", "year"], orient="row").with_columns(
+        pl.all().cast(pl.String)
+    )
     crows, cq = ig.ingest_catalog(cat)
     rejected = cq.filter(~pl.col("reason").is_in(list(ig.REPAIRED_REASONS))).height
     assert crows.height + rejected == cat.height
@@ -519,3 +509,166 @@ def test_infinite_or_huge_epoch_values_are_unparsable_not_a_crash() -> None:
 
     parsed = parse_timestamps(pl.Series(["inf", "-inf", "1e30", "1767225600"]))
     assert parsed.is_null().to_list() == [True, True, True, False]
+
+
+# ------------------------------------ issue 12: encodings, ragged rows, unreadable values
+
+LATIN1_EVENTS = (
+    "member_id,title_id,ts,event\n"
+    "ana,T1,2026-01-01T08:00:00Z,play\n"
+    "Jos\u00e9,T1,2026-01-01T09:00:00Z,play\n"
+    "Jos\u00e8,T2,2026-01-01T10:00:00Z,play\n"
+    "bo,T3,2026-01-01T11:00:00Z,play\n"
+)
+LATIN1_TITLES = "title_id,title\nT1,Am\u00e9lie\nT2,Am\u00e8lie\nT3,Heat\n"
+
+
+def test_a_latin1_file_read_as_utf8_quarantines_only_the_undecodable_rows(tmp_path: Path) -> None:
+    path = tmp_path / "events.csv"
+    path.write_bytes(LATIN1_EVENTS.encode("latin-1"))
+    raw, rejects = ig.read_tables_with_rejects([path], encoding="utf-8", source="interactions")
+    assert raw["member_id"].to_list() == ["ana", "bo"], "no row is read with U+FFFD in place of a byte"
+    assert dict(rejects.schema) == RAW_QUARANTINE_SCHEMA
+    assert rejects["reason"].to_list() == ["encoding_error"] * 2
+    for line, detail in zip((3, 4), rejects["detail"], strict=True):
+        assert detail.startswith(f"{path}:{line}: column 'member_id'") and "INTERACTION_ENCODING" in detail
+    assert "0xe9" in rejects["detail"][0] and "0xe8" in rejects["detail"][1]
+    assert json.loads(rejects["payload"][0])["member_id"] == "Jos\\xe9"
+
+    _, q, stats = ig.ingest_interactions(raw, None, DAY, KNOWN, per_day_files=True, read_rejects=rejects)
+    assert stats["rows_in"] == 4 == stats["rows_out"] + stats["quarantined"]
+    assert q["reason"].to_list() == ["encoding_error"] * 2 and (q["day"] == DAY).all()
+    assert (q["source"] == "interactions").all()
+
+    # The old API has nowhere to put rejects, so it refuses instead of dropping or altering rows.
+    with pytest.raises(ValueError, match=rf"2 record\(s\) cannot be read.*{path.name}:3"):
+        ig.read_tables([path])
+
+
+def test_with_the_right_encoding_two_spellings_stay_two_members_and_two_titles(tmp_path: Path) -> None:
+    events, titles = tmp_path / "events.csv", tmp_path / "titles.csv"
+    events.write_bytes(LATIN1_EVENTS.encode("latin-1"))
+    titles.write_bytes(LATIN1_TITLES.encode("latin-1"))
+    raw, rejects = ig.read_tables_with_rejects([events], encoding="latin-1", source="interactions")
+    assert rejects.height == 0
+    rows, q, _ = ig.ingest_interactions(raw, None, DAY, KNOWN, per_day_files=True, read_rejects=rejects)
+    assert q.height == 0 and {"Jos\u00e9", "Jos\u00e8"} <= set(rows["member_id"]) and rows["member_id"].n_unique() == 4
+    raw, rejects = ig.read_tables_with_rejects([titles], encoding="ISO-8859-1", source="catalog")
+    catalog, cq = ig.ingest_catalog(raw, read_rejects=rejects)
+    assert cq.height == 0 and catalog["title"].to_list() == ["Am\u00e9lie", "Am\u00e8lie", "Heat"]
+
+    raw, rejects = ig.read_tables_with_rejects([titles], source="catalog")
+    catalog, cq = ig.ingest_catalog(raw, read_rejects=rejects)
+    assert catalog["title"].to_list() == ["Heat"] and cq["reason"].to_list() == ["encoding_error"] * 2
+    assert "CATALOG_ENCODING" in cq["detail"][0] and (cq["source"] == "catalog").all()
+
+
+def test_an_unknown_encoding_name_fails_before_reading_with_the_setting_named(tmp_path: Path) -> None:
+    path = tmp_path / "t.csv"
+    path.write_text(LATIN1_TITLES)
+    with pytest.raises(ValueError, match=r"CATALOG_ENCODING='latin-9x': unknown encoding"):
+        ig.read_tables_with_rejects([path], encoding="latin-9x", source="catalog")
+    with pytest.raises(ValueError, match=r"unknown encoding 'nope'"):
+        ig.read_tables([path], encoding="nope")
+
+
+def test_utf16_and_a_byte_order_mark_are_read(tmp_path: Path) -> None:
+    path = tmp_path / "t.csv"
+    path.write_bytes(LATIN1_TITLES.encode("utf-16"))
+    raw, rejects = ig.read_tables_with_rejects([path], encoding="utf-16")
+    assert rejects.height == 0 and raw.columns == ["title_id", "title"] and raw["title"][0] == "Am\u00e9lie"
+    path.write_bytes(b"\xef\xbb\xbf" + LATIN1_TITLES.encode("utf-8"))
+    raw, _ = ig.read_tables_with_rejects([path])
+    assert raw.columns == ["title_id", "title"]
+    path.write_bytes(b"\xef\xbb\xbf" + LATIN1_TITLES.encode("utf-8") + b"T4,Caf\xe9\n")  # BOM and the slow path
+    raw, rejects = ig.read_tables_with_rejects([path])
+    assert raw.columns == ["title_id", "title"] and raw.height == 3 and rejects.height == 1
+
+
+def test_a_ragged_row_is_quarantined_with_file_and_line_and_the_rest_is_read(tmp_path: Path) -> None:
+    path = tmp_path / "events.csv"
+    path.write_text(
+        "member_id,title_id,ts,event\n"
+        "ana,T1,2026-01-01T08:00:00Z,play\n"
+        "bo,T1,2026-01-01T09:00:00Z,play,4.5,extra\n"  # more fields than the header
+        'cy,T2,2026-01-01T10:00:00Z,"play"\n'
+        "di,T3,2026-01-01T11:00:00Z,play,\n"  # a trailing delimiter: nothing to lose, kept
+        "ed,T3\n"  # fewer fields: missing values are null (then the row's own rules apply)
+        'fy,"T2 with a ""quote""",2026-01-01T12:00:00Z,play\n'
+        'gu,12" vinyl,2026-01-01T12:00:00Z,play\n'  # a bare quote inside a value: kept as written
+    )
+    raw, rejects = ig.read_tables_with_rejects([path], source="interactions")
+    assert raw["member_id"].to_list() == ["ana", "cy", "di", "ed", "fy", "gu"]
+    assert raw.filter(pl.col("member_id") == "gu")["title_id"].to_list() == ['12" vinyl']
+    assert rejects["reason"].to_list() == ["ragged_row"]
+    assert rejects["detail"][0].startswith(f"{path}:3: the row has 6 fields but the header has 4")
+    assert json.loads(rejects["payload"][0])["__extra_fields"] == ["4.5", "extra"]
+    _, q, stats = ig.ingest_interactions(raw, None, DAY, KNOWN, per_day_files=True, read_rejects=rejects)
+    assert stats["rows_in"] == 7 == stats["rows_out"] + stats["quarantined"]
+    assert sorted(q["reason"].to_list()) == ["bad_timestamp", "ragged_row", "unknown_title", "unknown_title"]
+
+
+def test_an_unterminated_quote_costs_one_line_not_the_rest_of_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "titles.csv"
+    path.write_text('title_id,title\nT1,Heat\nT2,"Ronin\nT3,Alien\nT4,"Up" and away\nT5,Brazil\n')
+    raw, rejects = ig.read_tables_with_rejects([path], source="catalog")
+    assert raw["title_id"].to_list() == ["T1", "T3", "T5"]
+    assert rejects["reason"].to_list() == ["malformed_row", "malformed_row"]
+    assert [d.split(": ")[0] for d in rejects["detail"]] == [f"{path}:3", f"{path}:5"]
+    assert json.loads(rejects["payload"][0]) == {"line": 'T2,"Ronin'}
+
+
+def test_files_no_row_can_survive_fail_with_the_file_named(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.csv"
+    empty.write_bytes(b"")
+    with pytest.raises(ValueError, match=r"empty\.csv is empty \(no header row\)"):
+        ig.read_tables_with_rejects([empty])
+    header = tmp_path / "header.csv"
+    header.write_bytes(b"title_id,t\xeftle\nT1,Heat\n")
+    with pytest.raises(ValueError, match=r"header\.csv:1: the header row is not valid utf-8.*encoding"):
+        ig.read_tables_with_rejects([header])
+    broken = tmp_path / "broken.parquet"
+    broken.write_bytes(b"PAR1 not really")
+    with pytest.raises(ValueError, match=r"cannot read .*broken\.parquet as Parquet"):
+        ig.read_tables_with_rejects([broken])
+
+
+def test_parquet_values_that_are_not_one_readable_value_are_quarantined_per_row(tmp_path: Path) -> None:
+    path = tmp_path / "events.parquet"
+    pl.DataFrame(
+        {
+            "member_id": pl.Series([b"ana", b"Jos\xe9", b"bo", b"cy"], dtype=pl.Binary),
+            "title_id": ["T1", "T1", "T2", "T3"],
+            "ts": ["2026-01-01T08:00:00Z"] * 4,
+            "value": [None, None, [1.0], None],
+            "blob": pl.Series([b"\xff", None, None, b"ok"], dtype=pl.Binary),  # unmapped: payload only
+        }
+    ).write_parquet(path)
+    raw, rejects = ig.read_tables_with_rejects([path])
+    assert rejects.height == 0
+    rows, q, stats = ig.ingest_interactions(raw, None, DAY, KNOWN, per_day_files=True)
+    _invariant(raw, rows, q, stats)
+    assert rows["member_id"].to_list() == ["ana", "cy"]
+    assert q["reason"].to_list() == ["encoding_error", "bad_type"]
+    assert "column 'member_id' holds bytes that are not valid UTF-8" in q["detail"][0]
+    assert "column 'value' holds List(Float64) values" in q["detail"][1]
+    assert json.loads(q["payload"][0])["member_id"] == "Jos\\xe9"
+    assert json.loads(q["payload"][1])["value"] == "[1.0]"
+
+
+def test_parquet_catalog_with_huge_nested_and_non_finite_values_never_crashes() -> None:
+    df = pl.DataFrame(
+        {
+            "title_id": [1.0, 1e300, float("inf"), 7.0],
+            "title": ["A", "B", "C", "D"],
+            "genres": [["Drama"], ["x", "y"], None, []],
+            "year": [1999.0, float("nan"), 1e30, None],
+            "synopsis": [{"a": 1}, None, None, None],
+        }
+    )
+    rows, q = ig.ingest_catalog(df)
+    assert rows["title_id"].to_list() == ["1e+300", "inf", "7"], "a huge id keeps its spelling, not null"
+    assert q.filter(pl.col("reason") == "bad_type")["detail"].to_list() == [
+        "column 'synopsis' holds Struct({'a': Int64}) values; expected text, a number or a date"
+    ]
+    assert sorted(q["reason"].to_list()) == ["bad_type", "bad_year", "bad_year"]
