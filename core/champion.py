@@ -3,8 +3,19 @@
 Append-only and immutable, like every artifact: each promotion is one JSON record
 ``<registry>/<version>.json`` written atomically and never overwritten, so the
 history of champions is the directory listing and a reader can never see half a
-record. The current champion is the newest valid record; a corrupt or foreign file
-is reported and skipped, never fatal (a bad write must not block every later eval).
+record. A corrupt or foreign file is reported and skipped, never fatal (a bad write must
+not block every later eval).
+
+Promotion is a compare-and-swap (``promote``): a record names the champion it
+replaced (``previous``), and it is committed by creating the claim file
+``<registry>/.successors/<previous>`` with ``link()``, which fails when the name
+exists - atomic on local filesystems and on NFS, across processes and hosts, with no
+lock to go stale. Each champion can therefore be replaced once; a candidate that
+was compared with a champion someone else already replaced gets ``ChampionChanged``
+and is compared again with the new one (``promote_if_better``, bounded attempts).
+The claim holds the whole record, so a crash after it leaves a complete record.
+The current champion is the newest record (by ``promoted_at``) that no claim
+replaced, which is also the answer for registries written before claims existed.
 
 Promotion rule (``decide_promotion``): a candidate is promoted unless it is worse
 than the champion by more than a margin on validation loss (relative margin) or on
@@ -15,11 +26,13 @@ anything; the records carry an ``eval_set`` fingerprint so a mismatch is reporte
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
 import re
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,6 +41,9 @@ from typing import Any
 from core.atomic_io import TMP_PREFIX, atomic_write_bytes, fsync_dir, new_version_id
 
 RECORD_FORMAT = 1
+SUCCESSORS = ".successors"  # <registry>/.successors/<replaced version>: the commit point of a promotion
+FIRST = "_first"  # the claim of the first champion (no version starts with "_")
+MAX_PROMOTION_ATTEMPTS = 3
 _VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 
 # The metrics promotion looks at, extracted from an eval report by ``promotion_metrics``.
@@ -86,18 +102,60 @@ class RegistryProblem:
     detail: str
 
 
-def read_champions(registry: Path) -> tuple[list[ChampionRecord], list[RegistryProblem]]:
-    """Every valid record, oldest first (by promoted_at, then version), and the files that are not valid."""
+class ChampionChanged(RuntimeError):
+    """The champion a record was compared with is no longer the champion (someone promoted in between)."""
+
+    def __init__(self, expected: str | None, current: ChampionRecord | None) -> None:
+        self.expected = expected
+        self.current = current
+        now = current.version if current else "none"
+        super().__init__(
+            f"champion is now {now}, not {expected or 'none'} as this promotion assumed; compare with {now} again"
+        )
+
+
+class PromotionConflict(RuntimeError):
+    """The champion kept changing while a candidate was being compared; the caller should evaluate again later."""
+
+
+def _load_record(path: Path) -> ChampionRecord:
+    return ChampionRecord.from_json(json.loads(path.read_text(encoding="utf-8")))
+
+
+def _claim_name(previous: str | None) -> str:
+    return previous or FIRST
+
+
+def _registry_state(registry: Path) -> tuple[list[ChampionRecord], list[RegistryProblem], set[str]]:
+    """Valid records (oldest first), problems, and the names of the champions already replaced (claimed)."""
     registry = Path(registry)
     if not registry.is_dir():
-        return [], []
-    records: list[ChampionRecord] = []
+        return [], [], set()
+    by_version: dict[str, ChampionRecord] = {}
     problems: list[RegistryProblem] = []
+    claims_dir = registry / SUCCESSORS
+    claimed: set[str] = set()
+    # Claims first: a claim is the committed record, even when a crash kept its <version>.json from appearing.
+    for path in sorted(claims_dir.iterdir()) if claims_dir.is_dir() else []:
+        if path.name.startswith(TMP_PREFIX) or not path.is_file():
+            continue
+        claimed.add(path.name)
+        try:
+            record = _load_record(path)
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, ValueError) as exc:
+            problems.append(RegistryProblem(str(path), f"unreadable successor claim: {exc}"))
+            continue
+        if _claim_name(record.previous) != path.name:
+            problems.append(
+                RegistryProblem(str(path), f"claim names {path.name!r} but the record replaced {record.previous!r}")
+            )
+            continue
+        by_version[record.version] = record
     for path in sorted(registry.iterdir()):
         if path.name.startswith(TMP_PREFIX) or path.suffix != ".json" or not path.is_file():
             continue
         try:
-            record = ChampionRecord.from_json(json.loads(path.read_text(encoding="utf-8")))
+            record = _load_record(path)
         except (OSError, UnicodeDecodeError, json.JSONDecodeError, ValueError) as exc:
             problems.append(RegistryProblem(str(path), f"unreadable champion record: {exc}"))
             continue
@@ -106,23 +164,61 @@ def read_champions(registry: Path) -> tuple[list[ChampionRecord], list[RegistryP
                 RegistryProblem(str(path), f"record says version {record.version!r} but the file is {path.name}")
             )
             continue
-        records.append(record)
-    records.sort(key=lambda r: (r.promoted_at, r.version))
+        known = by_version.setdefault(record.version, record)
+        if known != record:
+            problems.append(RegistryProblem(str(path), f"differs from the committed claim of {record.version}"))
+    records = sorted(by_version.values(), key=lambda r: (r.promoted_at, r.version))
+    return records, problems, claimed
+
+
+def read_champions(registry: Path) -> tuple[list[ChampionRecord], list[RegistryProblem]]:
+    """Every valid record, oldest first (by promoted_at, then version), and the files that are not valid."""
+    records, problems, _ = _registry_state(registry)
     return records, problems
 
 
+def _current(records: list[ChampionRecord], claimed: set[str]) -> ChampionRecord | None:
+    live = [r for r in records if r.version not in claimed]
+    return live[-1] if live else None
+
+
 def current_champion(registry: Path) -> ChampionRecord | None:
-    """The newest valid champion record, or None when nothing was promoted yet."""
-    records, _ = read_champions(registry)
-    return records[-1] if records else None
+    """The champion now: the newest valid record not replaced by a later one (None before the first promotion)."""
+    records, _, claimed = _registry_state(registry)
+    return _current(records, claimed)
+
+
+def _link_exclusive(src: Path, dst: Path, data: bytes) -> bool:
+    """Create `dst` with `src`'s bytes only if the name is free; False when it already exists.
+
+    link() is the atomic create-if-absent that works on NFS too; a retransmitted NFS link whose first try
+    succeeded reports EEXIST, hence the same-file check. Filesystems without hard links get O_CREAT|O_EXCL.
+    """
+    try:
+        os.link(src, dst)
+        return True
+    except FileExistsError:
+        return os.path.samefile(src, dst)
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK, errno.ENOSYS):
+            raise
+    try:
+        fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        return False
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return True
 
 
 def promote(registry: Path, record: ChampionRecord) -> Path:
-    """Append ``record`` as ``<registry>/<version>.json``; never replaces an existing record.
+    """Make ``record`` the champion if ``record.previous`` still is; returns ``<registry>/<version>.json``.
 
-    The bytes are staged and fsynced under a temporary name, then hard-linked into
-    place: the link fails if the name exists, so two concurrent promotions of the same
-    version cannot overwrite each other (FileExistsError).
+    Raises ChampionChanged when the champion is no longer ``record.previous`` (compare again with
+    ``exc.current``), FileExistsError when the version exists (records are immutable).
     """
     if not _VERSION_RE.match(record.version):
         raise ValueError(
@@ -131,21 +227,25 @@ def promote(registry: Path, record: ChampionRecord) -> Path:
         )
     registry = Path(registry)
     final = registry / f"{record.version}.json"
-    if final.exists():
+    records, _, claimed = _registry_state(registry)
+    if final.exists() or any(r.version == record.version for r in records):
         raise FileExistsError(f"champion record {final} already exists; records are immutable, use a new version")
+    current = _current(records, claimed)
+    if (current.version if current else None) != record.previous:
+        raise ChampionChanged(record.previous, current)
+    claims = registry / SUCCESSORS
+    claims.mkdir(parents=True, exist_ok=True)
     data = (json.dumps(record.to_json(), indent=2, sort_keys=True) + "\n").encode("utf-8")
     staging = registry / f"{TMP_PREFIX}{record.version}.json-{uuid.uuid4().hex[:8]}"
     atomic_write_bytes(staging, data)
     try:
-        os.link(staging, final)
-    except FileExistsError:
-        raise FileExistsError(
-            f"champion record {final} already exists; records are immutable, use a new version"
-        ) from None
-    except OSError:  # a filesystem without hard links: rename, after the existence check above
-        if final.exists():
-            raise FileExistsError(f"champion record {final} already exists") from None
-        os.replace(staging, final)
+        # The commit point: only one promotion can ever replace a given champion.
+        if not _link_exclusive(staging, claims / _claim_name(record.previous), data):
+            raise ChampionChanged(record.previous, current_champion(registry))
+        fsync_dir(claims)
+        # The readable history name; the claim already holds the record if we die before this.
+        if not _link_exclusive(staging, final, data):
+            raise FileExistsError(f"champion record {final} appeared during promotion; the claim holds the record")
     finally:
         staging.unlink(missing_ok=True)
     fsync_dir(registry)
@@ -274,3 +374,68 @@ def decide_promotion(
         )
     reasons.insert(0, "promoted: within margins of the champion" if promoted else "not promoted: regression")
     return Decision(promoted, reasons, deltas)
+
+
+# --------------------------------------------------------------------------------------
+# Decide and promote, again and again while the champion moves
+
+
+@dataclass(frozen=True)
+class GateOutcome:
+    """How a candidate fared: the decision and the champion that decision was made against."""
+
+    decision: Decision
+    champion: ChampionRecord | None  # the champion the final decision compared with
+    champion_metrics: dict[str, Any] | None
+    record: ChampionRecord | None  # the record written, when promoted
+    attempts: int
+    superseded_by: tuple[str, ...] = ()  # champions promoted by others while this candidate was compared
+
+
+def promote_if_better(
+    registry: Path,
+    *,
+    candidate: dict[str, Any],
+    checkpoint: str | Path,
+    eval_version: str,
+    champion: ChampionRecord | None,
+    champion_metrics: dict[str, Any] | None,
+    measure: Callable[[ChampionRecord], dict[str, Any] | None],
+    loss_margin: float = 0.02,
+    hit_margin: float = 0.02,
+    max_attempts: int = MAX_PROMOTION_ATTEMPTS,
+) -> GateOutcome:
+    """Decide against ``champion``; promote with compare-and-swap; if someone promoted in between, measure the
+    new champion (``measure``, e.g. re-evaluate it on the candidate's held-out data) and decide again.
+
+    Raises PromotionConflict after ``max_attempts`` lost swaps, so a busy registry cannot spin forever.
+    """
+    if max_attempts < 1:
+        raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
+    superseded: list[str] = []
+    for attempt in range(1, max_attempts + 1):
+        decision = decide_promotion(candidate, champion_metrics, loss_margin=loss_margin, hit_margin=hit_margin)
+        if not decision.promoted:
+            return GateOutcome(decision, champion, champion_metrics, None, attempt, tuple(superseded))
+        record = new_record(
+            checkpoint=checkpoint,
+            eval_version=eval_version,
+            metrics=candidate,
+            reasons=decision.reasons,
+            previous=champion.version if champion else None,
+        )
+        try:
+            promote(registry, record)
+        except ChampionChanged as changed:
+            if changed.current is None:  # the champion vanished (records removed by hand): nothing to compare
+                raise PromotionConflict(f"{changed}; the registry {registry} lost its champion records") from changed
+            champion = changed.current
+            superseded.append(champion.version)
+            if attempt < max_attempts:
+                champion_metrics = measure(champion)
+            continue
+        return GateOutcome(decision, champion, champion_metrics, record, attempt, tuple(superseded))
+    raise PromotionConflict(
+        f"the champion changed {max_attempts} times while promoting {eval_version} "
+        f"({' -> '.join(superseded)}); evaluate it again when promotions are quieter"
+    )

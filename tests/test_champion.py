@@ -8,11 +8,14 @@ from pathlib import Path
 import pytest
 
 from core.champion import (
+    ChampionChanged,
     ChampionRecord,
+    PromotionConflict,
     current_champion,
     decide_promotion,
     new_record,
     promote,
+    promote_if_better,
     promotion_metrics,
     read_champions,
 )
@@ -20,11 +23,14 @@ from core.champion import (
 CHAMP = {"validation_loss": 2.0, "hit@1": 0.10, "hit@5": 0.30}
 
 
-def _record(version: str, loss: float = 2.0, hit5: float = 0.3, at: str | None = None) -> ChampionRecord:
+def _record(
+    version: str, loss: float = 2.0, hit5: float = 0.3, at: str | None = None, previous: str | None = None
+) -> ChampionRecord:
     rec = new_record(
         checkpoint=f"/artifacts/trained_checkpoint/{version}",
         eval_version=version,
         metrics={"validation_loss": loss, "hit@5": hit5},
+        previous=previous,
     )
     if at is not None:
         rec = ChampionRecord(**{**rec.to_json(), "reasons": (), "promoted_at": at})
@@ -51,7 +57,7 @@ def test_loss_regression_beyond_margin_is_blocked_and_champion_unchanged(tmp_pat
     assert decision.deltas["validation_loss"] == pytest.approx(0.1)
     assert decision.deltas["validation_loss_relative"] == pytest.approx(0.05)
     if decision.promoted:  # the asset promotes only on a positive decision
-        promote(registry, _record("v2", loss=2.1))
+        promote(registry, _record("v2", loss=2.1, previous="v1"))
     assert current_champion(registry).version == "v1"  # type: ignore[union-attr]
 
 
@@ -70,7 +76,7 @@ def test_within_margins_is_promoted(tmp_path: Path) -> None:
     )
     assert decision.promoted, decision.reasons
     assert decision.deltas["hit@1"] == pytest.approx(0.02)
-    promote(registry, _record("v2", loss=2.03, at="2026-01-02T00:00:00+00:00"))
+    promote(registry, _record("v2", loss=2.03, at="2026-01-02T00:00:00+00:00", previous="v1"))
     assert current_champion(registry).version == "v2"  # type: ignore[union-attr]
     # Exactly at the margin still counts as "not worse by more than the margin".
     assert decide_promotion({"validation_loss": 2.04, "hit@5": 0.28}, CHAMP).promoted
@@ -90,7 +96,11 @@ def test_records_are_immutable(tmp_path: Path) -> None:
     with pytest.raises(FileExistsError, match="immutable"):
         promote(registry, _record("v1", loss=1.0))
     assert path.read_bytes() == before
-    assert sorted(p.name for p in registry.iterdir()) == ["v1.json"]  # no temp file left behind
+    # No temp file left behind: the record and its claim (the commit point of the first promotion) only.
+    assert sorted(str(p.relative_to(registry)) for p in registry.rglob("*") if p.is_file()) == [
+        ".successors/_first",
+        "v1.json",
+    ]
     with pytest.raises(ValueError, match="file name"):
         promote(registry, ChampionRecord("../escape", "/ckpt", "e1", {}))
     # new_record never produces such a name: an unusable eval version gets a fresh sortable id.
@@ -117,7 +127,7 @@ def test_corrupt_and_foreign_records_are_skipped_and_reported(tmp_path: Path) ->
 def test_newest_by_promotion_time_not_by_name(tmp_path: Path) -> None:
     registry = tmp_path / "champion"
     promote(registry, _record("b-old", at="2026-01-01T00:00:00+00:00"))
-    promote(registry, _record("a-new", at="2026-02-01T00:00:00+00:00"))
+    promote(registry, _record("a-new", at="2026-02-01T00:00:00+00:00", previous="b-old"))
     assert current_champion(registry).version == "a-new"  # type: ignore[union-attr]
     records, _ = read_champions(registry)
     assert [r.version for r in records] == ["b-old", "a-new"]
@@ -141,3 +151,162 @@ def test_promotion_metrics_come_from_the_report_contract() -> None:
     other = {**metrics, "eval_set": "xyz"}
     decision = decide_promotion(metrics, other)
     assert decision.promoted and any("different held-out data" in r for r in decision.reasons)
+
+
+# --------------------------------------------------------------------------------------
+# Compare-and-swap promotion: the champion a candidate beat must still be the champion when it is recorded.
+
+C0 = {"validation_loss": 2.0, "hit@5": 0.30}
+WORSE = {"validation_loss": 1.95, "hit@5": 0.30}  # within the margins of C0, but 10% worse than BETTER
+BETTER = {"validation_loss": 1.70, "hit@5": 0.40}
+
+
+def _recorded_metrics(record: ChampionRecord) -> dict:
+    """What eval_report re-measures for a champion; the tests reuse the numbers it was promoted with."""
+    return dict(record.metrics)
+
+
+def _gate(registry: Path, name: str, metrics: dict, champion: ChampionRecord | None, **kwargs):
+    return promote_if_better(
+        registry,
+        candidate=metrics,
+        checkpoint=f"/artifacts/trained_checkpoint/{name}",
+        eval_version=name,
+        champion=champion,
+        champion_metrics=champion.metrics if champion else None,
+        measure=_recorded_metrics,
+        **kwargs,
+    )
+
+
+def _race_worker(registry: str, name: str, metrics: dict, barrier, out: str) -> None:
+    """One eval_report process: read the champion, wait for the other, then both promote against the same one."""
+    champion = current_champion(Path(registry))
+    barrier.wait(timeout=120)
+    outcome = _gate(Path(registry), name, metrics, champion)
+    Path(out).write_text(
+        json.dumps(
+            {
+                "compared_with": outcome.champion.version if outcome.champion else None,
+                "promoted": outcome.record is not None,
+                "superseded_by": list(outcome.superseded_by),
+            }
+        )
+    )
+
+
+def _assert_single_chain(registry: Path, start: str, end: str) -> list[ChampionRecord]:
+    records, problems = read_champions(registry)
+    assert problems == []
+    previous = [r.previous for r in records]
+    assert len(previous) == len(set(previous)), f"two records replaced the same champion: {previous}"
+    by_previous = {r.previous: r for r in records}
+    chain, version = [start], start
+    while version in by_previous:
+        version = by_previous[version].version
+        chain.append(version)
+    assert chain[-1] == end and len(chain) == len(records), chain
+    assert current_champion(registry).version == end  # type: ignore[union-attr]
+    return records
+
+
+@pytest.mark.parametrize("round_", range(3))
+def test_two_processes_racing_to_promote_leave_one_chain_with_the_better_on_top(tmp_path: Path, round_: int) -> None:
+    import multiprocessing
+
+    registry = tmp_path / "champion"
+    promote(registry, _record("c0", loss=C0["validation_loss"], hit5=C0["hit@5"]))
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(2)
+    procs = {
+        name: ctx.Process(target=_race_worker, args=(str(registry), name, metrics, barrier, str(tmp_path / name)))
+        for name, metrics in (("a-worse", WORSE), ("b-better", BETTER))
+    }
+    for proc in procs.values():
+        proc.start()
+    for proc in procs.values():
+        proc.join(timeout=120)
+        assert proc.exitcode == 0
+    outcome = {name: json.loads((tmp_path / name).read_text()) for name in procs}
+    assert outcome["b-better"]["promoted"]
+    records = _assert_single_chain(registry, "c0", "b-better")
+    if outcome["a-worse"]["promoted"]:  # A won the race: B then had to beat A, and names it as previous
+        assert [(r.version, r.previous) for r in records] == [("c0", None), ("a-worse", "c0"), ("b-better", "a-worse")]
+        assert outcome["b-better"]["compared_with"] == "a-worse" and outcome["b-better"]["superseded_by"] == ["a-worse"]
+    else:  # B won: A was compared again, against B, and is not within B's margin
+        assert [(r.version, r.previous) for r in records] == [("c0", None), ("b-better", "c0")]
+        assert outcome["a-worse"]["compared_with"] == "b-better"
+
+
+def test_a_stale_candidate_is_compared_again_with_the_new_champion(tmp_path: Path) -> None:
+    registry = tmp_path / "champion"
+    c0 = current_champion(promote(registry, _record("c0", loss=2.0, hit5=0.3)).parent)
+    assert _gate(registry, "b-better", BETTER, c0).record is not None
+    late = _gate(registry, "a-worse", WORSE, c0)  # decided against c0, which is no longer champion
+    assert late.record is None and late.champion.version == "b-better"  # type: ignore[union-attr]
+    assert late.superseded_by == ("b-better",) and not late.decision.promoted
+    assert any("1.9500 is +14.7% vs champion 1.7000" in r for r in late.decision.reasons)
+    _assert_single_chain(registry, "c0", "b-better")
+
+
+def test_promote_refuses_a_record_whose_previous_is_not_the_champion(tmp_path: Path) -> None:
+    registry = tmp_path / "champion"
+    promote(registry, _record("c0"))
+    promote(registry, _record("c1", previous="c0"))
+    with pytest.raises(ChampionChanged, match=r"c1") as changed:
+        promote(registry, _record("c2", previous="c0"))
+    assert changed.value.current.version == "c1"  # type: ignore[union-attr]
+    with pytest.raises(ChampionChanged):
+        promote(registry, _record("c3"))  # "no champion yet" is stale too
+    assert [r.version for r in read_champions(registry)[0]] == ["c0", "c1"]
+
+
+def test_promotion_gives_up_after_bounded_attempts_when_the_champion_keeps_changing(tmp_path: Path) -> None:
+    registry = tmp_path / "champion"
+    c0 = current_champion(promote(registry, _record("c0", loss=2.0, hit5=0.3)).parent)
+    promote(registry, _record("other-start", loss=1.9, hit5=0.3, previous="c0"))  # while b-better was evaluated
+    counter = iter(range(100))
+    measured: list[str] = []
+
+    def measure_while_others_promote(record: ChampionRecord) -> dict:
+        measured.append(record.version)
+        promote(registry, _record(f"other{next(counter)}", loss=1.9, hit5=0.3, previous=record.version))
+        return dict(record.metrics)
+
+    with pytest.raises(PromotionConflict, match=r"champion changed 3 times while promoting b-better"):
+        promote_if_better(
+            registry,
+            candidate=BETTER,
+            checkpoint="/ckpt",
+            eval_version="b-better",
+            champion=c0,
+            champion_metrics=dict(C0),
+            measure=measure_while_others_promote,
+            max_attempts=3,
+        )
+    assert all(r.version != "b-better" for r in read_champions(registry)[0])
+    assert measured == ["other-start", "other0"]  # no model is measured for an attempt that will not be made
+
+
+def test_a_promotion_interrupted_after_its_commit_point_is_still_the_champion(tmp_path: Path) -> None:
+    """The successor claim is the commit: a crash before the <version>.json name appears loses nothing."""
+    registry = tmp_path / "champion"
+    promote(registry, _record("c0"))
+    path = promote(registry, _record("c1", previous="c0"))
+    path.unlink()  # as if the process died between the claim and the readable name
+    assert current_champion(registry).version == "c1"  # type: ignore[union-attr]
+    with pytest.raises(ChampionChanged):
+        promote(registry, _record("c2", previous="c0"))
+    promote(registry, _record("c2", previous="c1"))
+    assert current_champion(registry).version == "c2"  # type: ignore[union-attr]
+
+
+def test_a_registry_written_before_compare_and_swap_keeps_its_champion(tmp_path: Path) -> None:
+    """Records without successor claims (older registries): newest by promotion time, as before."""
+    registry = tmp_path / "champion"
+    registry.mkdir()
+    for version, at in (("old", "2026-01-01T00:00:00+00:00"), ("new", "2026-02-01T00:00:00+00:00")):
+        (registry / f"{version}.json").write_text(json.dumps(_record(version, at=at).to_json()))
+    assert current_champion(registry).version == "new"  # type: ignore[union-attr]
+    promote(registry, _record("next", previous="new"))
+    assert current_champion(registry).version == "next"  # type: ignore[union-attr]
