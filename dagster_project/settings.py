@@ -145,6 +145,9 @@ def kubernetes_launcher_config(settings: PlatformSettings) -> dict[str, object]:
         "secret_env": _env_json("K8S_SECRET_ENV", "{}", dict),
         "backoff_limit": _env_int("K8S_BACKOFF_LIMIT", -1),
         "active_deadline_seconds": _env_int("K8S_ACTIVE_DEADLINE_SECONDS", 86400),
+        "rdzv_join_timeout_seconds": _env_int("K8S_RDZV_JOIN_TIMEOUT_SECONDS", 600),
+        "api_connect_timeout_s": _env_int("K8S_API_CONNECT_TIMEOUT_SECONDS", 10),
+        "api_read_timeout_s": _env_int("K8S_API_READ_TIMEOUT_SECONDS", 60),
         "kubeconfig": _env("K8S_KUBECONFIG", ""),
         "kube_context": _env("K8S_CONTEXT", ""),
     }

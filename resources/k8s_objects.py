@@ -35,6 +35,7 @@ DNS_TIMEOUT_EXIT_CODE = 3  # pod 0's name never resolved: a configuration proble
 CONTAINER = "trainer"
 APP = "catalog-posttrain"
 JOB_LABEL = f"{APP}/training-job"  # pods, Job and Service carry it; the Service selects on it
+LINEAGE_LABEL = f"{APP}/lineage"  # the Dagster run's root run id: every attempt of one run shares it
 COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
 GPU_RESOURCE = "nvidia.com/gpu"
 
@@ -44,6 +45,17 @@ _QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _SECRETISH = re.compile(r"(TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|ACCESS_KEY|PRIVATE_KEY|CREDENTIAL)", re.I)
 _LABEL_VALUE_BAD = re.compile(r"[^A-Za-z0-9_.-]+")
+# Image references as container runtimes parse them (the distribution "reference" grammar).
+_DOMAIN_PART = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
+_IMAGE_DOMAIN = re.compile(rf"^(?:{_DOMAIN_PART}(?:\.{_DOMAIN_PART})*|\[[0-9a-fA-F:.]+\])(?::[0-9]+)?$")
+_IMAGE_PATH = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$")
+_IMAGE_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+_IMAGE_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+
+# Bounds of the training Job's wall-clock limit: a Job that outlives its launcher (or waits for a peer
+# that never comes) holds its nodes until activeDeadlineSeconds, so it may not be unbounded in practice.
+ACTIVE_DEADLINE_MIN_S = 60
+ACTIVE_DEADLINE_MAX_S = 7 * 86400
 
 
 class K8sConfigError(ValueError):
@@ -62,6 +74,48 @@ def check_dns_label(name: str, what: str) -> str:
             f"{what} {name!r} is not a DNS-1123 label (lowercase letters, digits and '-', at most 63 characters)"
         )
     return name
+
+
+def check_image_reference(image: str, setting: str = "image (K8S_IMAGE)") -> str:
+    """`image` if a container runtime can pull it: [registry[:port]/]path[:tag][@sha256:<64 hex>].
+
+    A malformed reference is only noticed by the kubelet (InvalidImageName) after the Job was created,
+    and the pods then sit on their nodes until the Job's deadline; refusing it here costs nothing.
+    """
+    how = (
+        "use registry.example.com/catalog-posttrain:0.1.0 or, pinned by digest, "
+        "registry.example.com/catalog-posttrain@sha256:<64 hex digits>"
+    )
+
+    def bad(why: str) -> K8sConfigError:
+        return K8sConfigError(f"{setting} {image!r} is not a valid image reference: {why}; {how}")
+
+    if not image or image != image.strip() or any(ch.isspace() for ch in image):
+        raise bad("it is empty or contains whitespace")
+    name, at, digest = image.partition("@")
+    if at and not _IMAGE_DIGEST.match(digest):
+        raise bad(f"the digest {digest!r} must be 'sha256:' followed by 64 lowercase hex digits")
+    slash = name.rfind("/")
+    colon = name.rfind(":")
+    if colon > slash:  # a tag (a colon before the last slash is a registry port)
+        name, tag = name[:colon], name[colon + 1 :]
+        if not _IMAGE_TAG.match(tag):
+            raise bad(f"the tag {tag!r} must be up to 128 of [A-Za-z0-9_.-], not starting with '.' or '-'")
+    parts = name.split("/")
+    first = parts[0]
+    if len(parts) > 1 and ("." in first or ":" in first or first == "localhost" or first.lower() != first):
+        if not _IMAGE_DOMAIN.match(first):
+            raise bad(f"the registry {first!r} is not a host name or address with an optional port")
+        parts = parts[1:]
+    for part in parts:
+        if not _IMAGE_PATH.match(part):
+            raise bad(
+                f"the repository path component {part!r} must be lowercase letters and digits, "
+                "separated by '.', '_', '__' or '-'"
+            )
+    if len(name) > 255:
+        raise bad("the repository name is longer than 255 characters")
+    return image
 
 
 def cpu_count(quantity: str) -> float:
@@ -102,6 +156,7 @@ class TrainingJobSpec:
     active_deadline_seconds: int = 86400
     ttl_seconds_after_finished: int = 86400  # a backstop when the launcher is gone; it deletes sooner
     dns_wait_seconds: int = 600
+    rdzv_join_timeout_seconds: int = 600  # torchrun c10d join_timeout: how long a node waits for the others
     threads_per_process: int = 0  # OMP_NUM_THREADS; 0: CPUs / processes per node
     run_as_user: int = 1000
     termination_grace_seconds: int = 60
@@ -152,6 +207,19 @@ class TrainingJobSpec:
             )
         if not self.image:
             raise K8sConfigError("image is empty: set the trainer image built from deploy/Dockerfile (K8S_IMAGE)")
+        check_image_reference(self.image)
+        if not ACTIVE_DEADLINE_MIN_S <= self.active_deadline_seconds <= ACTIVE_DEADLINE_MAX_S:
+            raise K8sConfigError(
+                f"active_deadline_seconds={self.active_deadline_seconds} (K8S_ACTIVE_DEADLINE_SECONDS) must be between "
+                f"{ACTIVE_DEADLINE_MIN_S} and {ACTIVE_DEADLINE_MAX_S} (7 days): Kubernetes stops the training Job "
+                "after it, and until then the Job holds its nodes even with no launcher watching (default 86400 = 24 h)"
+            )
+        if not 60 <= self.rdzv_join_timeout_seconds <= 86400:
+            raise K8sConfigError(
+                f"rdzv_join_timeout_seconds={self.rdzv_join_timeout_seconds} (K8S_RDZV_JOIN_TIMEOUT_SECONDS) must be "
+                "between 60 and 86400: it bounds how long a pod waits at the rendezvous for the other nodes "
+                "(default 600)"
+            )
         for what, value in (("cpu", self.cpu), ("memory", self.memory), ("shm_size", self.shm_size)):
             if not _QUANTITY.match(value):
                 raise K8sConfigError(f"{what}={value!r} is not a Kubernetes quantity (e.g. '8', '500m', '32Gi')")
@@ -223,7 +291,9 @@ class TrainingJobSpec:
         carries the Pipes messages) and the order is the same after every restart. --node-rank
         records the completion index too (torchrun itself uses it only for a static rendezvous).
         A node that joins late (a replacement pod) makes the running nodes restart their workers
-        into a new round instead of joining a stale one.
+        into a new round instead of joining a stale one. join_timeout bounds the wait for the other
+        nodes: a pod left alone (its peer cannot be scheduled) exits with a rendezvous timeout, which
+        counts as a lost peer (exit 75), so backoffLimit bounds the retries instead of the Job's deadline.
         """
         own_name = f"{self.name}-$(JOB_COMPLETION_INDEX).{self.service_name}.{self.namespace}.svc.{self.cluster_domain}"
         return [
@@ -240,6 +310,8 @@ class TrainingJobSpec:
             f"{self.rendezvous_host}:{self.rdzv_port}",
             "--rdzv-id",
             self.name,
+            "--rdzv-conf",
+            f"join_timeout={self.rdzv_join_timeout_seconds}",
             "--local-addr",
             own_name,
             "--max-restarts",
@@ -263,7 +335,12 @@ class TrainingJobSpec:
             {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
             {"name": "OMP_NUM_THREADS", "value": str(self.omp_threads)},
             {"name": "PYTHONUNBUFFERED", "value": "1"},
+            # The root filesystem is read-only: home and the compile caches (inductor, triton, our C kernels)
+            # live on the /tmp emptyDir.
             {"name": "HOME", "value": "/tmp"},
+            {"name": "TORCHINDUCTOR_CACHE_DIR", "value": "/tmp/torchinductor"},
+            {"name": "TRITON_CACHE_DIR", "value": "/tmp/triton"},
+            {"name": "POSTTRAIN_KERNEL_CACHE", "value": "/tmp/posttrain-kernels"},
             {"name": "HF_HUB_OFFLINE", "value": "1"},
         ]
         env += [{"name": k, "value": v} for k, v in sorted(self.env.items())]

@@ -7,8 +7,10 @@ real client model objects).
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import re
+import socket
 import sys
 import threading
 import time
@@ -53,6 +55,99 @@ def to_dict(obj: Any) -> Any:
 
 def api_status(exc: BaseException) -> int | None:
     return getattr(exc, "status", None)
+
+
+# ---- bounded API calls --------------------------------------------------------------------------------------
+
+# Defaults for every Kubernetes API call: the API server ends a plain request itself after 60 s
+# (kube-apiserver --request-timeout), so waiting longer for an answer never helps.
+API_CONNECT_TIMEOUT_S = 10.0
+API_READ_TIMEOUT_S = 60.0
+API_TIMEOUT_SETTINGS = "K8S_API_CONNECT_TIMEOUT_SECONDS / K8S_API_READ_TIMEOUT_SECONDS"
+
+
+class KubeApiUnavailable(RuntimeError):
+    """A Kubernetes API call got no answer within its bound, or could not reach the server at all."""
+
+    status = None  # no HTTP status: the server never answered
+
+
+def _is_timeout(exc: BaseException) -> bool:
+    """True for a request that reached no answer in time (as opposed to a refused or failed connection)."""
+    from urllib3.exceptions import MaxRetryError, NewConnectionError
+    from urllib3.exceptions import TimeoutError as Urllib3Timeout
+
+    reason = exc.reason if isinstance(exc, MaxRetryError) else exc
+    if isinstance(reason, NewConnectionError):  # a subclass of ConnectTimeoutError, but a refusal
+        return False
+    return isinstance(reason, Urllib3Timeout | socket.timeout)
+
+
+def is_stream_timeout(exc: BaseException) -> bool:
+    """A log stream that was quiet for longer than the read timeout (urllib3 raises it while reading)."""
+    from urllib3.exceptions import ProtocolError
+
+    if isinstance(exc, ProtocolError) and exc.args and isinstance(exc.args[-1], BaseException):
+        exc = exc.args[-1]
+    return _is_timeout(exc)
+
+
+class BoundedApi:
+    """A kubernetes client API object (BatchV1Api, CoreV1Api) whose every call carries connect and read timeouts.
+
+    The client waits forever by default: a server that accepts the connection and never answers
+    (a wedged API server, a black-holing proxy or network policy) would hang the Dagster run for good.
+    Here each call gets `_request_timeout=(connect, read)`, and a transport failure becomes a
+    `KubeApiUnavailable` that names the server, the call and the bound. Streams opened with
+    `_preload_content=False` (pod logs) keep the read timeout for every read.
+    """
+
+    def __init__(self, api: Any, connect_s: float = API_CONNECT_TIMEOUT_S, read_s: float = API_READ_TIMEOUT_S) -> None:
+        if connect_s <= 0 or read_s <= 0:
+            raise ValueError(f"API timeouts must be positive, got connect={connect_s} read={read_s}")
+        self._api = api
+        self.connect_s, self.read_s = float(connect_s), float(read_s)
+
+    @property
+    def server(self) -> str:
+        config = getattr(getattr(self._api, "api_client", None), "configuration", None)
+        return getattr(config, "host", None) or "the Kubernetes API server"
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._api, name)
+        if name.startswith("_") or not callable(attr):
+            return attr
+
+        @functools.wraps(attr)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            kwargs.setdefault("_request_timeout", (self.connect_s, self.read_s))
+            try:
+                return attr(*args, **kwargs)
+            except Exception as exc:
+                if _is_transport_error(exc):
+                    raise KubeApiUnavailable(self._explain(name, args, exc)) from exc
+                raise
+
+        return call
+
+    def _explain(self, name: str, args: tuple[Any, ...], exc: BaseException) -> str:
+        what = f"{name}({', '.join(a for a in args if isinstance(a, str))})"
+        if _is_timeout(exc):
+            return (
+                f"the Kubernetes API server at {self.server} did not answer {what} within the bound "
+                f"(connect {self.connect_s:g}s, read {self.read_s:g}s; {API_TIMEOUT_SETTINGS}): {exc}. "
+                "Check that the API server is up and reachable from this pod (network policy, proxy, DNS)"
+            )
+        return (
+            f"could not reach the Kubernetes API server at {self.server} for {what}: {exc}. "
+            "Check the server address (kubeconfig / in-cluster service) and that this pod may reach it"
+        )
+
+
+def _is_transport_error(exc: BaseException) -> bool:
+    from urllib3.exceptions import HTTPError
+
+    return isinstance(exc, HTTPError | socket.timeout | ConnectionError)
 
 
 # ---- Dagster Pipes over the pod log ------------------------------------------------------------------------
@@ -281,7 +376,7 @@ class Rank0LogFollower:
                 new += 1
                 self.on_line(name, line)
         except Exception as exc:  # a dropped stream: reconnect from the last timestamp
-            if not self._stop.is_set():
+            if not self._stop.is_set() and not is_stream_timeout(exc):  # a quiet pod outlasting the read timeout
                 self.log(f"log stream of {name} dropped ({exc}); reconnecting")
         finally:
             self._resp = None
@@ -360,7 +455,13 @@ class JobWatcher:
         self.backoff_limit: int | None = None
         self._warned: set[str] = set()
 
-    def wait(self) -> JobOutcome:
+    def wait(self, timeout_s: float | None = None) -> JobOutcome:
+        """Poll until the Job reaches a terminal condition, or `timeout_s` (default: the watcher's) passes.
+
+        The deadline holds while the API fails too: an API server that stops answering ends the wait
+        with a Timeout outcome naming the last error, never an endless retry loop.
+        """
+        limit = self.timeout_s if timeout_s is None else timeout_s
         started = self.clock()
         errors = 0
         while True:
@@ -374,6 +475,14 @@ class JobWatcher:
                 errors += 1
                 if errors > self.max_api_errors:
                     raise
+                if limit and self.clock() - started > limit:
+                    return JobOutcome(
+                        False,
+                        "Timeout",
+                        "ApiUnavailable",
+                        f"no status of Job {self.namespace}/{self.job_name} within {limit:.0f}s; "
+                        f"the last API call failed: {exc}",
+                    )
                 self.log.warning(f"reading Job {self.job_name} failed ({exc}); retrying")
                 self.sleep(self.poll_s)
                 continue
@@ -384,12 +493,12 @@ class JobWatcher:
                 self.log.warning(f"listing the Job's pods failed ({exc})")
             if outcome is not None:
                 return outcome
-            if self.timeout_s and self.clock() - started > self.timeout_s:
+            if limit and self.clock() - started > limit:
                 return JobOutcome(
                     False,
                     "Timeout",
                     "LauncherDeadline",
-                    f"no terminal condition after {self.timeout_s:.0f}s (activeDeadlineSeconds plus a grace period)",
+                    f"no terminal condition after {limit:.0f}s (activeDeadlineSeconds plus a grace period)",
                 )
             self.sleep(self.poll_s)
 
@@ -609,13 +718,22 @@ def _explain(outcome: JobOutcome, pods: list[dict[str, Any]], logs: Mapping[str,
 
 def delete_objects(batch: Any, core: Any, namespace: str, name: str, log: Any) -> None:
     """Delete the Job (its pods with it) and the Service; already-gone objects are fine."""
-    for what, call in (
-        ("Job", lambda: batch.delete_namespaced_job(name, namespace, propagation_policy="Background")),
-        ("Service", lambda: core.delete_namespaced_service(name, namespace)),
+    for what, call, left in (
+        (
+            "Job",
+            lambda: batch.delete_namespaced_job(name, namespace, propagation_policy="Background"),
+            f"it ends at its activeDeadlineSeconds at the latest; to free its nodes now: "
+            f"kubectl -n {namespace} delete job {name}",
+        ),
+        (
+            "Service",
+            lambda: core.delete_namespaced_service(name, namespace),
+            f"it goes with its Job (ownerReference), or: kubectl -n {namespace} delete service {name}",
+        ),
     ):
         try:
             call()
             log.info(f"deleted {what} {namespace}/{name}")
         except Exception as exc:
             if api_status(exc) != 404:
-                log.warning(f"could not delete {what} {namespace}/{name}: {exc}")
+                log.warning(f"could not delete {what} {namespace}/{name}: {exc}; {left}")

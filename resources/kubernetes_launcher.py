@@ -18,16 +18,29 @@ import os
 import secrets
 import string
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
 from pydantic import Field
 
-from resources.k8s_objects import K8sConfigError, TrainingJobSpec, label_value, owned_by, render_yaml, with_env
+from resources.k8s_objects import (
+    LINEAGE_LABEL,
+    K8sConfigError,
+    TrainingJobSpec,
+    label_value,
+    owned_by,
+    render_yaml,
+    with_env,
+)
 from resources.k8s_watch import (
+    API_CONNECT_TIMEOUT_S,
+    API_READ_TIMEOUT_S,
+    BoundedApi,
     JobOutcome,
     JobWatcher,
+    KubeApiUnavailable,
     PodLogMessageReader,
     Rank0LogFollower,
     api_status,
@@ -80,11 +93,15 @@ class KubernetesTrainingLauncher(TrainingLauncher):
     active_deadline_seconds: int = 86400
     ttl_seconds_after_finished: int = 86400
     dns_wait_seconds: int = 600
+    rdzv_join_timeout_seconds: int = 600  # torchrun's c10d join_timeout: a pod waiting alone gives up after this
     threads_per_process: int = 0
     run_as_user: int = 1000
     poll_interval_s: float = 5.0
     log_tail_lines: int = 300
     drain_timeout_s: float = 60.0
+    api_connect_timeout_s: float = API_CONNECT_TIMEOUT_S  # every Kubernetes API call: connect ...
+    api_read_timeout_s: float = API_READ_TIMEOUT_S  # ... and read bound (a silent server never hangs the run)
+    leftover_wait_s: float = 180.0  # how long an earlier attempt's trainer pods may take to go
     kubeconfig: str = ""  # empty: in-cluster config, else ~/.kube/config (or $KUBECONFIG)
     kube_context: str = ""
 
@@ -130,32 +147,58 @@ class KubernetesTrainingLauncher(TrainingLauncher):
             active_deadline_seconds=self.active_deadline_seconds,
             ttl_seconds_after_finished=self.ttl_seconds_after_finished,
             dns_wait_seconds=self.dns_wait_seconds,
+            rdzv_join_timeout_seconds=self.rdzv_join_timeout_seconds,
             threads_per_process=self.threads_per_process,
             run_as_user=self.run_as_user,
         )
 
     def clients(self) -> tuple[Any, Any]:
-        """(BatchV1Api, CoreV1Api) from in-cluster config, or from a kubeconfig outside a cluster."""
-        from kubernetes import client, config
+        """(BatchV1Api, CoreV1Api) from in-cluster config, or from a kubeconfig outside a cluster.
 
+        urllib3 would retry a timed-out GET three times on its own; one retry is kept (a stale pooled
+        connection), so a call takes at most two attempts of connect + read timeout each.
+        """
+        from kubernetes import client, config
+        from urllib3.util.retry import Retry
+
+        configuration = client.Configuration()
         try:
             if self.kubeconfig or self.kube_context:
-                api = config.new_client_from_config(
-                    config_file=self.kubeconfig or None, context=self.kube_context or None
+                config.load_kube_config(
+                    config_file=self.kubeconfig or None,
+                    context=self.kube_context or None,
+                    client_configuration=configuration,
                 )
             else:
-                configuration = client.Configuration()
                 try:
                     config.load_incluster_config(client_configuration=configuration)
                 except config.ConfigException:
                     config.load_kube_config(client_configuration=configuration)
-                api = client.ApiClient(configuration)
         except (config.ConfigException, OSError) as exc:
             raise dg.Failure(
                 f"no Kubernetes credentials: not running in a cluster and no usable kubeconfig ({exc}). "
                 "Run Dagster in the cluster (deploy/k8s) or set K8S_KUBECONFIG / K8S_CONTEXT."
             ) from exc
+        configuration.retries = Retry(total=1)
+        api = client.ApiClient(configuration)
         return client.BatchV1Api(api), client.CoreV1Api(api)
+
+    def api_clients(self) -> tuple[BoundedApi, BoundedApi]:
+        """`clients()` with connect and read timeouts on every call (see `BoundedApi`)."""
+        for what, value, most in (
+            ("api_connect_timeout_s (K8S_API_CONNECT_TIMEOUT_SECONDS)", self.api_connect_timeout_s, 300),
+            ("api_read_timeout_s (K8S_API_READ_TIMEOUT_SECONDS)", self.api_read_timeout_s, 3600),
+        ):
+            if not 0 < value <= most:
+                raise dg.Failure(
+                    f"KubernetesTrainingLauncher configuration: {what}={value} must be above 0 and at most {most} "
+                    "seconds (defaults: 10 and 60)"
+                )
+        batch, core = self.clients()
+        return (
+            BoundedApi(batch, self.api_connect_timeout_s, self.api_read_timeout_s),
+            BoundedApi(core, self.api_connect_timeout_s, self.api_read_timeout_s),
+        )
 
     def _check_paths(self, train_config: dict[str, Any], output_dir: Path) -> None:
         mount = Path(self.artifacts_mount_path)
@@ -177,7 +220,8 @@ class KubernetesTrainingLauncher(TrainingLauncher):
         run = context.run
         name = job_name_for(run.run_id)
         asset = "/".join(context.asset_key.path) if context.has_assets_def else ""
-        labels = {"dagster/run-id": run.run_id, "dagster/job": run.job_name}
+        lineage = label_value(run.root_run_id or run.run_id)
+        labels = {"dagster/run-id": run.run_id, "dagster/job": run.job_name, LINEAGE_LABEL: lineage}
         if asset:
             labels["dagster/asset"] = label_value(asset.replace("/", "__"))
         annotations = {
@@ -193,7 +237,8 @@ class KubernetesTrainingLauncher(TrainingLauncher):
             service, job = spec.service(), spec.job()
         except K8sConfigError as exc:
             raise dg.Failure(f"KubernetesTrainingLauncher configuration: {exc}") from exc
-        batch, core = self.clients()
+        batch, core = self.api_clients()
+        self._clear_leftovers(batch, core, lineage, context)
         reader = PodLogMessageReader(warn=context.log.warning)
         outcome: JobOutcome | None = None
         report = None
@@ -266,6 +311,44 @@ class KubernetesTrainingLauncher(TrainingLauncher):
             )
         return collect_result(session, output_dir)
 
+    def _clear_leftovers(self, batch: Any, core: Any, lineage: str, context: Any) -> None:
+        """Delete the training Jobs an earlier attempt of this run left behind; wait until their pods are gone.
+
+        A run worker that dies (lost node, OOM kill) cannot delete its Job. Run monitoring then resumes
+        the run in a new worker, or run retries start a new run of the same lineage; both write to the
+        lineage's staging directory. Two trainers must never write the same checkpoints, so the old Job
+        and its pods go before the new Job is created (training resumes from the last checkpoint).
+        """
+        selector = f"{LINEAGE_LABEL}={lineage}"
+        try:
+            left = batch.list_namespaced_job(self.namespace, label_selector=selector).items or []
+        except Exception as exc:
+            raise dg.Failure(_refused("listing earlier training Jobs of this run", self.namespace, exc)) from exc
+        for old in left:
+            context.log.warning(
+                f"training Job {self.namespace}/{old.metadata.name} of an earlier attempt of this run is still there "
+                "(its run worker ended without deleting it): deleting it before starting a new one"
+            )
+            delete_objects(batch, core, self.namespace, old.metadata.name, context.log)
+        if not left:
+            return
+        deadline = time.monotonic() + self.leftover_wait_s
+        while True:
+            try:
+                listed = core.list_namespaced_pod(self.namespace, label_selector=selector).items or []
+                pods = [p.metadata.name for p in listed]
+            except Exception as exc:  # keep asking until the deadline
+                pods = [f"(listing failed: {exc})"]
+            if not pods:
+                return
+            if time.monotonic() > deadline:
+                raise dg.Failure(
+                    f"pods {', '.join(pods)} of an earlier training Job of this run are still there after "
+                    f"{self.leftover_wait_s:.0f}s; a new Job would write the same checkpoints. Re-execute the run "
+                    f"once `kubectl -n {self.namespace} get pods -l {selector}` lists none."
+                )
+            time.sleep(min(self.poll_interval_s, 5.0))
+
     def _submit(self, batch: Any, core: Any, job: dict[str, Any], service: dict[str, Any], context: Any) -> None:
         """The Job first, then the Service owned by it (garbage-collected with the Job whatever happens here)."""
         try:
@@ -284,6 +367,8 @@ class KubernetesTrainingLauncher(TrainingLauncher):
 
 
 def _refused(what: str, namespace: str, exc: BaseException) -> str:
+    if isinstance(exc, KubeApiUnavailable):  # no answer: the message names the server and the bound
+        return f"{what} in namespace {namespace} failed: {exc}"
     status = api_status(exc)
     hint = {
         401: "the credentials were rejected",

@@ -22,6 +22,7 @@ DEPLOY = REPO / "deploy"
 PERMISSION = {
     "create_namespaced_job": ("batch", "jobs", "create"),
     "delete_namespaced_job": ("batch", "jobs", "delete"),
+    "list_namespaced_job": ("batch", "jobs", "list"),
     "read_namespaced_job_status": ("batch", "jobs/status", "get"),
     "list_namespaced_pod": ("", "pods", "list"),
     "read_namespaced_pod_log": ("", "pods/log", "get"),
@@ -47,14 +48,14 @@ def by_kind(kind: str) -> dict[str, dict[str, Any]]:
 def test_deploy_holds_the_deployment_rbac_and_storage() -> None:
     kinds = {doc["kind"] for _, doc in documents()}
     assert {"Namespace", "ServiceAccount", "Role", "RoleBinding", "PersistentVolumeClaim", "ConfigMap"} <= kinds
-    assert {"Deployment", "StatefulSet", "Service"} <= kinds
+    assert {"Deployment", "StatefulSet", "Service", "NetworkPolicy"} <= kinds
     assert (DEPLOY / "Dockerfile").is_file()
 
 
 @pytest.mark.parametrize("version", K8S_VERSIONS)
 def test_every_file_in_deploy_validates_strictly(version: str) -> None:
     docs = documents()
-    assert len(docs) >= 15
+    assert len(docs) >= 24  # incl. the NetworkPolicies and the webserver's account, Role and RoleBinding
     for where, doc in docs:
         try:
             validate_strict(doc, version)
@@ -133,7 +134,10 @@ def test_names_referenced_across_files_exist() -> None:
     assert cfg["postgres_password_secret"] in user_secrets
     assert instance["storage"]["postgres"]["postgres_db"]["hostname"] in services
     for volume in cfg["run_k8s_config"]["pod_spec_config"]["volumes"]:
-        assert volume["persistentVolumeClaim"]["claimName"] in claims
+        if "persistentVolumeClaim" in volume:
+            assert volume["persistentVolumeClaim"]["claimName"] in claims
+        else:
+            assert set(volume) == {"name", "emptyDir"}, volume
     workspace = yaml.safe_load(by_kind("ConfigMap")["dagster-workspace"]["data"]["workspace.yaml"])
     assert workspace["load_from"][0]["grpc_server"]["host"] in services
 

@@ -41,7 +41,8 @@ from resources.k8s_objects import (
 from resources.k8s_watch import to_dict
 from resources.kubernetes_launcher import KubernetesTrainingLauncher, main
 
-README_ARGS = ["render", "--nodes", "2", "--procs-per-node", "8", "--gpus-per-node", "8", "--image", "IMAGE"]
+IMAGE = "registry.example.com/catalog-posttrain:0.1.0"
+README_ARGS = ["render", "--nodes", "2", "--procs-per-node", "8", "--gpus-per-node", "8", "--image", IMAGE]
 MOUNT = "/platform/artifacts"
 
 
@@ -75,7 +76,7 @@ def test_the_readme_render_command_prints_objects_that_validate_strictly(
     validate_strict(service, version)
     validate_strict(job, version)
     container = container_of(job)
-    assert container["image"] == "IMAGE"
+    assert container["image"] == IMAGE
     assert container["resources"]["limits"][GPU_RESOURCE] == "8"
     assert container["args"][container["args"].index("--nproc-per-node") + 1] == "8"
 
@@ -233,7 +234,7 @@ def test_bad_settings_name_the_setting_and_the_fix(overrides: dict[str, Any], me
 
 
 def test_render_refuses_a_bad_configuration(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["render", "--image", "IMAGE", "--procs-per-node", "8", "--gpus-per-node", "4"]) == 2
+    assert main(["render", "--image", IMAGE, "--procs-per-node", "8", "--gpus-per-node", "4"]) == 2
     assert "procs_per_node=8 exceeds gpus_per_node=4" in capsys.readouterr().err
 
 

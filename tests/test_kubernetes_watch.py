@@ -22,6 +22,7 @@ from kubernetes.client import (
     V1ContainerStatus,
     V1Job,
     V1JobCondition,
+    V1JobList,
     V1JobSpec,
     V1JobStatus,
     V1ObjectMeta,
@@ -39,7 +40,7 @@ from kubernetes.client import (
 )
 from kubernetes.client.exceptions import ApiException
 
-from resources.k8s_objects import COMPLETION_INDEX_ANNOTATION, JOB_LABEL, PEER_LOST_EXIT_CODE
+from resources.k8s_objects import COMPLETION_INDEX_ANNOTATION, JOB_LABEL, LINEAGE_LABEL, PEER_LOST_EXIT_CODE
 from resources.k8s_watch import (
     JobWatcher,
     PodLogMessageReader,
@@ -144,7 +145,11 @@ def pipes(method: str, params: dict[str, Any] | None = None) -> str:
 
 
 class FakeKube:
-    """BatchV1Api + CoreV1Api methods the launcher calls. `steps` script what each status poll sees."""
+    """BatchV1Api + CoreV1Api methods the launcher calls. `steps` script what each status poll sees.
+
+    Every method takes the client's `_request_timeout` keyword like the real API objects; `timeouts`
+    records what each call was given.
+    """
 
     def __init__(self, steps: list[dict[str, Any]], logs: dict[str, list[str]], events: list[CoreV1Event] = ()):
         self.steps = steps
@@ -152,11 +157,16 @@ class FakeKube:
         self.logs = logs
         self.events = list(events)
         self.calls: list[tuple[str, str]] = []
+        self.timeouts: list[tuple[str, Any]] = []
         self.created_job: dict[str, Any] | None = None
         self.created_service: dict[str, Any] | None = None
         self.interrupt_at: int | None = None
         self.refuse_job: ApiException | None = None
+        self.leftovers: list[V1Job] = []  # Jobs of this lineage an earlier attempt left behind
         self.lock = threading.Lock()
+
+    def _bound(self, call: str, kw: dict[str, Any]) -> None:
+        self.timeouts.append((call, kw.pop("_request_timeout", None)))
 
     @property
     def name(self) -> str:
@@ -167,14 +177,22 @@ class FakeKube:
         return self.steps[min(self.step, len(self.steps) - 1)]
 
     # BatchV1Api
-    def create_namespaced_job(self, namespace: str, body: dict[str, Any]) -> V1Job:
+    def create_namespaced_job(self, namespace: str, body: dict[str, Any], **kw: Any) -> V1Job:
+        self._bound("create_namespaced_job", kw)
         self.calls.append(("create_job", body["metadata"]["name"]))
         if self.refuse_job is not None:
             raise self.refuse_job
         self.created_job = body
         return job(body["metadata"]["name"])
 
-    def read_namespaced_job_status(self, name: str, namespace: str) -> V1Job:
+    def list_namespaced_job(self, namespace: str, label_selector: str, **kw: Any) -> V1JobList:
+        self._bound("list_namespaced_job", kw)
+        self.calls.append(("list_jobs", label_selector))
+        key, _, value = label_selector.partition("=")
+        return V1JobList(items=[j for j in self.leftovers if (j.metadata.labels or {}).get(key) == value])
+
+    def read_namespaced_job_status(self, name: str, namespace: str, **kw: Any) -> V1Job:
+        self._bound("read_namespaced_job_status", kw)
         with self.lock:
             self.calls.append(("read_job", name))
             if self.interrupt_at is not None and self.step >= self.interrupt_at:
@@ -183,24 +201,34 @@ class FakeKube:
             self.step += 1
         return job(name, *current.get("conditions", []))
 
-    def delete_namespaced_job(self, name: str, namespace: str, propagation_policy: str | None = None) -> None:
+    def delete_namespaced_job(
+        self, name: str, namespace: str, propagation_policy: str | None = None, **kw: Any
+    ) -> None:
+        self._bound("delete_namespaced_job", kw)
         self.calls.append(("delete_job", name))
         assert propagation_policy == "Background"  # the pods go with the Job
+        self.leftovers = [j for j in self.leftovers if j.metadata.name != name]
 
     # CoreV1Api
-    def create_namespaced_service(self, namespace: str, body: dict[str, Any]) -> Any:
+    def create_namespaced_service(self, namespace: str, body: dict[str, Any], **kw: Any) -> Any:
+        self._bound("create_namespaced_service", kw)
         self.calls.append(("create_service", body["metadata"]["name"]))
         self.created_service = body
 
-    def delete_namespaced_service(self, name: str, namespace: str) -> None:
+    def delete_namespaced_service(self, name: str, namespace: str, **kw: Any) -> None:
+        self._bound("delete_namespaced_service", kw)
         self.calls.append(("delete_service", name))
 
-    def list_namespaced_pod(self, namespace: str, label_selector: str) -> V1PodList:
+    def list_namespaced_pod(self, namespace: str, label_selector: str, **kw: Any) -> V1PodList:
+        self._bound("list_namespaced_pod", kw)
+        if label_selector.startswith(f"{LINEAGE_LABEL}="):  # pods of leftover Jobs: gone with their Job
+            return V1PodList(items=[])
         assert label_selector == f"{JOB_LABEL}={self.name}"
         with self.lock:
             return V1PodList(items=[p(self.name) for p in self._current().get("pods", [])])
 
     def read_namespaced_pod_log(self, name: str, namespace: str, **kw: Any) -> Any:
+        self._bound("read_namespaced_pod_log", kw)
         if name not in self.logs:
             raise ApiException(status=404, reason="Not Found")
         lines = [f"2026-03-01T12:00:{i // 100:02d}.{i % 100:09d}Z {line}" for i, line in enumerate(self.logs[name])]
@@ -214,7 +242,8 @@ class FakeKube:
         tail = lines[-kw["tail_lines"] :] if kw.get("tail_lines") else lines
         return "".join(split_timestamp(ln)[1] + "\n" for ln in tail)
 
-    def list_namespaced_event(self, namespace: str, field_selector: str) -> CoreV1EventList:
+    def list_namespaced_event(self, namespace: str, field_selector: str, **kw: Any) -> CoreV1EventList:
+        self._bound("list_namespaced_event", kw)
         self.calls.append(("list_events", field_selector))
         who = field_selector.split("=", 1)[1]
         return CoreV1EventList(items=[e for e in self.events if e.involved_object.name == who])
@@ -559,7 +588,7 @@ def test_a_refused_job_names_the_rbac_fix(tmp_path: Path) -> None:
     result, _ = launch(tmp_path, fake)
     assert not result.success
     assert "RBAC forbids it" in failure_of(result).error.message
-    assert [c[0] for c in fake.calls] == ["create_job"]
+    assert [c[0] for c in fake.calls] == ["list_jobs", "create_job"]
 
 
 def test_paths_off_the_shared_volume_are_refused_before_anything_is_created(tmp_path: Path) -> None:

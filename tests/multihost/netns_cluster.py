@@ -292,6 +292,18 @@ class NetnsCluster:
                 raise ApiException(status=404, reason="Not Found")
             return self._job_model(job)
 
+    def list_namespaced_job(self, namespace: str, label_selector: str = "", **_: Any) -> Any:
+        wanted = dict(part.split("=", 1) for part in label_selector.split(",") if part)
+        with self._lock:
+            items = [
+                self._job_model(job)
+                for job in self.jobs.values()
+                if job.namespace == namespace
+                and not job.deleted
+                and all((job.body["metadata"].get("labels") or {}).get(k) == v for k, v in wanted.items())
+            ]
+        return model({"items": [_api.sanitize_for_serialization(j) for j in items]}, "V1JobList")
+
     def list_namespaced_pod(self, namespace: str, label_selector: str = "", **_: Any) -> Any:
         wanted = dict(part.split("=", 1) for part in label_selector.split(",") if part)
         with self._lock:
