@@ -1,6 +1,7 @@
 """Evaluation layer: held-out metrics, baselines, and the champion gate."""
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import dagster as dg
@@ -8,12 +9,20 @@ import polars as pl
 
 from assets.metadata import image_markdown
 from assets.training import trained_checkpoint
-from core.champion import current_champion, decide_promotion, new_record, promote, promotion_metrics
+from core.champion import (
+    MAX_PROMOTION_ATTEMPTS,
+    ChampionRecord,
+    PromotionConflict,
+    current_champion,
+    promote_if_better,
+    promotion_metrics,
+)
 from core.eval_report import build_report_json, write_report
 from core.fingerprints import files_fingerprint
 from resources.artifacts import ArtifactStore
 from resources.warehouse import DuckDBWarehouse
-from training.eval_suite import SuiteInputs, SuiteSettings, hits, run_suite
+from training.eval_suite import SuiteInputs, SuiteSettings, evaluate_model, hits, run_suite
+from training.evaluate import TitleMatcher, heldout_rows, recommendation_prompts
 
 
 class EvalConfig(dg.Config):
@@ -23,6 +32,8 @@ class EvalConfig(dg.Config):
     batch_tokens: int = 8192
     loss_margin: float = 0.02  # relative: candidate validation loss may be at most 2% worse than the champion's
     hit_margin: float = 0.02  # absolute: candidate hit@5 may be at most 0.02 lower
+    # A champion promoted by another eval while this one ran is evaluated too and compared again, at most this often.
+    promotion_attempts: int = MAX_PROMOTION_ATTEMPTS
 
 
 def champion_registry(artifacts: ArtifactStore) -> Path:
@@ -56,6 +67,33 @@ def suite_inputs(checkpoint: Path, warehouse: DuckDBWarehouse, champion_dir: Pat
         train_events=events,
         champion_dir=champion_dir,
     )
+
+
+def champion_metrics_of(results: dict) -> dict:
+    """Promotion metrics of a champion evaluated by the suite (its own eval_set is the candidate's data)."""
+    return promotion_metrics(
+        {"splits": results["loss"]["splits"], "recommendation": {"model": hits(results["recommendation"])}}
+    )
+
+
+def champion_measurer(
+    context: dg.AssetExecutionContext, inputs: SuiteInputs, settings: SuiteSettings
+) -> Callable[[ChampionRecord], dict | None]:
+    """Evaluates a champion promoted during this eval on the same held-out data, so the gate compares models."""
+
+    def measure(champion: ChampionRecord) -> dict | None:
+        champion_dir = Path(champion.checkpoint)
+        context.log.warning(f"champion changed to {champion.version} during this evaluation; evaluating it too")
+        if not champion_dir.is_dir():
+            context.log.warning(f"champion {champion.version} points at missing {champion_dir}; comparing without it")
+            return None
+        matcher = TitleMatcher(inputs.catalog)
+        heldout = inputs.conversations.filter(pl.col("split").is_in(["validation", "test"]))
+        cases, _ = recommendation_prompts(heldout, matcher)
+        rows = heldout_rows(inputs.shard_dirs, inputs.conversations)
+        return champion_metrics_of(evaluate_model(champion_dir, rows, cases, matcher, settings))
+
+    return measure
 
 
 @dg.asset(
@@ -102,51 +140,50 @@ def eval_report(
         "popularity": hits(results["popularity"]),
     }
     candidate = promotion_metrics({"splits": model["loss"]["splits"], "recommendation": recommendation})
-    champion_metrics = None
-    if "champion" in results:
-        champion_metrics = promotion_metrics(
-            {
-                "splits": results["champion"]["loss"]["splits"],
-                "recommendation": {"model": hits(results["champion"]["recommendation"])},
-            }
-        )
-    decision = decide_promotion(
-        candidate, champion_metrics, loss_margin=config.loss_margin, hit_margin=config.hit_margin
-    )
+    champion_metrics = champion_metrics_of(results["champion"]) if "champion" in results else None
     summary = json.loads((checkpoint / "summary.json").read_text())
-    report = build_report_json(
-        checkpoint=str(checkpoint),
-        splits=model["loss"]["splits"],
-        recommendation=recommendation,
-        champion=champion.version if champion_metrics is not None and champion else None,
-        promoted=decision.promoted,
-        by_kind=model["loss"]["by_kind"],
-        decision=decision,
-        champion_metrics=champion_metrics,
-        base_model_splits=base["loss"]["splits"],
-        eval_set=files_fingerprint([p / "manifest.json" for p in inputs.shard_dirs]),
-        samples=len(model["recommendation"]["samples"]),
-    )
+    eval_set = files_fingerprint([p / "manifest.json" for p in inputs.shard_dirs])
     with artifacts.new_version("eval_report") as (version, tmp):
+        # Compare-and-swap: recorded only if the champion compared with is still the champion; otherwise the new
+        # champion is evaluated and compared. Done before the report is written, so the report tells what happened.
+        try:
+            outcome = promote_if_better(
+                registry,
+                candidate={**candidate, "eval_set": eval_set},
+                checkpoint=str(checkpoint),
+                eval_version=version,
+                champion=champion,
+                champion_metrics=champion_metrics,
+                measure=champion_measurer(context, inputs, settings),
+                loss_margin=config.loss_margin,
+                hit_margin=config.hit_margin,
+                max_attempts=config.promotion_attempts,
+            )
+        except PromotionConflict as exc:
+            raise dg.Failure(description=f"eval_report of {checkpoint.name}: {exc}") from exc
+        decision = outcome.decision
+        report = build_report_json(
+            checkpoint=str(checkpoint),
+            splits=model["loss"]["splits"],
+            recommendation=recommendation,
+            champion=outcome.champion.version if outcome.champion_metrics is not None and outcome.champion else None,
+            promoted=decision.promoted,
+            by_kind=model["loss"]["by_kind"],
+            decision=decision,
+            champion_metrics=outcome.champion_metrics,
+            base_model_splits=base["loss"]["splits"],
+            eval_set=eval_set,
+            samples=len(model["recommendation"]["samples"]),
+        )
         files = write_report(
             tmp,
             report,
             loss_curve=summary.get("loss_curve"),
-            champion_report=champion_metrics,
+            champion_report=outcome.champion_metrics,
             samples=model["recommendation"]["samples"],
         )
     out_dir = artifacts.version_path("eval_report", version)
     if decision.promoted:
-        promote(
-            registry,
-            new_record(
-                checkpoint=str(checkpoint),
-                eval_version=version,
-                metrics=candidate,
-                reasons=decision.reasons,
-                previous=champion.version if champion else None,
-            ),
-        )
         context.log.info(f"promoted {checkpoint.name} to champion: {'; '.join(decision.reasons)}")
     else:
         context.log.warning(f"not promoted, champion unchanged: {'; '.join(decision.reasons)}")
@@ -164,6 +201,7 @@ def eval_report(
             **{f"{system}/{k}": v for system, m in recommendation.items() for k, v in m.items()},
             "champion": report["champion"] or "none",
             "promoted": decision.promoted,
+            "champion_changed_during_eval": dg.MetadataValue.json(list(outcome.superseded_by)),
             "decision": dg.MetadataValue.json({"reasons": decision.reasons, "deltas": decision.deltas}),
             "report": dg.MetadataValue.md((out_dir / "report.md").read_text()),
             "plots": dg.MetadataValue.md(image_markdown([out_dir / f.name for f in files])),

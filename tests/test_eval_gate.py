@@ -1,0 +1,101 @@
+"""eval_report's champion gate when another evaluation promotes while this one runs (the suite itself is faked:
+the models are not the point here, the compare-and-swap wiring and what the report says are)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import polars as pl
+import pytest
+
+import assets.evals as evals
+from core.atomic_io import new_version_id
+from core.champion import current_champion, new_record, promote, read_champions
+from resources.artifacts import ArtifactStore
+from resources.warehouse import DuckDBWarehouse
+from training.eval_suite import SuiteInputs
+
+
+def _model_results(loss: float, hit5: float) -> dict[str, Any]:
+    split = {"loss": loss, "perplexity": math.exp(loss), "loss_tokens": 100, "conversations": 10}
+    return {
+        "loss": {"splits": {"validation": split, "test": split}, "by_kind": {}},
+        "recommendation": {"hit@1": hit5 / 2, "hit@5": hit5, "n": 20, "samples": []},
+    }
+
+
+def _checkpoint(root: Path, name: str) -> Path:
+    path = root / "trained_checkpoint" / name
+    path.mkdir(parents=True)
+    (path / "summary.json").write_text(json.dumps({"loss_curve": []}))
+    return path
+
+
+def _promote(registry: Path, name: str, checkpoint: Path, loss: float, hit5: float, previous: str | None) -> None:
+    metrics = {"validation_loss": loss, "hit@5": hit5}
+    promote(registry, new_record(checkpoint=checkpoint, eval_version=name, metrics=metrics, previous=previous))
+
+
+def test_a_champion_promoted_during_the_eval_is_evaluated_and_compared(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "artifacts"
+    registry = root / "champion"
+    c0_dir, better_dir = _checkpoint(root, new_version_id()), _checkpoint(root, new_version_id())
+    _promote(registry, "c0", c0_dir, 2.0, 0.30, None)
+    candidate = _checkpoint(root, new_version_id())  # the newest version: the one eval_report evaluates
+    measured: list[Path] = []
+
+    def fake_inputs(checkpoint: Path, warehouse: Any, champion_dir: Path | None) -> SuiteInputs:
+        empty, conversations = pl.DataFrame(), pl.DataFrame(schema={"split": pl.String})
+        return SuiteInputs(checkpoint, tmp_path / "base", [], conversations, empty, empty, champion_dir)
+
+    def fake_suite(inputs: SuiteInputs, settings: Any) -> dict[str, Any]:
+        assert inputs.champion_dir == c0_dir
+        # While this suite ran, another eval promoted a better checkpoint over c0.
+        _promote(registry, "b-better", better_dir, 1.70, 0.40, "c0")
+        return {
+            "model": _model_results(1.95, 0.30),  # within the margins of c0, clearly worse than b-better
+            "base_model": _model_results(3.0, 0.0),
+            "popularity": {"hit@1": 0.05, "hit@5": 0.1, "n": 20},
+            "champion": _model_results(2.0, 0.30),
+        }
+
+    def fake_evaluate_model(model_dir: Path, *_args: Any) -> dict[str, Any]:
+        measured.append(Path(model_dir))
+        return _model_results(1.70, 0.40)
+
+    monkeypatch.setattr(evals, "suite_inputs", fake_inputs)
+    monkeypatch.setattr(evals, "run_suite", fake_suite)
+    monkeypatch.setattr(evals, "evaluate_model", fake_evaluate_model, raising=False)
+    monkeypatch.setattr(evals, "TitleMatcher", lambda catalog: None, raising=False)
+    monkeypatch.setattr(evals, "recommendation_prompts", lambda heldout, matcher: ([], []), raising=False)
+    monkeypatch.setattr(evals, "heldout_rows", lambda shards, conversations: pl.DataFrame(), raising=False)
+    result = dg.materialize(
+        [evals.eval_report],
+        resources={
+            "artifacts": ArtifactStore(root=str(root)),
+            "warehouse": DuckDBWarehouse(path=str(tmp_path / "warehouse.duckdb")),
+        },
+        instance=dg.DagsterInstance.ephemeral(),
+        raise_on_error=False,
+    )
+    (event,) = [e for e in result.get_asset_materialization_events()]
+    metadata = {k: getattr(v, "value", v) for k, v in event.materialization.metadata.items()}
+    report = json.loads((Path(metadata["path"]) / "report.json").read_text())
+    # Compared again with the champion of the moment (evaluated on the same data), not with the stale c0.
+    assert measured == [better_dir]
+    assert report["champion"] == "b-better" and report["promoted"] is False
+    assert metadata["champion_changed_during_eval"] == ["b-better"]
+    checks = [
+        e.asset_check_evaluation_data for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"
+    ]
+    assert [c.passed for c in checks] == [False]
+    records, problems = read_champions(registry)
+    assert problems == [] and [(r.version, r.previous) for r in records] == [("c0", None), ("b-better", "c0")]
+    assert current_champion(registry).checkpoint == str(better_dir)  # type: ignore[union-attr]
+    assert str(candidate) not in {r.checkpoint for r in records}
