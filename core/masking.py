@@ -130,6 +130,8 @@ class _Info:
     fast_template: Any = None  # _fast_generation_template's compile (None: not built yet, False: unusable)
     fast_checked: set[tuple[bool, bool]] = field(default_factory=set)  # (add_generation_prompt, spans) probed
     tail_cache: dict[str, list[int]] = field(default_factory=dict)
+    prefix_checked: bool = False  # _prefix_bound has analysed the template
+    prefix_bound: int | None = None  # its answer (None: render every serving prompt)
 
 
 _GENERATION_RE = re.compile(r"\{%-?\s*generation\s*-?%\}")
@@ -313,11 +315,37 @@ def _render_one(info: _Info, chat: list[dict[str, Any]], add_generation_prompt: 
 def _render_many(
     info: _Info, chats: list[list[dict[str, Any]]], add_generation_prompt: bool, spans: bool, plain: bool = False
 ) -> list[tuple[str, list[tuple[int, int]] | None] | MaskError]:
-    """Render many chats in one call; on a template error, render one by one to blame the right one."""
+    """Render many chats; plain-string chats through ``_render_plain``, the others through transformers.
+
+    A mixed batch is split, so one chat with extra message fields does not send the whole
+    chunk down the slower path (nor lose the tracing of ``_TracedMessages``).
+    """
     if not chats:
         return []
-    if _compile_jinja_template is not None and (plain or all(_is_plain_chat(chat) for chat in chats)):
+    if _compile_jinja_template is None:
+        return _render_stock(info, chats, add_generation_prompt, spans)
+    if plain:
         return _render_plain(info, chats, add_generation_prompt, spans)
+    is_plain = [_is_plain_chat(chat) for chat in chats]
+    if all(is_plain):
+        return _render_plain(info, chats, add_generation_prompt, spans)
+    if not any(is_plain):
+        return _render_stock(info, chats, add_generation_prompt, spans)
+    out: list[tuple[str, list[tuple[int, int]] | None] | MaskError] = [MaskError("template_error")] * len(chats)
+    for want in (True, False):
+        picked = [k for k, p in enumerate(is_plain) if p is want]
+        render = _render_plain if want else _render_stock
+        for k, rendered in zip(
+            picked, render(info, [chats[k] for k in picked], add_generation_prompt, spans), strict=True
+        ):
+            out[k] = rendered
+    return out
+
+
+def _render_stock(
+    info: _Info, chats: list[list[dict[str, Any]]], add_generation_prompt: bool, spans: bool
+) -> list[tuple[str, list[tuple[int, int]] | None] | MaskError]:
+    """transformers' render_jinja_template in one call; on a template error, one by one to blame the right one."""
     try:
         rendered, indices = render_jinja_template(
             conversations=chats,
@@ -379,7 +407,10 @@ def _render_compiled(
     base["add_generation_prompt"] = add_generation_prompt
     out: list[tuple[str, list[tuple[int, int]] | None] | MaskError] = []
     for chat in chats:
+        counter = _OutputLength() if type(chat) is _TracedMessages else None
         try:
+            if counter is not None:
+                chat.arm(counter)  # type: ignore[attr-defined]
             ctx = env.context_class(
                 env, {**base, "messages": chat}, compiled.name, compiled.blocks, globals=template_globals
             )
@@ -389,11 +420,22 @@ def _render_compiled(
                 with env.activate_tracker(blocks, indices):  # transformers' {% generation %} span tracker
                     for block in compiled.root_render_func(ctx):
                         blocks.append(block)
+                        if counter is not None:
+                            counter.pos += len(block)
                 out.append(("".join(blocks), indices))
+            elif counter is not None:
+                blocks = []
+                for block in compiled.root_render_func(ctx):
+                    blocks.append(block)
+                    counter.pos += len(block)
+                out.append((env.concat(blocks), None))
             else:
                 out.append((env.concat(compiled.root_render_func(ctx)), None))
         except Exception as exc:  # the template is user code: any failure is this conversation's
             out.append(MaskError("template_error", f"{type(exc).__name__}: {exc}"))
+        finally:
+            if counter is not None:
+                chat.disarm()  # type: ignore[attr-defined]
     return out
 
 
@@ -496,22 +538,205 @@ def _render_fast(
     for chat in chats:
         mark.marks.clear()
         mark.pos = 0
+        traced = type(chat) is _TracedMessages
         try:
+            if traced:
+                chat.arm(mark)  # type: ignore[attr-defined]
             ctx = env.context_class(env, {**base, "messages": chat}, fast.name, fast.blocks, globals=template_globals)
-            if spans:
+            if spans or traced:
                 blocks: list[str] = []
                 for block in fast.root_render_func(ctx):
                     blocks.append(block)
                     mark.pos += len(block)
-                marks = mark.marks
-                if len(marks) % 2:
-                    raise RuntimeError("unpaired generation marks")
-                out.append(("".join(blocks), list(zip(marks[::2], marks[1::2], strict=True))))
+                if spans:
+                    marks = mark.marks
+                    if len(marks) % 2:
+                        raise RuntimeError("unpaired generation marks")
+                    out.append(("".join(blocks), list(zip(marks[::2], marks[1::2], strict=True))))
+                else:
+                    out.append((env.concat(blocks), None))
             else:
                 out.append((env.concat(fast.root_render_func(ctx)), None))
         except Exception:  # errors are reported exactly as the stock template reports them
             out.extend(_render_compiled(info, compiled, [chat], add_generation_prompt, spans))
+        finally:
+            if traced:
+                chat.disarm()  # type: ignore[attr-defined]
     return out
+
+
+class _OutputLength:
+    """How many characters a rendering has output so far (the renderer keeps ``pos`` up to date)."""
+
+    __slots__ = ("pos",)
+
+    def __init__(self) -> None:
+        self.pos = 0
+
+
+class _TracedMessages(list):
+    """A conversation's messages as handed to a prefix-stable template (see ``_prefix_bound``).
+
+    While a renderer has it armed, iterating it records for each message how many characters
+    the template had output when its loop reached that message. For a prefix-stable template
+    that is where the serving prompt of that message's turn leaves the full rendering: the
+    prompt is ``rendered[:positions[t]]`` followed by the template's generation prompt.
+    """
+
+    __slots__ = ("counter", "passes", "positions")
+
+    def __init__(self, messages: list[dict[str, Any]]) -> None:
+        super().__init__(messages)
+        self.counter: Any = None
+        self.positions: list[int] = []
+        self.passes = 0
+
+    def arm(self, counter: Any) -> None:
+        self.counter = counter
+        self.positions = []
+        self.passes = 0
+
+    def disarm(self) -> None:
+        self.counter = None
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        if self.counter is None:
+            return list.__iter__(self)
+        self.passes += 1
+        self.positions = []
+        return self._walk(self.counter, self.positions)
+
+    def _walk(self, counter: Any, positions: list[int]) -> Iterator[dict[str, Any]]:
+        for message in list.__iter__(self):
+            positions.append(counter.pos)
+            yield message
+
+
+# --------------------------------------------------------------------------------------
+# Prefix stability: when every serving prompt is a prefix of the full rendering by construction.
+
+_PREFIX_SAFE_LOOP_ATTRS = frozenset({"index", "index0", "first", "previtem", "changed", "cycle", "depth", "depth0"})
+_PREFIX_UNSAFE_NODES = (
+    jinja_nodes.Extends,
+    jinja_nodes.Include,
+    jinja_nodes.Import,
+    jinja_nodes.FromImport,
+    jinja_nodes.Block,
+)
+
+
+def _prefix_bound(info: _Info) -> int | None:
+    """``_prefix_stable_bound`` of the tokenizer's template, worked out once per tokenizer."""
+    if not info.prefix_checked:
+        bound = None
+        if _compile_jinja_template is not None:
+            try:
+                env = _compile_jinja_template(info.template).environment
+                bound = _prefix_stable_bound(env.parse(info.template))
+            except Exception:  # anything jinja does not parse as we expect: render every prompt
+                bound = None
+        info.prefix_bound = bound
+        info.prefix_checked = True
+    return info.prefix_bound
+
+
+def _walk_names(node: Any, ancestors: list[Any]) -> Iterator[tuple[Any, list[Any]]]:
+    """Every Name node under ``node`` with its ancestors (outermost first)."""
+    if isinstance(node, jinja_nodes.Name):
+        yield node, ancestors
+        return
+    ancestors.append(node)
+    for child in node.iter_child_nodes():
+        yield from _walk_names(child, ancestors)
+    ancestors.pop()
+
+
+def _truth_tested(node: Any, ancestors: list[Any]) -> bool:
+    """Whether only the truth value of ``node`` is used: it is an if/for test, possibly under and/or/not."""
+    child = node
+    for parent in reversed(ancestors):
+        if isinstance(parent, (jinja_nodes.And, jinja_nodes.Or, jinja_nodes.Not)):
+            child = parent
+            continue
+        return isinstance(parent, (jinja_nodes.If, jinja_nodes.CondExpr, jinja_nodes.For)) and parent.test is child
+    return False
+
+
+def _prefix_stable_bound(tree: Any) -> int | None:
+    """``b`` such that, for every ``t > b``, rendering ``messages[:t]`` with the generation prompt gives
+    ``rendering[:p] + G``: the full rendering up to where its loop reached message ``t``, then a text
+    ``G`` that is the same for every such ``t``. None when the template's structure does not prove it.
+
+    Proved from the template's syntax, not from sample output, so no conversation can break it:
+    the template's top level is ``pre; for ... in messages; post`` with one loop over ``messages``
+    (not recursive, no ``else``), and ``messages`` is read nowhere else except as ``messages[k]``
+    with a constant ``k >= 0`` (``b`` is the largest such ``k``) or for its truth value. Loop bodies
+    may use ``loop.index``/``first``/``previtem``/``changed``/``cycle``/``depth`` but never what
+    needs later messages (``loop.last``, ``length``, ``revindex``, ``nextitem``).
+    ``add_generation_prompt`` is read only in ``post``, and ``post`` reads no variable the template
+    assigns anywhere (so nothing the loop computed). Then the run over ``messages[:t]`` does exactly
+    what the run over all messages does until its loop asks for message ``t``; there it leaves the
+    loop and runs ``post``, whose output depends on nothing that differs between such ``t``.
+    Templates that rewrite earlier turns (strip reasoning from all but the last turn, number turns
+    from the end, ...) need later messages and fail these rules: their prompts are rendered one by one.
+    """
+    body = list(tree.body)
+    loops = [
+        k
+        for k, node in enumerate(body)
+        if isinstance(node, jinja_nodes.For)
+        and isinstance(node.iter, jinja_nodes.Name)
+        and node.iter.name == "messages"
+    ]
+    if len(loops) != 1:
+        return None
+    where = loops[0]
+    loop = body[where]
+    if loop.recursive or loop.else_:
+        return None
+    if any(True for _ in tree.find_all(_PREFIX_UNSAFE_NODES)):
+        return None
+    stored = {n.name for n in tree.find_all(jinja_nodes.Name) if n.ctx in ("store", "param")}
+    stored |= {n.name for n in tree.find_all(jinja_nodes.NSRef)}
+    stored |= {n.name for n in tree.find_all(jinja_nodes.Macro)}
+    if stored & {"messages", "loop", "add_generation_prompt", "self"}:
+        return None
+    bound = -1
+    for position, statement in enumerate(body):
+        for name, ancestors in _walk_names(statement, []):
+            if name.ctx != "load":
+                continue
+            parent = ancestors[-1] if ancestors else None
+            if name.name == "messages":
+                if name is loop.iter:
+                    continue
+                if (
+                    isinstance(parent, jinja_nodes.Getitem)
+                    and parent.node is name
+                    and isinstance(parent.arg, jinja_nodes.Const)
+                    and type(parent.arg.value) is int
+                    and parent.arg.value >= 0
+                ):
+                    bound = max(bound, parent.arg.value)
+                    continue
+                if _truth_tested(name, ancestors):
+                    continue
+                return None
+            if name.name == "loop":
+                if (
+                    isinstance(parent, jinja_nodes.Getattr)
+                    and parent.node is name
+                    and parent.attr in _PREFIX_SAFE_LOOP_ATTRS
+                ):
+                    continue
+                return None
+            if name.name == "self":
+                return None
+            if name.name == "add_generation_prompt" and position <= where:
+                return None
+            if position > where and name.name in stored:
+                return None
+    return bound
 
 
 def _comparable(rendered: list[Any]) -> list[Any]:
@@ -554,6 +779,19 @@ def _sentinel(j: int) -> str:
     return "\U000ffffd" + chr(0xF0000 + j) + "\U000ffffd"
 
 
+_SENTINEL_RE = re.compile("(?=\U000ffffd([\U000f0000-\U000ffffc])\U000ffffd)")  # overlapping: see _count_apart
+
+
+def _count_apart(starts: list[int], width: int) -> int:
+    """How many of the (sorted) match starts str.count would count: leftmost first, never overlapping."""
+    count, free = 0, -1
+    for at in starts:
+        if at >= free:
+            count += 1
+            free = at + width
+    return count
+
+
 def _content_spans(
     info: _Info, messages: list[dict[str, Any]], rendered: str, add_generation_prompt: bool
 ) -> list[tuple[int, int, int]]:
@@ -566,15 +804,20 @@ def _content_spans(
         raise MaskError("invalid_messages", f"{len(messages)} messages is more than sentinel rendering supports")
     marked = [{**m, "content": _sentinel(j)} for j, m in enumerate(messages)]
     shadow, _ = _render_one(info, marked, add_generation_prompt, False)
+    # Every sentinel occurrence in one scan (a search per message would be quadratic in the turns).
+    occurrences: dict[int, list[int]] = {}
+    for hit in _SENTINEL_RE.finditer(shadow):
+        occurrences.setdefault(ord(hit.group(1)) - 0xF0000, []).append(hit.start())
     found: list[tuple[int, int]] = []
     for j, m in enumerate(messages):
-        count = shadow.count(_sentinel(j))
+        starts = occurrences.get(j, [])
+        count = _count_apart(starts, 3)  # as str.count(_sentinel(j)) counts: without overlaps
         if count > 1:
             raise MaskError(
                 "content_not_verbatim", f"message {j} ({m['role']}) is rendered {count} times by the template"
             )
         if count == 1:
-            found.append((shadow.index(_sentinel(j)), j))
+            found.append((starts[0], j))
         elif m["role"] == "assistant":
             raise MaskError("content_not_rendered", f"message {j} (assistant) does not appear in the rendering")
     found.sort()
@@ -636,6 +879,11 @@ def _segment_encode(
 
 def _encode_prompt_text(info: _Info, messages: list[dict[str, Any]]) -> list[int]:
     prompt, _ = _render_one(info, messages, True, False)
+    return _prompt_ids(info, messages, prompt)
+
+
+def _prompt_ids(info: _Info, messages: list[dict[str, Any]], prompt: str) -> list[int]:
+    """The serving path's tokens for ``prompt``, which is ``messages`` rendered with the generation prompt."""
     if any(_content_has_lookalike(info, m["content"]) for m in messages):
         return _segment_encode(info, prompt, _content_spans(info, messages, prompt, True))[0]
     return info.plain.encode(prompt, add_special_tokens=False).ids
@@ -663,46 +911,131 @@ class _Work:
     turns: list[int]  # message indices of assistant turns
     rendered: str = ""
     gen_spans: list[tuple[int, int]] | None = None
-    prompts: list[str] = field(default_factory=list)
-    spans: list[tuple[int, int]] = field(default_factory=list)  # assistant content spans
+    positions: list[int] | None = None  # _TracedMessages.positions of the rendering (prefix-stable templates)
+    spans: list[tuple[int, int]] = field(default_factory=list)  # content spans of the turns checked, in order
     lookalike: bool = False
 
 
-def _locate_assistant_content(work: _Work) -> None:
-    """Pin each assistant content's span from its serving prompt; raise on any rewriting."""
+class _Prompts:
+    """The serving prompt of each assistant turn of one conversation, as ``(q, tail)``: ``rendered[:q] + tail``.
+
+    For a prefix-stable template (``_prefix_bound``) the prompt of message ``t`` is the full
+    rendering up to ``positions[t]`` followed by the generation prompt, which one exact rendering
+    (of the first such turn, the anchor) yields: one prompt rendering per conversation instead of
+    one per turn, each over all earlier turns (quadratic in the turns), and no prompt string is
+    built. Other turns (all of them for other templates) are rendered exactly: ahead of time in
+    the chunk's batch, or on demand in turn order for conversations that truncation cuts, where
+    the turns past the cut are never rendered.
+    """
+
+    __slots__ = ("anchor", "derivable", "exact", "info", "tail", "work")
+
+    def __init__(self, info: _Info, work: _Work, bound: int | None) -> None:
+        self.info = info
+        self.work = work
+        self.exact: dict[int, tuple[str, Any] | MaskError] = {}
+        positions = work.positions
+        if bound is None or positions is None:
+            self.derivable: frozenset[int] = frozenset()
+        else:
+            self.derivable = frozenset(t for t in work.turns if bound < t < len(positions))
+        self.anchor = min(self.derivable) if self.derivable else None
+        self.tail: str | None = None
+
+    def eager(self, whole: bool) -> list[int]:
+        """Message indices to render in the chunk's batch (``whole``: every turn will be checked)."""
+        if whole:
+            return [t for t in self.work.turns if t not in self.derivable or t == self.anchor]
+        return [] if self.anchor is None else [self.anchor]
+
+    def settle(self) -> None:
+        """After the batch: the generation prompt is what the anchor's prompt adds to the rendering's prefix."""
+        got = None if self.anchor is None else self.exact.get(self.anchor)
+        if got is None or isinstance(got, MaskError):
+            return
+        prompt, q = got[0], self.work.positions[self.anchor]  # type: ignore[index]
+        if len(prompt) >= q and self.work.rendered.startswith(prompt[:q]):
+            self.tail = prompt[q:]
+        # else the anchor's own check reports the mismatch, and the other turns render exactly
+
+    def first_error(self) -> MaskError | None:
+        """The first template error among the turns' prompts, in turn order (as rendering each would find)."""
+        for t in self.work.turns:
+            got = self.exact.get(self.anchor if t in self.derivable else t)  # type: ignore[arg-type]
+            if isinstance(got, MaskError):
+                return MaskError(got.reason, got.detail)
+        return None
+
+    def get(self, turn: int) -> tuple[int, str]:
+        if turn in self.derivable and turn != self.anchor:
+            anchor = self.exact[self.anchor]  # type: ignore[index]
+            if isinstance(anchor, MaskError):  # the generation prompt fails the same way for every such turn
+                raise MaskError(anchor.reason, anchor.detail)
+            if self.tail is not None:
+                return self.work.positions[turn], self.tail  # type: ignore[index]
+        got = self.exact.get(turn)
+        if got is None:
+            got = self.exact[turn] = _render_many(self.info, [self.work.messages[:turn]], True, False)[0]
+        if isinstance(got, MaskError):
+            raise MaskError(got.reason, got.detail)
+        return 0, got[0]
+
+
+def _locate_content(work: _Work, turn: int, q: int, tail: str, cut: int | None) -> tuple[int, int] | None:
+    """Pin one assistant content's span from its serving prompt ``rendered[:q] + tail``; raise on any rewriting.
+
+    None when the turn is past ``cut`` (truncation keeps the text before it): its prompt agrees with
+    the rendering up to the cut, so no token the row keeps is in or after a part that differs.
+    """
     text = work.rendered
-    for turn, prompt in zip(work.turns, work.prompts, strict=True):
-        content = work.messages[turn]["content"]
-        if not text.startswith(prompt):
-            at = next((k for k, (a, b) in enumerate(zip(prompt, text, strict=False)) if a != b), len(text))
-            raise MaskError(
-                "serving_prefix_mismatch",
-                f"the serving prompt for message {turn} is not a prefix of the full rendering: they "
-                f"differ at character {at} (prompt has {prompt[at : at + 30]!r}, training text has "
-                f"{text[at : at + 30]!r}); the template renders earlier turns differently depending on "
-                "what follows",
-            )
-        start = len(prompt)
-        if text.startswith(content, start):
-            work.spans.append((start, start + len(content)))
-            continue
-        stripped = content.strip()
-        if stripped != content and text.startswith(stripped, start):
-            raise MaskError(
-                "content_not_verbatim",
-                f"message {turn} (assistant) is rendered as {stripped[:40]!r}, not verbatim as "
-                f"{content[:40]!r}; the template strips surrounding whitespace",
-            )
-        if content in text[start:]:
-            gap = text[start : text.index(content, start)]
-            raise MaskError(
-                "serving_prefix_mismatch",
-                f"the template puts {gap[:60]!r} between the generation prompt and message {turn}'s content, "
-                "which the model would have to generate unprompted at serving time",
-            )
+    content = work.messages[turn]["content"]
+    if not text.startswith(tail, q):
+        prompt = text[:q] + tail
+        at = next((k for k in range(q, min(len(prompt), len(text))) if prompt[k] != text[k]), len(text))
+        if cut is not None and at >= cut:
+            return None
         raise MaskError(
-            "content_not_rendered", f"message {turn} (assistant) content does not follow its serving prompt"
+            "serving_prefix_mismatch",
+            f"the serving prompt for message {turn} is not a prefix of the full rendering: they "
+            f"differ at character {at} (prompt has {prompt[at : at + 30]!r}, training text has "
+            f"{text[at : at + 30]!r}); the template renders earlier turns differently depending on "
+            "what follows",
         )
+    start = q + len(tail)
+    if cut is not None and start >= cut:
+        return None
+    if text.startswith(content, start):
+        return start, start + len(content)
+    stripped = content.strip()
+    if stripped != content and text.startswith(stripped, start):
+        raise MaskError(
+            "content_not_verbatim",
+            f"message {turn} (assistant) is rendered as {stripped[:40]!r}, not verbatim as "
+            f"{content[:40]!r}; the template strips surrounding whitespace",
+        )
+    if content in text[start:]:
+        gap = text[start : text.index(content, start)]
+        raise MaskError(
+            "serving_prefix_mismatch",
+            f"the template puts {gap[:60]!r} between the generation prompt and message {turn}'s content, "
+            "which the model would have to generate unprompted at serving time",
+        )
+    raise MaskError("content_not_rendered", f"message {turn} (assistant) content does not follow its serving prompt")
+
+
+def _locate_turns(work: _Work, prompts: _Prompts, cut: int | None) -> None:
+    """``work.spans`` for every assistant turn in order, up to the first one past ``cut``."""
+    prompts.settle()
+    if cut is None:
+        error = prompts.first_error()
+        if error is not None:
+            raise error
+    for turn in work.turns:
+        q, tail = prompts.get(turn)
+        span = _locate_content(work, turn, q, tail, cut)
+        if span is None:
+            break
+        work.spans.append(span)
 
 
 class _TokenOffsets:
@@ -817,10 +1150,15 @@ def _finish(
     ids: list[int],
     offsets: _TokenOffsets,
     prompt_ids: list[list[int]] | None,
+    cut: int | None = None,
 ) -> tuple[list[int], list[int]]:
+    """The loss mask of the checked turns (``work.spans``), with the token-level serving-prefix check.
+
+    ``cut``: the character where truncation will cut; the generation-marker comparison covers the text before it.
+    """
     mask = [0] * len(ids)
     masked_chars: list[tuple[int, int]] = []
-    for k, (turn, (start, end)) in enumerate(zip(work.turns, work.spans, strict=True)):
+    for k, (turn, (start, end)) in enumerate(zip(work.turns, work.spans, strict=False)):
         first, stop = _token_span(offsets, start, end, turn, work.rendered)
         if not info.special_ids.isdisjoint(ids[first:stop]):
             t = next(t for t in range(first, stop) if ids[t] in info.special_ids)
@@ -858,12 +1196,30 @@ def _finish(
 
     if work.gen_spans is not None:
         marked = _merge_spans(work.gen_spans)
-        if marked != _merge_spans(masked_chars):
+        implied = _merge_spans(masked_chars)
+        if cut is not None:
+            marked, implied = _clip_spans(marked, cut), _clip_spans(implied, cut)
+        if marked != implied:
+            at = next((k for k, (a, b) in enumerate(zip(marked, implied, strict=False)) if a != b), None)
+            at = min(len(marked), len(implied)) if at is None else at
             raise MaskError(
                 "generation_marker_mismatch",
-                f"template marks characters {marked} as generated, the serving prompts imply {masked_chars}",
+                f"template marks characters {_brief_spans(marked)} as generated, the serving prompts imply "
+                f"{_brief_spans(implied)}; first difference: span {at}, "
+                f"{marked[at] if at < len(marked) else None} vs {implied[at] if at < len(implied) else None}",
             )
     return ids, mask
+
+
+def _clip_spans(spans: list[tuple[int, int]], cut: int) -> list[tuple[int, int]]:
+    return [(a, min(b, cut)) for a, b in spans if a < cut]
+
+
+def _brief_spans(spans: list[tuple[int, int]]) -> str:
+    """A span list for an error message, shortened so a long conversation gives a short detail."""
+    if len(spans) <= 6:
+        return str(spans)
+    return f"[{', '.join(map(str, spans[:3]))}, ..., {', '.join(map(str, spans[-2:]))}] ({len(spans)} spans)"
 
 
 def _merge_spans(spans: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -890,14 +1246,17 @@ def _raise_token_mismatch(turn: int, got: list[int], expected: list[int]) -> Non
     )
 
 
+def _too_long(tokens: int, max_length: int) -> MaskError:
+    return MaskError(
+        "too_long", f"{tokens} tokens > max_length={max_length}; raise max_length or use overlong='truncate'"
+    )
+
+
 def _apply_length(ids: list[int], mask: list[int], max_length: int | None, overlong: str) -> EncodedConversation:
     if max_length is None or len(ids) <= max_length:
         return EncodedConversation(ids, mask, False)
     if overlong == "quarantine":
-        raise MaskError(
-            "too_long",
-            f"{len(ids)} tokens > max_length={max_length}; raise max_length or use overlong='truncate'",
-        )
+        raise _too_long(len(ids), max_length)
     ids, mask = ids[:max_length], mask[:max_length]
     if not any(mask):
         raise MaskError(
@@ -953,7 +1312,7 @@ def encode_batch(
     rejects: list[tuple[int, str, str]] = []
 
     def finish(lo: int, chunk: _Chunk, tokenized: Future) -> None:
-        part, part_rejects = _complete_chunk(info, chunk, *tokenized.result(), max_length, overlong)
+        part, part_rejects = _complete_chunk(info, chunk, tokenized.result(), max_length, overlong)
         results.extend(part)
         rejects.extend((lo + i, reason, detail) for i, reason, detail in part_rejects)
 
@@ -985,7 +1344,11 @@ class _Chunk:
 
 
 def _prepare_chunk(info: _Info, conversations: list[Any]) -> _Chunk:
-    """Validate, render and locate the assistant contents of one chunk (no tokenization yet)."""
+    """Validate and render one chunk (no serving prompts and no tokenization yet).
+
+    For a prefix-stable template (``_prefix_bound``) plain chats are rendered through
+    ``_TracedMessages``, which records where each message's part of the rendering starts.
+    """
     failed: dict[int, tuple[str, str]] = {}
 
     works: list[_Work] = []
@@ -998,24 +1361,19 @@ def _prepare_chunk(info: _Info, conversations: list[Any]) -> _Chunk:
         turns = [j for j, m in enumerate(messages) if m["role"] == "assistant"]
         works.append(_Work(index, messages, turns))
 
-    plain = all(_is_plain_chat(w.messages) for w in works)  # prompts are slices of these messages
-    full = _render_many(info, [w.messages for w in works], False, info.has_generation, plain)
-    prompts = _render_many(info, [w.messages[:t] for w in works for t in w.turns], True, False, plain)
-    prompt_iter = iter(prompts)
+    traced = _prefix_bound(info) is not None
+    chats: list[list[dict[str, Any]]] = [
+        _TracedMessages(w.messages) if traced and _is_plain_chat(w.messages) else w.messages for w in works
+    ]
+    full = _render_many(info, chats, False, info.has_generation)
     ready: list[_Work] = []
-    for work, rendered in zip(works, full, strict=True):
-        own_prompts = [next(prompt_iter) for _ in work.turns]
-        error = next((r for r in (rendered, *own_prompts) if isinstance(r, MaskError)), None)
-        if error is not None:
-            failed[work.index] = (error.reason, error.detail)
+    for work, chat, rendered in zip(works, chats, full, strict=True):
+        if isinstance(rendered, MaskError):
+            failed[work.index] = (rendered.reason, rendered.detail)
             continue
-        work.rendered, work.gen_spans = rendered  # type: ignore[misc]
-        work.prompts = [p[0] for p in own_prompts]  # type: ignore[index]
-        try:
-            _locate_assistant_content(work)
-        except MaskError as err:
-            failed[work.index] = (err.reason, err.detail)
-            continue
+        work.rendered, work.gen_spans = rendered
+        if type(chat) is _TracedMessages and chat.passes == 1:
+            work.positions = chat.positions
         work.lookalike = any(_content_has_lookalike(info, m["content"]) for m in work.messages)
         ready.append(work)
     return _Chunk(len(conversations), failed, ready, [w for w in ready if not w.lookalike])
@@ -1093,9 +1451,7 @@ def _tokenize_segments(info: _Info, cache: _SegmentCache, texts: list[str]) -> l
     return out
 
 
-def _tokenize_chunk(
-    info: _Info, chunk: _Chunk, cache: _SegmentCache
-) -> tuple[list[tuple[list[int], _TokenOffsets]], list[list[int]]]:
+def _tokenize_chunk(info: _Info, chunk: _Chunk, cache: _SegmentCache) -> list[tuple[list[int], _TokenOffsets]]:
     texts = [w.rendered for w in chunk.stock]
     tokenized = None
     if info.segment_safe and info.split_exact:
@@ -1117,58 +1473,109 @@ def _tokenize_chunk(
             (enc.ids, _TokenOffsets.flat(enc.offsets))
             for enc in info.plain.encode_batch(texts, add_special_tokens=False)
         ]
-    stock_prompts: list[list[int]] = []
-    if not info.segment_safe:
-        flat = [p for w in chunk.stock for p in w.prompts]
-        stock_prompts = [e.ids for e in info.plain.encode_batch(flat, add_special_tokens=False)]
-    return tokenized, stock_prompts
+    return tokenized
+
+
+@dataclass
+class _Job:
+    """One conversation in ``_complete_chunk``: its tokens, then its serving prompts and checks."""
+
+    work: _Work
+    ids: list[int] | None = None
+    offsets: _TokenOffsets | None = None
+    content_spans: list[tuple[int, int, int]] | None = None  # lookalike rows: the sentinel rendering's spans
+    deferred: tuple[str, str] | None = None  # lookalike rows: why the sentinel rendering failed (reported last)
+    cut: int | None = None  # overlong="truncate": the character where the kept tokens end
+    prompts: _Prompts | None = None
+    prompt_ids: list[list[int]] | None = None
 
 
 def _complete_chunk(
     info: _Info,
     chunk: _Chunk,
     tokenized: list[tuple[list[int], _TokenOffsets]],
-    stock_prompts: list[list[int]],
     max_length: int | None,
     overlong: str,
 ) -> tuple[list[EncodedConversation | None], list[tuple[int, str, str]]]:
-    """Masks from the encodings (plus the slow path for lookalike rows) and the length rule."""
-    results: list[EncodedConversation | None] = [None] * chunk.size
-    failed, ready, stock = chunk.failed, chunk.ready, chunk.stock
-    prompt_pos = 0
-    encoded: dict[int, tuple[list[int], list[int]]] = {}
-    for work, (ids, offsets) in zip(stock, tokenized, strict=True):
-        own = None
-        if not info.segment_safe:
-            own = stock_prompts[prompt_pos : prompt_pos + len(work.turns)]
-            prompt_pos += len(work.turns)
-        try:
-            encoded[work.index] = _finish(info, work, ids, offsets, own)
-        except MaskError as err:
-            failed[work.index] = (err.reason, err.detail)
+    """The length rule, then the serving prompts, the masks and their checks.
 
-    for work in ready:
+    The length rule comes first, on the tokens of the full rendering, so the per-turn work
+    (serving prompts, their tokens) never runs for a conversation that ``quarantine`` rejects
+    anyway, and for one that ``truncate`` cuts it stops at the first turn past the cut.
+    """
+    results: list[EncodedConversation | None] = [None] * chunk.size
+    failed = chunk.failed
+    jobs = [_Job(work, ids, offsets) for work, (ids, offsets) in zip(chunk.stock, tokenized, strict=True)]
+    for work in chunk.ready:
         if not work.lookalike:
             continue
+        job = _Job(work)
         try:
-            spans = _content_spans(info, work.messages, work.rendered, False)
-            by_message = {j: (a, b) for j, a, b in spans}
-            if [by_message.get(t) for t in work.turns] != work.spans:
-                raise MaskError(
-                    "serving_prefix_mismatch",
-                    "assistant content positions from the serving prompts and from the sentinel rendering differ",
-                )
-            ids, offsets = _segment_encode(info, work.rendered, spans)
-            prompt_ids = [_encode_prompt_text(info, work.messages[:t]) for t in work.turns]
-            encoded[work.index] = _finish(info, work, ids, _TokenOffsets.flat(offsets), prompt_ids)
+            job.content_spans = _content_spans(info, work.messages, work.rendered, False)
+            ids, offsets = _segment_encode(info, work.rendered, job.content_spans)
+            job.ids, job.offsets = ids, _TokenOffsets.flat(offsets)
+        except MaskError as err:
+            job.deferred = (err.reason, err.detail)  # after the serving checks, as before this was first
+        jobs.append(job)
+
+    live: list[_Job] = []
+    for job in jobs:
+        if job.ids is not None and max_length is not None and len(job.ids) > max_length:
+            if overlong == "quarantine":
+                err = _too_long(len(job.ids), max_length)
+                failed[job.work.index] = (err.reason, err.detail)
+                continue
+            job.cut = job.offsets.end(max_length - 1)  # type: ignore[union-attr]
+        live.append(job)
+
+    bound = _prefix_bound(info)
+    requests: list[tuple[_Job, int]] = []
+    for job in live:
+        job.prompts = _Prompts(info, job.work, bound)
+        requests.extend((job, t) for t in job.prompts.eager(whole=job.cut is None))
+    rendered = _render_many(info, [job.work.messages[:t] for job, t in requests], True, False)
+    for (job, t), prompt in zip(requests, rendered, strict=True):
+        job.prompts.exact[t] = prompt  # type: ignore[union-attr]
+    del requests, rendered
+
+    located: list[_Job] = []
+    for job in live:
+        work = job.work
+        try:
+            _locate_turns(work, job.prompts, job.cut)  # type: ignore[arg-type]
+            if job.deferred is not None:
+                raise MaskError(*job.deferred)
+            if job.content_spans is not None:
+                by_message = {j: (a, b) for j, a, b in job.content_spans}
+                if [by_message.get(t) for t in work.turns[: len(work.spans)]] != work.spans:
+                    raise MaskError(
+                        "serving_prefix_mismatch",
+                        "assistant content positions from the serving prompts and from the sentinel rendering differ",
+                    )
+            located.append(job)
         except MaskError as err:
             failed[work.index] = (err.reason, err.detail)
+        job.prompts = None  # the exact prompt strings are no longer needed
 
-    for index, (ids, mask) in encoded.items():
+    if not info.segment_safe:  # position-dependent tokenization: tokenize every checked turn's prompt
+        stock = [job for job in located if not job.work.lookalike]
+        texts = [job.work.rendered[:start] for job in stock for start, _ in job.work.spans]
+        encodings = iter(info.plain.encode_batch(texts, add_special_tokens=False))
+        for job in stock:
+            job.prompt_ids = [next(encodings).ids for _ in job.work.spans]
+
+    for job in located:
+        work = job.work
         try:
-            results[index] = _apply_length(ids, mask, max_length, overlong)
+            if work.lookalike:
+                job.prompt_ids = [
+                    _prompt_ids(info, work.messages[:t], work.rendered[:start])
+                    for t, (start, _) in zip(work.turns, work.spans, strict=False)
+                ]
+            ids, mask = _finish(info, work, job.ids, job.offsets, job.prompt_ids, job.cut)  # type: ignore[arg-type]
+            results[work.index] = _apply_length(ids, mask, max_length, overlong)
         except MaskError as err:
-            failed[index] = (err.reason, err.detail)
+            failed[work.index] = (err.reason, err.detail)
     rejects = [(i, *failed[i]) for i in sorted(failed)]
     return results, rejects
 
