@@ -1,5 +1,13 @@
-"""Raw layer: the catalog snapshot and daily member interactions, with quarantine."""
+"""Raw layer: the catalog snapshot and daily member interactions, with quarantine.
 
+A bad record never fails a load: it becomes a raw.quarantine row with a reason code and its file and
+line. What no record can survive (an empty file, an undecodable header, a mapping naming a column the
+file lacks, an empty raw.catalog) fails the step with a ``dg.Failure(allow_retries=False)``: retrying
+cannot fix it, and the retry policy would only repeat the same error twice after a delay.
+"""
+
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import date
 
 import dagster as dg
@@ -11,6 +19,22 @@ from core.fingerprints import files_fingerprint
 from dagster_project.partitions import daily_partitions
 from resources.landing import LandingArea
 from resources.warehouse import DuckDBWarehouse
+
+
+@contextmanager
+def permanent_input_errors(what: str) -> Iterator[None]:
+    """Turn the ValueErrors that reading/mapping raise for bad input into a non-retried Failure.
+
+    FileNotFoundError and OS errors pass through: a drop that is not there yet may be there on retry.
+    """
+    try:
+        yield
+    except ValueError as exc:
+        raise dg.Failure(
+            description=f"{what}: {exc}",
+            metadata={"error": str(exc)[:2000]},
+            allow_retries=False,
+        ) from exc
 
 
 def schema_check(asset: str, name: str, df: pl.DataFrame, contract: dict[str, pl.DataType]) -> dg.AssetCheckResult:
@@ -42,7 +66,9 @@ def raw_catalog(
     context: dg.AssetExecutionContext, warehouse: DuckDBWarehouse, landing: LandingArea
 ) -> dg.MaterializeResult:
     paths = landing.catalog_paths(context.log)
-    catalog, quarantine = ingest.ingest_catalog(ingest.read_tables(paths), landing.catalog_mapping_obj())
+    with permanent_input_errors("raw_catalog cannot read its input"):
+        frame, rejects = ingest.read_tables_with_rejects(paths, landing.catalog_encoding, source="catalog")
+        catalog, quarantine = ingest.ingest_catalog(frame, landing.catalog_mapping_obj(), read_rejects=rejects)
     warehouse.replace_rows("raw.catalog", catalog, "TRUE")
     warehouse.replace_rows("raw.quarantine", quarantine, "source = 'catalog'")
     stored = warehouse.read_table("raw.catalog")
@@ -52,6 +78,9 @@ def raw_catalog(
             "dagster/row_count": dg.MetadataValue.int(stored.height),
             "source": landing.source,
             "files": dg.MetadataValue.json([str(p) for p in paths]),
+            "encoding": landing.catalog_encoding,
+            "records_read": frame.height + rejects.height,
+            "unreadable_records": rejects.height,
             "input_fingerprint": files_fingerprint(paths),
             "with_synopsis": int(stored["synopsis"].is_not_null().sum()),
             "with_year": int(stored["year"].is_not_null().sum()),
@@ -93,10 +122,15 @@ def raw_interactions(
     paths, per_day = landing.interaction_paths(day, context.log)
     known = warehouse.query("SELECT title_id FROM raw.catalog")["title_id"]
     if known.len() == 0:
-        raise RuntimeError("raw.catalog is empty: materialize raw_catalog before raw_interactions")
-    events, quarantine, stats = ingest.ingest_interactions(
-        ingest.read_tables(paths), landing.interaction_mapping_obj(), day, known, per_day_files=per_day
-    )
+        raise dg.Failure(
+            description="raw.catalog is empty: materialize raw_catalog before raw_interactions",
+            allow_retries=False,
+        )
+    with permanent_input_errors(f"raw_interactions {day} cannot read its input"):
+        frame, rejects = ingest.read_tables_with_rejects(paths, landing.interaction_encoding, source="interactions")
+        events, quarantine, stats = ingest.ingest_interactions(
+            frame, landing.interaction_mapping_obj(), day, known, per_day_files=per_day, read_rejects=rejects
+        )
     dated = quarantine.filter(pl.col("day").is_not_null())
     warehouse.replace_partition("raw.interactions", events, day)
     warehouse.replace_rows("raw.quarantine", dated, "source = 'interactions' AND day = ?", [day])
@@ -116,6 +150,8 @@ def raw_interactions(
             "titles": stored["title_id"].n_unique(),
             "events": dg.MetadataValue.json(counts_by(stored, "event")),
             "files": dg.MetadataValue.json([str(p) for p in paths]),
+            "encoding": landing.interaction_encoding,
+            "unreadable_records": rejects.height,
             "input_fingerprint": files_fingerprint(paths),
             **{f"ingest/{k}": v for k, v in stats.items()},
             **reason_metadata("quarantined", counts_by(quarantine, "reason")),

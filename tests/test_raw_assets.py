@@ -1,0 +1,135 @@
+"""The raw assets on hostile input: a bad record is a quarantine row with its file and line, never a
+failed load; what no record can survive fails once, without the retry policy repeating it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import dagster as dg
+import pytest
+from dagster._core.storage.defs_state.base import set_defs_state_storage
+
+from assets.catalog import raw_catalog, raw_interactions
+from assets.conversations import curated_conversations
+from resources.landing import LandingArea
+from resources.warehouse import DuckDBWarehouse
+
+DAY = "2026-01-01"
+ASSETS = [raw_catalog, raw_interactions, curated_conversations]
+TITLES = "title_id,title\nT1,Heat\nT2,Ronin\nT3,Alien\n"
+EVENTS = (
+    "member_id,title_id,ts,event\n"
+    "ana,T1,2026-01-01T08:00:00Z,play\n"
+    "Jos\u00e9,T1,2026-01-01T09:00:00Z,play\n"
+    "Jos\u00e8,T2,2026-01-01T10:00:00Z,play\n"
+    "bo,T3,2026-01-01T11:00:00Z,play,4,oops\n"  # ragged: more fields than the header
+    "cy,T3,2026-01-01T12:00:00Z,play\n"
+)
+
+
+@pytest.fixture(autouse=True)
+def _no_stale_defs_state_storage():
+    with set_defs_state_storage(None):
+        yield
+
+
+def _files_landing(home: Path, **kw: str) -> LandingArea:
+    (home / "landing").mkdir(exist_ok=True)
+    return LandingArea(
+        root=str(home / "landing"),
+        source="files",
+        catalog_files=str(home / "titles.csv"),
+        interaction_files=str(home / "events-{day}.csv"),
+        **kw,
+    )
+
+
+def _run(home: Path, landing: LandingArea, selection: list[str], partition: str | None = None):
+    resources = {"warehouse": DuckDBWarehouse(path=str(home / "w.duckdb")), "landing": landing}
+    return dg.materialize(
+        ASSETS,
+        selection=selection,
+        partition_key=partition,
+        resources=resources,
+        instance=dg.DagsterInstance.ephemeral(),
+        raise_on_error=False,
+    )
+
+
+def _failure(result: dg.ExecuteInProcessResult) -> tuple[str, int]:
+    """(the step failure's message, how many times the step was sent back for a retry).
+
+    Also asserts the step raised a ``dg.Failure`` (it carries user failure data): a plain exception
+    would be retried by a RetryPolicy, and a run-level retry setting could change that at any time.
+    """
+    failures = result.get_step_failure_events()
+    assert len(failures) == 1
+    data = failures[0].step_failure_data
+    assert data.user_failure_data is not None, f"not a dg.Failure: {data.error.cls_name}"
+    retries = [e for e in result.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]
+    return data.error.message, len(retries)
+
+
+@pytest.mark.parametrize(("encoding", "kept"), [("utf-8", {"ana", "cy"}), ("latin-1", {"ana", "cy", "José", "Josè"})])
+def test_bad_lines_are_quarantined_with_file_and_line_and_the_day_still_loads(
+    tmp_path: Path, encoding: str, kept: set[str]
+) -> None:
+    (tmp_path / "titles.csv").write_text(TITLES)
+    events = tmp_path / f"events-{DAY}.csv"
+    events.write_bytes(EVENTS.encode("latin-1"))
+    landing = _files_landing(tmp_path, interaction_encoding=encoding)
+    assert _run(tmp_path, landing, ["raw_catalog"]).success
+    result = _run(tmp_path, landing, ["raw_interactions"], DAY)
+    assert result.success
+
+    wh = DuckDBWarehouse(path=str(tmp_path / "w.duckdb"))
+    assert set(wh.read_table("raw.interactions")["member_id"]) == kept
+    q = wh.read_table("raw.quarantine", "source = 'interactions'")
+    expected = {f"{events}:5": "ragged_row"}
+    if encoding == "utf-8":
+        expected |= {f"{events}:3": "encoding_error", f"{events}:4": "encoding_error"}
+    assert {d.split(": ")[0]: r for r, d in q.select("reason", "detail").iter_rows()} == expected
+    assert q["payload_truncated"].to_list() == [False] * q.height
+    meta = result.asset_materializations_for_node("raw_interactions")[0].metadata
+    assert meta["unreadable_records"].value == len(expected) and meta["encoding"].value == encoding
+
+
+def test_an_undecodable_header_fails_once_naming_the_file_and_line(tmp_path: Path) -> None:
+    (tmp_path / "titles.csv").write_bytes("title_id,t\u00eftle\nT1,Heat\n".encode("latin-1"))
+    result = _run(tmp_path, _files_landing(tmp_path), ["raw_catalog"])
+    assert not result.success
+    message, retries = _failure(result)
+    assert f"{tmp_path / 'titles.csv'}:1: the header row is not valid utf-8" in message
+    assert "CATALOG_ENCODING" in message and retries == 0
+
+
+def test_an_empty_catalog_is_a_permanent_error_and_is_not_retried(tmp_path: Path) -> None:
+    (tmp_path / f"events-{DAY}.csv").write_text(EVENTS.split("\n", 1)[0] + "\n")
+    result = _run(tmp_path, _files_landing(tmp_path), ["raw_interactions"], DAY)
+    assert not result.success
+    message, retries = _failure(result)
+    assert "raw.catalog is empty: materialize raw_catalog" in message
+    assert retries == 0, "the retry policy must not repeat an error only the user can fix"
+
+
+def test_the_turn_cap_reaches_curation_from_the_run_config(tmp_path: Path) -> None:
+    (tmp_path / "titles.csv").write_text(TITLES)
+    (tmp_path / f"events-{DAY}.csv").write_text(EVENTS)
+    drop = tmp_path / "landing" / "conversations" / f"day={DAY}"
+    drop.mkdir(parents=True)
+    turns = [{"role": r, "content": f"turn {i}"} for i in range(6) for r in ("user", "assistant")]
+    (drop / "long.jsonl").write_text(json.dumps({"messages": turns}) + "\n")
+    landing = _files_landing(tmp_path)
+    assert _run(tmp_path, landing, ["raw_catalog"]).success
+    assert _run(tmp_path, landing, ["raw_interactions"], DAY).success
+    resources = {"warehouse": DuckDBWarehouse(path=str(tmp_path / "w.duckdb")), "landing": landing}
+    config = {"ops": {"curated_conversations": {"config": {"max_turns": 10}}}}
+    result = dg.materialize(
+        ASSETS, selection=["curated_conversations"], partition_key=DAY, resources=resources, run_config=config
+    )
+    assert result.success
+    q = DuckDBWarehouse(path=str(tmp_path / "w.duckdb")).read_table("curated.quarantine")
+    assert q.filter(q["reason"] == "too_many_turns")["detail"].to_list() == [
+        "conversation has 12 messages, over max_turns=10; split it into shorter conversations"
+    ]
