@@ -21,11 +21,13 @@ import re
 import stat
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import date
 from pathlib import Path
 from typing import BinaryIO
 
 from core.atomic_io import TMP_PREFIX
-from core.ingest import SUPPORTED_SUFFIXES
+from core.curation import parse_external_jsonl
+from core.ingest import SUPPORTED_SUFFIXES, text_encoding
 
 # What each drop folder's readers accept: raw_interactions reads CSV/TSV/Parquet (core.ingest.read_tables),
 # curated_conversations reads JSON Lines.
@@ -225,3 +227,18 @@ def open_landing_file(path: Path) -> BinaryIO:
     except BaseException:
         os.close(fd)
         raise
+
+
+def conversation_encoding(name: str, setting: str) -> str:
+    """Check an encoding for the landing JSONL files, naming `setting` in the error.
+
+    Beyond being a text codec (core.ingest.text_encoding) it must keep newline and ASCII as single bytes, since
+    files are split into lines before decoding (UTF-16 is refused). parse_external_jsonl checks exactly that
+    before it reads a line, so parsing no lines is that check alone.
+    """
+    text_encoding(name, setting)
+    try:
+        parse_external_jsonl((), date(2000, 1, 1), source=setting, encoding=name)
+    except ValueError as exc:
+        raise ValueError(f"{setting}={name!r}: {exc}") from exc
+    return name

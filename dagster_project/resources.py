@@ -42,5 +42,8 @@ def build_resources(settings: PlatformSettings) -> dict[str, Any]:
             interaction_files=settings.interaction_files,
             catalog_mapping=settings.catalog_mapping,
             interaction_mapping=settings.interaction_mapping,
+            catalog_encoding=settings.catalog_encoding,
+            interaction_encoding=settings.interaction_encoding,
+            conversation_encoding=settings.conversation_encoding,
         ),
     }

@@ -54,6 +54,10 @@ class PlatformSettings:
     training_launcher: str  # "local" (torchrun here) or "kubernetes" (Indexed Job, K8S_* variables)
     training_nnodes: int
     training_nproc_per_node: int
+    # Text encodings of the sources (Python codec names): CSV catalog, CSV interactions, landing JSONL.
+    catalog_encoding: str = "utf-8"
+    interaction_encoding: str = "utf-8"
+    conversation_encoding: str = "utf-8"
 
     @property
     def dagster_home(self) -> Path:
@@ -96,7 +100,24 @@ def load_settings() -> PlatformSettings:
         training_launcher=_env("TRAINING_LAUNCHER", "local"),
         training_nnodes=_env_int("TRAINING_NNODES", 1),
         training_nproc_per_node=_env_int("TRAINING_NPROC_PER_NODE", 2),
+        catalog_encoding=_env_encoding("CATALOG_ENCODING"),
+        interaction_encoding=_env_encoding("INTERACTION_ENCODING"),
+        conversation_encoding=_env_encoding("CONVERSATION_ENCODING"),
     )
+
+
+def _env_encoding(name: str) -> str:
+    """A source's text encoding: any Python codec name, checked when the settings load so that a typo fails
+    the code location with the variable's name instead of quarantining every row as encoding_error."""
+    # Imported here, not at the top: importing the settings must not need polars.
+    from core.ingest import text_encoding
+    from core.landing_files import conversation_encoding
+
+    raw = _env(name, "utf-8")
+    if name == "CONVERSATION_ENCODING":
+        return conversation_encoding(raw, f"environment variable {name}")
+    text_encoding(raw, f"environment variable {name}")
+    return raw
 
 
 # ---- TRAINING_LAUNCHER=kubernetes ---------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import dagster as dg
 import pydantic
 
 from core import ingest, synthetic
-from core.landing_files import Listing, describe_ignored, list_day_folder
+from core.landing_files import Listing, conversation_encoding, describe_ignored, list_day_folder
 
 
 class LandingArea(dg.ConfigurableResource):
@@ -47,7 +47,10 @@ class LandingArea(dg.ConfigurableResource):
     @pydantic.field_validator("catalog_encoding", "interaction_encoding", "conversation_encoding")
     @classmethod
     def _known_codec(cls, value: str, info: pydantic.ValidationInfo) -> str:
-        ingest.text_encoding(value, f"LandingArea.{info.field_name}")  # raises, naming the field
+        setting = f"LandingArea.{info.field_name}"  # named in the error
+        if info.field_name == "conversation_encoding":
+            return conversation_encoding(value, setting)
+        ingest.text_encoding(value, setting)
         return value
 
     def synthetic_config(self) -> synthetic.SyntheticConfig:

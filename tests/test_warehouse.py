@@ -110,23 +110,9 @@ def _refuse_quarantine_reason(wh: DuckDBWarehouse, reason: str) -> None:
     """Recreate curated.quarantine so the database itself rejects rows with `reason` (a failure mid-transaction)."""
     wh.ensure_tables()
     with wh.connect() as con:
-        cols = [
-            r[0]
-            for r in con.execute(
-                "SELECT column_name, data_type FROM information_schema.columns "
-                "WHERE table_schema = 'curated' AND table_name = 'quarantine' "
-                "ORDER BY ordinal_position"
-            ).fetchall()
-        ]
-        types = dict(
-            con.execute(
-                "SELECT column_name, data_type FROM information_schema.columns "
-                "WHERE table_schema = 'curated' AND table_name = 'quarantine'"
-            ).fetchall()
-        )
         con.execute("DROP TABLE curated.quarantine")
-        body = ", ".join(f"{c} {types[c]}" for c in cols)
-        con.execute(f"CREATE TABLE curated.quarantine ({body}, CHECK (reason <> '{reason}'))")
+        ddl = create_table_sql("curated.quarantine", TABLES["curated.quarantine"])
+        con.execute(ddl[:-1] + f", CHECK (reason <> '{reason}'))")
 
 
 def test_a_partitions_data_and_quarantine_rows_are_replaced_together_or_not_at_all(tmp_path: Path) -> None:
