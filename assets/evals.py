@@ -19,7 +19,7 @@ from core.champion import (
 )
 from core.eval_report import build_report_json, write_report
 from core.fingerprints import files_fingerprint
-from resources.artifacts import ArtifactStore
+from resources.artifacts import ArtifactStore, leftovers_metadata
 from resources.warehouse import DuckDBWarehouse
 from training.eval_suite import SuiteInputs, SuiteSettings, evaluate_model, hits, run_suite
 from training.evaluate import TitleMatcher, heldout_rows, recommendation_prompts
@@ -143,7 +143,8 @@ def eval_report(
     champion_metrics = champion_metrics_of(results["champion"]) if "champion" in results else None
     summary = json.loads((checkpoint / "summary.json").read_text())
     eval_set = files_fingerprint([p / "manifest.json" for p in inputs.shard_dirs])
-    with artifacts.new_version("eval_report") as (version, tmp):
+    leftovers = artifacts.clean_stale_temp_dirs("champion")  # promotions that died before their claim
+    with artifacts.new_version("eval_report", leftovers=leftovers) as (version, tmp):
         # Compare-and-swap: recorded only if the champion compared with is still the champion; otherwise the new
         # champion is evaluated and compared. Done before the report is written, so the report tells what happened.
         try:
@@ -202,6 +203,7 @@ def eval_report(
             "champion": report["champion"] or "none",
             "promoted": decision.promoted,
             "champion_changed_during_eval": dg.MetadataValue.json(list(outcome.superseded_by)),
+            "cleaned_up": leftovers_metadata(leftovers),
             "decision": dg.MetadataValue.json({"reasons": decision.reasons, "deltas": decision.deltas}),
             "report": dg.MetadataValue.md((out_dir / "report.md").read_text()),
             "plots": dg.MetadataValue.md(image_markdown([out_dir / f.name for f in files])),

@@ -3,9 +3,10 @@
 import dagster as dg
 
 from assets.conversations import curated_conversations
+from core.atomic_io import Leftover
 from core.base_model import TinyModelPreset, import_local_model, save_preset
 from dagster_project.settings import load_settings
-from resources.artifacts import ArtifactStore
+from resources.artifacts import ArtifactStore, leftovers_metadata
 from resources.warehouse import DuckDBWarehouse
 
 _DEFAULT_PRESET = TinyModelPreset()
@@ -61,7 +62,8 @@ def base_model(
     warehouse: DuckDBWarehouse,
     artifacts: ArtifactStore,
 ) -> dg.MaterializeResult:
-    with artifacts.new_version("base_model") as (version, tmp):
+    leftovers: list[Leftover] = []
+    with artifacts.new_version("base_model", leftovers=leftovers) as (version, tmp):
         if config.local_path:
             card = import_local_model(config.local_path, tmp)
             context.log.info(f"imported local model {config.local_path}")
@@ -82,6 +84,7 @@ def base_model(
         "architecture": card["architecture"],
         "vocab_size": card["vocab_size"],
         "tokenizer_fingerprint": card["tokenizer_fingerprint"],
+        "cleaned_up": leftovers_metadata(leftovers),
     }
     if "parameters" in card:
         meta["parameters"] = dg.MetadataValue.int(card["parameters"])

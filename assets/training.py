@@ -12,7 +12,7 @@ from assets.shards import tokenized_shards
 from core.eval_report import plot_loss_curve
 from core.shards import read_manifest
 from core.tokenizer_training import tokenizer_fingerprint
-from resources.artifacts import ArtifactStore
+from resources.artifacts import ArtifactStore, leftovers_metadata
 from resources.launchers import TrainingLauncher
 from training.config import ConfigError, TrainConfig
 
@@ -121,6 +121,14 @@ def build_train_config(
         raise config_failure(f"{exc}. Fix the run config (extra_json keys are the TrainConfig fields).") from exc
 
 
+def lineage_finished(instance: dg.DagsterInstance, root_run_id: str) -> bool | None:
+    """Whether every run of a lineage (the root run and its re-executions) finished; None if not in this instance."""
+    if instance.get_run_by_id(root_run_id) is None:
+        return None
+    group = instance.get_run_group(root_run_id)
+    return all(run.is_finished for run in group[1]) if group else None
+
+
 def loss_curve_markdown(curve: list[dict[str, Any]], max_rows: int = 25) -> str:
     if not curve:
         return "_(no steps)_"
@@ -156,6 +164,11 @@ def trained_checkpoint(
     staging = artifacts.staging_path("trained_checkpoint", lineage)
     train_config = build_train_config(config, base_dir, shard_dirs, staging)
     artifacts.staging_dir("trained_checkpoint", lineage)  # only once the config is known to be valid
+    # Leftovers of crashed runs: never this lineage's, never a lineage with a run that may still resume.
+    leftovers = artifacts.clean_stale_temp_dirs("trained_checkpoint")
+    leftovers += artifacts.clean_stale_staging_dirs(
+        "trained_checkpoint", lambda key: lineage_finished(context.instance, key), keep=frozenset({lineage})
+    )
     result = trainer.launch(context, train_config, staging)
     summary = result.summary
     # Everything the version holds is written before it is published: versions are immutable.
@@ -196,6 +209,7 @@ def trained_checkpoint(
             "mfu_estimate": summary.get("mfu_estimate"),
             "loss_curve": dg.MetadataValue.md(loss_curve_markdown(summary.get("loss_curve", []))),
             "loss_curve_plot": dg.MetadataValue.md(image_markdown([path / plot.name])),
+            "cleaned_up": leftovers_metadata(leftovers),
         },
         data_version=dg.DataVersion(version),
     )
