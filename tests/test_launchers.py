@@ -12,7 +12,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from resources.launchers import LIFELINE_SCRIPT, LocalTorchrunLauncher
+from resources.launchers import LIFELINE_SCRIPT, LocalTorchrunLauncher, _run_all
 from resources.torchrun_logs import diagnose, last_traceback, parse_root_cause, strip_tee_prefix
 
 TORCHRUN_FAILURE = """\
@@ -217,6 +217,17 @@ def _wait_for_file(path: Path, proc: subprocess.Popen, timeout: float = 120.0) -
     raise AssertionError(f"{path} did not appear within {timeout}s")
 
 
+def _processes_mentioning(text: str) -> list[tuple[int, str]]:
+    """Live processes whose command line contains `text` (Linux /proc), e.g. a run's config path."""
+    found = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        with contextlib.suppress(OSError):
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            if text in cmdline and not _gone(int(entry.name)):
+                found.append((int(entry.name), cmdline))
+    return found
+
+
 def _kill_all(pids: list[int]) -> None:
     for pid in pids:
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -316,3 +327,118 @@ def test_a_normal_stop_still_kills_the_agents_process_group(tmp_path: Path) -> N
         assert not _gone(launcher.pid)  # only the agent's group, not the launcher
     finally:
         _kill_all([launcher.pid, *tree])
+
+
+FAKE_SLEEPER = """
+import os, time
+from pathlib import Path
+Path(os.environ["PID_DIR"], f"rank{os.environ['RANK']}").write_text(f"{os.getpid()} {os.getppid()}\\n")
+time.sleep(600)
+"""
+
+# Materializes one asset through LocalTorchrunLauncher in its own process: the run worker the test SIGKILLs.
+RUN_WORKER = """
+import sys
+import dagster as dg
+from resources.launchers import LocalTorchrunLauncher
+fake, out, pid_dir = sys.argv[1:4]
+launcher = LocalTorchrunLauncher(nproc_per_node=2, working_dir=fake, extra_env={"PID_DIR": pid_dir})
+@dg.asset
+def trained(context: dg.AssetExecutionContext, trainer: LocalTorchrunLauncher) -> None:
+    trainer.launch(context, {"output_dir": out}, __import__("pathlib").Path(out))
+dg.materialize([trained], resources={"trainer": launcher})
+"""
+
+
+@pytest.mark.slow
+def test_torchrun_and_its_ranks_exit_when_the_run_worker_is_sigkilled(tmp_path: Path) -> None:
+    """The real torchrun: the kernel's SIGTERM (parent death) makes it stop its ranks; nothing is left."""
+    fake = _fake_trainer(tmp_path, FAKE_SLEEPER)
+    pid_dir = tmp_path / "pids"
+    pid_dir.mkdir()
+    worker = subprocess.Popen(
+        [sys.executable, "-c", RUN_WORKER, str(fake), str(tmp_path / "out"), str(pid_dir)],
+        cwd=Path(__file__).resolve().parent.parent,
+        start_new_session=True,
+    )
+    trainers: list[int] = []
+    try:
+        for rank in (0, 1):
+            trainers += map(int, _wait_for_file(pid_dir / f"rank{rank}", worker).split())
+        agent = trainers[1]
+        assert trainers[3] == agent  # both ranks are children of the one torchrun agent
+        worker.kill()
+        worker.wait()
+        assert _wait_gone([agent, trainers[0], trainers[2]]) == [], "trainer processes outlived the run worker"
+    finally:
+        _kill_all([worker.pid, *trainers])
+
+
+def test_the_wall_clock_limit_stops_a_command_that_runs_too_long(tmp_path: Path) -> None:
+    marker = tmp_path / "child"
+    # Ignores SIGTERM: the limit must still end it (SIGKILL of its process group after the grace period).
+    stubborn = (
+        "import os, signal, subprocess, sys, time\n"
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])\n"
+        f"open({str(marker)!r}, 'w').write(str(child.pid))\n"
+        "time.sleep(600)\n"
+    )
+    quick = [sys.executable, "-c", "print('done')"]
+    context = dg.build_asset_context()
+    codes, output, timed_out = _run_all(
+        [[sys.executable, "-c", stubborn], quick],
+        [dict(os.environ)] * 2,
+        cwd=tmp_path,
+        context=context,
+        grace=1.0,
+        max_wall_clock_s=2.0,
+    )
+    assert timed_out
+    assert codes == [-signal.SIGKILL, 0]
+    assert "done" in output
+    assert _wait_gone([int(marker.read_text())]) == []  # its child went with the process group
+
+
+def test_commands_that_finish_in_time_are_not_stopped(tmp_path: Path) -> None:
+    codes, output, timed_out = _run_all(
+        [[sys.executable, "-c", "print('ok')"]],
+        [dict(os.environ)],
+        cwd=tmp_path,
+        context=dg.build_asset_context(),
+        grace=1.0,
+        max_wall_clock_s=600.0,
+    )
+    assert (codes, output.strip(), timed_out) == ([0], "ok", False)
+
+
+@pytest.mark.slow
+def test_training_past_its_wall_clock_limit_fails_once_with_a_clear_message(tmp_path: Path) -> None:
+    fake = _fake_trainer(tmp_path, FAKE_SLEEPER)
+    pid_dir = tmp_path / "pids"
+    pid_dir.mkdir()
+    out = tmp_path / "out"
+    launcher = LocalTorchrunLauncher(
+        nproc_per_node=2,
+        working_dir=str(fake),
+        termination_timeout_s=5,
+        max_wall_clock_s=8,
+        extra_env={"PID_DIR": str(pid_dir)},
+    )
+
+    @dg.asset(retry_policy=dg.RetryPolicy(max_retries=2))
+    def trained(context: dg.AssetExecutionContext, trainer: LocalTorchrunLauncher) -> None:
+        trainer.launch(context, {"output_dir": str(out)}, out)
+
+    result = dg.materialize([trained], resources={"trainer": launcher}, raise_on_error=False)
+    assert not result.success
+    assert not any(e.event_type_value == "STEP_UP_FOR_RETRY" for e in result.all_events)  # no pointless retry
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE").step_failure_data
+    text = failure.error.message if failure.error else ""
+    assert "wall-clock limit of 8 s" in text and "TRAINING_MAX_WALL_CLOCK_SECONDS" in text
+    assert str(out / "checkpoints") in text
+    assert failure.user_failure_data.metadata["wall_clock_limit_s"].value == 8
+    # torchrun and whichever ranks it had started by then: no process is left that works on this run's config.
+    ranks = [int(p.read_text().split()[0]) for p in pid_dir.iterdir()]
+    assert _wait_gone(ranks) == []
+    assert _processes_mentioning(str(out)) == []
