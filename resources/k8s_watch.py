@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import math
 import re
 import socket
 import sys
@@ -112,6 +113,11 @@ class BoundedApi:
     def server(self) -> str:
         config = getattr(getattr(self._api, "api_client", None), "configuration", None)
         return getattr(config, "host", None) or "the Kubernetes API server"
+
+    def capped(self, seconds: float) -> BoundedApi:
+        """The same API with both timeouts at most `seconds` (at least 1 s): for a caller with its own deadline."""
+        bound = float(max(1, math.ceil(seconds)))
+        return BoundedApi(self._api, min(self.connect_s, bound), min(self.read_s, bound))
 
     def __getattr__(self, name: str) -> Any:
         attr = getattr(self._api, name)
@@ -258,6 +264,16 @@ def split_timestamp(line: str) -> tuple[tuple[str, int] | None, str]:
     return (match.group(1), nanos), line[match.end() :]
 
 
+LOG_RESUME_MARGIN_S = 60  # clock skew between the launcher and the node; re-read lines are dropped by timestamp
+
+
+def seconds_since(stamp: str, now: datetime | None = None) -> int:
+    """`since_seconds` that reaches back to a log timestamp ('2026-01-01T00:00:00', UTC) plus the margin."""
+    seen = datetime.fromisoformat(stamp).replace(tzinfo=UTC)
+    age = ((now or datetime.now(UTC)) - seen).total_seconds()
+    return max(1, math.ceil(age)) + LOG_RESUME_MARGIN_S
+
+
 def pod_index(pod: Any) -> int | None:
     annotations = (pod.metadata.annotations or {}) if pod.metadata else {}
     value = annotations.get(COMPLETION_INDEX_ANNOTATION)
@@ -350,11 +366,16 @@ class Rank0LogFollower:
                 self._stop.wait(self.poll_s)
 
     def _follow(self, name: str, last_seen: dict[str, tuple[str, int]]) -> int | None:
-        """Stream one pod's log to its end; the number of new lines, or None when the pod is gone."""
+        """Stream one pod's log to its end; the number of new lines, or None when the pod is gone.
+
+        A reconnect asks for the lines of the last `since_seconds` (the client has no sinceTime) with a
+        margin for clock skew between this pod and the node; lines up to the last one seen are skipped
+        by their timestamps.
+        """
         since = last_seen.get(name)
         kwargs: dict[str, Any] = {"container": CONTAINER, "follow": True, "timestamps": True}
         if since is not None:
-            kwargs["since_time"] = since[0] + "Z"
+            kwargs["since_seconds"] = seconds_since(since[0])
         try:
             self._resp = self.core.read_namespaced_pod_log(name, self.namespace, _preload_content=False, **kwargs)
         except Exception as exc:
@@ -424,6 +445,12 @@ def _condition(pod: dict[str, Any], kind: str) -> dict[str, Any] | None:
     return None
 
 
+def _within(api: Any, remaining: float | None) -> Any:
+    """`api` whose calls end by a caller's deadline (a `BoundedApi`); other API objects as they are."""
+    capped = getattr(api, "capped", None)
+    return capped(remaining) if capped is not None and remaining is not None else api
+
+
 class JobWatcher:
     """Polls the Job's status until a terminal condition, and narrates what happens to its pods."""
 
@@ -465,8 +492,9 @@ class JobWatcher:
         started = self.clock()
         errors = 0
         while True:
+            batch = _within(self.batch, limit - (self.clock() - started) if limit else None)
             try:
-                job = self.batch.read_namespaced_job_status(self.job_name, self.namespace)
+                job = batch.read_namespaced_job_status(self.job_name, self.namespace)
                 errors = 0
             except Exception as exc:
                 if api_status(exc) == 404:
@@ -488,7 +516,7 @@ class JobWatcher:
                 continue
             outcome = self.evaluate(job)
             try:
-                self.observe_pods()
+                self.observe_pods(_within(self.core, limit - (self.clock() - started) if limit else None))
             except Exception as exc:  # narration only; the Job's conditions decide
                 self.log.warning(f"listing the Job's pods failed ({exc})")
             if outcome is not None:
@@ -518,8 +546,8 @@ class JobWatcher:
                 return JobOutcome(False, kind, c.reason or "", c.message or "")
         return None
 
-    def observe_pods(self) -> None:
-        for pod in list_job_pods(self.core, self.namespace, self.job_name):
+    def observe_pods(self, core: Any = None) -> None:
+        for pod in list_job_pods(core or self.core, self.namespace, self.job_name):
             data = to_dict(pod)
             name = pod.metadata.name
             phase = pod.status.phase or "Pending"

@@ -4,7 +4,9 @@ object that scripts what a cluster would report: the success, failure, disruptio
 run-termination paths.
 """
 
+import inspect
 import json
+import re
 import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -13,6 +15,8 @@ from typing import Any
 import dagster as dg
 import pytest
 from kubernetes.client import (
+    BatchV1Api,
+    CoreV1Api,
     CoreV1Event,
     CoreV1EventList,
     V1Container,
@@ -162,10 +166,13 @@ class FakeKube:
         self.created_service: dict[str, Any] | None = None
         self.interrupt_at: int | None = None
         self.refuse_job: ApiException | None = None
-        self.leftovers: list[V1Job] = []  # Jobs of this lineage an earlier attempt left behind
+        self.leftovers: list[str] = []  # Jobs of this run's lineage an earlier attempt left behind
+        self.leftover_pods: list[str] = []  # ... and their pods that are still there
         self.lock = threading.Lock()
 
     def _bound(self, call: str, kw: dict[str, Any]) -> None:
+        unknown = set(kw) - client_params(call)
+        assert not unknown, f"the real client's {call} would refuse {sorted(unknown)}"
         self.timeouts.append((call, kw.pop("_request_timeout", None)))
 
     @property
@@ -189,7 +196,8 @@ class FakeKube:
         self._bound("list_namespaced_job", kw)
         self.calls.append(("list_jobs", label_selector))
         key, _, value = label_selector.partition("=")
-        return V1JobList(items=[j for j in self.leftovers if (j.metadata.labels or {}).get(key) == value])
+        assert key == LINEAGE_LABEL
+        return V1JobList(items=[V1Job(metadata=V1ObjectMeta(name=n, labels={key: value})) for n in self.leftovers])
 
     def read_namespaced_job_status(self, name: str, namespace: str, **kw: Any) -> V1Job:
         self._bound("read_namespaced_job_status", kw)
@@ -207,7 +215,7 @@ class FakeKube:
         self._bound("delete_namespaced_job", kw)
         self.calls.append(("delete_job", name))
         assert propagation_policy == "Background"  # the pods go with the Job
-        self.leftovers = [j for j in self.leftovers if j.metadata.name != name]
+        self.leftovers = [n for n in self.leftovers if n != name]
 
     # CoreV1Api
     def create_namespaced_service(self, namespace: str, body: dict[str, Any], **kw: Any) -> Any:
@@ -221,8 +229,9 @@ class FakeKube:
 
     def list_namespaced_pod(self, namespace: str, label_selector: str, **kw: Any) -> V1PodList:
         self._bound("list_namespaced_pod", kw)
-        if label_selector.startswith(f"{LINEAGE_LABEL}="):  # pods of leftover Jobs: gone with their Job
-            return V1PodList(items=[])
+        if label_selector.startswith(f"{LINEAGE_LABEL}="):  # pods of leftover Jobs
+            self.calls.append(("list_lineage_pods", label_selector))
+            return V1PodList(items=[V1Pod(metadata=V1ObjectMeta(name=n)) for n in self.leftover_pods])
         assert label_selector == f"{JOB_LABEL}={self.name}"
         with self.lock:
             return V1PodList(items=[p(self.name) for p in self._current().get("pods", [])])
@@ -234,9 +243,8 @@ class FakeKube:
         lines = [f"2026-03-01T12:00:{i // 100:02d}.{i % 100:09d}Z {line}" for i, line in enumerate(self.logs[name])]
         if kw.get("follow"):
             self.calls.append(("follow_log", name))
-            since = kw.get("since_time")
-            if since:
-                lines = [ln for ln in lines if ln[:19] >= since.rstrip("Z")]
+            if kw.get("since_seconds"):
+                lines = [ln for ln in lines if in_window(ln, kw["since_seconds"])]
             return _Stream([(ln + "\n").encode() for ln in lines])
         self.calls.append(("read_log", name))
         tail = lines[-kw["tail_lines"] :] if kw.get("tail_lines") else lines
@@ -247,6 +255,19 @@ class FakeKube:
         self.calls.append(("list_events", field_selector))
         who = field_selector.split("=", 1)[1]
         return CoreV1EventList(items=[e for e in self.events if e.involved_object.name == who])
+
+
+def client_params(method: str) -> set[str]:
+    """The keyword arguments the real kubernetes client accepts for `method` (read from its source)."""
+    api = BatchV1Api if hasattr(BatchV1Api, method) else CoreV1Api
+    source = inspect.getsource(getattr(api, f"{method}_with_http_info"))
+    return set(re.findall(r"'(\w+)'", source.split("all_params = [", 1)[1].split("for key, val", 1)[0]))
+
+
+def in_window(line: str, since_seconds: int) -> bool:
+    """Whether a timestamped log line is within the last `since_seconds` (what the API server returns)."""
+    stamp = datetime.fromisoformat(line[:19]).replace(tzinfo=UTC)
+    return (datetime.now(UTC) - stamp).total_seconds() <= since_seconds
 
 
 class _Stream:
@@ -283,7 +304,7 @@ class FakeClusterLauncher(KubernetesTrainingLauncher):
         return _fake, _fake
 
 
-def launch(tmp_path: Path, fake: FakeKube) -> tuple[dg.ExecuteInProcessResult, dg.DagsterInstance]:
+def launch(tmp_path: Path, fake: FakeKube, **settings: Any) -> tuple[dg.ExecuteInProcessResult, dg.DagsterInstance]:
     global _fake
     _fake = fake
     out = tmp_path / "artifacts" / "trained_checkpoint" / ".tmp-run-1"
@@ -295,6 +316,7 @@ def launch(tmp_path: Path, fake: FakeKube) -> tuple[dg.ExecuteInProcessResult, d
         artifacts_mount_path=str(tmp_path / "artifacts"),
         poll_interval_s=0.01,
         drain_timeout_s=10,
+        **settings,
     )
 
     @dg.asset
@@ -382,6 +404,68 @@ def test_success_streams_rank0_pipes_into_the_asset_and_cleans_up(tmp_path: Path
     messages = run_messages(instance, result)
     assert "training 1,000 parameters on 2 process(es)" in messages
     assert f"pod {fake.name}-0-a (node 0) running on node-0" in messages
+
+
+def _succeeding(fake_logs: dict[int, list[str]] | None = None) -> FakeKube:
+    fake = FakeKube(
+        steps=[
+            {"pods": [lambda n: pod(n, 0, "Running"), lambda n: pod(n, 1, "Running")]},
+            {
+                "pods": [lambda n: pod(n, 0, "Succeeded", exit_code=0), lambda n: pod(n, 1, "Succeeded", exit_code=0)],
+                "conditions": [
+                    ("SuccessCriteriaMet", "CompletionsReached", ""),
+                    ("Complete", "CompletionsReached", ""),
+                ],
+            },
+        ],
+        logs={},
+    )
+    fake.logs = _LazyLogs(fake, fake_logs or {0: RANK0_OK, 1: []})
+    return fake
+
+
+def test_every_api_call_of_a_launch_carries_the_connect_and_read_timeouts(tmp_path: Path) -> None:
+    fake = _succeeding()
+    result, _ = launch(tmp_path, fake, api_connect_timeout_s=3, api_read_timeout_s=7)
+    assert result.success, failure_of(result).error
+    made = {call for call, _ in fake.timeouts}
+    assert {"list_namespaced_job", "create_namespaced_job", "create_namespaced_service"} <= made
+    assert {"read_namespaced_job_status", "list_namespaced_pod", "read_namespaced_pod_log"} <= made
+    assert {"delete_namespaced_job", "delete_namespaced_service"} <= made
+    unbounded = [(call, t) for call, t in fake.timeouts if t is None or t[0] > 3 or t[1] > 7]
+    assert not unbounded, f"API calls without the configured bound: {unbounded}"
+
+
+def test_a_training_job_left_by_an_earlier_attempt_of_the_run_is_deleted_before_a_new_one(tmp_path: Path) -> None:
+    fake = _succeeding()
+    fake.leftovers = ["sft-earlier-aaaaa"]  # its run worker died (lost node) without deleting it
+    result, instance = launch(tmp_path, fake)
+    assert result.success, failure_of(result).error
+    kinds = [c for c in fake.calls if c[0] in ("list_jobs", "delete_job", "delete_service", "create_job")]
+    assert kinds[:4] == [
+        ("list_jobs", f"{LINEAGE_LABEL}={result.run_id}"),  # a first run: its own id is the lineage
+        ("delete_job", "sft-earlier-aaaaa"),
+        ("delete_service", "sft-earlier-aaaaa"),
+        ("create_job", fake.name),
+    ]
+    assert ("list_lineage_pods", f"{LINEAGE_LABEL}={result.run_id}") in fake.calls  # waited for its pods to go
+    assert fake.created_job["metadata"]["labels"][LINEAGE_LABEL] == result.run_id
+    assert fake.created_job["spec"]["template"]["metadata"]["labels"][LINEAGE_LABEL] == result.run_id
+    assert "training Job training/sft-earlier-aaaaa of an earlier attempt of this run is still there" in run_messages(
+        instance, result
+    )
+
+
+def test_no_new_job_while_the_pods_of_an_earlier_attempt_are_still_there(tmp_path: Path) -> None:
+    fake = _succeeding()
+    fake.leftovers = ["sft-earlier-aaaaa"]
+    fake.leftover_pods = ["sft-earlier-aaaaa-0-x"]  # still terminating: it could still write checkpoints
+    result, _ = launch(tmp_path, fake, leftover_wait_s=0)
+    assert not result.success
+    text = failure_of(result).error.message
+    assert "pods sft-earlier-aaaaa-0-x of an earlier training Job of this run are still there" in text
+    assert f"kubectl -n training get pods -l {LINEAGE_LABEL}=" in text
+    assert "create_job" not in [c[0] for c in fake.calls]
 
 
 class _LazyLogs(dict):
@@ -653,12 +737,12 @@ def test_follower_reconnects_after_a_dropped_stream_without_repeating_lines() ->
             self.attempts: list[str | None] = []
 
         def read_namespaced_pod_log(self, name: str, namespace: str, **kw: Any) -> Any:
-            self.attempts.append(kw.get("since_time"))
+            self._bound("read_namespaced_pod_log", kw)
+            self.attempts.append(kw.get("since_seconds"))
             if len(self.attempts) == 1:
                 return _Broken([(ln + "\n").encode() for ln in lines[:3]])
             self.steps = [{"pods": [lambda n: pod(n, 0, "Succeeded", exit_code=0)]}]
-            since = kw["since_time"].rstrip("Z")
-            return _Stream([(ln + "\n").encode() for ln in lines if ln[:19] >= since])
+            return _Stream([(ln + "\n").encode() for ln in lines if in_window(ln, kw["since_seconds"])])
 
     fake = Dropping()
     seen: list[str] = []
@@ -666,7 +750,8 @@ def test_follower_reconnects_after_a_dropped_stream_without_repeating_lines() ->
     follower.start()
     assert follower.finish(timeout=10)
     assert seen == [f"line {i}" for i in range(6)]
-    assert fake.attempts[0] is None and fake.attempts[1] == "2026-03-01T12:00:02Z"
+    reaches_back = (datetime.now(UTC) - datetime(2026, 3, 1, 12, 0, 2, tzinfo=UTC)).total_seconds()
+    assert fake.attempts[0] is None and fake.attempts[1] >= reaches_back  # back to the last line seen, at least
 
 
 class _Broken(_Stream):

@@ -324,14 +324,14 @@ class NetnsCluster:
         follow: bool = False,
         tail_lines: int | None = None,
         timestamps: bool = False,
-        since_time: str | None = None,
+        since_seconds: int | None = None,
         _preload_content: bool = True,
         **_: Any,
     ) -> Any:
         pod = self._find_pod(namespace, name)
         if follow and not _preload_content:
-            return _LogStream(pod, timestamps, since_time)
-        lines = _read_log(pod, since_time)
+            return _LogStream(pod, timestamps, since_seconds)
+        lines = _read_log(pod, since_seconds)
         if tail_lines is not None:
             lines = lines[-tail_lines:]
         return "".join(line if timestamps else line.split(" ", 1)[1] for line in lines)
@@ -795,12 +795,17 @@ def _pump(src: Any, log_path: Path, lock: threading.Lock) -> None:
                 out.flush()
 
 
-def _read_log(pod: PodRun, since_time: str | None) -> list[str]:
+def _since_cut(since_seconds: int | None) -> str:
+    """The oldest log timestamp ('YYYY-MM-DDTHH:MM:SS') `since_seconds` still returns; '' for all."""
+    if not since_seconds:
+        return ""
+    return datetime.fromtimestamp(time.time() - since_seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+
+
+def _read_log(pod: PodRun, since_seconds: int | None) -> list[str]:
     lines = pod.log_path.read_text(encoding="utf-8").splitlines(keepends=True)
-    if since_time:
-        cut = since_time.rstrip("Z")
-        lines = [ln for ln in lines if ln[:19] >= cut]
-    return lines
+    cut = _since_cut(since_seconds)
+    return [ln for ln in lines if ln[:19] >= cut] if cut else lines
 
 
 def _write_hosts(pod: PodRun, records: list[str]) -> None:
@@ -828,8 +833,8 @@ def _write_hosts(pod: PodRun, records: list[str]) -> None:
 class _LogStream:
     """`read_namespaced_pod_log(follow=True, _preload_content=False)`: lines as they are written, until the pod ends."""
 
-    def __init__(self, pod: PodRun, timestamps: bool, since_time: str | None) -> None:
-        self.pod, self.timestamps, self.since = pod, timestamps, (since_time or "").rstrip("Z")
+    def __init__(self, pod: PodRun, timestamps: bool, since_seconds: int | None) -> None:
+        self.pod, self.timestamps, self.since = pod, timestamps, _since_cut(since_seconds)
         self.closed = False
 
     def stream(self, amt: int = 65536, decode_content: bool = True) -> Any:
