@@ -106,13 +106,15 @@ def curated_conversations(
     curated, rejected, stats = curate(candidates, day, cfg, seen_hashes=snapshot)
     with warehouse.transaction() as con:
         # ... then check again where no other writer can commit until we do. Another day that committed one of
-        # our hashes meanwhile wins it: curate again against what is there now (rare; only real overlaps).
+        # our hashes meanwhile wins it; a hash another day gave up meanwhile (it was re-curated) is ours to keep.
+        # Either way curate again against what is committed now (rare: only real overlaps between running days).
         seen_now = fetch(con, SEEN_ELSEWHERE_SQL, [day])["content_hash"]
         raced = int(curated["content_hash"].is_in(seen_now.implode()).sum())
-        if raced:
+        released = int((~snapshot.is_in(seen_now.implode())).sum())
+        if raced or released:
             context.log.info(
-                f"{raced} conversations of {day} were committed by another day while this one was curated; "
-                "curating again against the committed hashes"
+                f"while {day} was curated, other days committed {raced} of its texts and gave up {released} "
+                "texts it had seen; curating again against the committed hashes"
             )
             curated, rejected, stats = curate(candidates, day, cfg, seen_hashes=seen_now)
         quarantine = pl.concat(

@@ -257,3 +257,27 @@ def test_encoding_settings_reach_the_landing_resource_and_a_typo_names_the_varia
         load_settings()
     with pytest.raises(ValueError, match=r"LandingArea\.conversation_encoding"):
         LandingArea(root=str(tmp_path), conversation_encoding="utf-16")
+
+
+def test_a_text_another_day_gives_up_during_curation_is_kept_not_lost(home: Path, monkeypatch) -> None:
+    """Day 2 holds the partner texts; while day 1 is being curated, day 2 is re-curated without them (its partner
+    file was withdrawn). Day 1 saw them as taken in its snapshot, but must keep them: otherwise no day has them."""
+    import assets.conversations as conversations
+
+    assert _curate(home, DAYS[1]).success
+    real_curate = conversations.curate
+    calls = []
+
+    def curate_while_day2_changes(*args, **kwargs):
+        result = real_curate(*args, **kwargs)
+        if not calls:
+            (home / "landing" / "conversations" / f"day={DAYS[1]}" / "shared.jsonl").unlink()
+            monkeypatch.setattr(conversations, "curate", real_curate)
+            assert _curate(home, DAYS[1]).success  # day 2 commits without the partner texts
+        calls.append(1)
+        return result
+
+    monkeypatch.setattr(conversations, "curate", curate_while_day2_changes)
+    assert _curate(home, DAYS[0]).success
+    assert {d for d, _ in _shared_rows(home)} == {date(2026, 1, 1)} and len(_shared_rows(home)) == len(SHARED)
+    assert _duplicated_hashes(home) == []

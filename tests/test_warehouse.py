@@ -201,3 +201,31 @@ def test_tables_created_by_an_older_version_gain_the_new_contract_columns(tmp_pa
     stored = wh.query("SELECT detail, payload_chars, payload_truncated FROM raw.quarantine ORDER BY detail")
     assert stored.rows() == [("new row", 2, False), ("old row", None, None)]
     wh.ensure_tables()  # idempotent once the columns exist
+
+
+def test_a_warehouse_written_before_payload_caps_takes_capped_quarantine_rows(tmp_path: Path) -> None:
+    """The real upgrade: quarantine tables without payload_chars/payload_truncated, then today's writers."""
+    db = tmp_path / "w.duckdb"
+    before = ("payload_chars", "payload_truncated")
+    con = duckdb.connect(str(db))
+    for table in ("raw.quarantine", "curated.quarantine"):
+        con.execute(f"CREATE SCHEMA IF NOT EXISTS {table.split('.')[0]}")
+        old = {c: t for c, t in TABLES[table].items() if c not in before}
+        con.execute(create_table_sql(table, old))
+    con.execute("INSERT INTO curated.quarantine VALUES (NULL, DATE '2026-01-01', 'bad_schema', 'old', '{}')")
+    con.close()
+
+    wh = DuckDBWarehouse(path=str(db))
+    d2 = dt.date(2026, 1, 2)
+    huge = "x" * (schemas.QUARANTINE_PAYLOAD_MAX_CHARS + 10)
+    wh.replace_partitions(
+        {"curated.quarantine": _quarantine_rows(d2, ["invalid_json"]).with_columns(payload=pl.lit(huge))}, d2
+    )
+    stored = wh.query(
+        "SELECT day, length(payload) AS kept, payload_chars, payload_truncated FROM curated.quarantine ORDER BY day"
+    )
+    assert stored.rows() == [
+        (dt.date(2026, 1, 1), 2, None, None),
+        (d2, schemas.QUARANTINE_PAYLOAD_MAX_CHARS, len(huge), True),
+    ]
+    assert dict(wh.read_table("raw.quarantine").schema) == schemas.RAW_QUARANTINE_SCHEMA
