@@ -132,29 +132,47 @@ def _rel(root: Path, path: Path) -> str:
     return path.relative_to(root).as_posix()
 
 
-def _classify(entry: os.DirEntry[str], real_root: str, suffixes: tuple[str, ...]) -> tuple[str | None, os.stat_result]:
-    """(reason it is ignored or None when accepted, lstat result)."""
-    st = entry.stat(follow_symlinks=False)
-    if entry.name.startswith((".", TMP_PREFIX)):
-        return "hidden_or_temporary", st
+def _reason(name: str, path: str, st: os.stat_result, real_root: str, suffixes: tuple[str, ...]) -> str | None:
+    """Why an entry (with its lstat result) is not read, or None when it is accepted."""
+    if name.startswith((".", TMP_PREFIX)):
+        return "hidden_or_temporary"
     if stat.S_ISLNK(st.st_mode):
-        return "symlink", st
+        return "symlink"
     if stat.S_ISDIR(st.st_mode):
-        return "nested_directory", st
+        return "nested_directory"
     if not stat.S_ISREG(st.st_mode):
-        return "not_regular_file", st
-    if not has_suffix(entry.name, suffixes):
-        return "unsupported_suffix", st
-    if not _inside(entry.path, real_root):
-        return "outside_root", st
-    return None, st
+        return "not_regular_file"
+    if not has_suffix(name, suffixes):
+        return "unsupported_suffix"
+    if not _inside(path, real_root):
+        return "outside_root"
+    return None
+
+
+def is_inside(root: Path, path: Path) -> bool:
+    """Whether `path` is lexically under `root` (both made absolute; symlinks are not resolved)."""
+    base = os.path.abspath(root)
+    return os.path.abspath(path).startswith(base.rstrip(os.sep) + os.sep)
+
+
+def classify_file(root: Path, path: Path, suffixes: tuple[str, ...]) -> str | None:
+    """The reason a single file under the landing root is not read (None: read it); e.g. a configured glob's match."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return "unreadable"
+    return _reason(Path(path).name, str(path), st, os.path.realpath(root), suffixes)
 
 
 def list_day_folder(root: Path, folder: str, day: str) -> Listing:
     """The accepted and ignored entries of ``<root>/<folder>/day=<day>/`` (empty when it does not exist)."""
+    return list_directory(root, Path(root) / folder / f"day={day}", DROP_SUFFIXES[folder])
+
+
+def list_directory(root: Path, directory: Path, suffixes: tuple[str, ...]) -> Listing:
+    """The accepted and ignored entries directly in `directory` (under `root`), read with the given suffixes."""
     root = Path(root)
     real_root = os.path.realpath(root)
-    directory = root / folder / f"day={day}"
     try:
         st = os.lstat(directory)
     except FileNotFoundError:
@@ -163,7 +181,6 @@ def list_day_folder(root: Path, folder: str, day: str) -> Listing:
         return Listing(ignored=(IgnoredFile(_rel(root, directory), "symlink"),))
     if not stat.S_ISDIR(st.st_mode):
         return Listing(ignored=(IgnoredFile(_rel(root, directory), "not_regular_file"),))
-    suffixes = DROP_SUFFIXES[folder]
     accepted: list[LandingFile] = []
     ignored: list[IgnoredFile] = []
     try:
@@ -173,9 +190,10 @@ def list_day_folder(root: Path, folder: str, day: str) -> Listing:
     for entry in entries:
         rel = _rel(root, Path(entry.path))
         try:
-            reason, st = _classify(entry, real_root, suffixes)
+            st = entry.stat(follow_symlinks=False)
         except FileNotFoundError:  # removed while we listed: not part of this drop
             continue
+        reason = _reason(entry.name, entry.path, st, real_root, suffixes)
         if reason is None:
             accepted.append(LandingFile(Path(entry.path), rel, st.st_size, st.st_mtime_ns))
         else:

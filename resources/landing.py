@@ -12,7 +12,15 @@ import dagster as dg
 import pydantic
 
 from core import ingest, synthetic
-from core.landing_files import Listing, conversation_encoding, describe_ignored, list_day_folder
+from core.landing_files import (
+    Listing,
+    classify_file,
+    conversation_encoding,
+    describe_ignored,
+    is_inside,
+    list_day_folder,
+    list_directory,
+)
 
 
 class LandingArea(dg.ConfigurableResource):
@@ -86,7 +94,7 @@ class LandingArea(dg.ConfigurableResource):
             if not stat.S_ISREG(os.lstat(path).st_mode):
                 raise ValueError(f"{path} is not a regular file (a symlink, FIFO or directory); replace it with one")
             return [path]
-        return _glob_required(self.catalog_files, "CATALOG_FILES", log)
+        return _glob_required(self.catalog_files, "CATALOG_FILES", self.root, log)
 
     def interaction_paths(self, day: date, log: dg.DagsterLogManager | None = None) -> tuple[list[Path], bool]:
         """(files, per_day): per_day is True when the files hold exactly this day's events.
@@ -110,7 +118,7 @@ class LandingArea(dg.ConfigurableResource):
             return listing.paths, True
         pattern = self.interaction_files
         per_day = "{day}" in pattern
-        return _glob_required(pattern.replace("{day}", day.isoformat()), "INTERACTION_FILES", log), per_day
+        return _glob_required(pattern.replace("{day}", day.isoformat()), "INTERACTION_FILES", self.root, log), per_day
 
     def conversation_listing(self, day: date) -> Listing:
         """External JSONL conversations for the day (optional in both modes): accepted and ignored files."""
@@ -128,10 +136,16 @@ def _warn_ignored(listing: Listing, log: dg.DagsterLogManager | None) -> None:
         )
 
 
-def _glob_required(pattern: str, setting: str, log: dg.DagsterLogManager | None = None) -> list[Path]:
-    """The files (or directories of files) the configured glob names; FIFOs, sockets and devices among them
-    are left out with a warning, since opening a FIFO would block the run. Symlinks are followed: the glob is
-    the operator's own configuration, not something a partner dropped."""
+def _glob_required(
+    pattern: str, setting: str, landing_root: str, log: dg.DagsterLogManager | None = None
+) -> list[Path]:
+    """The files (or directories of files) the configured glob names.
+
+    Matches under the landing root get the landing rules (`core.landing_files`: no symlinks, regular files with a
+    read suffix; a matched directory is replaced by its accepted files), since partners write there. Elsewhere the
+    glob is the operator's own configuration: symlinks are followed, and only FIFOs, sockets and devices are left
+    out (opening a FIFO would block the run). Everything left out is logged with its reason.
+    """
     if not pattern:
         raise ValueError(
             f"{setting} is not set; with PLATFORM_DATA_SOURCE=files it must be a glob of CSV or Parquet files "
@@ -140,15 +154,24 @@ def _glob_required(pattern: str, setting: str, log: dg.DagsterLogManager | None 
     found: list[Path] = []
     skipped: list[str] = []
     for name in sorted(glob.glob(pattern)):
-        try:
-            mode = os.stat(name).st_mode
-            regular = stat.S_ISREG(mode) or stat.S_ISDIR(mode)
-        except OSError:  # removed meanwhile, or a dangling symlink
-            regular = False
-        (found.append(Path(name)) if regular else skipped.append(name))
+        path = Path(name)
+        if is_inside(Path(landing_root), path):
+            if os.path.isdir(path) and not os.path.islink(path):
+                listing = list_directory(Path(landing_root), path, ingest.SUPPORTED_SUFFIXES)
+                found.extend(listing.paths)
+                skipped.extend(f"{i.rel} ({i.reason})" for i in listing.ignored)
+                continue
+            reason = classify_file(Path(landing_root), path, ingest.SUPPORTED_SUFFIXES)
+        else:
+            try:
+                mode = os.stat(path).st_mode
+                reason = None if stat.S_ISREG(mode) or stat.S_ISDIR(mode) else "not_regular_file"
+            except OSError:  # removed meanwhile, or a dangling symlink
+                reason = "unreadable"
+        (found.append(path) if reason is None else skipped.append(f"{name} ({reason})"))
     if skipped and log:
-        log.warning(f"{setting}={pattern!r}: not reading {skipped}: not regular files (FIFO, socket, device)")
+        log.warning(f"{setting}={pattern!r}: not reading {', '.join(skipped)} (README 'Landing area')")
     if not found:
-        extra = f" (not regular files: {skipped})" if skipped else ""
-        raise FileNotFoundError(f"{setting}={pattern!r} matches no regular files{extra}")
+        extra = f"; left out: {', '.join(skipped)}" if skipped else ""
+        raise FileNotFoundError(f"{setting}={pattern!r} matches no readable CSV/Parquet files{extra}")
     return found

@@ -113,6 +113,43 @@ def test_files_outside_a_day_folder_are_reported_not_dropped_silently(home: Path
     assert [(i.rel, i.reason) for i in scan.ignored] == [("conversations/forgot-the-day.jsonl", "outside_day_folder")]
 
 
+def test_configured_globs_follow_the_landing_rules_inside_the_root_and_skip_fifos_everywhere(home: Path) -> None:
+    inside = home / "landing" / "interactions" / f"day={DAY}"
+    inside.mkdir(parents=True)
+    (inside / "events.csv").write_text("member_id,title_id,ts,event\n")
+    (inside / "linked.csv").symlink_to(home / "outside.csv")
+    os.mkfifo(inside / "pipe.csv")
+    outside = home / "exports"
+    outside.mkdir()
+    (home / "outside.csv").write_text("member_id,title_id,ts,event\n")
+    (outside / "a.csv").symlink_to(home / "outside.csv")  # the operator's own link, outside the landing area
+    os.mkfifo(outside / "b.csv")
+
+    files = LandingArea(
+        root=str(home / "landing"), source="files", interaction_files=str(home / "landing/interactions/day={day}/*.csv")
+    )
+    assert [p.name for p in files.interaction_paths(date.fromisoformat(DAY))[0]] == ["events.csv"]
+    folder = LandingArea(
+        root=str(home / "landing"), source="files", interaction_files=str(home / "landing/interactions/day={day}")
+    )
+    assert [p.name for p in folder.interaction_paths(date.fromisoformat(DAY))[0]] == ["events.csv"]
+    elsewhere = LandingArea(root=str(home / "landing"), source="files", interaction_files=str(outside / "*.csv"))
+    assert [p.name for p in elsewhere.interaction_paths(date.fromisoformat(DAY))[0]] == ["a.csv"]
+    only_fifo = LandingArea(root=str(home / "landing"), source="files", catalog_files=str(outside / "b.csv"))
+    with pytest.raises(FileNotFoundError, match=r"b\.csv \(not_regular_file\)"):
+        only_fifo.catalog_paths()
+
+
+def test_a_synthetic_interactions_file_replaced_by_a_symlink_is_not_read(home: Path) -> None:
+    landing = LandingArea(root=str(home / "landing"), synthetic_titles=60, synthetic_members=80)
+    day = date.fromisoformat(DAY)
+    events = landing.interaction_paths(day)[0][0]
+    events.rename(home / "moved.parquet")
+    events.symlink_to(home / "moved.parquet")
+    with pytest.raises(FileNotFoundError, match=r"events\.parquet \(symlink\)"):
+        landing.interaction_paths(day)
+
+
 def test_opening_a_fifo_or_symlink_is_refused_without_blocking(home: Path) -> None:
     """The race: a listed file is replaced by a FIFO or a symlink before it is opened."""
     folder = _conversations(home)
@@ -192,6 +229,10 @@ def test_the_sensor_counts_exactly_the_files_the_asset_reads(home: Path) -> None
             p.relative_to(home / "landing").as_posix() for p in landing.conversation_paths(date.fromisoformat(day))
         ]
         assert sensor_files == asset_files
+    interaction_files = [
+        p.relative_to(home / "landing").as_posix() for p in landing.interaction_paths(date(2026, 1, 2))[0]
+    ]
+    assert interaction_files == [name for name, _, _ in drops["2026-01-02"].files if name.startswith("interactions/")]
     assert [name for name, _, _ in drops[DAY].files] == EXPECTED_ACCEPTED
     assert [name for name, _, _ in drops["2026-01-02"].files] == [
         "conversations/day=2026-01-02/external.jsonl",
