@@ -362,6 +362,10 @@ def _row_payload(header: list[str], record: list[str]) -> str:
     return json.dumps(row, ensure_ascii=False)
 
 
+_BARE_CR = re.compile("\r(?!\n)")
+_CR_MARK = "\udbff"
+
+
 def _read_csv_record_by_record(
     data: bytes, path: Path, sep: str, codec: str, source: str
 ) -> tuple[pl.DataFrame, list[tuple[str, str, str]]]:
@@ -379,6 +383,14 @@ def _read_csv_record_by_record(
     text = data.decode(codec, errors="surrogateescape")  # undecodable bytes -> U+DC80..U+DCFF, marked per record
     if text.startswith("\ufeff"):
         text = text[1:]
+    # polars ends lines at "\n" (and "\r\n") only; a bare "\r" is data. The csv module would end the record
+    # there, so it is swapped for a mark no decoder produces (surrogateescape yields U+DC80..U+DCFF only)
+    # and swapped back in each field.
+    text = _BARE_CR.sub(_CR_MARK, text)
+
+    def fields(record: list[str]) -> list[str]:
+        return [v.replace(_CR_MARK, "\r") for v in record]
+
     physical = list(io.StringIO(text, newline=""))
     out = io.StringIO()
     writer = csv.writer(out, delimiter=sep, lineterminator="\n")
@@ -438,14 +450,14 @@ def _read_csv_record_by_record(
             consumed = 0
             try:
                 for record in reader:
-                    keep_or_reject(record, start + consumed + 1)
+                    keep_or_reject(fields(record), start + consumed + 1)
                     consumed = reader.line_num
                 break
             except csv.Error as exc:
                 bad_line = start + consumed  # 0-based: the first line of the record that failed
                 if header is None:
                     raise ValueError(f"{path}:{bad_line + 1}: cannot parse the header row ({exc})") from exc
-                raw = physical[bad_line].rstrip("\r\n")
+                raw = physical[bad_line].rstrip("\r\n").replace(_CR_MARK, "\r")
                 rejects.append(
                     (
                         "malformed_row",
@@ -468,6 +480,11 @@ def _read_csv(path: Path, suffix: str, codec: str, source: str) -> tuple[pl.Data
     data = _file_bytes(path, suffix)
     if not data.strip():
         raise ValueError(f"{path} is empty (no header row); if it was still being copied, re-run once it is complete")
+    if data.startswith(codecs.BOM_UTF8) and codec not in ("utf-8", "utf-8-sig"):
+        # The file says what it is: "CSV UTF-8" exports (Excel) start with this mark. Read under a single-byte
+        # setting, the mark would become part of the first column's name and every accent would turn to
+        # mojibake ("é" -> "Ã©") without a single error to show for it.
+        codec = "utf-8"
     try:  # fast path: the whole file is clean
         if codec == "utf-8":
             _check_utf8(data)  # polars' own check misses the header row (polars 1.x decodes it lossily)

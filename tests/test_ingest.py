@@ -580,6 +580,8 @@ def test_utf16_and_a_byte_order_mark_are_read(tmp_path: Path) -> None:
     path.write_bytes(b"\xef\xbb\xbf" + LATIN1_TITLES.encode("utf-8"))
     raw, _ = ig.read_tables_with_rejects([path])
     assert raw.columns == ["title_id", "title"]
+    raw, _ = ig.read_tables_with_rejects([path], encoding="cp1252")  # the mark wins over the setting
+    assert raw.columns == ["title_id", "title"] and raw["title"][0] == "Am\u00e9lie", "not mojibake (AmÃ©lie)"
     path.write_bytes(b"\xef\xbb\xbf" + LATIN1_TITLES.encode("utf-8") + b"T4,Caf\xe9\n")  # BOM and the slow path
     raw, rejects = ig.read_tables_with_rejects([path])
     assert raw.columns == ["title_id", "title"] and raw.height == 3 and rejects.height == 1
