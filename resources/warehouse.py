@@ -92,6 +92,24 @@ def fetch(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any] = ()) 
     return pl.from_arrow(con.sql(sql, params=list(params)).to_arrow_table())  # type: ignore[return-value]
 
 
+def _ensure_tables_on(con: duckdb.DuckDBPyConnection) -> None:
+    """`DuckDBWarehouse.ensure_tables` on an open read-write connection (one catalog query for every column)."""
+    con.execute("CREATE SCHEMA IF NOT EXISTS raw")
+    con.execute("CREATE SCHEMA IF NOT EXISTS curated")
+    for table, schema in TABLES.items():
+        con.execute(create_table_sql(table, schema))
+    have = {
+        f"{schema_name}.{table_name}.{column}"
+        for schema_name, table_name, column in con.execute(
+            "SELECT schema_name, table_name, column_name FROM duckdb_columns() WHERE schema_name IN ('raw', 'curated')"
+        ).fetchall()
+    }
+    for table, schema in TABLES.items():
+        for column, dtype in schema.items():
+            if f"{table}.{column}" not in have:
+                con.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {duckdb_type(dtype)}")
+
+
 _PROCESS_LOCKS: dict[str, threading.RLock] = {}
 _PROCESS_LOCKS_GUARD = threading.Lock()
 
@@ -140,21 +158,7 @@ class DuckDBWarehouse(dg.ConfigurableResource):
         instead of failing the first insert that names them.
         """
         with self.connect() as con:
-            con.execute("CREATE SCHEMA IF NOT EXISTS raw")
-            con.execute("CREATE SCHEMA IF NOT EXISTS curated")
-            for table, schema in TABLES.items():
-                con.execute(create_table_sql(table, schema))
-                schema_name, name = table.split(".")
-                have = {
-                    row[0]
-                    for row in con.execute(
-                        "SELECT column_name FROM information_schema.columns WHERE table_schema = ? AND table_name = ?",
-                        [schema_name, name],
-                    ).fetchall()
-                }
-                for column, dtype in schema.items():
-                    if column not in have:
-                        con.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {duckdb_type(dtype)}")
+            _ensure_tables_on(con)
 
     @contextmanager
     def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -163,8 +167,8 @@ class DuckDBWarehouse(dg.ConfigurableResource):
         Nothing else writes the database while the block runs (other processes wait for DuckDB's file lock, other
         threads for this process's lock), so a block may read, decide and write as one step.
         """
-        self.ensure_tables()
         with _process_lock(self.path), self.connect() as con:
+            _ensure_tables_on(con)
             con.execute("BEGIN TRANSACTION")
             try:
                 yield con
