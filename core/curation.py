@@ -461,12 +461,21 @@ def curate(
             f"candidates frame is missing columns {missing} (it has {candidates.columns}); "
             "build it with core.conversation_builder or parse_external_jsonl"
         )
-    base = candidates.select(
-        pl.col("conversation_id").cast(pl.String),
-        pl.col("kind").cast(pl.String),
-        pl.col("member_id").cast(pl.String).str.strip_chars().replace("", None),
-        pl.col("messages").cast(MESSAGES_DTYPE),
-    ).with_row_index("_row")
+    try:
+        base = candidates.select(
+            pl.col("conversation_id").cast(pl.String),
+            pl.col("kind").cast(pl.String),
+            pl.col("member_id").cast(pl.String).str.strip_chars().replace("", None),
+            pl.col("messages").cast(MESSAGES_DTYPE),
+        ).with_row_index("_row")
+    except pl.exceptions.PolarsError as exc:
+        # A producer bug, not bad data: the whole frame has the wrong shape. (Lone surrogates cannot get this
+        # far: polars refuses them when a frame is built, so parse_external_jsonl quarantines them first.)
+        types = {c: str(candidates.schema[c]) for c in need}
+        raise ValueError(
+            f"candidates columns have types {types}; expected conversation_id/kind/member_id text and messages "
+            f"{MESSAGES_DTYPE} ({exc})"
+        ) from exc
     rows_in = base.height
 
     # Rules and hashing run in bounded chunks: the intermediate copies of the text stay

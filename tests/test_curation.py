@@ -541,3 +541,9 @@ def test_quarantine_payloads_are_capped_with_the_original_length_kept() -> None:
     row = pq.row(0, named=True)
     assert row["reason"] == "invalid_json" and row["payload_chars"] == len(line)
     assert len(row["payload"]) == CAP and row["payload_truncated"] is True
+
+
+def test_a_candidates_frame_of_the_wrong_shape_is_a_clear_error() -> None:
+    bad = pl.DataFrame({"conversation_id": ["c1"], "kind": ["k"], "member_id": [None], "messages": [["hi", "x"]]})
+    with pytest.raises(ValueError, match=r"'messages': 'List\(String\)'.*expected .*messages"):
+        curate(bad, DAY, CFG)

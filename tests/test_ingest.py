@@ -674,3 +674,20 @@ def test_parquet_catalog_with_huge_nested_and_non_finite_values_never_crashes() 
         "column 'synopsis' holds Struct({'a': Int64}) values; expected text, a number or a date"
     ]
     assert sorted(q["reason"].to_list()) == ["bad_type", "bad_year", "bad_year"]
+
+
+def test_raw_quarantine_payloads_are_capped_with_the_original_length_kept(tmp_path: Path) -> None:
+    from core.schemas import QUARANTINE_PAYLOAD_MAX_CHARS as CAP
+
+    huge = "x" * (2 * CAP)
+    path = tmp_path / "titles.csv"
+    path.write_text(f"title_id,title\n,{huge}\nT1,Heat\nT2,Ronin,{huge}\n")
+    raw, rejects = ig.read_tables_with_rejects([path], source="catalog")
+    rows, q = ig.ingest_catalog(raw, read_rejects=rejects)
+    assert rows["title_id"].to_list() == ["T1"]
+    assert q["reason"].to_list() == ["ragged_row", "null_title_id"]
+    assert q["payload_truncated"].to_list() == [True, True]
+    assert (q["payload"].str.len_chars() == CAP).all() and (q["payload_chars"] > 2 * CAP).all()
+    _, small = ig.ingest_catalog(pl.DataFrame({"title_id": [None], "title": ["Heat"]}))
+    assert small["payload_truncated"].to_list() == [False]
+    assert small["payload_chars"].to_list() == [len(small["payload"][0])]
