@@ -25,7 +25,7 @@ from core.masking import (
     verify_masks,
     verify_serving_prefix,
 )
-from core.schemas import CONVERSATION_QUARANTINE_SCHEMA
+from core.schemas import CONVERSATION_QUARANTINE_SCHEMA, quarantine_frame
 
 
 def _list_column(lists: list[list[int]], dtype: type[np.generic]) -> pl.Series:
@@ -90,7 +90,7 @@ def tokenize_conversations(
             }
         )
         ids = ordered["conversation_id"].to_list()
-        quarantine = pl.DataFrame(
+        quarantine = quarantine_frame(
             {
                 "conversation_id": [ids[i] for i, _, _ in rejects],
                 "day": [day] * len(rejects),
@@ -98,7 +98,7 @@ def tokenize_conversations(
                 "detail": [detail for _, _, detail in rejects],
                 "payload": [json.dumps({"messages": messages[i]}, ensure_ascii=False) for i, _, _ in rejects],
             },
-            schema=CONVERSATION_QUARANTINE_SCHEMA,
+            CONVERSATION_QUARANTINE_SCHEMA,
         )
         truncated = sum(1 for e in kept if e.truncated)
         del messages, encoded, kept, keep, ids
