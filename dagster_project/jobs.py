@@ -4,7 +4,19 @@ from __future__ import annotations
 
 import dagster as dg
 
+from dagster_project.settings import training_max_runtime_seconds
+
 INGESTION_LANE_TAG = "platform/lane"
+# Dagster's run tag for a run's time limit in seconds, enforced by the daemon's run monitoring (the run is
+# canceled, then marked FAILURE). Dagster reads it as MAX_RUNTIME_SECONDS_TAG.
+MAX_RUNTIME_TAG = "dagster/max_runtime"
+
+
+def training_run_tags() -> dict[str, str]:
+    """Tags every training run carries: its time limit (TRAINING_MAX_RUNTIME_SECONDS; 0 = none)."""
+    seconds = training_max_runtime_seconds()
+    return {MAX_RUNTIME_TAG: str(seconds)} if seconds else {}
+
 
 catalog_job = dg.define_asset_job(
     "catalog_job",
@@ -34,6 +46,9 @@ training_job = dg.define_asset_job(
     selection=dg.AssetSelection.assets("trained_checkpoint", "eval_report"),
     description="Train a checkpoint on the tokenized shards, evaluate it and gate it against the champion.",
     executor_def=dg.in_process_executor,  # trained_checkpoint runs torchrun in its own processes anyway
+    # A run that outlives this (a hung run worker, an evaluation that never ends) is canceled by the daemon and
+    # frees the training pool. The trainer's own limit (TRAINING_MAX_WALL_CLOCK_SECONDS) is lower and fires first.
+    tags=training_run_tags(),
 )
 
 ALL_JOBS = [catalog_job, ingestion_job, base_model_job, training_job]

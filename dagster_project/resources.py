@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dagster_project.settings import PlatformSettings
+from dagster_project.settings import PlatformSettings, training_max_wall_clock_seconds
 from resources.artifacts import ArtifactStore
 from resources.landing import LandingArea
 from resources.launchers import LocalTorchrunLauncher, TrainingLauncher
@@ -13,7 +13,11 @@ from resources.warehouse import DuckDBWarehouse
 
 def build_launcher(settings: PlatformSettings) -> TrainingLauncher:
     if settings.training_launcher == "local":
-        return LocalTorchrunLauncher(nnodes=settings.training_nnodes, nproc_per_node=settings.training_nproc_per_node)
+        return LocalTorchrunLauncher(
+            nnodes=settings.training_nnodes,
+            nproc_per_node=settings.training_nproc_per_node,
+            max_wall_clock_s=training_max_wall_clock_seconds(),
+        )
     if settings.training_launcher == "kubernetes":
         from dagster_project.settings import kubernetes_launcher_config
         from resources.kubernetes_launcher import KubernetesTrainingLauncher

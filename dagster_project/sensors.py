@@ -43,7 +43,7 @@ import dagster as dg
 import yaml
 
 from core.landing_files import IgnoredFile, describe_ignored, scan_root
-from dagster_project.jobs import ingestion_job, training_job
+from dagster_project.jobs import ingestion_job, training_job, training_run_tags
 from dagster_project.partitions import daily_partitions
 from resources.artifacts import ArtifactStore
 from resources.landing import LandingArea
@@ -364,6 +364,7 @@ def busy_reason(runs: list[dg.DagsterRun]) -> str:
 
 def training_tags(delta: TrainingDelta, trigger: str) -> dict[str, str]:
     return {
+        **training_run_tags(),  # the run's time limit, as on training_job itself
         "platform/trigger": trigger,
         "platform/new_loss_tokens": str(delta.new_loss_tokens),
         "platform/new_shard_days": ",".join(sorted(delta.new))[:200],

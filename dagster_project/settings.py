@@ -120,6 +120,28 @@ def _env_encoding(name: str) -> str:
     return raw
 
 
+# ---- time limits of training --------------------------------------------------------------------------------
+# The trainer's own limit sits under the run's, so that the trainer stops first, with a clear step failure and
+# its checkpoints kept; the run's limit is the backstop for everything else (evaluation, a hung run worker).
+
+
+def _env_seconds(name: str, default: int) -> int:
+    value = _env_int(name, default)
+    if value < 0:
+        raise ValueError(f"environment variable {name}={value} must be a number of seconds >= 0 (0 = no limit)")
+    return value
+
+
+def training_max_runtime_seconds() -> int:
+    """TRAINING_MAX_RUNTIME_SECONDS: the `dagster/max_runtime` tag of training runs (run monitoring); 0 = none."""
+    return _env_seconds("TRAINING_MAX_RUNTIME_SECONDS", 24 * 3600)
+
+
+def training_max_wall_clock_seconds() -> int:
+    """TRAINING_MAX_WALL_CLOCK_SECONDS: wall-clock budget of the local trainers of one launch; 0 = none."""
+    return _env_seconds("TRAINING_MAX_WALL_CLOCK_SECONDS", 23 * 3600)
+
+
 # ---- TRAINING_LAUNCHER=kubernetes ---------------------------------------------------------------------------
 
 
