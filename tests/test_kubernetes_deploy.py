@@ -11,11 +11,15 @@ from typing import Any
 
 import pytest
 import yaml
+from dagster._core.errors import DagsterInvalidConfigError
+from dagster._core.instance.config import dagster_instance_config
 from k8s_policy import K8S_VERSIONS, pod_templates, restricted_violations, validate_strict
 from test_training_helpers import REPO
 
 from dagster_project.settings import kubernetes_launcher_config, load_settings
+from resources.k8s_objects import ACTIVE_DEADLINE_MAX_S, check_image_reference
 from resources.kubernetes_launcher import KubernetesTrainingLauncher
+from training import cpu_kernels
 
 DEPLOY = REPO / "deploy"
 # The Kubernetes API calls the training launcher makes -> the permission each needs.
@@ -182,3 +186,194 @@ def test_dockerfile_builds_the_image_the_manifests_expect() -> None:
     # CPU trainer pods build inductor's and our C kernels on first use: the image carries a compiler.
     assert re.search(r"apt-get install [^\n]*\bgcc\b[^\n]*\bg\+\+", text)
     assert "kernels/*.c" in str(project["tool"]["setuptools"]["package-data"]["training"])
+
+
+# ---- operations-grade defaults ---------------------------------------------------------------------------------
+
+
+def instance_yaml() -> str:
+    return by_kind("ConfigMap")["dagster-instance"]["data"]["dagster.yaml"]
+
+
+def platform_env() -> dict[str, str]:
+    return by_kind("ConfigMap")["catalog-posttrain-env"]["data"]
+
+
+def trainer_launcher(monkeypatch: pytest.MonkeyPatch, env: dict[str, str] | None = None) -> KubernetesTrainingLauncher:
+    for key, value in (env or platform_env()).items():
+        monkeypatch.setenv(key, value)
+    return KubernetesTrainingLauncher(**kubernetes_launcher_config(load_settings()))
+
+
+def test_a_training_job_holds_its_nodes_for_at_most_a_day_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A replacement pod waiting alone, or a Job whose launcher is gone, keeps its GPU nodes until the deadline."""
+    assert int(platform_env()["K8S_ACTIVE_DEADLINE_SECONDS"]) <= 86400
+    for key in list(platform_env()):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("K8S_IMAGE", "registry.example.com/catalog-posttrain:0.1.0")
+    assert kubernetes_launcher_config(load_settings())["active_deadline_seconds"] <= 86400  # the settings default
+    assert KubernetesTrainingLauncher().active_deadline_seconds <= 86400
+    job = trainer_launcher(monkeypatch).job_spec("sft-abc12345-xyz01", "/platform/artifacts/x/train_config.json").job()
+    assert job["spec"]["activeDeadlineSeconds"] <= 86400
+
+
+def test_the_instance_config_monitors_runs_and_passes_dagsters_own_schema(tmp_path: Path) -> None:
+    """Validated by dagster's instance-config loader (`dagster_instance_config`), as `dagster-daemon` loads it.
+
+    dagster-k8s is not installed here: the run_launcher section is checked as a configurable class
+    (module/class/config); its K8sRunLauncher fields are checked by the other tests in this file.
+    """
+    (tmp_path / "dagster.yaml").write_text(instance_yaml())
+    config, _ = dagster_instance_config(str(tmp_path))
+    monitoring = config["run_monitoring"]
+    assert monitoring["enabled"] is True
+    assert 0 < monitoring["start_timeout_seconds"] <= 1800  # a run worker that never starts fails the run
+    assert 0 < monitoring["cancel_timeout_seconds"] <= 900  # a run stuck canceling is marked canceled
+    assert monitoring["max_resume_run_attempts"] >= 1  # K8sRunLauncher resumes a run whose worker died
+    assert 0 < monitoring["poll_interval_seconds"] <= 120
+    # the runtime limit of any run stays above a training Job's own deadline plus the launcher's grace
+    deadline = int(platform_env()["K8S_ACTIVE_DEADLINE_SECONDS"])
+    assert monitoring["max_runtime_seconds"] >= deadline + 300 + 3600
+    assert config["run_launcher"]["class"] == "K8sRunLauncher"
+    # the check is real: a misspelt key is refused by the same loader
+    (tmp_path / "dagster.yaml").write_text(instance_yaml().replace("start_timeout_seconds", "start_timeout_secs"))
+    with pytest.raises(DagsterInvalidConfigError, match="start_timeout_secs"):
+        dagster_instance_config(str(tmp_path))
+
+
+def grants(account: str) -> set[tuple[str, str, str]]:
+    """(apiGroup, resource, verb) that `account` gets through the RoleBindings in deploy/."""
+    roles = by_kind("Role")
+    assert not by_kind("ClusterRoleBinding")
+    out: set[tuple[str, str, str]] = set()
+    for binding in by_kind("RoleBinding").values():
+        if any(s["kind"] == "ServiceAccount" and s["name"] == account for s in binding["subjects"]):
+            for rule in roles[binding["roleRef"]["name"]]["rules"]:
+                out |= {(g, r, v) for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]}
+    return out
+
+
+def test_the_unauthenticated_webserver_runs_as_an_account_that_cannot_create_anything() -> None:
+    pods = {name: d["spec"]["template"]["spec"] for name, d in by_kind("Deployment").items()}
+    webserver = pods["catalog-posttrain-webserver"]["serviceAccountName"]
+    daemon = pods["catalog-posttrain-daemon"]["serviceAccountName"]
+    assert webserver != daemon and webserver in by_kind("ServiceAccount")
+    allowed = grants(webserver)
+    assert not [g for g in allowed if g[2] in ("create", "update", "patch", "*")], allowed
+    # only what K8sRunLauncher.terminate needs behind the "Terminate" button
+    assert ("batch", "jobs", "delete") in allowed
+    assert allowed <= {("batch", "jobs", "delete"), ("", "pods", "list"), ("", "pods", "delete")}
+    assert ("batch", "jobs", "create") in grants(daemon)  # the daemon launches the runs
+    assert "NO authentication" in (DEPLOY / "k8s" / "50-dagster.yaml").read_text()
+
+
+def _env_of(container: dict[str, Any], pod_env: dict[str, str]) -> dict[str, str]:
+    """The container's environment: the image's ENV, its envFrom ConfigMaps, then its own env values."""
+    image = {"DAGSTER_HOME": "/opt/dagster/dagster_home", "PLATFORM_HOME": "/platform"}  # deploy/Dockerfile
+    env = {**image, **pod_env}
+    env.update({e["name"]: e["value"] for e in container.get("env", []) if "value" in e})
+    return env
+
+
+def _writable_locations(env: dict[str, str], monkeypatch: pytest.MonkeyPatch, dagster: bool) -> dict[str, str]:
+    """Where the code and its libraries write, resolved as they resolve it in that environment.
+
+    `dagster`: a Dagster process (webserver, daemon, code server, run worker) also writes under
+    DAGSTER_HOME (compute logs, local artifact storage); the trainer only speaks Dagster Pipes.
+    """
+    home = env.get("HOME", "/tmp")  # the image's user 1000 has its home at /tmp (deploy/Dockerfile)
+    with monkeypatch.context() as m:
+        for key in ("POSTTRAIN_KERNEL_CACHE", "XDG_CACHE_HOME", "HOME"):
+            m.delenv(key, raising=False)
+        if "POSTTRAIN_KERNEL_CACHE" in env:
+            m.setenv("POSTTRAIN_KERNEL_CACHE", env["POSTTRAIN_KERNEL_CACHE"])
+            kernel_cache = str(cpu_kernels._cache_dir())
+        else:  # _cache_dir() would create the fallback on this machine: read the same rule off its code
+            kernel_cache = f"{env.get('XDG_CACHE_HOME', home + '/.cache')}/posttrain/kernels"
+    out = {
+        "tempfile (TMPDIR)": env.get("TMPDIR", "/tmp"),
+        "HOME": home,
+        "XDG_CACHE_HOME (Hugging Face, pip)": env.get("XDG_CACHE_HOME", f"{home}/.cache"),
+        "MPLCONFIGDIR": env.get("MPLCONFIGDIR", f"{home}/.config/matplotlib"),
+        "TORCHINDUCTOR_CACHE_DIR": env.get("TORCHINDUCTOR_CACHE_DIR", "/tmp/torchinductor_app"),
+        "TRITON_CACHE_DIR": env.get("TRITON_CACHE_DIR", f"{home}/.triton"),
+        "POSTTRAIN_KERNEL_CACHE": kernel_cache,
+    }
+    if dagster:
+        out["DAGSTER_HOME"] = env["DAGSTER_HOME"]
+    return out
+
+
+def _unwritable(
+    pod: dict[str, Any], container: dict[str, Any], env: dict[str, str], monkeypatch: Any, dagster: bool
+) -> list[str]:
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    writable = [
+        m["mountPath"].rstrip("/")
+        for m in container.get("volumeMounts", [])
+        if not m.get("readOnly")
+        and not m.get("subPath")
+        and set(volumes[m["name"]]) & {"emptyDir", "persistentVolumeClaim"}
+    ]
+    problems = []
+    for what, path in _writable_locations(env, monkeypatch, dagster).items():
+        if not any(path == w or path.startswith(w + "/") for w in writable):
+            problems.append(f"{what}={path} is on the read-only root filesystem")
+    return problems
+
+
+def test_run_workers_and_trainers_have_limits_and_a_read_only_root_with_every_write_on_a_volume(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    env = platform_env()
+    launcher = yaml.safe_load(instance_yaml())["run_launcher"]["config"]
+    run = launcher["run_k8s_config"]
+    run_container = {"name": "run-worker", **run["container_config"]}
+    run_pod = {**run["pod_spec_config"], "containers": [run_container]}
+    trainer_pod = trainer_launcher(monkeypatch).job_spec("sft-abc12345-xyz01", "/platform/artifacts/x/c.json").job()
+    trainer_pod = trainer_pod["spec"]["template"]["spec"]
+    pods = [("run worker", run_pod, env), ("trainer", trainer_pod, {})]
+    pods += [(f"Deployment/{n}", d["spec"]["template"]["spec"], env) for n, d in by_kind("Deployment").items()]
+    for where, pod, pod_env in pods:
+        for container in pod["containers"]:
+            assert container["securityContext"]["readOnlyRootFilesystem"] is True, where
+            resources = container["resources"]
+            assert resources["requests"] == resources["limits"] and {"cpu", "memory"} <= set(resources["limits"]), where
+            container_env = _env_of(container, pod_env)
+            if where == "run worker":
+                container_env["DAGSTER_HOME"] = launcher["dagster_home"]  # the K8sRunLauncher sets it
+            problems = _unwritable(pod, container, container_env, monkeypatch, dagster=where != "trainer")
+            assert problems == [], where
+    assert launcher["dagster_home"] == "/opt/dagster/dagster_home"
+    assert run["pod_spec_config"]["terminationGracePeriodSeconds"] >= 60  # time to delete its training Job
+
+
+def test_one_substitution_pins_every_image_of_ours_by_digest(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The documented sed over deploy/k8s/*.yaml: the containers, DAGSTER_CURRENT_IMAGE and K8S_IMAGE all follow."""
+    ours: set[str] = {platform_env()["K8S_IMAGE"]}
+    for _, doc in documents():
+        for _, pod in pod_templates(doc):
+            for c in pod["containers"]:
+                check_image_reference(c["image"], f"{doc['metadata']['name']} image")
+                if not c["image"].startswith("postgres:"):
+                    ours.add(c["image"])
+                ours |= {e["value"] for e in c.get("env", []) if e["name"] == "DAGSTER_CURRENT_IMAGE"}
+    assert len(ours) == 1, f"one image string everywhere, so one substitution pins them all: {ours}"
+    placeholder = ours.pop()
+    pinned = "registry.example.com/catalog-posttrain@sha256:" + "ab" * 32
+    texts = {p: p.read_text().replace(placeholder, pinned) for p in sorted((DEPLOY / "k8s").glob("*.yaml"))}
+    docs = [d for text in texts.values() for d in yaml.safe_load_all(text) if d]
+    assert placeholder not in "".join(texts.values())
+    for doc in docs:
+        for version in K8S_VERSIONS:
+            validate_strict(doc, version)
+    env = next(d for d in docs if d["metadata"]["name"] == "catalog-posttrain-env")["data"]
+    job = trainer_launcher(monkeypatch, env).job_spec("sft-abc12345-xyz01", "/platform/artifacts/x/c.json").job()
+    assert job["spec"]["template"]["spec"]["containers"][0]["image"] == pinned
+
+
+def test_absurd_deadlines_from_the_environment_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    env = {**platform_env(), "K8S_ACTIVE_DEADLINE_SECONDS": str(ACTIVE_DEADLINE_MAX_S + 1)}
+    launcher = trainer_launcher(monkeypatch, env)
+    with pytest.raises(Exception, match=r"\(K8S_ACTIVE_DEADLINE_SECONDS\) must be between 60 and 604800"):
+        launcher.job_spec("sft-abc12345-xyz01", "/platform/artifacts/x/c.json").job()

@@ -35,6 +35,7 @@ from resources.k8s_objects import (
     PEER_LOST_EXIT_CODE,
     K8sConfigError,
     TrainingJobSpec,
+    check_image_reference,
     label_value,
     pod_failure_action,
 )
@@ -226,11 +227,47 @@ def test_secrets_reach_pods_only_by_reference() -> None:
         ({"name": "SFT_Run"}, "job name 'SFT_Run' is not a DNS-1123 label"),
         ({"secret_env": {"HF_TOKEN": "hf-credentials"}}, "must be 'secret-name/key'"),
         ({"run_as_user": 0}, "run_as_user must be a non-root uid"),
+        # a Job that outlives its launcher holds its nodes until this deadline: never unbounded in practice
+        ({"active_deadline_seconds": 0}, "active_deadline_seconds=0 (K8S_ACTIVE_DEADLINE_SECONDS) must be between"),
+        ({"active_deadline_seconds": 30 * 86400}, "(K8S_ACTIVE_DEADLINE_SECONDS) must be between 60 and 604800"),
+        ({"rdzv_join_timeout_seconds": 5}, "rdzv_join_timeout_seconds=5 (K8S_RDZV_JOIN_TIMEOUT_SECONDS) must be"),
+        # image references as the kubelet parses them; a digest is sha256 and 64 lowercase hex digits
+        ({"image": "registry.example.com/cp@sha256:abc"}, "the digest 'sha256:abc' must be 'sha256:' followed by 64"),
+        ({"image": "registry.example.com/cp@md5:" + "a" * 32}, "the digest 'md5:"),
+        ({"image": "registry.example.com/cp@sha256:" + "A" * 64}, "64 lowercase hex digits"),
+        ({"image": "registry.example.com/Catalog:1"}, "the repository path component 'Catalog' must be lowercase"),
+        ({"image": "IMAGE"}, "the repository path component 'IMAGE' must be lowercase"),
+        ({"image": "registry.example.com/cp:-1"}, "the tag '-1' must be"),
+        ({"image": "registry.example.com/cp:1 "}, "it is empty or contains whitespace"),
+        ({"image": "bad_host.example.com:5000/cp:1"}, "the registry 'bad_host.example.com:5000' is not a host name"),
     ],
 )
 def test_bad_settings_name_the_setting_and_the_fix(overrides: dict[str, Any], message: str) -> None:
     with pytest.raises(K8sConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         spec(**overrides).job()
+
+
+DIGEST = "sha256:" + "0123456789abcdef" * 4
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        f"registry.example.com/catalog-posttrain@{DIGEST}",
+        f"registry.example.com/catalog-posttrain:0.1.0@{DIGEST}",  # the tag is informational once pinned
+        f"localhost:5000/team/catalog-posttrain@{DIGEST}",
+        f"[fd00::1]:5000/catalog-posttrain@{DIGEST}",
+        "REGISTRY/catalog-posttrain:0.1.0",  # an upper-case first part is a registry host, as for the kubelet
+        "catalog-posttrain:1",
+        "ghcr.io/org/sub.name__x/catalog-posttrain:v1.2.3-rc_1",
+    ],
+)
+def test_images_pinned_by_digest_and_other_valid_references_are_accepted(image: str) -> None:
+    assert check_image_reference(image) == image
+    job = spec(image=image).job()
+    assert container_of(job)["image"] == image
+    for version in K8S_VERSIONS:
+        validate_strict(job, version)
 
 
 def test_render_refuses_a_bad_configuration(capsys: pytest.CaptureFixture[str]) -> None:
