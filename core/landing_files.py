@@ -129,7 +129,8 @@ def _inside(path: str, real_root: str) -> bool:
 
 
 def _rel(root: Path, path: Path) -> str:
-    return path.relative_to(root).as_posix()
+    """`path` relative to `root`, whichever spelling (relative, with `..`) either was given in."""
+    return Path(os.path.relpath(os.path.abspath(path), os.path.abspath(root))).as_posix()
 
 
 def _reason(name: str, path: str, st: os.stat_result, real_root: str, suffixes: tuple[str, ...]) -> str | None:
