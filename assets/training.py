@@ -92,7 +92,7 @@ def parse_extra_json(text: str) -> dict[str, Any]:
             raise config_failure(
                 f"extra_json may not set {key!r}: {OWNED_BY_PLATFORM[key]}. Remove it from extra_json."
             )
-        if key in RUN_CONFIG_KEYS:
+        if key in TrainingRunConfig.model_fields:
             raise config_failure(
                 f"extra_json may not set {key!r}: set it as the run config field {key} instead (one place per knob)"
             )

@@ -103,6 +103,11 @@ def test_extra_json_cannot_repeat_a_run_config_field() -> None:
     assert failure.value.allow_retries is False
 
 
+def test_window_days_in_extra_json_points_at_the_run_config_field() -> None:
+    with pytest.raises(dg.Failure, match=r"'window_days'.*run config field window_days"):
+        build_train_config(_config(extra_json='{"window_days": 3}'), Path("/b"), [Path("/s")], Path("/o"))
+
+
 def test_every_run_config_field_is_refused_in_extra_json() -> None:
     """One way to set each knob: every TrainingRunConfig field that is a TrainConfig key is platform-refused."""
     knobs = set(TrainingRunConfig.model_fields) - {"window_days", "extra_json"}
