@@ -225,6 +225,8 @@ def promote(registry: Path, record: ChampionRecord) -> Path:
             f"champion version {record.version!r} must be 1-200 characters of letters, digits, '.', '_' or '-' "
             "(it becomes a file name)"
         )
+    if record.previous is not None and not _VERSION_RE.match(record.previous):
+        raise ValueError(f"champion record previous={record.previous!r} is not a champion version")
     registry = Path(registry)
     final = registry / f"{record.version}.json"
     records, _, claimed = _registry_state(registry)

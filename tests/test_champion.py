@@ -103,6 +103,8 @@ def test_records_are_immutable(tmp_path: Path) -> None:
     ]
     with pytest.raises(ValueError, match="file name"):
         promote(registry, ChampionRecord("../escape", "/ckpt", "e1", {}))
+    with pytest.raises(ValueError, match="not a champion version"):  # the claim is named after it
+        promote(registry, ChampionRecord("v2", "/ckpt", "e2", {}, previous="../../escape"))
     # new_record never produces such a name: an unusable eval version gets a fresh sortable id.
     assert new_record(checkpoint="/ckpt", eval_version="a/b", metrics={}).version != "a/b"
 
