@@ -46,7 +46,6 @@ import csv
 import dataclasses
 import gzip
 import io
-import itertools
 import json
 import re
 import zlib
@@ -392,6 +391,14 @@ def _read_csv_record_by_record(
         return [v.replace(_CR_MARK, "\r") for v in record]
 
     physical = list(io.StringIO(text, newline=""))
+    del text
+
+    def lines_from(first: int) -> Iterator[str]:
+        # A fresh reader starts here after a bad record; indexing (not islice) makes the restart O(1), so a
+        # file where every line is malformed still costs one pass.
+        for i in range(first, len(physical)):
+            yield physical[i]
+
     out = io.StringIO()
     writer = csv.writer(out, delimiter=sep, lineterminator="\n")
     rejects: list[tuple[str, str, str]] = []
@@ -446,7 +453,7 @@ def _read_csv_record_by_record(
     start = 0  # 0-based index of the physical line the next reader starts on
     with _no_csv_field_limit():
         while start < len(physical):
-            reader = csv.reader(itertools.islice(physical, start, None), delimiter=sep, strict=True)
+            reader = csv.reader(lines_from(start), delimiter=sep, strict=True)
             consumed = 0
             try:
                 for record in reader:
