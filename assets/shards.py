@@ -22,6 +22,7 @@ class TokenizeConfig(dg.Config):
     overlong: Literal["quarantine", "truncate"] = "quarantine"
     rows_per_file: int = 20_000
     serving_check_rows: int = 2_000  # rows sampled for the train/serve check; 0 = every row
+    serving_check_turns: int = 16  # assistant turns checked per sampled row (first, last, evenly spaced); 0 = all
 
 
 def _check(name: str, passed: bool, **metadata: object) -> dg.AssetCheckResult:
@@ -91,7 +92,14 @@ def tokenized_shards(
     manifest = read_manifest(out_dir)
     checksum_problems = verify_checksums(out_dir, manifest)
     masks = audit_masks(tokenizer, result.rows, curated, config.max_length)
-    serving = audit_serving(tokenizer, result.rows, curated, config.serving_check_rows, config.max_length)
+    serving = audit_serving(
+        tokenizer,
+        result.rows,
+        curated,
+        config.serving_check_rows,
+        config.max_length,
+        turns=config.serving_check_turns,
+    )
 
     totals = manifest["totals"]
     seconds = max(result.seconds, 1e-9)

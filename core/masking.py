@@ -800,10 +800,36 @@ def _content_spans(
     Renders once more with a unique sentinel in place of each content, then checks that
     putting the contents back reproduces ``rendered`` exactly, so the spans are proven.
     """
+    return _shadow_spans(info, messages, rendered, add_generation_prompt).spans
+
+
+@dataclass
+class _Shadow:
+    """``_content_spans`` with what the sentinel rendering (the shadow) showed on the way."""
+
+    spans: list[tuple[int, int, int]]  # (message index, start, end) in ``rendered``, in text order
+    starts: list[int]  # where each span's sentinel is in the shadow
+    text: str = ""  # the shadow
+    positions: list[int] | None = None  # traced shadow: output length when the loop reached each message
+
+
+def _shadow_spans(
+    info: _Info, messages: list[dict[str, Any]], rendered: str, add_generation_prompt: bool, traced: bool = False
+) -> _Shadow:
+    """``_content_spans``; ``traced`` renders the shadow through ``_TracedMessages`` (plain chats only)."""
     if len(messages) >= 0xFFFD:
         raise MaskError("invalid_messages", f"{len(messages)} messages is more than sentinel rendering supports")
     marked = [{**m, "content": _sentinel(j)} for j, m in enumerate(messages)]
-    shadow, _ = _render_one(info, marked, add_generation_prompt, False)
+    positions = None
+    if traced:
+        chat = _TracedMessages(marked)
+        got = _render_many(info, [chat], add_generation_prompt, False)[0]
+        if isinstance(got, MaskError):
+            raise MaskError(got.reason, got.detail)
+        shadow = got[0]
+        positions = chat.positions if chat.passes == 1 else None
+    else:
+        shadow, _ = _render_one(info, marked, add_generation_prompt, False)
     # Every sentinel occurrence in one scan (a search per message would be quadratic in the turns).
     occurrences: dict[int, list[int]] = {}
     for hit in _SENTINEL_RE.finditer(shadow):
@@ -839,13 +865,19 @@ def _content_spans(
             "the template renders some content differently from the message text (e.g. trims, escapes or "
             "inspects it); rendering with the contents swapped out does not reproduce the rendering",
         )
-    return spans
+    return _Shadow(spans, [at for at, _ in found], shadow, positions)
 
 
 def _segment_encode(
-    info: _Info, text: str, content_spans: Sequence[tuple[int, int, int]]
+    info: _Info,
+    text: str,
+    content_spans: Sequence[tuple[int, int, int]],
+    control_ends: list[tuple[int, int]] | None = None,
 ) -> tuple[list[int], list[tuple[int, int]]]:
-    """Tokenize ``text`` treating only control tokens outside message contents as control tokens."""
+    """Tokenize ``text`` treating only control tokens outside message contents as control tokens.
+
+    ``control_ends`` receives (character end, tokens so far) for each control token.
+    """
     controls: list[tuple[int, int]] = []
     if info.special_re is not None:
         gap_start = 0
@@ -870,6 +902,8 @@ def _segment_encode(
         if control is not None:
             ids.append(control)
             offsets.append((start, end))
+            if control_ends is not None:
+                control_ends.append((end, len(ids)))
             continue
         enc = next(encodings)
         ids.extend(enc.ids)
@@ -1149,10 +1183,13 @@ def _finish(
     work: _Work,
     ids: list[int],
     offsets: _TokenOffsets,
-    prompt_ids: list[list[int]] | None,
+    prompt_ids: list[tuple[int, list[int]]] | None,
     cut: int | None = None,
 ) -> tuple[list[int], list[int]]:
     """The loss mask of the checked turns (``work.spans``), with the token-level serving-prefix check.
+
+    ``prompt_ids[k]`` is ``(keep, tail)``: turn k's serving prompt tokenizes to ``ids[:keep] + tail``;
+    None: a segment-safe tokenizer, for which the tail after the last added token is tokenized here.
 
     ``cut``: the character where truncation will cut; the generation-marker comparison covers the text before it.
     """
@@ -1175,9 +1212,9 @@ def _finish(
 
         # Serving prefix at the token level.
         if prompt_ids is not None:
-            expected = prompt_ids[k]
-            if ids[:first] != expected:
-                _raise_token_mismatch(turn, ids[:first], expected)
+            keep, tail_ids = prompt_ids[k]  # the prompt's tokens are ids[:keep] + tail_ids
+            if keep > first or ids[keep:first] != tail_ids:
+                _raise_token_mismatch(turn, ids[:first], ids[:keep] + tail_ids)
         else:
             # Segment-safe tokenizer: the prompt's tokens are ours up to the last added
             # token before the content, then the text after it tokenized on its own.
@@ -1476,6 +1513,84 @@ def _tokenize_chunk(info: _Info, chunk: _Chunk, cache: _SegmentCache) -> list[tu
     return tokenized
 
 
+class _ShadowPrompts:
+    """Serving-prompt tokens for the turns of a lookalike row without a sentinel rendering per turn.
+
+    ``encode_prompt`` tokenizes a prompt with only the control tokens outside message contents
+    as controls, found by rendering the prompt with sentinels for the contents. For a
+    prefix-stable template that sentinel rendering is, like the prompt, the full conversation's
+    sentinel rendering up to where its loop reached the turn plus one generation prompt (taken
+    from one exact sentinel rendering, of the anchor turn). When that generation prompt holds
+    no sentinel and is the prompt's own, and the contents before the turn end where the
+    rendering's loop reached it, the prompt's content spans are the full rendering's spans
+    before that point. Its control tokens are then the full encoding's up to the last one that
+    ends inside the prompt (the same text scanned over the same gaps), so the prompt tokenizes
+    to the full encoding up to there plus the rest tokenized on its own: work per turn in the
+    text since the last control token, not in the conversation. Where a condition fails,
+    ``expected`` returns None and the turn's prompt is tokenized exactly as encode_prompt does.
+    """
+
+    def __init__(
+        self, info: _Info, work: _Work, shadow: _Shadow, control_ends: list[tuple[int, int]], bound: int | None
+    ) -> None:
+        self.info = info
+        self.work = work
+        self.shadow = shadow
+        self.control_ends = control_ends
+        self.ends = [end for end, _ in control_ends]
+        self.limit = 0  # turns below it (and above bound) may be derived
+        if info.segment_safe and bound is not None and work.positions is not None and shadow.positions is not None:
+            self.limit = min(len(work.positions), len(shadow.positions))
+        self.bound = -1 if bound is None else bound
+        self.anchored = False
+        self.tail: str | None = None  # the shadow's generation prompt
+        self.span_starts = [a for _, a, _ in shadow.spans]
+        # Over the spans in text order, prefix sums of: shadow-to-text offset, largest message index, assistants.
+        self.shift, self.top, self.assistants = [0], [-1], [0]
+        for j, a, b in shadow.spans:
+            self.shift.append(self.shift[-1] + (b - a) - len(_sentinel(j)))
+            self.top.append(max(self.top[-1], j))
+            self.assistants.append(self.assistants[-1] + (work.messages[j]["role"] == "assistant"))
+
+    def _anchor(self, turn: int) -> None:
+        self.anchored = True
+        marked = [{**m, "content": _sentinel(j)} for j, m in enumerate(self.work.messages[:turn])]
+        try:
+            prompt, _ = _render_one(self.info, marked, True, False)
+        except MaskError:
+            return  # every turn is tokenized exactly, which reports the error
+        at = self.shadow.positions[turn]  # type: ignore[index]
+        tail = prompt[at:]
+        if len(prompt) >= at and self.shadow.text.startswith(prompt[:at]) and "\U000ffffd" not in tail:
+            self.tail = tail
+
+    def expected(self, k: int, turn: int, start: int) -> tuple[int, list[int]] | None:
+        """``(keep, tail)`` for assistant turn ``k`` (message ``turn``, content at ``start``), or None."""
+        if not self.bound < turn < self.limit:
+            return None
+        if not self.anchored:
+            self._anchor(turn)
+        tail = self.tail
+        if tail is None:
+            return None
+        q = self.work.positions[turn]  # type: ignore[index]
+        at = self.shadow.positions[turn]  # type: ignore[index]
+        if q + len(tail) != start or not self.work.rendered.startswith(tail, q):
+            return None
+        n = bisect_left(self.shadow.starts, at)  # sentinels the prompt's shadow holds
+        if n and self.shadow.starts[n - 1] + len(_sentinel(self.shadow.spans[n - 1][0])) > at:
+            return None
+        if at + self.shift[n] != q or self.top[n] >= turn or self.assistants[n] != k:
+            return None
+        if n < len(self.span_starts) and self.span_starts[n] < start:
+            return None
+        c = bisect_right(self.ends, start) - 1
+        cut, keep = self.control_ends[c] if c >= 0 else (0, 0)
+        lo = bisect_left(self.span_starts, cut, 0, n)
+        spans = [(j, a - cut, b - cut) for j, a, b in self.shadow.spans[lo:n]]
+        return keep, _segment_encode(self.info, self.work.rendered[cut:start], spans)[0]
+
+
 @dataclass
 class _Job:
     """One conversation in ``_complete_chunk``: its tokens, then its serving prompts and checks."""
@@ -1484,10 +1599,12 @@ class _Job:
     ids: list[int] | None = None
     offsets: _TokenOffsets | None = None
     content_spans: list[tuple[int, int, int]] | None = None  # lookalike rows: the sentinel rendering's spans
+    shadow: _Shadow | None = None  # lookalike rows: the sentinel rendering
+    control_ends: list[tuple[int, int]] = field(default_factory=list)  # lookalike rows: see _segment_encode
     deferred: tuple[str, str] | None = None  # lookalike rows: why the sentinel rendering failed (reported last)
     cut: int | None = None  # overlong="truncate": the character where the kept tokens end
     prompts: _Prompts | None = None
-    prompt_ids: list[list[int]] | None = None
+    prompt_ids: list[tuple[int, list[int]]] | None = None
 
 
 def _complete_chunk(
@@ -1511,8 +1628,9 @@ def _complete_chunk(
             continue
         job = _Job(work)
         try:
-            job.content_spans = _content_spans(info, work.messages, work.rendered, False)
-            ids, offsets = _segment_encode(info, work.rendered, job.content_spans)
+            job.shadow = _shadow_spans(info, work.messages, work.rendered, False, traced=work.positions is not None)
+            job.content_spans = job.shadow.spans
+            ids, offsets = _segment_encode(info, work.rendered, job.content_spans, job.control_ends)
             job.ids, job.offsets = ids, _TokenOffsets.flat(offsets)
         except MaskError as err:
             job.deferred = (err.reason, err.detail)  # after the serving checks, as before this was first
@@ -1562,16 +1680,19 @@ def _complete_chunk(
         texts = [job.work.rendered[:start] for job in stock for start, _ in job.work.spans]
         encodings = iter(info.plain.encode_batch(texts, add_special_tokens=False))
         for job in stock:
-            job.prompt_ids = [next(encodings).ids for _ in job.work.spans]
+            job.prompt_ids = [(0, next(encodings).ids) for _ in job.work.spans]
 
     for job in located:
         work = job.work
         try:
             if work.lookalike:
-                job.prompt_ids = [
-                    _prompt_ids(info, work.messages[:t], work.rendered[:start])
-                    for t, (start, _) in zip(work.turns, work.spans, strict=False)
-                ]
+                derived = _ShadowPrompts(info, work, job.shadow, job.control_ends, bound)  # type: ignore[arg-type]
+                job.prompt_ids = []
+                for k, (t, (start, _)) in enumerate(zip(work.turns, work.spans, strict=False)):
+                    got = derived.expected(k, t, start)
+                    if got is None:
+                        got = (0, _prompt_ids(info, work.messages[:t], work.rendered[:start]))
+                    job.prompt_ids.append(got)
             ids, mask = _finish(info, work, job.ids, job.offsets, job.prompt_ids, job.cut)  # type: ignore[arg-type]
             results[work.index] = _apply_length(ids, mask, max_length, overlong)
         except MaskError as err:
@@ -1674,6 +1795,15 @@ def _stock_prompt_ids(tokenizer: Any, messages: list[dict[str, Any]]) -> list[in
     return [int(i) for i in out]
 
 
+def _spread(n: int, k: int) -> list[int]:
+    """``k`` of the indices ``range(n)``: the first, the last and evenly spaced ones between (all when n <= k)."""
+    if k <= 0 or n <= k:
+        return list(range(n))
+    if k == 1:
+        return [n - 1]
+    return sorted({round(i * (n - 1) / (k - 1)) for i in range(k)})
+
+
 def verify_serving_prefix(
     tokenizer: Any,
     messages: Sequence[Mapping[str, Any]],
@@ -1681,6 +1811,7 @@ def verify_serving_prefix(
     loss_mask: Sequence[int],
     *,
     truncated: bool = False,
+    max_turns: int | None = None,
 ) -> str | None:
     """None if training and serving agree, else the first disagreement.
 
@@ -1689,17 +1820,34 @@ def verify_serving_prefix(
     ``apply_chat_template(..., add_generation_prompt=True, tokenize=True)`` where no
     message looks like a control token, else ``encode_prompt`` (stock tokenization would
     turn typed control text into control tokens; our serving path does not).
+
+    Each check renders and tokenizes the whole history before its turn, so checking every
+    turn costs time quadratic in the turns. ``max_turns`` bounds it for audits: only that
+    many turns are checked, the first, the last and evenly spaced ones between (None or 0:
+    every turn).
     """
+    info = _info(tokenizer)
     ids = [int(i) for i in input_ids]
     msgs = [dict(m) for m in messages]
     turns = [j for j, m in enumerate(msgs) if m.get("role") == "assistant"]
     runs = _runs(loss_mask)
     if len(runs) > len(turns) or (len(runs) < len(turns) and not truncated):
         return f"{len(runs)} masked runs for {len(turns)} assistant turns"
-    for (first, _), turn in zip(runs, turns, strict=False):
+    # The first message that looks like a control token: histories from there on take encode_prompt.
+    lookalike_from = next(
+        (
+            j
+            for j, m in enumerate(msgs)
+            if isinstance(m.get("content"), str) and _content_has_lookalike(info, m["content"])
+        ),
+        len(msgs),
+    )
+    pairs = list(zip(runs, turns, strict=False))
+    for k in _spread(len(pairs), max_turns or 0):
+        (first, _), turn = pairs[k]
         history = msgs[:turn]
         try:
-            if has_special_token_lookalike(tokenizer, history):
+            if lookalike_from < turn:
                 expected = encode_prompt(tokenizer, history)
             else:
                 expected = _stock_prompt_ids(tokenizer, history)

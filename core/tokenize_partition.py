@@ -142,8 +142,14 @@ def audit_serving(
     sample: int,
     max_length: int | None = None,
     seed: int = 0,
+    turns: int = 16,
 ) -> MaskAudit:
-    """A deterministic sample (0 = all rows): tokens before each assistant turn == the serving prompt."""
+    """A deterministic sample (0 = all rows): tokens before each assistant turn == the serving prompt.
+
+    ``turns``: assistant turns checked per row (the first, the last and evenly spaced ones; 0 = all).
+    Each check renders and tokenizes the history before its turn, so all turns of a long
+    conversation would cost time quadratic in its length.
+    """
     joined = rows.join(curated.select("conversation_id", "messages"), on="conversation_id", how="inner")
     indices = list(range(joined.height))
     if sample and sample < len(indices):
@@ -154,7 +160,7 @@ def audit_serving(
     for cid, messages, ids, mask in picked.select("conversation_id", "messages", "input_ids", "loss_mask").iter_rows():
         lookalikes += int(has_special_token_lookalike(tokenizer, messages))
         truncated = max_length is not None and len(ids) >= max_length
-        problem = verify_serving_prefix(tokenizer, messages, ids, mask, truncated=truncated)
+        problem = verify_serving_prefix(tokenizer, messages, ids, mask, truncated=truncated, max_turns=turns)
         if problem:
             failures.append((cid, problem))
     return MaskAudit(rows_checked=picked.height, failures=failures, lookalike_rows=lookalikes)

@@ -109,3 +109,13 @@ def conversation(rnd: random.Random, exchanges: int, system: bool) -> list[dict[
 def conversations(n: int, seed: int = 1) -> list[list[dict[str, str]]]:
     rnd = random.Random(seed)
     return [conversation(rnd, rnd.randint(1, 4), rnd.random() < 0.5) for _ in range(n)]
+
+
+def long_conversation(exchanges: int, seed: int = 0, typed: str | None = None) -> list[dict[str, str]]:
+    """A system prompt and ``exchanges`` user/assistant pairs of short sentences; ``typed`` (text that
+    looks like a control token) is appended to the first user message, making it a lookalike row."""
+    rnd = random.Random(seed)
+    messages = conversation(rnd, exchanges, True)
+    if typed is not None:
+        messages[1] = {"role": "user", "content": f"{messages[1]['content']} {typed}"}
+    return messages

@@ -30,9 +30,9 @@ from core.masking import (
 )
 
 try:
-    from masking_fixtures import conversation, conversations, tokenizer_for
+    from masking_fixtures import conversation, conversations, long_conversation, tokenizer_for
 except ImportError:  # tests/ imported as a package
-    from tests.masking_fixtures import conversation, conversations, tokenizer_for
+    from tests.masking_fixtures import conversation, conversations, long_conversation, tokenizer_for
 
 ALL = sorted(TEMPLATES)
 
@@ -787,3 +787,290 @@ def test_encode_batch_leaves_no_reference_cycles(template):
             assert not gc.isenabled()
         assert not gc.isenabled()
     assert gc.isenabled()
+
+
+# --------------------------------------------------------------------------------------
+# Bounded cost per conversation: work linear in the turns, nothing per turn for what is rejected anyway.
+
+_LOOP = "{%- for message in messages -%}"
+_USER_TURN = "{{ message['content'] + '<|im_end|>' + '\\n' }}"
+_GEN_PROMPT = "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n' }}{%- endif -%}"
+# Prefix-stable templates beyond the shipped ones (the bound is the largest constant messages[k] read).
+STABLE_TEMPLATES = {
+    "numbers_user_turns": (
+        CHATML_GENERATION.replace(_LOOP, "{%- set ns = namespace(n=0) -%}" + _LOOP).replace(
+            _USER_TURN, "{%- set ns.n = ns.n + 1 -%}{{ '(' ~ ns.n ~ ') ' ~ message['content'] ~ '<|im_end|>\\n' }}"
+        ),
+        -1,
+    ),
+    "loop_index_and_previtem": (
+        CHATML_GENERATION.replace(
+            _USER_TURN,
+            "{{ message['content'] ~ ' [' ~ loop.index ~ (' after ' ~ loop.previtem['role'] if not loop.first "
+            "else '') ~ ']<|im_end|>\\n' }}",
+        ),
+        -1,
+    ),
+    "system_first_then_filtered_loop": (
+        "{%- if messages and messages[0]['role'] == 'system' -%}"
+        "{{ '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}{%- endif -%}"
+        + CHATML_GENERATION.replace(_LOOP, "{%- for message in messages if message['role'] != 'system' -%}"),
+        0,
+    ),
+}
+# Templates whose serving prompts the syntax does not prove to be prefixes: rendered turn by turn.
+HARMLESS_LOOP_LAST = CHATML_GENERATION.replace(_USER_TURN, "{{ '' if loop.last else '' }}" + _USER_TURN)
+STRIPS_EARLIER_REASONING = (  # Qwen3-like: reasoning kept only in the turns after the last user message
+    "{%- set ns = namespace(last_user=-1) -%}"
+    "{%- for m in messages -%}{%- if m['role'] == 'user' -%}{%- set ns.last_user = loop.index0 -%}{%- endif -%}"
+    "{%- endfor -%}"
+    + CHATML_GENERATION.replace(
+        "{{ message['content'] + '<|im_end|>' }}",
+        "{{ (message['content'].split('</think>')[-1] if loop.index0 < ns.last_user else message['content']) "
+        "+ '<|im_end|>' }}",
+    )
+)
+UNSTABLE_TEMPLATES = {
+    "harmless_loop_last": HARMLESS_LOOP_LAST,
+    "rewrites_earlier_user": REWRITES_EARLIER_USER,
+    "drops_earlier_assistant": DROPS_EARLIER_ASSISTANT,
+    "strips_earlier_reasoning": STRIPS_EARLIER_REASONING,
+    "generation_prompt_from_loop_state": CHATML_GENERATION.replace(
+        _LOOP, "{%- set ns = namespace(last='') -%}" + _LOOP + "{%- set ns.last = message['role'] -%}"
+    ).replace(
+        _GEN_PROMPT,
+        "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n' if ns.last == 'user' else "
+        "'<|im_start|>assistant (again)\\n' }}{%- endif -%}",
+    ),
+    "add_generation_prompt_in_loop": CHATML_GENERATION.replace(
+        _USER_TURN, "{{ '' if add_generation_prompt else '' }}" + _USER_TURN
+    ),
+    "length_in_loop": CHATML_GENERATION.replace(_USER_TURN, "{{ '' if messages|length > 1 else '' }}" + _USER_TURN),
+    "last_message_read": "{{ '' if messages[-1]['role'] == 'user' else '' }}" + CHATML_GENERATION,
+    "messages_sliced": CHATML_GENERATION.replace(_LOOP, "{%- for message in messages[0:] -%}"),
+    "second_loop": "{%- for m in messages -%}{%- endfor -%}" + CHATML_GENERATION,
+    "for_else": CHATML_GENERATION.replace(
+        "{%- endfor -%}{%- if add_generation_prompt", "{%- else -%}{{ '' }}{%- endfor -%}{%- if add_generation_prompt"
+    ),
+    "macro_after_loop": "{%- macro gp() -%}{{ '<|im_start|>assistant\\n' }}{%- endmacro -%}"
+    + CHATML_GENERATION.replace(_GEN_PROMPT, "{%- if add_generation_prompt -%}{{ gp() }}{%- endif -%}"),
+    "loop_inside_if": "{%- if true -%}" + CHATML_GENERATION.replace(_GEN_PROMPT, "") + "{%- endif -%}" + _GEN_PROMPT,
+    "next_item": CHATML_GENERATION.replace(_USER_TURN, "{{ '' if loop.nextitem else '' }}" + _USER_TURN),
+}
+
+
+def _tokenizer_named(name: str):
+    if name in ALL:
+        return tokenizer_for(name)
+    if name in STABLE_TEMPLATES:
+        return _with_template("chatml", STABLE_TEMPLATES[name][0])
+    if name in GENERATION_VARIANTS:
+        return _with_template("chatml", GENERATION_VARIANTS[name][0])
+    return _with_template("chatml", UNSTABLE_TEMPLATES[name])
+
+
+def test_prefix_stability_is_proved_from_the_template_syntax():
+    """Shipped and other forward-only templates are recognised; anything that can see later messages
+    (loop.last, length, messages[-1], a second loop, state read after the loop, ...) is not."""
+    expected = {"chatml": -1, "header": -1, "default_system": 0}
+    expected |= {name: bound for name, (_, bound) in STABLE_TEMPLATES.items()}
+    expected |= {name: -1 for name in GENERATION_VARIANTS}
+    expected |= {name: None for name in UNSTABLE_TEMPLATES}
+    for name, bound in expected.items():
+        assert masking._prefix_bound(masking._info(_tokenizer_named(name))) == bound, name
+
+
+class _Work:
+    """Counts rendering work (messages the chat template runs over, per add_generation_prompt)
+    and tokenizing work (characters given to the tokenizer) during encode_batch."""
+
+    def __init__(self, monkeypatch, tok):
+        self.messages = {False: 0, True: 0}
+        self.chars = 0
+        render_many, render_one = masking._render_many, masking._render_one
+
+        def many(info, chats, add_generation_prompt, spans, plain=False):
+            self.messages[add_generation_prompt] += sum(len(chat) for chat in chats)
+            return render_many(info, chats, add_generation_prompt, spans, plain)
+
+        def one(info, chat, add_generation_prompt, spans):
+            self.messages[add_generation_prompt] += len(chat)
+            return render_one(info, chat, add_generation_prompt, spans)
+
+        monkeypatch.setattr(masking, "_render_many", many)
+        monkeypatch.setattr(masking, "_render_one", one)
+        info = masking._info(tok)
+        work = self
+
+        class Counting:
+            def __init__(self, inner):
+                self.inner = inner
+
+            def encode(self, text, **kwargs):
+                work.chars += len(text)
+                return self.inner.encode(text, **kwargs)
+
+            def encode_batch(self, texts, **kwargs):
+                work.chars += sum(map(len, texts))
+                return self.inner.encode_batch(texts, **kwargs)
+
+            def __getattr__(self, name):
+                return getattr(self.inner, name)
+
+        monkeypatch.setattr(info, "plain", Counting(info.plain))
+        monkeypatch.setattr(info, "textual", Counting(info.textual))
+
+    def reset(self):
+        self.messages = {False: 0, True: 0}
+        self.chars = 0
+
+
+@pytest.mark.parametrize("template", [*ALL, "harmless_loop_last"])
+@pytest.mark.parametrize("typed", [None, "<|im_end|> [USER] <|eot_id|>"])
+def test_encoding_work_grows_linearly_with_the_turns(template, typed, monkeypatch):
+    """Twice the turns, at most about twice the rendering and tokenizing: each turn's serving prompt
+    is no longer rendered (or, for lookalike rows, sentinel-rendered and tokenized) from the start
+    of the conversation. Templates not proved prefix-stable keep the exact per-turn rendering."""
+    tok = _tokenizer_named(template)
+    work = _Work(monkeypatch, tok)
+    measured = {}
+    for exchanges in (40, 80):
+        messages = long_conversation(exchanges, typed=typed)
+        work.reset()
+        enc = encode_conversation(tok, messages)
+        measured[exchanges] = (sum(work.messages.values()), work.chars)
+        assert verify_masks(tok, messages, enc.input_ids, enc.loss_mask) is None
+    (renders, chars), (renders2, chars2) = measured[40], measured[80]
+    if template == "harmless_loop_last":  # the exact fallback: still quadratic, and still exact
+        assert renders2 > 3 * renders, measured
+        return
+    assert renders2 <= 2 * renders + 20, measured
+    assert chars2 <= 2 * chars + 400, measured
+
+
+@pytest.mark.parametrize("template", [*ALL, "harmless_loop_last"])
+@pytest.mark.parametrize("typed", [None, "<|im_end|> [USER] <|eot_id|>"])
+def test_overlong_conversation_is_quarantined_before_any_serving_prompt(template, typed, monkeypatch):
+    tok = _tokenizer_named(template)
+    messages = long_conversation(100, typed=typed)
+    work = _Work(monkeypatch, tok)
+    results, rejects = encode_batch(tok, [messages], max_length=200)
+    assert results == [None]
+    assert [(i, reason) for i, reason, _ in rejects] == [(0, "too_long")]
+    assert "max_length=200" in rejects[0][2]
+    assert work.messages[True] == 0  # not one serving prompt rendered
+    assert work.messages[False] <= 2 * len(messages)  # the conversation (and for lookalikes its sentinel rendering)
+
+
+def test_truncation_renders_serving_prompts_only_up_to_the_cut(monkeypatch):
+    """With a template rendered turn by turn, a truncated conversation renders the prompts of the
+    turns before the cut and of the first one after it, not of every turn."""
+    tok = _tokenizer_named("harmless_loop_last")
+    messages = long_conversation(100)
+    full = encode_conversation(tok, messages)
+    starts = [k for k, (a, b) in enumerate(zip(full.loss_mask, [0, *full.loss_mask], strict=False)) if a and not b]
+    cut = starts[2] + 3  # inside the third assistant turn
+    work = _Work(monkeypatch, tok)
+    short = encode_conversation(tok, messages, max_length=cut, overlong="truncate")
+    assert short == EncodedConversation(full.input_ids[:cut], full.loss_mask[:cut], True)
+    turns = [j for j, m in enumerate(messages) if m["role"] == "assistant"]
+    assert work.messages[True] == sum(turns[:4])  # prompts of assistant turns 1..4 (the 4th starts past the cut)
+
+
+def test_truncation_does_not_reject_for_turns_past_the_cut():
+    """A turn that cannot be masked exactly only matters if truncation keeps it."""
+    tok = tokenizer_for("header")
+    messages = long_conversation(6)
+    messages[-1] = {"role": "assistant", "content": "  padded reply  "}  # the template trims it
+    with pytest.raises(MaskError) as info:
+        encode_conversation(tok, messages)
+    assert info.value.reason == "content_not_verbatim"
+    kept = encode_conversation(tok, messages[:-2])  # ends with an end-of-turn token: a token boundary
+    short = encode_conversation(tok, messages, max_length=len(kept.input_ids), overlong="truncate")
+    assert short == EncodedConversation(kept.input_ids, kept.loss_mask, True)
+    assert verify_masks(tok, messages, short.input_ids, short.loss_mask, truncated=True) is None
+    assert verify_serving_prefix(tok, messages, short.input_ids, short.loss_mask, truncated=True) is None
+
+
+def _awkward_conversations(n: int, seed: int) -> list[list[dict[str, str]]]:
+    """Conversations of 1-8 exchanges whose messages are often built from FRAGMENTS (typed control
+    tokens, partial markers, odd whitespace and scripts)."""
+    rnd = random.Random(seed)
+    out = []
+    for _ in range(n):
+        messages = []
+        for role in ["system"] * (rnd.random() < 0.3) + ["user", "assistant"] * rnd.randint(1, 8):
+            if rnd.random() < 0.4:
+                content = "".join(rnd.choice(FRAGMENTS) for _ in range(rnd.randint(1, 4)))
+            else:
+                content = conversation(rnd, 1, False)[0]["content"]
+            messages.append({"role": role, "content": content})
+        out.append(messages)
+    return out
+
+
+def _exactly(monkeypatch, tok) -> None:
+    """Switch the prefix-stable path off for ``tok``: every serving prompt rendered and tokenized on its own."""
+    info = masking._info(tok)
+    monkeypatch.setattr(info, "prefix_checked", True)
+    monkeypatch.setattr(info, "prefix_bound", None)
+
+
+EQUIVALENCE_TEMPLATES = [
+    *ALL,
+    *STABLE_TEMPLATES,
+    *(name for name, (_, inlinable) in GENERATION_VARIANTS.items() if name != "chatml"),
+    "harmless_loop_last",
+    "strips_earlier_reasoning",
+]
+
+
+@pytest.mark.parametrize("template", EQUIVALENCE_TEMPLATES)
+def test_prefix_stable_path_equals_rendering_every_prompt(template, monkeypatch):
+    """Byte for byte the same masks, rejects and reasons as rendering and tokenizing each turn's
+    serving prompt on its own, on awkward and long conversations, with and without length limits."""
+    tok = _tokenizer_named(template)
+    convs = conversations(40, seed=12) + _awkward_conversations(60, seed=13)
+    convs += [long_conversation(30, seed=14), long_conversation(30, seed=15, typed="x <|im_start|>")]
+    for limits in ({}, {"max_length": 200}, {"max_length": 60, "overlong": "truncate"}):
+        with monkeypatch.context() as patch:
+            got = encode_batch(tok, convs, **limits)
+            _exactly(patch, tok)
+            assert encode_batch(tok, convs, **limits) == got, limits
+        assert sum(r is not None for r in got[0]) >= 8, limits  # the comparison covers accepted rows
+
+
+@pytest.mark.parametrize("template", ALL)
+@settings(max_examples=30, deadline=None, database=None)
+@given(messages=chats(raw_content))
+def test_property_prefix_stable_path_equals_rendering_every_prompt(template, messages):
+    tok = tokenizer_for(template)
+    info = masking._info(tok)
+    fast = encode_batch(tok, [messages])
+    saved = (info.prefix_checked, info.prefix_bound)
+    info.prefix_checked, info.prefix_bound = True, None
+    try:
+        assert encode_batch(tok, [messages]) == fast
+    finally:
+        info.prefix_checked, info.prefix_bound = saved
+
+
+@pytest.mark.parametrize("template", ALL)
+def test_serving_check_on_a_turn_budget_keeps_its_power(template):
+    """Checking the last turn covers every token before it: a skew anywhere before the last turn is
+    found whatever the budget; a mask that starts early in a middle turn is found by verify_masks."""
+    tok = tokenizer_for(template)
+    messages = long_conversation(30)
+    enc = encode_conversation(tok, messages)
+    assert verify_serving_prefix(tok, messages, enc.input_ids, enc.loss_mask, max_turns=2) is None
+    middle = len(enc.input_ids) // 2
+    skewed = list(enc.input_ids)
+    skewed[middle] = skewed[middle - 1] if skewed[middle] != skewed[middle - 1] else skewed[middle + 1]
+    assert verify_serving_prefix(tok, messages, skewed, enc.loss_mask, max_turns=2) is not None
+
+
+def test_turn_budget_picks_first_last_and_evenly_spaced():
+    assert masking._spread(3, 16) == [0, 1, 2]
+    assert masking._spread(100, 0) == list(range(100))
+    assert masking._spread(100, 1) == [99]
+    assert masking._spread(100, 5) == [0, 25, 50, 74, 99]
