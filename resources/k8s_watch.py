@@ -445,7 +445,7 @@ def _condition(pod: dict[str, Any], kind: str) -> dict[str, Any] | None:
     return None
 
 
-def _within(api: Any, remaining: float | None) -> Any:
+def within(api: Any, remaining: float | None) -> Any:
     """`api` whose calls end by a caller's deadline (a `BoundedApi`); other API objects as they are."""
     capped = getattr(api, "capped", None)
     return capped(remaining) if capped is not None and remaining is not None else api
@@ -492,7 +492,7 @@ class JobWatcher:
         started = self.clock()
         errors = 0
         while True:
-            batch = _within(self.batch, limit - (self.clock() - started) if limit else None)
+            batch = within(self.batch, limit - (self.clock() - started) if limit else None)
             try:
                 job = batch.read_namespaced_job_status(self.job_name, self.namespace)
                 errors = 0
@@ -516,7 +516,7 @@ class JobWatcher:
                 continue
             outcome = self.evaluate(job)
             try:
-                self.observe_pods(_within(self.core, limit - (self.clock() - started) if limit else None))
+                self.observe_pods(within(self.core, limit - (self.clock() - started) if limit else None))
             except Exception as exc:  # narration only; the Job's conditions decide
                 self.log.warning(f"listing the Job's pods failed ({exc})")
             if outcome is not None:

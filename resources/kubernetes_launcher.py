@@ -47,10 +47,16 @@ from resources.k8s_watch import (
     capture_failure,
     delete_objects,
     to_dict,
+    within,
 )
 from resources.launchers import LaunchResult, TrainingLauncher, collect_result, write_train_config
 
 _SUFFIX = string.ascii_lowercase + string.digits
+
+# Per-call caps where a slower bound would not help: reading a failed Job's logs and events, and the
+# cleanup of a terminated run, which must finish inside the run worker's termination grace period.
+CAPTURE_CALL_S = 30.0
+TERMINATION_CALL_S = 15.0
 
 
 def job_name_for(run_id: str, suffix: str | None = None) -> str:
@@ -276,8 +282,8 @@ class KubernetesTrainingLauncher(TrainingLauncher):
                 else:
                     follower.stop()
                     report = capture_failure(
-                        core,
-                        batch,
+                        within(core, CAPTURE_CALL_S),
+                        within(batch, CAPTURE_CALL_S),
                         self.namespace,
                         name,
                         outcome,
@@ -293,7 +299,8 @@ class KubernetesTrainingLauncher(TrainingLauncher):
             except (dg.DagsterExecutionInterruptedError, KeyboardInterrupt):
                 context.log.warning(f"run terminated: deleting Job {name} and its Service")
                 follower.stop()
-                delete_objects(batch, core, self.namespace, name, context.log)
+                quick = (within(batch, TERMINATION_CALL_S), within(core, TERMINATION_CALL_S))
+                delete_objects(*quick, self.namespace, name, context.log)
                 raise
             except BaseException:
                 follower.stop()

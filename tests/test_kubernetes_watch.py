@@ -52,7 +52,12 @@ from resources.k8s_watch import (
     parse_pipes_message,
     split_timestamp,
 )
-from resources.kubernetes_launcher import KubernetesTrainingLauncher, job_name_for
+from resources.kubernetes_launcher import (
+    CAPTURE_CALL_S,
+    TERMINATION_CALL_S,
+    KubernetesTrainingLauncher,
+    job_name_for,
+)
 from resources.launchers import TrainingLauncher
 
 T0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
@@ -539,6 +544,8 @@ def test_a_code_error_fails_fast_with_logs_and_events_captured_before_deletion(t
     assert "delete_service" in kinds
     saved = Path(meta["captured_logs"].value)
     assert "ValueError" in (saved / f"{fake.name}-1-a.log").read_text() and (saved / "job.yaml").is_file()
+    captured = [t for call, t in fake.timeouts if call == "list_namespaced_event"]  # only the capture lists events
+    assert captured and all(max(t) <= CAPTURE_CALL_S for t in captured)
     messages = run_messages(instance, result)
     assert "an error in the training code or data; the Job fails without retrying" in messages
 
@@ -664,6 +671,9 @@ def test_run_termination_deletes_the_job_and_service(tmp_path: Path) -> None:
     kinds = [c[0] for c in fake.calls]
     assert "delete_job" in kinds and "delete_service" in kinds
     assert "run terminated: deleting Job" in run_messages(instance, result)
+    # the cleanup fits in the run worker's termination grace period even when the API stops answering
+    deletes = [t for call, t in fake.timeouts if call.startswith("delete_")]
+    assert deletes and all(max(t) <= TERMINATION_CALL_S for t in deletes)
 
 
 def test_a_refused_job_names_the_rbac_fix(tmp_path: Path) -> None:
