@@ -65,8 +65,8 @@ def schema_check(asset: str, name: str, df: pl.DataFrame, contract: dict[str, pl
 def raw_catalog(
     context: dg.AssetExecutionContext, warehouse: DuckDBWarehouse, landing: LandingArea
 ) -> dg.MaterializeResult:
-    paths = landing.catalog_paths(context.log)
     with permanent_input_errors("raw_catalog cannot read its input"):
+        paths = landing.catalog_paths(context.log)
         frame, rejects = ingest.read_tables_with_rejects(paths, landing.catalog_encoding, source="catalog")
         catalog, quarantine = ingest.ingest_catalog(frame, landing.catalog_mapping_obj(), read_rejects=rejects)
     warehouse.replace_rows("raw.catalog", catalog, "TRUE")
@@ -119,7 +119,8 @@ def raw_interactions(
     context: dg.AssetExecutionContext, warehouse: DuckDBWarehouse, landing: LandingArea
 ) -> dg.MaterializeResult:
     day = date.fromisoformat(context.partition_key)
-    paths, per_day = landing.interaction_paths(day, context.log)
+    with permanent_input_errors(f"raw_interactions {day} has no input it can read"):
+        paths, per_day = landing.interaction_paths(day, context.log)
     known = warehouse.query("SELECT title_id FROM raw.catalog")["title_id"]
     if known.len() == 0:
         raise dg.Failure(

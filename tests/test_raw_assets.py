@@ -133,3 +133,10 @@ def test_the_turn_cap_reaches_curation_from_the_run_config(tmp_path: Path) -> No
     assert q.filter(q["reason"] == "too_many_turns")["detail"].to_list() == [
         "conversation has 12 messages, over max_turns=10; split it into shorter conversations"
     ]
+
+
+def test_a_missing_files_setting_is_a_permanent_error(tmp_path: Path) -> None:
+    landing = LandingArea(root=str(tmp_path), source="files", catalog_files="", interaction_files="")
+    result = _run(tmp_path, landing, ["raw_interactions"], DAY)
+    message, retries = _failure(result)
+    assert "INTERACTION_FILES is not set" in message and retries == 0
