@@ -1,6 +1,5 @@
 """The local torchrun launcher and torchrun failure diagnosis."""
 
-import contextlib
 import json
 import os
 import signal
@@ -11,6 +10,7 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+from processes import gone, kill_all, processes_mentioning, wait_gone
 
 from resources.launchers import LIFELINE_SCRIPT, LocalTorchrunLauncher, _run_all
 from resources.torchrun_logs import diagnose, last_traceback, parse_root_cause, strip_tee_prefix
@@ -181,32 +181,6 @@ LIFELINE = str(LIFELINE_SCRIPT)
 IS_LINUX = sys.platform.startswith("linux")
 
 
-def _gone(pid: int) -> bool:
-    """True once `pid` has exited; a zombie (exited, not yet reaped by whoever adopted it) counts as exited."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return True
-    except OSError:  # no /proc (macOS): signal 0 only says whether the pid exists
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
-
-
-def _wait_gone(pids: list[int], timeout: float = 60.0) -> list[int]:
-    """Poll until every pid has exited (the event we wait for); the survivors after a generous timeout."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        alive = [pid for pid in pids if not _gone(pid)]
-        if not alive:
-            return []
-        time.sleep(0.05)
-    return [pid for pid in pids if not _gone(pid)]
-
-
 def _wait_for_file(path: Path, proc: subprocess.Popen, timeout: float = 120.0) -> str:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -215,23 +189,6 @@ def _wait_for_file(path: Path, proc: subprocess.Popen, timeout: float = 120.0) -
         assert proc.poll() is None, f"the launcher exited early with {proc.returncode}"
         time.sleep(0.05)
     raise AssertionError(f"{path} did not appear within {timeout}s")
-
-
-def _processes_mentioning(text: str) -> list[tuple[int, str]]:
-    """Live processes whose command line contains `text` (Linux /proc), e.g. a run's config path."""
-    found = []
-    for entry in Path("/proc").glob("[0-9]*"):
-        with contextlib.suppress(OSError):
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            if text in cmdline and not _gone(int(entry.name)):
-                found.append((int(entry.name), cmdline))
-    return found
-
-
-def _kill_all(pids: list[int]) -> None:
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signal.SIGKILL)
 
 
 # A stand-in for torchrun: its worker gets a session of its own (as torchrun's ranks do), and SIGTERM makes it
@@ -298,12 +255,12 @@ def test_a_sigkilled_launcher_takes_its_agent_and_the_agents_worker_with_it(tmp_
     try:
         # prctl: the wrapper became the agent (exec), so the process group kill of a normal stop still reaches it.
         assert (wrapper == agent) is (not watch)
-        assert not any(_gone(pid) for pid in tree)
+        assert not any(gone(pid) for pid in tree)
         launcher.kill()
         launcher.wait()
-        assert _wait_gone(tree) == [], "processes outlived their launcher"
+        assert wait_gone(tree) == [], "processes outlived their launcher"
     finally:
-        _kill_all([launcher.pid, *tree])
+        kill_all([launcher.pid, *tree])
 
 
 @pytest.mark.skipif(not IS_LINUX, reason="PR_SET_PDEATHSIG is Linux only")
@@ -313,9 +270,9 @@ def test_a_rank_dies_with_its_agent_even_when_the_agent_is_sigkilled(tmp_path: P
     _, agent, worker = tree
     try:
         os.kill(agent, signal.SIGKILL)
-        assert _wait_gone([worker]) == [], "the worker outlived its SIGKILLed agent"
+        assert wait_gone([worker]) == [], "the worker outlived its SIGKILLed agent"
     finally:
-        _kill_all([launcher.pid, *tree])
+        kill_all([launcher.pid, *tree])
 
 
 def test_a_normal_stop_still_kills_the_agents_process_group(tmp_path: Path) -> None:
@@ -323,10 +280,10 @@ def test_a_normal_stop_still_kills_the_agents_process_group(tmp_path: Path) -> N
     wrapper, agent, worker = tree
     try:
         os.killpg(wrapper, signal.SIGTERM)  # what _terminate does on cancellation
-        assert _wait_gone([agent, worker]) == []
-        assert not _gone(launcher.pid)  # only the agent's group, not the launcher
+        assert wait_gone([agent, worker]) == []
+        assert not gone(launcher.pid)  # only the agent's group, not the launcher
     finally:
-        _kill_all([launcher.pid, *tree])
+        kill_all([launcher.pid, *tree])
 
 
 FAKE_SLEEPER = """
@@ -369,9 +326,9 @@ def test_torchrun_and_its_ranks_exit_when_the_run_worker_is_sigkilled(tmp_path: 
         assert trainers[3] == agent  # both ranks are children of the one torchrun agent
         worker.kill()
         worker.wait()
-        assert _wait_gone([agent, trainers[0], trainers[2]]) == [], "trainer processes outlived the run worker"
+        assert wait_gone([agent, trainers[0], trainers[2]]) == [], "trainer processes outlived the run worker"
     finally:
-        _kill_all([worker.pid, *trainers])
+        kill_all([worker.pid, *trainers])
 
 
 def test_the_wall_clock_limit_stops_a_command_that_runs_too_long(tmp_path: Path) -> None:
@@ -397,7 +354,7 @@ def test_the_wall_clock_limit_stops_a_command_that_runs_too_long(tmp_path: Path)
     assert timed_out
     assert codes == [-signal.SIGKILL, 0]
     assert "done" in output
-    assert _wait_gone([int(marker.read_text())]) == []  # its child went with the process group
+    assert wait_gone([int(marker.read_text())]) == []  # its child went with the process group
 
 
 def test_commands_that_finish_in_time_are_not_stopped(tmp_path: Path) -> None:
@@ -440,5 +397,5 @@ def test_training_past_its_wall_clock_limit_fails_once_with_a_clear_message(tmp_
     assert failure.user_failure_data.metadata["wall_clock_limit_s"].value == 8
     # torchrun and whichever ranks it had started by then: no process is left that works on this run's config.
     ranks = [int(p.read_text().split()[0]) for p in pid_dir.iterdir()]
-    assert _wait_gone(ranks) == []
-    assert _processes_mentioning(str(out)) == []
+    assert wait_gone(ranks) == []
+    assert processes_mentioning(str(out)) == []

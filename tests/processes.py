@@ -1,0 +1,54 @@
+"""Process helpers for tests that start real process trees and must leave nothing behind."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+
+def gone(pid: int) -> bool:
+    """True once `pid` has exited; a zombie (exited, not yet reaped by whoever adopted it) counts as exited."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    except OSError:  # no /proc (macOS): signal 0 only says whether the pid exists
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
+
+
+def wait_gone(pids: Iterable[int], timeout: float = 60.0) -> list[int]:
+    """Poll until every pid has exited (the event waited for); the survivors after a generous timeout."""
+    pids = list(pids)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if all(gone(pid) for pid in pids):
+            return []
+        time.sleep(0.05)
+    return [pid for pid in pids if not gone(pid)]
+
+
+def processes_mentioning(text: str) -> list[tuple[int, str]]:
+    """Live processes whose command line contains `text` (Linux /proc), e.g. a run's config path."""
+    found = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        with contextlib.suppress(OSError):
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            if text in cmdline and int(entry.name) != os.getpid() and not gone(int(entry.name)):
+                found.append((int(entry.name), cmdline))
+    return found
+
+
+def kill_all(pids: Iterable[int]) -> None:
+    """SIGKILL each pid that still exists (teardown after a failed assertion)."""
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
