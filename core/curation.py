@@ -14,6 +14,7 @@ bounded chunks so memory stays flat.
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
 import math
@@ -48,7 +49,7 @@ REASONS = (
     "ends_with_user",  # last message is a user turn (nothing to learn from it)
     "too_long",  # a message or the whole conversation over the configured bounds
     "duplicate",  # same normalized content as an earlier row of this batch
-    "duplicate_of_earlier_day",  # content hash already curated on an earlier day
+    "duplicate_of_earlier_day",  # content hash already curated on another day (the name predates any-order days)
     "duplicate_id",  # different content under a conversation_id already used in this batch
 )
 # Only produced by parse_external_jsonl, checked in this order.
@@ -451,8 +452,8 @@ def curate(
 
     Returns (curated rows conforming ``CONVERSATIONS_SCHEMA`` in input order, quarantine
     rows conforming ``CONVERSATION_QUARANTINE_SCHEMA``, stats). ``seen_hashes`` are the
-    content hashes curated on earlier days; rows repeating them are quarantined as
-    ``duplicate_of_earlier_day`` so the same text never lands in two partitions.
+    content hashes curated on other days (earlier or later: the first day to commit a text keeps it); rows
+    repeating them are quarantined as ``duplicate_of_earlier_day`` so the same text never lands in two partitions.
     """
     need = ("conversation_id", "kind", "member_id", "messages")
     missing = [c for c in need if c not in candidates.columns]
@@ -518,7 +519,7 @@ def curate(
         .then(pl.lit("duplicate_id"))
         .alias("_dup_reason"),
         pl.when(pl.col("_seen"))
-        .then(pl.format("content_hash {} was already curated on an earlier day", pl.col("content_hash")))
+        .then(pl.format("content_hash {} was already curated on another day", pl.col("content_hash")))
         .when(~pl.col("_first"))
         .then(
             pl.format(
@@ -619,9 +620,20 @@ def _surrogate_field(messages: list[dict[str, str]], member: str | None) -> str 
 
 def _jsonl_encoding(encoding: str) -> str:
     """The canonical codec name; refuses codecs that do not keep newline as the byte 0x0a, because the
-    caller splits the file into lines before decoding (UTF-16/32 would split mid-character)."""
+    caller splits the file into lines before decoding (UTF-16/32 would split mid-character).
+
+    Checked past the encoder's first output: utf-8-sig writes a byte order mark there and is otherwise
+    UTF-8 (one byte per newline), so it is a JSONL encoding; UTF-16/32 widen every character.
+    """
     name = text_encoding(encoding, "encoding")
-    if '\n{"a"}'.encode(name) != b'\n{"a"}':
+    sample = '\n{"a"}'
+    encoder = codecs.getincrementalencoder(name)()
+    encoder.encode("")  # where a codec writes its byte order mark, if it has one
+    try:
+        decoded = sample.encode("ascii").decode(name)
+    except UnicodeDecodeError:
+        decoded = None
+    if encoder.encode(sample) != sample.encode("ascii") or decoded != sample:
         raise ValueError(
             f"encoding {encoding!r} does not write newline and ASCII as single bytes, so a JSONL file in it "
             "cannot be read one line per record; convert the file to UTF-8 (e.g. iconv -f UTF-16 -t UTF-8)"

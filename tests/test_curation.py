@@ -547,3 +547,29 @@ def test_a_candidates_frame_of_the_wrong_shape_is_a_clear_error() -> None:
     bad = pl.DataFrame({"conversation_id": ["c1"], "kind": ["k"], "member_id": [None], "messages": [["hi", "x"]]})
     with pytest.raises(ValueError, match=r"'messages': 'List\(String\)'.*expected .*messages"):
         curate(bad, DAY, CFG)
+
+
+@pytest.mark.parametrize("encoding", ["utf-8-sig", "UTF-8-SIG", "utf_8_sig"])
+def test_utf8_sig_is_a_jsonl_encoding_and_its_mark_is_not_content(encoding: str) -> None:
+    """utf-8-sig writes newline as one byte like UTF-8; only the encoder's leading mark differs."""
+    from core.landing_files import conversation_encoding
+
+    lines = [b"\xef\xbb\xbf" + PARTNER_GOOD.encode() + b"\n", PARTNER_GOOD_2.encode() + b"\n"]
+    cand, q = parse_external_jsonl(lines, DAY, source="bom.jsonl", encoding=encoding)
+    assert q.height == 0 and cand.height == 2
+    assert cand["messages"][0][0]["content"] == json.loads(PARTNER_GOOD)["messages"][0]["content"]
+    assert conversation_encoding(encoding, "CONVERSATION_ENCODING") == encoding
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-32", "utf-32-be"])
+def test_encodings_that_widen_newline_are_still_refused(encoding: str) -> None:
+    with pytest.raises(ValueError, match=rf"{encoding}.*one line per record"):
+        parse_external_jsonl([PARTNER_GOOD.encode(encoding)], DAY, source="p.jsonl", encoding=encoding)
+
+
+def test_a_text_another_day_holds_is_reported_as_curated_on_another_day() -> None:
+    """Cross-day dedup keeps a text on the first day to commit it, which may be a later day."""
+    day1, _, _ = run([("c1", "m1", [u("hi"), a("there")])])
+    _, q, _ = run([("c9", "m2", [u("hi"), a("there")])], seen_hashes=day1["content_hash"])
+    assert q["reason"].to_list() == ["duplicate_of_earlier_day"]  # the code name stays, for dashboards and queries
+    assert q["detail"].to_list() == [f"content_hash {day1['content_hash'][0]} was already curated on another day"]
