@@ -49,6 +49,7 @@ def test_retraining_sensor_requested_one_training_run_that_trained_and_evaluated
     (run,) = runs
     assert run["status"] == "SUCCESS" and run["jobName"] == "training_job"
     assert int(run["tags"]["platform/new_loss_tokens"]) >= 1000
+    assert run["tags"]["dagster/max_runtime"] == str(24 * 3600)  # enforced by the daemon's run monitoring
     checkpoints = sorted(p for p in (dev_platform.home / "artifacts" / "trained_checkpoint").iterdir())
     lineage = json.loads((checkpoints[-1] / "lineage.json").read_text())
     assert lineage["root_run_id"] == run["runId"]
