@@ -9,6 +9,7 @@ cannot fix it, and the retry policy would only repeat the same error twice after
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import date
+from pathlib import Path
 
 import dagster as dg
 import polars as pl
@@ -16,6 +17,7 @@ import polars as pl
 from assets.metadata import counts_by, markdown_table, reason_metadata
 from core import ingest, schemas
 from core.fingerprints import files_fingerprint
+from core.landing_files import IgnoredFile, glob_ignored, list_day_folder
 from dagster_project.partitions import daily_partitions
 from resources.landing import LandingArea
 from resources.warehouse import DuckDBWarehouse
@@ -35,6 +37,18 @@ def permanent_input_errors(what: str) -> Iterator[None]:
             metadata={"error": str(exc)[:2000]},
             allow_retries=False,
         ) from exc
+
+
+def interaction_ignored(landing: LandingArea, day: date) -> list[IgnoredFile]:
+    """The entries of the day's interactions input that the landing rules leave out, for the asset's metadata.
+
+    The resource logs them while resolving the files; listing again here (cheap: one directory or one glob) puts
+    them where an operator looks after a run, next to `files`, in the shape curated_conversations uses.
+    """
+    if landing.is_synthetic:
+        return list(list_day_folder(Path(landing.root), "interactions", day.isoformat()).ignored)
+    pattern = landing.interaction_files.replace("{day}", day.isoformat())
+    return glob_ignored(Path(landing.root), pattern, ingest.SUPPORTED_SUFFIXES)
 
 
 def schema_check(asset: str, name: str, df: pl.DataFrame, contract: dict[str, pl.DataType]) -> dg.AssetCheckResult:
@@ -69,8 +83,13 @@ def raw_catalog(
         paths = landing.catalog_paths(context.log)
         frame, rejects = ingest.read_tables_with_rejects(paths, landing.catalog_encoding, source="catalog")
         catalog, quarantine = ingest.ingest_catalog(frame, landing.catalog_mapping_obj(), read_rejects=rejects)
-    warehouse.replace_rows("raw.catalog", catalog, "TRUE")
-    warehouse.replace_rows("raw.quarantine", quarantine, "source = 'catalog'")
+    # One transaction: a reader never sees the new catalog with the old quarantine, or the reverse.
+    warehouse.replace_tables(
+        [
+            ("raw.catalog", catalog, "TRUE", []),
+            ("raw.quarantine", quarantine, "source = 'catalog'", []),
+        ]
+    )
     stored = warehouse.read_table("raw.catalog")
     duplicates = stored.height - stored["title_id"].n_unique()
     return dg.MaterializeResult(
@@ -133,12 +152,17 @@ def raw_interactions(
             frame, landing.interaction_mapping_obj(), day, known, per_day_files=per_day, read_rejects=rejects
         )
     dated = quarantine.filter(pl.col("day").is_not_null())
-    warehouse.replace_partition("raw.interactions", events, day)
-    warehouse.replace_rows("raw.quarantine", dated, "source = 'interactions' AND day = ?", [day])
-    undated = quarantine.filter(pl.col("day").is_null())
+    writes: list[tuple[str, pl.DataFrame, str, list[object]]] = [
+        ("raw.interactions", events, "day = ?", [day]),
+        ("raw.quarantine", dated, "source = 'interactions' AND day = ?", [day]),
+    ]
     if not per_day:
         # Rows with unparsable timestamps belong to no day; every partition sees the same ones, so replace them.
-        warehouse.replace_rows("raw.quarantine", undated, "source = 'interactions' AND day IS NULL")
+        undated = quarantine.filter(pl.col("day").is_null())
+        writes.append(("raw.quarantine", undated, "source = 'interactions' AND day IS NULL", []))
+    # All in one transaction: the day's events never appear without their quarantine rows, or the reverse.
+    warehouse.replace_tables(writes)
+    ignored = interaction_ignored(landing, day)
     stored = warehouse.read_table("raw.interactions", "day = ?", [day])
     unknown = warehouse.query(
         "SELECT count(*) AS n FROM raw.interactions i ANTI JOIN raw.catalog c USING (title_id) WHERE i.day = ?",
@@ -156,6 +180,7 @@ def raw_interactions(
             "input_fingerprint": files_fingerprint(paths),
             **{f"ingest/{k}": v for k, v in stats.items()},
             **reason_metadata("quarantined", counts_by(quarantine, "reason")),
+            "ignored_files": dg.MetadataValue.json([i.as_dict() for i in ignored]),
         },
         check_results=[
             schema_check("raw_interactions", "interactions_schema", stored, schemas.INTERACTIONS_SCHEMA),

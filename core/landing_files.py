@@ -16,6 +16,7 @@ blocking the run forever.
 
 from __future__ import annotations
 
+import glob
 import os
 import re
 import stat
@@ -163,6 +164,35 @@ def classify_file(root: Path, path: Path, suffixes: tuple[str, ...]) -> str | No
     except OSError:
         return "unreadable"
     return _reason(Path(path).name, str(path), st, os.path.realpath(root), suffixes)
+
+
+def glob_ignored(root: Path, pattern: str, suffixes: tuple[str, ...]) -> list[IgnoredFile]:
+    """What a configured files glob matches but is not read, with the reason (sorted by file).
+
+    The same rules as the landing resource's glob resolution: under the landing root the landing rules apply (a
+    matched directory contributes the entries it ignores; ``file`` is relative to the root); elsewhere the glob is
+    the operator's own configuration, so only what cannot be read as a file (a FIFO, socket or device, or a
+    dangling symlink) is left out, and ``file`` is the path as matched.
+    """
+    ignored: list[IgnoredFile] = []
+    for name in glob.glob(pattern):
+        path = Path(name)
+        if is_inside(Path(root), path):
+            if os.path.isdir(path) and not os.path.islink(path):
+                ignored.extend(list_directory(Path(root), path, suffixes).ignored)
+                continue
+            reason = classify_file(Path(root), path, suffixes)
+            if reason is not None:
+                ignored.append(IgnoredFile(_rel(Path(root), path), reason))
+            continue
+        try:
+            mode = os.stat(path).st_mode
+        except OSError:  # removed meanwhile, or a dangling symlink
+            ignored.append(IgnoredFile(name, "unreadable"))
+            continue
+        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            ignored.append(IgnoredFile(name, "not_regular_file"))
+    return sorted(ignored, key=lambda i: i.rel)
 
 
 def list_day_folder(root: Path, folder: str, day: str) -> Listing:

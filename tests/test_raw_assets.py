@@ -7,13 +7,14 @@ import json
 from pathlib import Path
 
 import dagster as dg
+import duckdb
 import pytest
 from dagster._core.storage.defs_state.base import set_defs_state_storage
 
 from assets.catalog import raw_catalog, raw_interactions
 from assets.conversations import curated_conversations
 from resources.landing import LandingArea
-from resources.warehouse import DuckDBWarehouse
+from resources.warehouse import TABLES, DuckDBWarehouse, create_table_sql
 
 DAY = "2026-01-01"
 ASSETS = [raw_catalog, raw_interactions, curated_conversations]
@@ -140,3 +141,91 @@ def test_a_missing_files_setting_is_a_permanent_error(tmp_path: Path) -> None:
     result = _run(tmp_path, landing, ["raw_interactions"], DAY)
     message, retries = _failure(result)
     assert "INTERACTION_FILES is not set" in message and retries == 0
+
+
+# ------------------------------------------------------------------ one transaction per asset write
+
+
+def _refuse_every_raw_quarantine_row(wh: DuckDBWarehouse) -> None:
+    """Recreate raw.quarantine so the database itself rejects every row: a failure mid-transaction."""
+    with wh.connect() as con:
+        con.execute("DROP TABLE raw.quarantine")
+        ddl = create_table_sql("raw.quarantine", TABLES["raw.quarantine"])
+        con.execute(ddl[:-1] + ", CHECK (reason IS NULL))")
+
+
+def test_a_failed_quarantine_write_leaves_the_catalog_as_it_was(tmp_path: Path) -> None:
+    (tmp_path / "titles.csv").write_text(TITLES)
+    landing = _files_landing(tmp_path)
+    assert _run(tmp_path, landing, ["raw_catalog"]).success
+    wh = DuckDBWarehouse(path=str(tmp_path / "w.duckdb"))
+    before = wh.read_table("raw.catalog")["title_id"].sort().to_list()
+    (tmp_path / "titles.csv").write_text(TITLES + "T4,Brazil\n,no id\n")  # a new title, and a row to quarantine
+    _refuse_every_raw_quarantine_row(wh)
+    with pytest.raises(duckdb.ConstraintException):
+        raw_catalog(dg.build_asset_context(), warehouse=wh, landing=landing)
+    assert wh.read_table("raw.catalog")["title_id"].sort().to_list() == before == ["T1", "T2", "T3"]
+
+
+@pytest.mark.parametrize("pattern", ["events-{day}.csv", "events-*.csv"], ids=["per_day", "undated_quarantine"])
+def test_a_failed_quarantine_write_leaves_the_days_events_as_they_were(tmp_path: Path, pattern: str) -> None:
+    """Events, the day's quarantine and (without {day} in the glob) the undated quarantine: all or none."""
+    (tmp_path / "titles.csv").write_text(TITLES)
+    events = tmp_path / f"events-{DAY}.csv"
+    events.write_text(EVENTS)
+    landing = _files_landing(tmp_path)
+    landing = LandingArea(**{**landing.model_dump(), "interaction_files": str(tmp_path / pattern)})
+    assert _run(tmp_path, landing, ["raw_catalog"]).success
+    assert _run(tmp_path, landing, ["raw_interactions"], DAY).success
+    wh = DuckDBWarehouse(path=str(tmp_path / "w.duckdb"))
+    before = wh.read_table("raw.interactions")["member_id"].sort().to_list()
+    # A new event, and one quarantine row: dated with a per-day file, undated (day NULL) with a many-day glob.
+    events.write_text(EVENTS.split("\n", 1)[0] + "\ndee,T2,2026-01-01T13:00:00Z,play\nbad,T2,not a time,play\n")
+    _refuse_every_raw_quarantine_row(wh)
+    with pytest.raises(duckdb.ConstraintException):
+        raw_interactions(dg.build_asset_context(partition_key=DAY), warehouse=wh, landing=landing)
+    assert wh.read_table("raw.interactions")["member_id"].sort().to_list() == before
+    assert sorted(before) == sorted(["ana", "Jos\u00e9", "Jos\u00e8", "cy"])
+
+
+# ------------------------------------------------------------------ ignored landing entries in metadata
+
+
+def test_entries_the_landing_rules_leave_out_are_listed_in_raw_interactions_metadata(tmp_path: Path) -> None:
+    landing = LandingArea(root=str(tmp_path / "landing"), synthetic_titles=60, synthetic_members=80)
+    assert _run(tmp_path, landing, ["raw_catalog"]).success
+    drop = tmp_path / "landing" / "interactions" / f"day={DAY}"
+    drop.mkdir(parents=True)
+    (drop / "notes.txt").write_text("not data")
+    (drop / "nested").mkdir()
+    (tmp_path / "elsewhere.csv").write_text("member_id\n")
+    (drop / "linked.csv").symlink_to(tmp_path / "elsewhere.csv")
+    result = _run(tmp_path, landing, ["raw_interactions"], DAY)
+    assert result.success
+    meta = result.asset_materializations_for_node("raw_interactions")[0].metadata
+    prefix = f"interactions/day={DAY}"
+    assert meta["ignored_files"].value == [
+        {"file": f"{prefix}/linked.csv", "reason": "symlink"},
+        {"file": f"{prefix}/nested", "reason": "nested_directory"},
+        {"file": f"{prefix}/notes.txt", "reason": "unsupported_suffix"},
+    ]
+
+
+def test_a_files_glob_into_the_landing_area_reports_what_it_leaves_out(tmp_path: Path) -> None:
+    (tmp_path / "titles.csv").write_text(TITLES)
+    drop = tmp_path / "landing" / "partner" / f"day={DAY}"
+    drop.mkdir(parents=True)
+    (drop / "events.csv").write_text(EVENTS)
+    (drop / "events.json").write_text("{}")
+    (drop / "copy.csv").symlink_to(drop / "events.csv")
+    landing = _files_landing(tmp_path)
+    landing = LandingArea(**{**landing.model_dump(), "interaction_files": str(tmp_path / "landing/partner/day={day}")})
+    assert _run(tmp_path, landing, ["raw_catalog"]).success
+    result = _run(tmp_path, landing, ["raw_interactions"], DAY)
+    assert result.success
+    meta = result.asset_materializations_for_node("raw_interactions")[0].metadata
+    assert meta["files"].value == [str(drop / "events.csv")]
+    assert meta["ignored_files"].value == [
+        {"file": f"partner/day={DAY}/copy.csv", "reason": "symlink"},
+        {"file": f"partner/day={DAY}/events.json", "reason": "unsupported_suffix"},
+    ]
