@@ -7,25 +7,33 @@ single source of truth, for training shards and for serving prompts alike.
 
 How a conversation is encoded (``encode_batch``):
 
-1. Render it with the template, and render, for every assistant turn ``i``, the serving
-   prompt ``messages[:i]`` with ``add_generation_prompt=True``. The prompt must be a
-   string prefix of the full rendering and the turn's content must follow it verbatim;
-   that pins the content's character span without trusting any marker. Templates that
-   rewrite earlier turns, insert text between the generation prompt and the content,
-   or alter the content are rejected here.
-2. Tokenize the full renderings in one batch with the fast (Rust) tokenizer. Where a
-   message contains text that looks like a control token (``"<|im_end|>"`` typed by a
-   user), the rendering is instead split at the control tokens that lie *outside*
-   message contents (located by rendering once more with private-use sentinels in place
-   of each content) and the text in between is tokenized with special-token matching
-   off, so content is always plain text. Without lookalikes both ways give the same ids.
-3. Map the content span to tokens with offset mappings. A token that straddles the
+1. Render it with the template and tokenize the rendering with the fast (Rust) tokenizer.
+   Where a message contains text that looks like a control token (``"<|im_end|>"`` typed by
+   a user), the rendering is instead split at the control tokens that lie *outside* message
+   contents (located by rendering once more with private-use sentinels in place of each
+   content) and the text in between is tokenized with special-token matching off, so
+   content is always plain text. Without lookalikes both ways give the same ids.
+2. Apply the length rule on those tokens before any per-turn work: with
+   ``overlong="quarantine"`` a conversation longer than ``max_length`` is rejected
+   (``too_long``) without rendering a single serving prompt; with ``"truncate"`` only the
+   turns whose content starts before the cut are checked and masked below.
+3. For every assistant turn ``i``, the serving prompt ``messages[:i]`` rendered with
+   ``add_generation_prompt=True`` must be a string prefix of the full rendering and the
+   turn's content must follow it verbatim; that pins the content's character span without
+   trusting any marker. Templates that rewrite earlier turns, insert text between the
+   generation prompt and the content, or alter the content are rejected here. Rendering
+   every prompt costs time quadratic in the turns, so for templates whose syntax proves the
+   prompts are prefixes (``_prefix_stable_bound``) the full rendering records where its
+   loop reached each message and one exact prompt gives the generation prompt; other
+   templates have each prompt rendered.
+4. Map the content span to tokens with offset mappings. A token that straddles the
    content boundary means no exact mask exists: reject. The next token, when it is an
    added token, is the end-of-turn token and is masked too.
-4. Check the serving prefix at the token level: the tokens of each turn's serving
+5. Check the serving prefix at the token level: the tokens of each turn's serving
    prompt must equal the full encoding up to the turn's first content token (no
-   train/serve skew). For templates with ``{% generation %}`` markers, the masked
-   character spans must also equal the marked spans.
+   train/serve skew); only the text after the last control token before the content is
+   tokenized per turn where the tokenizer allows it. For templates with
+   ``{% generation %}`` markers, the masked character spans must also equal the marked spans.
 
 Anything that cannot be made exact raises ``MaskError`` with a reason code from
 ``MASK_REASONS``; nothing is masked wrongly in silence. ``verify_masks`` and
@@ -948,6 +956,7 @@ class _Work:
     positions: list[int] | None = None  # _TracedMessages.positions of the rendering (prefix-stable templates)
     spans: list[tuple[int, int]] = field(default_factory=list)  # content spans of the turns checked, in order
     lookalike: bool = False
+    plain: bool = False  # _is_plain_chat(messages): so are its prompts, slices of it
 
 
 class _Prompts:
@@ -1009,7 +1018,8 @@ class _Prompts:
                 return self.work.positions[turn], self.tail  # type: ignore[index]
         got = self.exact.get(turn)
         if got is None:
-            got = self.exact[turn] = _render_many(self.info, [self.work.messages[:turn]], True, False)[0]
+            got = _render_many(self.info, [self.work.messages[:turn]], True, False, self.work.plain)[0]
+            self.exact[turn] = got
         if isinstance(got, MaskError):
             raise MaskError(got.reason, got.detail)
         return 0, got[0]
@@ -1399,10 +1409,12 @@ def _prepare_chunk(info: _Info, conversations: list[Any]) -> _Chunk:
         works.append(_Work(index, messages, turns))
 
     traced = _prefix_bound(info) is not None
+    for work in works:
+        work.plain = _is_plain_chat(work.messages)
     chats: list[list[dict[str, Any]]] = [
-        _TracedMessages(w.messages) if traced and _is_plain_chat(w.messages) else w.messages for w in works
+        _TracedMessages(w.messages) if traced and w.plain else w.messages for w in works
     ]
-    full = _render_many(info, chats, False, info.has_generation)
+    full = _render_many(info, chats, False, info.has_generation, all(w.plain for w in works))
     ready: list[_Work] = []
     for work, chat, rendered in zip(works, chats, full, strict=True):
         if isinstance(rendered, MaskError):
@@ -1651,7 +1663,8 @@ def _complete_chunk(
     for job in live:
         job.prompts = _Prompts(info, job.work, bound)
         requests.extend((job, t) for t in job.prompts.eager(whole=job.cut is None))
-    rendered = _render_many(info, [job.work.messages[:t] for job, t in requests], True, False)
+    plain = all(job.work.plain for job, _ in requests)
+    rendered = _render_many(info, [job.work.messages[:t] for job, t in requests], True, False, plain)
     for (job, t), prompt in zip(requests, rendered, strict=True):
         job.prompts.exact[t] = prompt  # type: ignore[union-attr]
     del requests, rendered
