@@ -12,7 +12,9 @@ import logging
 import os
 import shutil
 import socket
+import subprocess
 import sys
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -95,29 +97,41 @@ def served_locally(run: DagsterRun) -> bool:
 
 def process_alive_since(pid: int, not_after: float) -> bool:
     """Whether `pid` is a live (non-zombie) process that already existed at UNIX time `not_after`."""
+    started = _start_time_from_proc(pid) if Path("/proc/self/stat").exists() else _start_time_from_ps(pid)
+    return started is not None and started <= not_after + _START_TIME_SLACK_S
+
+
+def _start_time_from_proc(pid: int) -> float | None:
+    """Linux: the start time of a live process from /proc; None when it is gone or a zombie."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    except OSError:  # no /proc (macOS): existence is all we can tell cheaply
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-    fields = stat.rsplit(")", 1)[1].split()
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        boot = next(line for line in Path("/proc/stat").read_text().splitlines() if line.startswith("btime "))
+    except (OSError, StopIteration):
+        return None
     if fields[0] in ("Z", "X"):  # exited, waiting to be reaped
-        return False
-    boot = next(
-        (float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines() if line.startswith("btime ")),
-        None,
+        return None
+    return float(boot.split()[1]) + int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22 of stat: starttime
+
+
+def _start_time_from_ps(pid: int) -> float | None:
+    """Elsewhere (macOS): `ps` gives the state and the start time (local time, whole seconds)."""
+    proc = subprocess.run(
+        ["ps", "-o", "stat=", "-o", "lstart=", "-p", str(pid)],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "LC_ALL": "C"},  # English month and day names for strptime
     )
-    if boot is None:
-        return True
-    started = boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22 of stat: starttime
-    return started <= not_after + _START_TIME_SLACK_S
+    line = proc.stdout.strip()
+    if proc.returncode != 0 or not line:
+        return None
+    state, _, lstart = line.partition(" ")
+    if state.startswith("Z"):
+        return None
+    try:
+        return time.mktime(time.strptime(" ".join(lstart.split()), "%a %b %d %H:%M:%S %Y"))
+    except ValueError:
+        return 0.0  # alive, start time unreadable: count it as the worker rather than fail a live run
 
 
 # ---- DAGSTER_HOME ----------------------------------------------------------------------------------------------

@@ -12,16 +12,18 @@ from pathlib import Path
 
 def gone(pid: int) -> bool:
     """True once `pid` has exited; a zombie (exited, not yet reaped by whoever adopted it) counts as exited."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return True
-    except OSError:  # no /proc (macOS): signal 0 only says whether the pid exists
+    if not Path("/proc/self/stat").exists():  # macOS: signal 0 only says whether the pid exists
         try:
             os.kill(pid, 0)
         except ProcessLookupError:
             return True
+        except PermissionError:
+            return False
         return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
     return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
 
 

@@ -173,6 +173,16 @@ def test_a_pid_reused_by_a_younger_process_is_not_the_worker() -> None:
     assert not process_alive_since(int(done.stdout), time.time())
 
 
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="compares with /proc (Linux)")
+def test_the_ps_fallback_reads_the_same_start_time_as_proc() -> None:
+    """Where there is no /proc (macOS) the start time comes from `ps`; both agree here to the second."""
+    from_proc = instance_module._start_time_from_proc(os.getpid())
+    from_ps = instance_module._start_time_from_ps(os.getpid())
+    assert from_proc is not None and from_ps is not None and abs(from_proc - from_ps) <= 2
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    assert instance_module._start_time_from_ps(int(done.stdout)) is None
+
+
 # ---- the training runs' time limit ------------------------------------------------------------------------------
 
 
