@@ -41,6 +41,33 @@ class CurationRunConfig(dg.Config):
     seed: int = 7
 
 
+def run_configs(config: CurationRunConfig) -> tuple[BuilderConfig, CurationConfig]:
+    """The builder and curation settings of a run, checked before any data is read.
+
+    A bad value (e.g. max_turns=1) stays bad however often the step runs, so it fails the step once with a
+    ``dg.Failure(allow_retries=False)`` naming the field, instead of the retry policy repeating it twice.
+    """
+    try:
+        if not 0.0 <= config.quarantine_rate_max <= 1.0:
+            raise ValueError(f"quarantine_rate_max={config.quarantine_rate_max} must be between 0 and 1 (a fraction)")
+        builder = BuilderConfig(seed=config.seed, max_exchanges=config.max_exchanges)
+        curation = CurationConfig(
+            max_message_chars=config.max_message_chars,
+            max_conversation_chars=config.max_conversation_chars,
+            max_turns=config.max_turns,
+        )
+    except ValueError as exc:
+        raise dg.Failure(
+            description=(
+                f"curated_conversations run config is invalid: {exc}. Fix that field under "
+                "ops.curated_conversations.config and launch the run again"
+            ),
+            metadata={"error": str(exc)},
+            allow_retries=False,
+        ) from exc
+    return builder, curation
+
+
 def curated_fingerprint(df: pl.DataFrame) -> str:
     """The partition's data version: which conversations, with which content and split."""
     return frame_fingerprint(df, ["conversation_id", "content_hash", "split"])
@@ -75,6 +102,7 @@ def curated_conversations(
     landing: LandingArea,
 ) -> dg.MaterializeResult:
     day = date.fromisoformat(context.partition_key)
+    builder_cfg, cfg = run_configs(config)
     catalog = warehouse.read_table("raw.catalog")
     interactions = warehouse.read_table("raw.interactions", "day = ?", [day])
     if catalog.height == 0:
@@ -86,9 +114,7 @@ def curated_conversations(
     if interactions.height == 0:
         context.log.warning(f"raw.interactions has no rows for {day}; only external conversations will be curated")
 
-    generated = build_conversations(
-        catalog, interactions, day, BuilderConfig(seed=config.seed, max_exchanges=config.max_exchanges)
-    )
+    generated = build_conversations(catalog, interactions, day, builder_cfg)
     external, parse_rejects, ignored = read_external_conversations(landing, day)
     if ignored:
         context.log.warning(
@@ -96,11 +122,6 @@ def curated_conversations(
             "(README 'Landing area' lists the reasons)"
         )
     candidates = pl.concat([generated, *external], how="vertical_relaxed")
-    cfg = CurationConfig(
-        max_message_chars=config.max_message_chars,
-        max_conversation_chars=config.max_conversation_chars,
-        max_turns=config.max_turns,
-    )
     # Curate against a snapshot first (no lock held while the CPU-heavy rules run) ...
     snapshot = warehouse.query(SEEN_ELSEWHERE_SQL, [day])["content_hash"]
     curated, rejected, stats = curate(candidates, day, cfg, seen_hashes=snapshot)

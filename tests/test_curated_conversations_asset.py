@@ -281,3 +281,32 @@ def test_a_text_another_day_gives_up_during_curation_is_kept_not_lost(home: Path
     assert _curate(home, DAYS[0]).success
     assert {d for d, _ in _shared_rows(home)} == {date(2026, 1, 1)} and len(_shared_rows(home)) == len(SHARED)
     assert _duplicated_hashes(home) == []
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "named"),
+    [
+        ("max_turns", 1, "max_turns=1 must be >= 2"),
+        ("max_exchanges", 9, "max_exchanges=9 must be between 1 and 4"),
+        ("quarantine_rate_max", 1.5, "quarantine_rate_max=1.5 must be between 0 and 1"),
+    ],
+)
+def test_a_bad_run_config_value_fails_the_step_once_naming_the_field(
+    home: Path, field: str, value: float, named: str
+) -> None:
+    """A config value is wrong until someone changes it: the retry policy must not run the step again."""
+    result = dg.materialize(
+        [curated_conversations],
+        partition_key=DAYS[0],
+        resources=_resources(home),
+        run_config={"ops": {"curated_conversations": {"config": {field: value}}}},
+        raise_on_error=False,
+    )
+    assert not result.success
+    events = [e.event_type_value for e in result.all_events]
+    assert events.count("STEP_START") == 1 and events.count("STEP_FAILURE") == 1
+    assert "STEP_UP_FOR_RETRY" not in events and "STEP_RESTARTED" not in events
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    assert failure.step_failure_data.user_failure_data is not None  # a dg.Failure, not a crash
+    message = failure.step_failure_data.error.message
+    assert named in message and "ops.curated_conversations.config" in message
