@@ -331,6 +331,33 @@ def test_torchrun_and_its_ranks_exit_when_the_run_worker_is_sigkilled(tmp_path: 
         kill_all([worker.pid, *trainers])
 
 
+@pytest.mark.slow
+def test_an_interrupted_run_stops_torchrun_and_its_ranks_and_then_exits(tmp_path: Path) -> None:
+    """Normal cancellation (an interrupt in the run worker) still stops the trainers through their process group."""
+    fake = _fake_trainer(tmp_path, FAKE_SLEEPER)
+    pid_dir = tmp_path / "pids"
+    pid_dir.mkdir()
+    log = tmp_path / "worker.log"
+    with open(log, "w") as out:
+        worker = subprocess.Popen(
+            [sys.executable, "-c", RUN_WORKER, str(fake), str(tmp_path / "out"), str(pid_dir)],
+            cwd=Path(__file__).resolve().parent.parent,
+            start_new_session=True,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    trainers: list[int] = []
+    try:
+        for rank in (0, 1):
+            trainers += map(int, _wait_for_file(pid_dir / f"rank{rank}", worker).split())
+        worker.send_signal(signal.SIGINT)
+        assert wait_gone([trainers[1], trainers[0], trainers[2]]) == [], "trainers survived the interrupt"
+        assert worker.wait(timeout=120) != 0  # the worker itself finished, reporting the interruption
+        assert "run terminated: stopping the trainer processes" in log.read_text()  # by the launcher, not the kernel
+    finally:
+        kill_all([worker.pid, *trainers])
+
+
 def test_the_wall_clock_limit_stops_a_command_that_runs_too_long(tmp_path: Path) -> None:
     marker = tmp_path / "child"
     # Ignores SIGTERM: the limit must still end it (SIGKILL of its process group after the grace period).

@@ -9,13 +9,14 @@ from typing import Any
 import dagster as dg
 import pytest
 from dagster._core.storage.defs_state.base import set_defs_state_storage
+from dagster._daemon.auto_run_reexecution.auto_run_reexecution import should_retry
 
 from assets.training import trained_checkpoint
 from core.atomic_io import new_version_id
 from core.shards import FORMAT_VERSION
 from dagster_project.instance import INSTANCE_TEMPLATE
 from resources.artifacts import ArtifactStore
-from resources.launchers import LaunchResult, TrainingLauncher
+from resources.launchers import LaunchResult, TrainingLauncher, wall_clock_failure
 
 pytestmark = pytest.mark.slow  # the op retry waits for its RetryPolicy delay
 
@@ -124,3 +125,48 @@ def test_a_run_retry_keeps_the_root_run_id_and_resumes(tmp_path: Path, monkeypat
     assert (first["run_id"], second["run_id"]) == (failed.run_id, retried.run_id)
     assert second["output_dir"] == first["output_dir"] and second["resumed"] is True
     assert _lineage(tmp_path)["root_run_id"] == failed.run_id
+
+
+class OutOfTimeLauncher(TrainingLauncher):
+    """Fails the way LocalTorchrunLauncher does at its wall-clock limit (after leaving a checkpoint)."""
+
+    journal: str
+
+    @property
+    def world_size(self) -> int:
+        return 1
+
+    def launch(self, context: dg.AssetExecutionContext, train_config: dict[str, Any], output_dir: Path) -> LaunchResult:
+        with open(self.journal, "a") as fh:
+            fh.write(json.dumps({"run_id": context.run.run_id}) + "\n")
+        (output_dir / "checkpoints" / "step-00000004").mkdir(parents=True, exist_ok=True)
+        raise wall_clock_failure(5.0, output_dir, [-15], output_dir / "torchrun_logs")
+
+
+def test_a_launch_stopped_at_its_wall_clock_limit_is_retried_neither_by_step_nor_by_run(tmp_path: Path) -> None:
+    """Another try would spend the same budget again: the step's RetryPolicy and run_retries both pass."""
+    dagster_home = tmp_path / "dagster"
+    dagster_home.mkdir()
+    shutil.copyfile(INSTANCE_TEMPLATE, dagster_home / "dagster.yaml")
+    journal = tmp_path / "journal.jsonl"
+    resources = {"artifacts": _artifacts(tmp_path), "trainer": OutOfTimeLauncher(journal=str(journal))}
+    with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
+        result = dg.materialize([trained_checkpoint], resources=resources, instance=instance, raise_on_error=False)
+        assert not result.success
+        assert len(_journal(journal)) == 1  # trained_checkpoint's RetryPolicy (2 retries) did not run it again
+        run = instance.get_run_by_id(result.run_id)
+        assert run is not None and not should_retry(run, instance)  # what the run-retry daemon decides
+
+
+def test_a_run_failed_for_a_dead_worker_is_retried_by_run_retries(tmp_path: Path) -> None:
+    """What run monitoring reports for a dead worker (no step failure) is what run_retries re-executes."""
+    dagster_home = tmp_path / "dagster"
+    dagster_home.mkdir()
+    shutil.copyfile(INSTANCE_TEMPLATE, dagster_home / "dagster.yaml")
+    with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
+        run = instance.create_run_for_job(dg.GraphDefinition(name="g").to_job(), run_config={})
+        instance.handle_run_event(run.run_id, dg.DagsterEvent(dg.DagsterEventType.RUN_START.value, run.job_name))
+        instance.report_run_failed(run, "the run worker (pid 123) that started this run is gone")
+        failed = instance.get_run_by_id(run.run_id)
+        assert failed is not None and failed.status == dg.DagsterRunStatus.FAILURE
+        assert should_retry(failed, instance)
