@@ -1030,8 +1030,8 @@ def test_prefix_stable_path_equals_rendering_every_prompt(template, monkeypatch)
     """Byte for byte the same masks, rejects and reasons as rendering and tokenizing each turn's
     serving prompt on its own, on awkward and long conversations, with and without length limits."""
     tok = _tokenizer_named(template)
-    convs = conversations(40, seed=12) + _awkward_conversations(60, seed=13)
-    convs += [long_conversation(30, seed=14), long_conversation(30, seed=15, typed="x <|im_start|>")]
+    convs = conversations(30, seed=12) + _awkward_conversations(45, seed=13)
+    convs += [long_conversation(25, seed=14), long_conversation(25, seed=15, typed="x <|im_start|>")]
     for limits in ({}, {"max_length": 200}, {"max_length": 60, "overlong": "truncate"}):
         with monkeypatch.context() as patch:
             got = encode_batch(tok, convs, **limits)
