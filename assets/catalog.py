@@ -81,7 +81,9 @@ def raw_catalog(
 ) -> dg.MaterializeResult:
     with permanent_input_errors("raw_catalog cannot read its input"):
         paths = landing.catalog_paths(context.log)
-        frame, rejects = ingest.read_tables_with_rejects(paths, landing.catalog_encoding, source="catalog")
+        frame, rejects = ingest.read_tables_with_rejects(
+            paths, landing.catalog_encoding, source="catalog", landing_root=landing.root
+        )
         catalog, quarantine = ingest.ingest_catalog(frame, landing.catalog_mapping_obj(), read_rejects=rejects)
     # One transaction: a reader never sees the new catalog with the old quarantine, or the reverse.
     warehouse.replace_tables(
@@ -147,7 +149,9 @@ def raw_interactions(
             allow_retries=False,
         )
     with permanent_input_errors(f"raw_interactions {day} cannot read its input"):
-        frame, rejects = ingest.read_tables_with_rejects(paths, landing.interaction_encoding, source="interactions")
+        frame, rejects = ingest.read_tables_with_rejects(
+            paths, landing.interaction_encoding, source="interactions", landing_root=landing.root
+        )
         events, quarantine, stats = ingest.ingest_interactions(
             frame, landing.interaction_mapping_obj(), day, known, per_day_files=per_day, read_rejects=rejects
         )

@@ -53,10 +53,11 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 import polars as pl
 
+from core.safe_open import LandingFileRefused, is_inside, open_regular_file
 from core.schemas import (
     CATALOG_SCHEMA,
     INTERACTION_EVENTS,
@@ -314,14 +315,35 @@ def _quarantine_rows(rows: list[tuple[str, str, str]], source: str) -> pl.DataFr
     )
 
 
-def _file_bytes(path: Path, suffix: str) -> bytes:
+@contextlib.contextmanager
+def _open_input(path: Path, follow_symlinks: bool) -> Iterator[BinaryIO]:
+    """``path`` opened through ``core.safe_open``: a FIFO or device never blocks the run, and a symlink is refused
+    where links are not followed. A refusal is a ValueError naming the file (permanent: not a row problem, and
+    retrying reads the same thing)."""
     try:
-        data = path.read_bytes()
-        return gzip.decompress(data) if suffix.endswith(".gz") else data
-    except (OSError, EOFError, zlib.error) as exc:
+        fh = open_regular_file(path, follow_symlinks=follow_symlinks)
+    except LandingFileRefused as exc:
+        if exc.reason == "unreadable":
+            raise ValueError(
+                f"cannot read {path}: {exc.detail}; if the file was still being copied, re-run once it is complete"
+            ) from exc
         raise ValueError(
-            f"cannot read {path}: {exc}; if the file was still being copied, re-run once it is complete"
+            f"cannot read {path}: it {exc.detail}. Only regular files are read (a file swapped after the listing is "
+            "refused, never waited on or followed); put a regular file there (a copy, not a link) and re-run"
         ) from exc
+    with fh:
+        yield fh
+
+
+def _file_bytes(path: Path, suffix: str, follow_symlinks: bool = True) -> bytes:
+    with _open_input(path, follow_symlinks) as fh:
+        try:
+            data = fh.read()
+            return gzip.decompress(data) if suffix.endswith(".gz") else data
+        except (OSError, EOFError, zlib.error) as exc:
+            raise ValueError(
+                f"cannot read {path}: {exc}; if the file was still being copied, re-run once it is complete"
+            ) from exc
 
 
 def _check_utf8(data: bytes, chunk: int = 1 << 24) -> None:
@@ -482,9 +504,11 @@ def _read_csv_record_by_record(
         raise ValueError(f"cannot read {path} even record by record: {exc}") from exc
 
 
-def _read_csv(path: Path, suffix: str, codec: str, source: str) -> tuple[pl.DataFrame, list[tuple[str, str, str]]]:
+def _read_csv(
+    path: Path, suffix: str, codec: str, source: str, follow_symlinks: bool = True
+) -> tuple[pl.DataFrame, list[tuple[str, str, str]]]:
     sep = "\t" if suffix == ".tsv" else ","
-    data = _file_bytes(path, suffix)
+    data = _file_bytes(path, suffix, follow_symlinks)
     if not data.strip():
         raise ValueError(f"{path} is empty (no header row); if it was still being copied, re-run once it is complete")
     if data.startswith(codecs.BOM_UTF8) and codec not in ("utf-8", "utf-8-sig"):
@@ -505,7 +529,7 @@ def _read_csv(path: Path, suffix: str, codec: str, source: str) -> tuple[pl.Data
 
 
 def read_tables_with_rejects(
-    paths: Sequence[Path], encoding: str = "utf-8", source: str = "input"
+    paths: Sequence[Path], encoding: str = "utf-8", source: str = "input", *, landing_root: str | Path | None = None
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Read and concatenate CSV/TSV (every column as text) or Parquet files, by suffix.
 
@@ -520,8 +544,14 @@ def read_tables_with_rejects(
     what a malformed value means. Directories are expanded to their supported files (sorted). Files
     with different column sets are combined diagonally (missing columns = null).
 
+    Every file is opened once, on a descriptor checked to be a regular file (``core.safe_open``), and read
+    from that descriptor: a file replaced by a FIFO after it was listed fails at once instead of blocking the
+    run. Files under ``landing_root`` (written by other people's tools) are opened without following a
+    symlink; elsewhere a path is the operator's configuration and may point through links.
+
     Raises ValueError (naming the file, and the line where there is one) for what no row can survive:
-    an unknown encoding, an empty file, an undecodable header, a Parquet file that does not open.
+    an unknown encoding, an empty file, an undecodable header, a Parquet file that does not open, a
+    path that is no longer a regular file (or, under ``landing_root``, became a symlink).
     """
     codec = text_encoding(encoding, ENCODING_SETTINGS.get(source, "encoding"))
     files = _expand(paths)
@@ -537,15 +567,18 @@ def read_tables_with_rejects(
             )
         if not path.exists():
             raise FileNotFoundError(f"input file {path} does not exist")
+        follow = landing_root is None or not is_inside(Path(landing_root), path)
         if suffix in (".parquet", ".pq"):
-            try:
-                frames.append(pl.read_parquet(path))
-            except (pl.exceptions.PolarsError, OSError) as exc:
-                raise ValueError(
-                    f"cannot read {path} as Parquet: {exc}; if it was still being copied, re-run once it is complete"
-                ) from exc
+            with _open_input(path, follow) as fh:
+                try:
+                    frames.append(pl.read_parquet(fh))  # from the checked descriptor, not the path again
+                except (pl.exceptions.PolarsError, OSError) as exc:
+                    raise ValueError(
+                        f"cannot read {path} as Parquet: {exc}; if it was still being copied, re-run once it is "
+                        "complete"
+                    ) from exc
         else:
-            frame, bad = _read_csv(path, suffix, codec, source)
+            frame, bad = _read_csv(path, suffix, codec, source, follow)
             frames.append(frame)
             rejects.extend(bad)
     quarantine = _quarantine_rows(rejects, source)

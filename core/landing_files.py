@@ -29,6 +29,8 @@ from typing import BinaryIO
 from core.atomic_io import TMP_PREFIX
 from core.curation import parse_external_jsonl
 from core.ingest import SUPPORTED_SUFFIXES, text_encoding
+from core.safe_open import LandingFileRefused as LandingFileRefused
+from core.safe_open import is_inside, open_regular_file
 
 # What each drop folder's readers accept: raw_interactions reads CSV/TSV/Parquet (core.ingest.read_tables),
 # curated_conversations reads JSON Lines.
@@ -102,15 +104,6 @@ class RootScan:
         return sorted([*self.undated, *(i for lst in self.days.values() for i in lst.ignored)], key=lambda f: f.rel)
 
 
-class LandingFileRefused(OSError):
-    """A landing file that cannot be read safely; ``reason`` is a key of ``IGNORE_REASONS``."""
-
-    def __init__(self, path: Path, reason: str, detail: str) -> None:
-        super().__init__(f"{path}: {detail}")
-        self.path = path
-        self.reason = reason
-
-
 def has_suffix(name: str, suffixes: Iterable[str]) -> bool:
     """Case-insensitive suffix match (``part.JSONL`` is accepted, ``part.json`` is not)."""
     lower = name.lower()
@@ -149,12 +142,6 @@ def _reason(name: str, path: str, st: os.stat_result, real_root: str, suffixes: 
     if not _inside(path, real_root):
         return "outside_root"
     return None
-
-
-def is_inside(root: Path, path: Path) -> bool:
-    """Whether `path` is lexically under `root` (both made absolute; symlinks are not resolved)."""
-    base = os.path.abspath(root)
-    return os.path.abspath(path).startswith(base.rstrip(os.sep) + os.sep)
 
 
 def classify_file(root: Path, path: Path, suffixes: tuple[str, ...]) -> str | None:
@@ -258,24 +245,9 @@ def open_landing_file(path: Path) -> BinaryIO:
     """Open a listed landing file for binary reading, refusing what changed into a symlink or non-file.
 
     O_NOFOLLOW fails on a symlink; O_NONBLOCK makes opening a FIFO return at once instead of waiting for a
-    writer; fstat on the opened descriptor then tells what was really opened.
+    writer; fstat on the opened descriptor then tells what was really opened (``core.safe_open``).
     """
-    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
-    try:
-        fd = os.open(path, flags)
-    except OSError as exc:
-        if os.path.islink(path):
-            raise LandingFileRefused(path, "symlink", "became a symbolic link after it was listed") from exc
-        raise LandingFileRefused(path, "unreadable", f"cannot open: {exc.strerror or exc}") from exc
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise LandingFileRefused(path, "not_regular_file", "is not a regular file (FIFO, socket or device)")
-        os.set_blocking(fd, True)
-        return os.fdopen(fd, "rb")
-    except BaseException:
-        os.close(fd)
-        raise
+    return open_regular_file(path, follow_symlinks=False)
 
 
 def conversation_encoding(name: str, setting: str) -> str:

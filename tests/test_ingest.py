@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import re
+import threading
 from datetime import UTC, date, datetime
 from pathlib import Path
 
@@ -691,3 +695,69 @@ def test_raw_quarantine_payloads_are_capped_with_the_original_length_kept(tmp_pa
     _, small = ig.ingest_catalog(pl.DataFrame({"title_id": [None], "title": ["Heat"]}))
     assert small["payload_truncated"].to_list() == [False]
     assert small["payload_chars"].to_list() == [len(small["payload"][0])]
+
+
+# ------------------------------------------------------------ files swapped after the listing
+
+
+def _returns_promptly(fn) -> BaseException | None:
+    """Run ``fn`` in a thread and return what it raised (None: it returned); fail if it is still blocked after 60 s.
+
+    60 s is a guard against hanging the suite, not a timing assertion: the read returns at once or never. A
+    blocked open of a FIFO is released afterwards by opening the FIFO's write end once (the reader then sees EOF).
+    """
+    outcome: list[BaseException | None] = []
+
+    def target() -> None:
+        try:
+            fn()
+            outcome.append(None)
+        except BaseException as exc:  # handed to the test, which asserts on it
+            outcome.append(exc)
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(timeout=60)
+    return outcome[0] if outcome else pytest.fail("the read blocked on a file that is not a regular file")
+
+
+def _release_blocked_reader(fifo: Path) -> None:
+    with contextlib.suppress(OSError):
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+
+
+@pytest.mark.parametrize("name", ["events.csv", "events.tsv", "events.csv.gz", "events.parquet"])
+@pytest.mark.parametrize("under_landing_root", [True, False])
+def test_a_file_swapped_for_a_fifo_after_listing_is_refused_at_once(
+    tmp_path: Path, name: str, under_landing_root: bool
+) -> None:
+    """The listing saw a regular file; by the time it is read a FIFO (no writer) lies there. Never block on it."""
+    fifo = tmp_path / "landing" / "interactions" / "day=2026-01-01" / name
+    fifo.parent.mkdir(parents=True)
+    os.mkfifo(fifo)
+    root = tmp_path / "landing" if under_landing_root else None
+    try:
+        error = _returns_promptly(lambda: ig.read_tables_with_rejects([fifo], source="interactions", landing_root=root))
+    finally:
+        _release_blocked_reader(fifo)
+    assert isinstance(error, ValueError), error
+    assert str(fifo) in str(error) and "not a regular file" in str(error)
+
+
+def test_a_symlink_is_followed_only_outside_the_landing_root(tmp_path: Path) -> None:
+    """Under the landing root a symlink (e.g. swapped in after listing) is refused; an operator's glob elsewhere
+    may point through links."""
+    secret = tmp_path / "secret.csv"
+    secret.write_text("member_id,title_id\nroot,T1\n")
+    link = tmp_path / "landing" / "interactions" / "day=2026-01-01" / "events.csv"
+    link.parent.mkdir(parents=True)
+    link.symlink_to(secret)
+    with pytest.raises(ValueError, match=rf"{re.escape(str(link))}.*symbolic link"):
+        ig.read_tables_with_rejects([link], landing_root=tmp_path / "landing")
+    parquet = tmp_path / "landing" / "part.parquet"
+    pl.DataFrame({"member_id": ["ana"]}).write_parquet(tmp_path / "real.parquet")
+    parquet.symlink_to(tmp_path / "real.parquet")
+    with pytest.raises(ValueError, match=r"part\.parquet.*symbolic link"):
+        ig.read_tables_with_rejects([parquet], landing_root=tmp_path / "landing")
+    raw, _ = ig.read_tables_with_rejects([link, parquet], landing_root=tmp_path / "elsewhere")
+    assert raw["member_id"].to_list() == ["root", "ana"]

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import dagster as dg
 import duckdb
+import polars as pl
 import pytest
 from dagster._core.storage.defs_state.base import set_defs_state_storage
 
@@ -229,3 +230,28 @@ def test_a_files_glob_into_the_landing_area_reports_what_it_leaves_out(tmp_path:
         {"file": f"partner/day={DAY}/copy.csv", "reason": "symlink"},
         {"file": f"partner/day={DAY}/events.json", "reason": "unsupported_suffix"},
     ]
+
+
+def test_an_events_file_swapped_for_a_symlink_after_listing_fails_once_and_is_not_followed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The race between the landing listing and the read: the asset opens the listed path without following it."""
+    landing = LandingArea(root=str(tmp_path / "landing"), synthetic_titles=60, synthetic_members=80)
+    assert _run(tmp_path, landing, ["raw_catalog"]).success
+    secret = tmp_path / "secret.parquet"  # readable, so following the link would load it
+    listed = LandingArea.interaction_paths
+
+    def list_then_swap(self: LandingArea, day, log=None):
+        paths, per_day = listed(self, day, log)
+        pl.read_parquet(paths[0]).with_columns(member_id=pl.lit("root")).write_parquet(secret)
+        paths[0].unlink()
+        paths[0].symlink_to(secret)  # after the listing accepted it as a regular file
+        return paths, per_day
+
+    monkeypatch.setattr(LandingArea, "interaction_paths", list_then_swap)
+    wh = DuckDBWarehouse(path=str(tmp_path / "w.duckdb"))
+    with pytest.raises(dg.Failure) as failure:
+        raw_interactions(dg.build_asset_context(partition_key=DAY), warehouse=wh, landing=landing)
+    assert "events.parquet: it became a symbolic link" in failure.value.description
+    assert failure.value.allow_retries is False
+    assert "root" not in wh.read_table("raw.interactions")["member_id"].to_list()
