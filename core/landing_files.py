@@ -153,33 +153,52 @@ def classify_file(root: Path, path: Path, suffixes: tuple[str, ...]) -> str | No
     return _reason(Path(path).name, str(path), st, os.path.realpath(root), suffixes)
 
 
-def glob_ignored(root: Path, pattern: str, suffixes: tuple[str, ...]) -> list[IgnoredFile]:
-    """What a configured files glob matches but is not read, with the reason (sorted by file).
+@dataclass(frozen=True)
+class GlobMatch:
+    """What a configured files glob names: the paths to read and what it leaves out, with the reason."""
 
-    The same rules as the landing resource's glob resolution: under the landing root the landing rules apply (a
-    matched directory contributes the entries it ignores; ``file`` is relative to the root); elsewhere the glob is
-    the operator's own configuration, so only what cannot be read as a file (a FIFO, socket or device, or a
-    dangling symlink) is left out, and ``file`` is the path as matched.
+    paths: list[Path]
+    ignored: list[IgnoredFile]
+
+
+def resolve_glob(root: Path, pattern: str, suffixes: tuple[str, ...]) -> GlobMatch:
+    """Resolve a configured files glob (CATALOG_FILES, INTERACTION_FILES) the way the readers will read it.
+
+    Under the landing root the landing rules apply, since partners write there (a matched directory contributes
+    its accepted files and the entries it ignores; ``rel`` is relative to the root). Elsewhere the glob is the
+    operator's own configuration: symlinks are followed and directories are kept for the reader to expand; only
+    what cannot be read as a file (a FIFO, socket or device, or a dangling symlink) is left out, and ``rel`` is
+    the path as matched.
     """
+    paths: list[Path] = []
     ignored: list[IgnoredFile] = []
-    for name in glob.glob(pattern):
+    for name in sorted(glob.glob(pattern)):
         path = Path(name)
         if is_inside(Path(root), path):
             if os.path.isdir(path) and not os.path.islink(path):
-                ignored.extend(list_directory(Path(root), path, suffixes).ignored)
+                listing = list_directory(Path(root), path, suffixes)
+                paths.extend(listing.paths)
+                ignored.extend(listing.ignored)
                 continue
             reason = classify_file(Path(root), path, suffixes)
-            if reason is not None:
-                ignored.append(IgnoredFile(_rel(Path(root), path), reason))
-            continue
-        try:
-            mode = os.stat(path).st_mode
-        except OSError:  # removed meanwhile, or a dangling symlink
-            ignored.append(IgnoredFile(name, "unreadable"))
-            continue
-        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
-            ignored.append(IgnoredFile(name, "not_regular_file"))
-    return sorted(ignored, key=lambda i: i.rel)
+            rel = _rel(Path(root), path)
+        else:
+            try:
+                mode = os.stat(path).st_mode
+                reason = None if stat.S_ISREG(mode) or stat.S_ISDIR(mode) else "not_regular_file"
+            except OSError:  # removed meanwhile, or a dangling symlink
+                reason = "unreadable"
+            rel = name
+        if reason is None:
+            paths.append(path)
+        else:
+            ignored.append(IgnoredFile(rel, reason))
+    return GlobMatch(paths, sorted(ignored, key=lambda i: i.rel))
+
+
+def glob_ignored(root: Path, pattern: str, suffixes: tuple[str, ...]) -> list[IgnoredFile]:
+    """What a configured files glob matches but is not read, with the reason (sorted by file)."""
+    return resolve_glob(root, pattern, suffixes).ignored
 
 
 def list_day_folder(root: Path, folder: str, day: str) -> Listing:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import glob
 import os
 import stat
 from datetime import date
@@ -14,12 +13,10 @@ import pydantic
 from core import ingest, synthetic
 from core.landing_files import (
     Listing,
-    classify_file,
     conversation_encoding,
     describe_ignored,
-    is_inside,
     list_day_folder,
-    list_directory,
+    resolve_glob,
 )
 
 
@@ -151,27 +148,11 @@ def _glob_required(
             f"{setting} is not set; with PLATFORM_DATA_SOURCE=files it must be a glob of CSV or Parquet files "
             "(see README 'Bring your own data')"
         )
-    found: list[Path] = []
-    skipped: list[str] = []
-    for name in sorted(glob.glob(pattern)):
-        path = Path(name)
-        if is_inside(Path(landing_root), path):
-            if os.path.isdir(path) and not os.path.islink(path):
-                listing = list_directory(Path(landing_root), path, ingest.SUPPORTED_SUFFIXES)
-                found.extend(listing.paths)
-                skipped.extend(f"{i.rel} ({i.reason})" for i in listing.ignored)
-                continue
-            reason = classify_file(Path(landing_root), path, ingest.SUPPORTED_SUFFIXES)
-        else:
-            try:
-                mode = os.stat(path).st_mode
-                reason = None if stat.S_ISREG(mode) or stat.S_ISDIR(mode) else "not_regular_file"
-            except OSError:  # removed meanwhile, or a dangling symlink
-                reason = "unreadable"
-        (found.append(path) if reason is None else skipped.append(f"{name} ({reason})"))
+    match = resolve_glob(Path(landing_root), pattern, ingest.SUPPORTED_SUFFIXES)
+    skipped = [f"{i.rel} ({i.reason})" for i in match.ignored]
     if skipped and log:
         log.warning(f"{setting}={pattern!r}: not reading {', '.join(skipped)} (README 'Landing area')")
-    if not found:
+    if not match.paths:
         extra = f"; left out: {', '.join(skipped)}" if skipped else ""
         raise FileNotFoundError(f"{setting}={pattern!r} matches no readable CSV/Parquet files{extra}")
-    return found
+    return match.paths
