@@ -134,6 +134,7 @@ def tokenized_shards(
                 "train_serve_consistency",
                 not serving.failures,
                 rows_checked=serving.rows_checked,
+                turns_checked_per_row=config.serving_check_turns,  # 0 = every turn
                 failures=len(serving.failures),
                 rows_with_special_token_lookalikes=serving.lookalike_rows,
                 first_failures=dg.MetadataValue.json(serving.failures[:5]),
