@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dagster_project.settings import PlatformSettings, training_max_wall_clock_seconds
+from dagster_project.settings import PlatformSettings, artifact_cleanup_hours, training_max_wall_clock_seconds
 from resources.artifacts import ArtifactStore
 from resources.landing import LandingArea
 from resources.launchers import LocalTorchrunLauncher, TrainingLauncher
@@ -33,7 +33,7 @@ def build_resources(settings: PlatformSettings) -> dict[str, Any]:
     return {
         "trainer": build_launcher(settings),
         "warehouse": DuckDBWarehouse(path=str(settings.warehouse_path)),
-        "artifacts": ArtifactStore(root=str(settings.artifacts_dir)),
+        "artifacts": ArtifactStore(root=str(settings.artifacts_dir), **artifact_cleanup_hours()),
         "landing": LandingArea(
             root=str(settings.landing_dir),
             source=settings.data_source,

@@ -142,6 +142,29 @@ def training_max_wall_clock_seconds() -> int:
     return _env_seconds("TRAINING_MAX_WALL_CLOCK_SECONDS", 23 * 3600)
 
 
+# ---- leftovers in the artifact store ----------------------------------------------------------------------
+
+
+def artifact_cleanup_hours() -> dict[str, float]:
+    """ArtifactStore ages for sweeping leftovers: ARTIFACT_TEMP_MAX_AGE_HOURS (temp version dirs of other hosts
+    or without an owner, default 24) and ARTIFACT_STAGING_RETENTION_HOURS (staging dirs of finished training
+    lineages, default 72). Both at least 1 h: a smaller age could remove a directory a slow writer still owns."""
+    out: dict[str, float] = {}
+    for name, field, default in (
+        ("ARTIFACT_TEMP_MAX_AGE_HOURS", "temp_dir_max_age_hours", "24"),
+        ("ARTIFACT_STAGING_RETENTION_HOURS", "staging_retention_hours", "72"),
+    ):
+        raw = _env(name, default)
+        try:
+            value = float(raw)
+        except ValueError as exc:
+            raise ValueError(f"environment variable {name}={raw!r} must be a number of hours") from exc
+        if not value >= 1:
+            raise ValueError(f"environment variable {name}={raw!r} must be at least 1 (hours)")
+        out[field] = value
+    return out
+
+
 # ---- TRAINING_LAUNCHER=kubernetes ---------------------------------------------------------------------------
 
 

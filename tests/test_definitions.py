@@ -82,3 +82,18 @@ def test_one_training_run_at_a_time(tmp_path: Path) -> None:
     shutil.copyfile(INSTANCE_TEMPLATE, tmp_path / "dagster.yaml")
     instance = dg.DagsterInstance.from_config(str(tmp_path))
     assert instance.get_concurrency_config().pool_config.default_pool_limit == 1
+
+
+def test_leftover_ages_reach_the_artifact_store_and_bad_values_name_the_variable(monkeypatch) -> None:
+    import pytest
+
+    from dagster_project.resources import build_resources
+    from dagster_project.settings import load_settings
+
+    monkeypatch.setenv("ARTIFACT_TEMP_MAX_AGE_HOURS", "6")
+    monkeypatch.setenv("ARTIFACT_STAGING_RETENTION_HOURS", "168")
+    store = build_resources(load_settings())["artifacts"]
+    assert (store.temp_dir_max_age_hours, store.staging_retention_hours) == (6.0, 168.0)
+    monkeypatch.setenv("ARTIFACT_STAGING_RETENTION_HOURS", "0.1")
+    with pytest.raises(ValueError, match="ARTIFACT_STAGING_RETENTION_HOURS"):
+        build_resources(load_settings())
