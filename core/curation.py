@@ -37,23 +37,30 @@ from core.schemas import (
 
 ROLES = ("system", "user", "assistant")
 
-# Reason codes, in the order they are checked: a row gets the first that applies.
-REASONS = (
-    "missing_id",  # conversation_id null or empty
-    "empty_conversation",  # messages null or an empty list
-    "too_many_turns",  # more messages than max_turns (tokenizing cost grows with the turn count)
-    "bad_role",  # a role other than system/user/assistant
-    "empty_turn",  # a message whose content is empty after normalization
-    "bad_alternation",  # not: optional leading system, then user/assistant alternating from user
-    "no_assistant_turn",  # no assistant message at all
-    "ends_with_user",  # last message is a user turn (nothing to learn from it)
-    "too_long",  # a message or the whole conversation over the configured bounds
-    "duplicate",  # same normalized content as an earlier row of this batch
-    "duplicate_of_earlier_day",  # content hash already curated on another day (the name predates any-order days)
-    "duplicate_id",  # different content under a conversation_id already used in this batch
-)
-# Only produced by parse_external_jsonl, checked in this order.
-PARSE_REASONS = ("encoding_error", "invalid_unicode", "invalid_json", "bad_schema")
+# Reason codes -> one-line meaning, in the order they are checked: a row gets the first that applies.
+# (Rendered into docs/reason-codes.md by core.reason_docs.)
+REASONS: dict[str, str] = {
+    "missing_id": "conversation_id is null or empty",
+    "empty_conversation": "messages is null or an empty list",
+    "too_many_turns": "more messages than max_turns (the cost of tokenizing grows with the turn count)",
+    "bad_role": "a role other than system, user or assistant",
+    "empty_turn": "a message whose content is empty after normalization",
+    "bad_alternation": "not an optional leading system turn followed by user/assistant turns alternating from user",
+    "no_assistant_turn": "no assistant message at all",
+    "ends_with_user": "the last message is a user turn, so there is nothing to learn from it",
+    "too_long": "a message over max_message_chars or the whole conversation over max_conversation_chars",
+    "duplicate": "the same normalized content (content hash) as an earlier row of this batch (the day)",
+    "duplicate_of_earlier_day": "the text is already kept by another day: the first day to commit a text keeps "
+    "it (the name predates days being curated in any order)",
+    "duplicate_id": "different content under a conversation_id already used in this batch",
+}
+# Only produced by parse_external_jsonl (external JSONL conversations), checked in this order.
+PARSE_REASONS: dict[str, str] = {
+    "encoding_error": "a line's bytes do not decode with CONVERSATION_ENCODING",
+    "invalid_unicode": "a string holds a lone surrogate (half of a UTF-16 pair, e.g. a \\ud800 JSON escape)",
+    "invalid_json": "the line is not valid JSON",
+    "bad_schema": "the JSON is not a conversation: no messages list of role/content strings",
+}
 
 _HASH_CHUNK = 100_000
 _CURATE_CHUNK = 250_000
