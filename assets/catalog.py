@@ -15,10 +15,10 @@ import dagster as dg
 import polars as pl
 
 from assets.metadata import counts_by, markdown_table, reason_metadata
+from assets.partitions import daily_partitions
 from core import ingest, schemas
 from core.fingerprints import files_fingerprint
 from core.landing_files import IgnoredFile, glob_ignored, list_day_folder
-from dagster_project.partitions import daily_partitions
 from resources.landing import LandingArea
 from resources.warehouse import DuckDBWarehouse
 

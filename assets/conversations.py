@@ -15,12 +15,12 @@ import polars as pl
 
 from assets.catalog import raw_catalog, raw_interactions, schema_check
 from assets.metadata import counts_by, markdown_table, reason_metadata
+from assets.partitions import daily_partitions
 from core import schemas
 from core.conversation_builder import BuilderConfig, build_conversations
 from core.curation import CurationConfig, curate, parse_external_jsonl
 from core.fingerprints import frame_fingerprint
 from core.landing_files import IgnoredFile, LandingFileRefused, describe_ignored, open_landing_file
-from dagster_project.partitions import daily_partitions
 from resources.landing import LandingArea
 from resources.warehouse import DuckDBWarehouse, fetch, replace_in
 

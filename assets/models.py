@@ -5,7 +5,7 @@ import dagster as dg
 from assets.conversations import curated_conversations
 from core.atomic_io import Leftover
 from core.base_model import TinyModelPreset, import_local_model, save_preset
-from dagster_project.settings import load_settings
+from core.settings import load_settings
 from resources.artifacts import ArtifactStore, leftovers_metadata
 from resources.warehouse import DuckDBWarehouse
 

@@ -9,10 +9,10 @@ from transformers import AutoTokenizer
 from assets.conversations import curated_conversations, curated_fingerprint
 from assets.metadata import counts_by, reason_metadata
 from assets.models import base_model
+from assets.partitions import daily_partitions
 from core.shards import read_manifest, verify_checksums, write_shard_directory
 from core.tokenize_partition import audit_masks, audit_serving, length_stats, tokenize_conversations
 from core.tokenizer_training import tokenizer_fingerprint
-from dagster_project.partitions import daily_partitions
 from resources.artifacts import ArtifactStore
 from resources.warehouse import DuckDBWarehouse
 

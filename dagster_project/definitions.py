@@ -10,11 +10,11 @@ from assets.evals import eval_report
 from assets.models import base_model
 from assets.shards import tokenized_shards
 from assets.training import trained_checkpoint
+from core.settings import load_settings
 from dagster_project.jobs import ALL_JOBS
 from dagster_project.resources import build_resources
 from dagster_project.schedules import SCHEDULES
 from dagster_project.sensors import SENSORS
-from dagster_project.settings import load_settings
 
 ASSETS = [
     raw_catalog,

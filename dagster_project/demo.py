@@ -46,8 +46,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     ensure_dagster_home()
 
+    from core.settings import load_settings
     from dagster_project.definitions import defs
-    from dagster_project.settings import load_settings
 
     settings = load_settings()
     n_days = args.days or settings.synthetic_days

@@ -179,7 +179,7 @@ def ensure_dagster_home() -> Path:
     An existing dagster.yaml is the operator's (storage, launcher, limits they chose): it is never rewritten, but
     what it lacks for run monitoring is logged as a warning with the file to copy the settings from.
     """
-    from dagster_project.settings import load_settings
+    from core.settings import load_settings
 
     home = Path(os.environ.setdefault("DAGSTER_HOME", str(load_settings().dagster_home)))
     home.mkdir(parents=True, exist_ok=True)

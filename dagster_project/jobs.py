@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from dagster_project.settings import training_max_runtime_seconds
+from core.settings import training_max_runtime_seconds
 
 INGESTION_LANE_TAG = "platform/lane"
 # Dagster's run tag for a run's time limit in seconds, enforced by the daemon's run monitoring (the run is

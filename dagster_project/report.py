@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from dagster_project.settings import PlatformSettings
+from core.settings import PlatformSettings
 from resources.artifacts import ArtifactStore
 from resources.warehouse import DuckDBWarehouse
 

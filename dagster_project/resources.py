@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dagster_project.settings import PlatformSettings, artifact_cleanup_hours, training_max_wall_clock_seconds
+from core.settings import PlatformSettings, artifact_cleanup_hours, training_max_wall_clock_seconds
 from resources.artifacts import ArtifactStore
 from resources.landing import LandingArea
 from resources.launchers import LocalTorchrunLauncher, TrainingLauncher
@@ -19,7 +19,7 @@ def build_launcher(settings: PlatformSettings) -> TrainingLauncher:
             max_wall_clock_s=training_max_wall_clock_seconds(),
         )
     if settings.training_launcher == "kubernetes":
-        from dagster_project.settings import kubernetes_launcher_config
+        from core.settings import kubernetes_launcher_config
         from resources.kubernetes_launcher import KubernetesTrainingLauncher
 
         return KubernetesTrainingLauncher(**kubernetes_launcher_config(settings))

@@ -42,9 +42,9 @@ from typing import Any
 import dagster as dg
 import yaml
 
+from assets.partitions import daily_partitions
 from core.landing_files import IgnoredFile, describe_ignored, scan_root
 from dagster_project.jobs import ingestion_job, training_job, training_run_tags
-from dagster_project.partitions import daily_partitions
 from resources.artifacts import ArtifactStore
 from resources.landing import LandingArea
 

@@ -3,7 +3,7 @@
 One run = a batch/v1 Indexed Job (completions = parallelism = nodes) and a headless
 Service that gives every pod a stable DNS name (`<job>-<index>.<service>.<ns>.svc.<domain>`).
 Each pod runs `torchrun` (`--node-rank` = its completion index) with a c10d rendezvous hosted
-on pod 0's name, through `resources.k8s_node`, which first waits for that name to resolve
+on pod 0's name, through `training.k8s_node`, which first waits for that name to resolve
 and afterwards turns torchrun's failure into an exit code the Job's podFailurePolicy reads:
 
 - a disruption (the pod has the DisruptionTarget condition: preemption, eviction, a lost
@@ -28,9 +28,8 @@ from typing import Any
 
 import yaml
 
-# Exit codes of `resources.k8s_node` (the container's entry point).
-PEER_LOST_EXIT_CODE = 75  # EX_TEMPFAIL: a peer node or the rendezvous went away; retrying can succeed
-DNS_TIMEOUT_EXIT_CODE = 3  # pod 0's name never resolved: a configuration problem, fails the Job
+# The exit code of `training.k8s_node` (the container's entry point) that the podFailurePolicy counts.
+from training.k8s_node import PEER_LOST_EXIT_CODE
 
 CONTAINER = "trainer"
 APP = "catalog-posttrain"
@@ -275,7 +274,7 @@ class TrainingJobSpec:
         return [
             "python",
             "-m",
-            "resources.k8s_node",
+            "training.k8s_node",
             "--wait-for",
             self.rendezvous_host,
             "--wait-seconds",

@@ -25,15 +25,14 @@ from typing import Any, TextIO
 import dagster as dg
 import yaml
 
-from resources.k8s_node import rank_error
 from resources.k8s_objects import (
     COMPLETION_INDEX_ANNOTATION,
     CONTAINER,
     JOB_LABEL,
-    PEER_LOST_EXIT_CODE,
     pod_failure_action,
 )
-from resources.torchrun_logs import parse_root_cause
+from training.k8s_node import PEER_LOST_EXIT_CODE, rank_error
+from training.torchrun_logs import parse_root_cause
 
 PIPES_MARKER = '{"__dagster_pipes_version"'
 _TIMESTAMP = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?Z ?")
@@ -176,7 +175,7 @@ class PodLogMessageReader(dg.PipesMessageReader):
 
     The trainer uses dagster_pipes' default writer with `{"stdio": "stderr"}`: every message is
     one JSON line on rank 0's stderr, which reaches the pod log unchanged (torchrun `--tee 1`
-    leaves stderr alone; `resources.k8s_node` copies whole lines). The log follower feeds each
+    leaves stderr alone; `training.k8s_node` copies whole lines). The log follower feeds each
     line to `consume`; other lines are echoed to this process's stdout (the run's compute logs).
 
     A pod 0 that is replaced (a lost node) closes its Pipes session with the error; the next pod

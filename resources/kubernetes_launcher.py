@@ -1,9 +1,9 @@
 """`KubernetesTrainingLauncher`: `training.sft` on N Kubernetes pods x M processes, as an Indexed Job.
 
 Same interface as `LocalTorchrunLauncher` (`launch(context, train_config, output_dir)`,
-`world_size`); selected with TRAINING_LAUNCHER=kubernetes (see dagster_project/settings.py).
+`world_size`); selected with TRAINING_LAUNCHER=kubernetes (see core/settings.py).
 The objects are built in `resources.k8s_objects`, watched in `resources.k8s_watch`; each pod's
-entry point is `resources.k8s_node`. The training config, checkpoints and outputs live on a
+entry point is `training.k8s_node`. The training config, checkpoints and outputs live on a
 shared ReadWriteMany volume mounted at the same path here and in every pod.
 
 Print the objects for a configuration without a cluster:

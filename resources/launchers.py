@@ -27,7 +27,7 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 
-from resources.torchrun_logs import diagnose
+from training.torchrun_logs import diagnose
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # Runs each torchrun agent so that it dies with this process (see training/lifeline.py). Stdlib only, run by path.

@@ -75,7 +75,7 @@ import dagster as dg
 from dagster_project.definitions import ASSETS
 from dagster_project.instance import ensure_dagster_home
 from dagster_project.resources import build_resources
-from dagster_project.settings import load_settings
+from core.settings import load_settings
 
 ensure_dagster_home()
 instance = dg.DagsterInstance.get()

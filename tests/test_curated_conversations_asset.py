@@ -235,8 +235,8 @@ def test_a_latin1_drop_is_quarantined_as_utf8_and_read_exactly_with_its_encoding
 
 
 def test_encoding_settings_reach_the_landing_resource_and_a_typo_names_the_variable(monkeypatch, tmp_path) -> None:
+    from core.settings import load_settings
     from dagster_project.resources import build_resources
-    from dagster_project.settings import load_settings
 
     monkeypatch.setenv("PLATFORM_HOME", str(tmp_path))
     monkeypatch.setenv("CATALOG_ENCODING", "utf-8-sig")

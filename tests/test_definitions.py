@@ -59,7 +59,7 @@ def test_workspace_loads_with_the_dagster_cli(tmp_path: Path) -> None:
 def test_bad_settings_fail_with_advice(monkeypatch) -> None:
     import pytest
 
-    from dagster_project.settings import load_settings
+    from core.settings import load_settings
 
     monkeypatch.setenv("PLATFORM_DATA_SOURCE", "s3")
     with pytest.raises(ValueError, match="synthetic"):
@@ -87,8 +87,8 @@ def test_one_training_run_at_a_time(tmp_path: Path) -> None:
 def test_leftover_ages_reach_the_artifact_store_and_bad_values_name_the_variable(monkeypatch) -> None:
     import pytest
 
+    from core.settings import load_settings
     from dagster_project.resources import build_resources
-    from dagster_project.settings import load_settings
 
     monkeypatch.setenv("ARTIFACT_TEMP_MAX_AGE_HOURS", "6")
     monkeypatch.setenv("ARTIFACT_STAGING_RETENTION_HOURS", "168")

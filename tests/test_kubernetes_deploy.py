@@ -16,7 +16,7 @@ from dagster._core.instance.config import dagster_instance_config
 from k8s_policy import K8S_VERSIONS, pod_templates, restricted_violations, validate_strict
 from test_training_helpers import REPO
 
-from dagster_project.settings import kubernetes_launcher_config, load_settings
+from core.settings import kubernetes_launcher_config, load_settings
 from resources.k8s_objects import ACTIVE_DEADLINE_MAX_S, check_image_reference
 from resources.kubernetes_launcher import KubernetesTrainingLauncher
 from training import cpu_kernels

@@ -24,9 +24,9 @@ import pytest
 from multihost.netns_cluster import NetnsCluster, expand, netns_unavailable_reason
 from test_training_helpers import REPO, config_dict, make_base_model, make_shards
 
-from resources.k8s_objects import PEER_LOST_EXIT_CODE
 from resources.kubernetes_launcher import KubernetesTrainingLauncher
 from resources.launchers import TrainingLauncher
+from training.k8s_node import PEER_LOST_EXIT_CODE
 
 UNAVAILABLE = netns_unavailable_reason()
 # CI loses node 0 (the rendezvous host and rank 0: the harder case); MULTIHOST_LOSE_EACH_NODE=1 also loses node 1.

@@ -1,4 +1,4 @@
-"""`resources.k8s_node`, the trainer container's entry point: DNS wait, pass-through of torchrun's
+"""`training.k8s_node`, the trainer container's entry point: DNS wait, pass-through of torchrun's
 output (Pipes messages intact), and the exit code that tells the Job's podFailurePolicy whether a
 failure is a lost peer (retry from the checkpoint) or an error in the code (fail the Job).
 """
@@ -9,7 +9,7 @@ import sys
 
 from test_training_helpers import REPO
 
-from resources.k8s_node import DNS_TIMEOUT_EXIT_CODE, PEER_LOST_EXIT_CODE, classify, rank_error
+from training.k8s_node import DNS_TIMEOUT_EXIT_CODE, PEER_LOST_EXIT_CODE, classify, rank_error
 
 # What torchrun's stderr looks like here (`--tee 1`: worker stderr unprefixed) when a peer node dies.
 PEER_LOST = """\
@@ -95,7 +95,7 @@ def _node(*args: str, wait_for: str = "localhost", wait_seconds: str = "10") -> 
         [
             sys.executable,
             "-m",
-            "resources.k8s_node",
+            "training.k8s_node",
             "--wait-for",
             wait_for,
             "--wait-seconds",

@@ -24,15 +24,12 @@ from kubernetes.client import (
     V1PodStatus,
 )
 
+from core.settings import load_settings
 from dagster_project.resources import build_launcher
-from dagster_project.settings import load_settings
-from resources import k8s_node
 from resources.k8s_objects import (
     COMPLETION_INDEX_ANNOTATION,
-    DNS_TIMEOUT_EXIT_CODE,
     GPU_RESOURCE,
     JOB_LABEL,
-    PEER_LOST_EXIT_CODE,
     K8sConfigError,
     TrainingJobSpec,
     check_image_reference,
@@ -41,6 +38,8 @@ from resources.k8s_objects import (
 )
 from resources.k8s_watch import to_dict
 from resources.kubernetes_launcher import KubernetesTrainingLauncher, main
+from training import k8s_node
+from training.k8s_node import PEER_LOST_EXIT_CODE
 
 IMAGE = "registry.example.com/catalog-posttrain:0.1.0"
 README_ARGS = ["render", "--nodes", "2", "--procs-per-node", "8", "--gpus-per-node", "8", "--image", IMAGE]
@@ -158,7 +157,7 @@ def test_job_and_service_fit_together_for_indexed_rendezvous() -> None:
     # the entry point waits for pod 0's stable name, then runs torchrun with the node rank = completion index
     c = container_of(job)
     pod0 = f"{s.name}-0.{s.name}.catalog-posttrain.svc.cluster.local"
-    assert c["command"][:3] == ["python", "-m", "resources.k8s_node"]
+    assert c["command"][:3] == ["python", "-m", "training.k8s_node"]
     assert c["command"][c["command"].index("--wait-for") + 1] == pod0
     args = c["args"]
     assert args[0] == "torchrun" and args[args.index("--nnodes") + 1] == "3"
@@ -315,8 +314,10 @@ def test_pod_failure_policy_retries_disruptions_and_lost_peers_and_fails_code_er
 
 
 def test_entry_point_exit_codes_match_the_policy() -> None:
-    assert k8s_node.PEER_LOST_EXIT_CODE == PEER_LOST_EXIT_CODE
-    assert k8s_node.DNS_TIMEOUT_EXIT_CODE == DNS_TIMEOUT_EXIT_CODE
+    # The codes are defined once, in the entry point; the policy counts a lost peer and fails on a DNS timeout.
+    policy = spec().pod_failure_policy()
+    assert pod_failure_action(policy, _failed_pod(k8s_node.PEER_LOST_EXIT_CODE)) == "Count"
+    assert pod_failure_action(policy, _failed_pod(k8s_node.DNS_TIMEOUT_EXIT_CODE)) == "FailJob"
 
 
 def test_training_launcher_kubernetes_is_configuration_only(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -66,7 +66,7 @@ def test_a_pod_alone_at_the_rendezvous_exits_as_a_lost_peer_after_the_join_timeo
     args[args.index("--local-addr") + 1] = "127.0.0.1"
     assert args[args.index("--rdzv-conf") + 1] == "join_timeout=600"  # the default the pods get
     args[args.index("--rdzv-conf") + 1] = "join_timeout=5"
-    command = [sys.executable, "-m", "resources.k8s_node", "--wait-for", "localhost", "--wait-seconds", "5", "--"]
+    command = [sys.executable, "-m", "training.k8s_node", "--wait-for", "localhost", "--wait-seconds", "5", "--"]
     command += [sys.executable, "-m", "torch.distributed.run", *args[1:]]
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=180)
     assert done.returncode == PEER_LOST_EXIT_CODE, done.stdout[-2000:] + done.stderr[-2000:]

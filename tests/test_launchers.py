@@ -13,7 +13,7 @@ import pytest
 from processes import gone, kill_all, processes_mentioning, wait_gone
 
 from resources.launchers import LIFELINE_SCRIPT, LocalTorchrunLauncher, _run_all
-from resources.torchrun_logs import diagnose, last_traceback, parse_root_cause, strip_tee_prefix
+from training.torchrun_logs import diagnose, last_traceback, parse_root_cause, strip_tee_prefix
 
 TORCHRUN_FAILURE = """\
 [default1]:Traceback (most recent call last):

@@ -206,8 +206,8 @@ def test_training_runs_carry_a_max_runtime_tag(monkeypatch: pytest.MonkeyPatch) 
 
 def test_the_local_trainer_limit_is_below_the_run_limit(monkeypatch: pytest.MonkeyPatch) -> None:
     """The trainer stops first (clear step failure, checkpoints kept); the run limit is the backstop."""
+    from core.settings import load_settings, training_max_runtime_seconds
     from dagster_project.resources import build_launcher
-    from dagster_project.settings import load_settings, training_max_runtime_seconds
 
     for name in ("TRAINING_MAX_RUNTIME_SECONDS", "TRAINING_MAX_WALL_CLOCK_SECONDS", "TRAINING_LAUNCHER"):
         monkeypatch.delenv(name, raising=False)

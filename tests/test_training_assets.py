@@ -45,9 +45,9 @@ def platform(tmp_path_factory: pytest.TempPathFactory):
     mp.setenv("PLATFORM_HOME", str(home))
     mp.setenv("SYNTHETIC_TITLES", "300")
     mp.setenv("SYNTHETIC_MEMBERS", "500")
+    from core.settings import load_settings
     from dagster_project.definitions import ASSETS
     from dagster_project.resources import build_resources
-    from dagster_project.settings import load_settings
 
     resources = build_resources(load_settings())
     instance = dg.DagsterInstance.ephemeral()

@@ -1,4 +1,4 @@
-"""The trainer container's entry point on Kubernetes: `python -m resources.k8s_node --wait-for HOST -- torchrun ...`.
+"""The trainer container's entry point on Kubernetes: `python -m training.k8s_node --wait-for HOST -- torchrun ...`.
 
 Runs inside each pod of the Indexed Job (no dagster import: it only needs the standard library):
 
@@ -28,10 +28,11 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from resources.torchrun_logs import last_traceback, parse_root_cause
+from training.torchrun_logs import last_traceback, parse_root_cause
 
-PEER_LOST_EXIT_CODE = 75  # keep in sync with resources.k8s_objects (tests check it)
-DNS_TIMEOUT_EXIT_CODE = 3
+# The Job's podFailurePolicy (resources.k8s_objects) reads these; they are defined here only.
+PEER_LOST_EXIT_CODE = 75  # EX_TEMPFAIL: a peer node or the rendezvous went away; retrying can succeed
+DNS_TIMEOUT_EXIT_CODE = 3  # pod 0's name never resolved: a configuration problem, fails the Job
 TAIL_LINES = 3000
 
 # Exceptions that mean "a peer process, node or the rendezvous store went away", not "our code is wrong".
