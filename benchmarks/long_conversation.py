@@ -134,7 +134,7 @@ def measure(before: ModuleType, tokenizer: Any, users: list[str], assistants: li
         module.verify_masks(tokenizer, warm, *_ids_mask(module, tokenizer, warm))
     unproven = _clone(tokenizer)
     unproven.chat_template = tokenizer.chat_template.replace("{%- else -%}", "{%- else -%}" + UNPROVEN, 1)
-    assert UNPROVEN in unproven.chat_template and after._prefix_bound(after._info(unproven)) is None
+    assert UNPROVEN in unproven.chat_template and not after.prefix_stable(unproven)
     dependent = _clone(tokenizer)
     for module in sides.values():
         module._info(dependent).segment_safe = False  # as for lstrip/rstrip added tokens or Metaspace "first"

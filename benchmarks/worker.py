@@ -99,12 +99,12 @@ def _tokenizer_floor(tokenizer: Any, conversations: list[Any]) -> float:
     This is TRL's tokenization work (one call per conversation). Ours is no longer bound by it:
     core.masking tokenizes each distinct text piece between control tokens once.
     """
-    from core.masking import _info, _render_many, _validate
+    from core.masking import render_conversations, text_tokenizer
 
-    info = _info(tokenizer)
-    texts = [r[0] for r in _render_many(info, [_validate(c, need_assistant=True) for c in conversations], False, False)]
+    texts = render_conversations(tokenizer, conversations)
+    plain = text_tokenizer(tokenizer)
     start = time.perf_counter()
-    info.plain.encode_batch(texts, add_special_tokens=False)
+    plain.encode_batch(texts, add_special_tokens=False)
     return time.perf_counter() - start
 
 
