@@ -32,6 +32,7 @@ test-fast: install
 
 lint: install
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/ruff format --check .
 
 format: install
@@ -43,7 +44,7 @@ dev: install
 	$(VENV)/bin/dagster dev -w workspace.yaml
 
 # Drop the next synthetic day into the landing area (what a daily upstream export would do), with the same
-# synthetic world as the assets (SYNTHETIC_* and PLATFORM_PARTITION_START, defaults as in settings.py).
+# synthetic world as the assets (SYNTHETIC_* and PLATFORM_PARTITION_START, defaults as in core/settings.py).
 drop-day: install
 	$(PY) -m core.synthetic drop --landing $(PLATFORM_HOME)/landing --seed $${SYNTHETIC_SEED:-7} \
 		--n-titles $${SYNTHETIC_TITLES:-3000} --n-members $${SYNTHETIC_MEMBERS:-4000} \
