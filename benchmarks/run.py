@@ -92,8 +92,21 @@ def write_report(out: Path, sizes: Sizes) -> None:
         "",
         *sections,
     ]
-    (out / "RESULTS.md").write_text("\n".join(lines))
+    notes = kept_notes(out / "RESULTS.md")
+    (out / "RESULTS.md").write_text("\n".join(lines) + (f"\n{notes}" if notes else ""))
     print(f"wrote {out / 'RESULTS.md'}")
+
+
+NOTES_HEADING = "## Notes kept by hand"
+
+
+def kept_notes(path: Path) -> str:
+    """The hand-written tail of an existing RESULTS.md (from NOTES_HEADING on), so a re-run keeps the history."""
+    if not path.is_file():
+        return ""
+    text = path.read_text()
+    at = text.find(NOTES_HEADING)
+    return text[at:] if at >= 0 else ""
 
 
 def main(argv: list[str] | None = None) -> int:

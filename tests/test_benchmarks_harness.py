@@ -211,3 +211,13 @@ def test_the_platform_never_imports_trl():
         if pattern.search(path.read_text(encoding="utf-8"))
     ]
     assert offenders == []
+
+
+def test_a_rewritten_results_page_keeps_the_notes_kept_by_hand(tmp_path):
+    from benchmarks.run import NOTES_HEADING, write_report
+
+    (tmp_path / "RESULTS.md").write_text(f"# old generated part\n\n{NOTES_HEADING}\n\n- run 3: 4.2x, by hand\n")
+    write_report(tmp_path, Sizes.for_mode(quick=True))
+    page = (tmp_path / "RESULTS.md").read_text()
+    assert "old generated part" not in page
+    assert page.endswith(f"{NOTES_HEADING}\n\n- run 3: 4.2x, by hand\n")
