@@ -24,9 +24,7 @@ def frame_fingerprint(df: pl.DataFrame, columns: list[str]) -> str:
     """Order-independent fingerprint of the given columns' values (rows joined with a separator)."""
     if df.height == 0:
         return strings_fingerprint([])
-    rows = df.select(
-        pl.concat_str([pl.col(c).cast(pl.String).fill_null("<null>") for c in columns], separator="\x1f")
-    )
+    rows = df.select(pl.concat_str([pl.col(c).cast(pl.String).fill_null("<null>") for c in columns], separator="\x1f"))
     return strings_fingerprint(rows.to_series().to_list())
 
 

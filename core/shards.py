@@ -44,9 +44,7 @@ def shard_name(split: str, index: int) -> str:
     return f"{split}-{index:05d}.parquet"
 
 
-def write_split_files(
-    out_dir: Path, split: str, rows: pl.DataFrame, rows_per_file: int
-) -> list[dict[str, Any]]:
+def write_split_files(out_dir: Path, split: str, rows: pl.DataFrame, rows_per_file: int) -> list[dict[str, Any]]:
     """Write one split's rows as numbered parquet files; returns per-file stats."""
     if rows_per_file < 1:
         raise ValueError(f"rows_per_file must be >= 1, got {rows_per_file}")
@@ -85,17 +83,13 @@ def build_manifest(
             "loss_tokens": sum(f["loss_tokens"] for f in files),
             "files": [f["file"] for f in files],
         }
-    checksums = {
-        p.name: sha256_file(p) for p in sorted(out_dir.iterdir()) if p.is_file() and p.name != MANIFEST
-    }
+    checksums = {p.name: sha256_file(p) for p in sorted(out_dir.iterdir()) if p.is_file() and p.name != MANIFEST}
     return {
         "format_version": FORMAT_VERSION,
         "partition": partition,
         "created_at": datetime.now(UTC).isoformat(),
         "splits": splits,
-        "totals": {
-            key: sum(s[key] for s in splits.values()) for key in ("conversations", "tokens", "loss_tokens")
-        },
+        "totals": {key: sum(s[key] for s in splits.values()) for key in ("conversations", "tokens", "loss_tokens")},
         "tokenizer_fingerprint": tokenizer_fingerprint,
         "source_data_version": source_data_version,
         "sha256": checksums,

@@ -201,9 +201,7 @@ _COMPLETE_RATE = 0.45  # share of plays followed by a complete event
 _RATE_RATE = 0.35  # share of completes followed by a rating
 # Expected events produced by one base event (play/search + its follow-ups).
 _EXPANSION = 1 + (1 - _SEARCH_RATE) * _COMPLETE_RATE * (1 + _RATE_RATE)
-_HOUR_WEIGHTS = np.array(
-    [3, 2, 1, 1, 1, 1, 2, 3, 3, 3, 3, 4, 5, 5, 4, 4, 5, 6, 8, 10, 12, 12, 10, 6], dtype=np.float64
-)
+_HOUR_WEIGHTS = np.array([3, 2, 1, 1, 1, 1, 2, 3, 3, 3, 3, 4, 5, 5, 4, 4, 5, 6, 8, 10, 12, 12, 10, 6], dtype=np.float64)
 _HOUR_WEIGHTS /= _HOUR_WEIGHTS.sum()
 _MS_PER_HOUR = 3_600_000
 _MS_PER_DAY = 86_400_000
@@ -287,9 +285,7 @@ def _synopses(rng: np.random.Generator, primary_genre: np.ndarray) -> pl.Series:
         {"t": word_title, "w": pl.Series(words, dtype=pl.String), "end": is_end},
     )
     out = (
-        frame.with_columns(
-            pl.when(pl.col("end")).then(pl.col("w") + pl.lit(".")).otherwise(pl.col("w")).alias("w")
-        )
+        frame.with_columns(pl.when(pl.col("end")).then(pl.col("w") + pl.lit(".")).otherwise(pl.col("w")).alias("w"))
         .group_by("t", maintain_order=True)
         .agg(pl.col("w").str.join(" "))
         .sort("t")
@@ -513,13 +509,9 @@ def generate_interactions(cfg: SyntheticConfig, day: date) -> pl.DataFrame:
         .alias("title_id"),
         pl.when(pl.col("defect") == d["bad_timestamp"])
         .then(pl.col("bad_ts").replace_strict(dict(enumerate(_BAD_TIMESTAMPS)), return_dtype=pl.String))
-        .otherwise(
-            (pl.lit(day_start) + pl.duration(milliseconds=pl.col("ms"))).dt.strftime("%Y-%m-%dT%H:%M:%S%.3fZ")
-        )
+        .otherwise((pl.lit(day_start) + pl.duration(milliseconds=pl.col("ms"))).dt.strftime("%Y-%m-%dT%H:%M:%S%.3fZ"))
         .alias("ts"),
-        pl.col("ev")
-        .replace_strict({-1: "pause", **dict(enumerate(EVENTS))}, return_dtype=pl.String)
-        .alias("event"),
+        pl.col("ev").replace_strict({-1: "pause", **dict(enumerate(EVENTS))}, return_dtype=pl.String).alias("event"),
         pl.col("val").cast(pl.Float64).alias("value"),
     )
 
@@ -719,9 +711,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.days is not None and args.days < 1:
         parser.error(f"--days must be >= 1, got {args.days}")
-    cfg = SyntheticConfig(
-        seed=args.seed, n_titles=args.n_titles, n_members=args.n_members, start_day=args.start_day
-    )
+    cfg = SyntheticConfig(seed=args.seed, n_titles=args.n_titles, n_members=args.n_members, start_day=args.start_day)
     if args.day is not None:
         days = [args.day]
     else:

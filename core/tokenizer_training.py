@@ -67,9 +67,7 @@ def train_bpe_tokenizer(
         ]
     )
     tok.decoder = decoders.ByteLevel()
-    special = [
-        AddedToken(t, special=True, normalized=False, lstrip=False, rstrip=False) for t in spec.special_tokens
-    ]
+    special = [AddedToken(t, special=True, normalized=False, lstrip=False, rstrip=False) for t in spec.special_tokens]
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
         min_frequency=min_frequency,
@@ -102,9 +100,7 @@ def tokenizer_fingerprint(tokenizer_dir: Path) -> str:
     """
     tokenizer_dir = Path(tokenizer_dir)
     if not (tokenizer_dir / "tokenizer.json").is_file():
-        raise FileNotFoundError(
-            f"{tokenizer_dir} has no tokenizer.json; pass the directory written by save_pretrained"
-        )
+        raise FileNotFoundError(f"{tokenizer_dir} has no tokenizer.json; pass the directory written by save_pretrained")
     h = hashlib.sha256()
     for name in sorted(_FINGERPRINT_FILES):
         path = tokenizer_dir / name

@@ -164,9 +164,7 @@ def test_member_activity_is_heavy_tailed(week: pl.DataFrame) -> None:
     day = syn.generate_interactions(CFG, DAY).drop_nulls("member_id")
     per_member = day["member_id"].value_counts()["count"].to_numpy()
     assert len(per_member) < 0.5 * CFG.n_members, "most members are inactive on a given day"
-    assert (
-        0.6 * CFG.mean_events_per_active_member < per_member.mean() < 1.6 * CFG.mean_events_per_active_member
-    )
+    assert 0.6 * CFG.mean_events_per_active_member < per_member.mean() < 1.6 * CFG.mean_events_per_active_member
     assert per_member.max() >= 5 * np.median(per_member)
     weekly = week.drop_nulls("member_id")["member_id"].value_counts()["count"].to_numpy()
     top_decile = np.sort(weekly)[::-1][: len(weekly) // 10]
@@ -238,9 +236,7 @@ def test_external_conversations_are_mostly_valid_with_each_defect() -> None:
         for ok, a, e, m, p in zip(roles_ok, has_assistant, empty, email, phone, strict=True)
     ]
     assert sum(clean) >= 0.8 * len(lines)
-    assert (
-        syn.generate_external_conversations(syn.SyntheticConfig(external_conversations_per_day=0), DAY) == []
-    )
+    assert syn.generate_external_conversations(syn.SyntheticConfig(external_conversations_per_day=0), DAY) == []
 
 
 # ------------------------------------------------------------ writing & layout
@@ -261,9 +257,7 @@ def test_write_drop_layout_and_no_temp_files(tmp_path: Path) -> None:
     assert leftovers == []
 
 
-def test_a_failed_write_leaves_the_old_file_and_no_temp(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_failed_write_leaves_the_old_file_and_no_temp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     target = syn.write_catalog(tmp_path, CFG)
     before = target.read_bytes()
 

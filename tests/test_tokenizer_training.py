@@ -70,9 +70,7 @@ def test_vocab_size_too_small_is_a_clear_error():
 
 def test_template_spec_requires_listed_special_tokens():
     with pytest.raises(ValueError, match="must be listed in special_tokens"):
-        TemplateSpec(
-            "x", "{{ '' }}", ("<a>",), bos_token="<a>", eos_token="<b>", pad_token="<a>", end_of_turn="<a>"
-        )
+        TemplateSpec("x", "{{ '' }}", ("<a>",), bos_token="<a>", eos_token="<b>", pad_token="<a>", end_of_turn="<a>")
 
 
 def test_newline_runs_split_the_same_at_a_prompt_boundary():
