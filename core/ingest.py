@@ -585,7 +585,7 @@ def read_tables_with_rejects(
         if suffix in (".parquet", ".pq"):
             with _open_input(path, follow) as fh:
                 try:
-                    frames.append(pl.read_parquet(fh))  # from the checked descriptor, not the path again
+                    frame = pl.read_parquet(fh)  # from the checked descriptor, not the path again
                 except (pl.exceptions.PolarsError, OSError) as exc:
                     raise ValueError(
                         f"cannot read {path} as Parquet: {exc}; if it was still being copied, re-run once it is "
@@ -593,8 +593,8 @@ def read_tables_with_rejects(
                     ) from exc
         else:
             frame, bad = _read_csv(path, suffix, codec, source, follow)
-            frames.append(frame)
             rejects.extend(bad)
+        frames.append(trimmed_header(frame, path))
     quarantine = _quarantine_rows(rejects, source)
     if len(frames) == 1:
         return frames[0], quarantine
@@ -604,6 +604,29 @@ def read_tables_with_rejects(
         raise ValueError(
             f"cannot combine {[str(f) for f in files]}: {exc}; make the files use the same column types"
         ) from exc
+
+
+def trimmed_header(frame: pl.DataFrame, path: Path) -> pl.DataFrame:
+    """Column names without surrounding whitespace, so a mapping to ``genres`` finds a header written ``genres ``.
+
+    A stray space in a header is invisible in most viewers; matching it literally left every value of that column
+    null without a word. Two names that become one after trimming are an error naming both, not a silent pick.
+
+    >>> trimmed_header(pl.DataFrame({" title_id": ["1"], "genres ": ["Drama"]}), Path("movies.csv")).columns
+    ['title_id', 'genres']
+    """
+    names = [c.strip() for c in frame.columns]
+    if names == frame.columns:
+        return frame
+    seen: dict[str, str] = {}
+    for original, name in zip(frame.columns, names, strict=True):
+        if name in seen:
+            raise ValueError(
+                f"{path}: columns {seen[name]!r} and {original!r} are the same name once surrounding spaces are "
+                "removed; rename one of them in the file"
+            )
+        seen[name] = original
+    return frame.rename(dict(zip(frame.columns, names, strict=True)))
 
 
 def read_tables(paths: Sequence[Path], encoding: str = "utf-8") -> pl.DataFrame:

@@ -761,3 +761,18 @@ def test_a_symlink_is_followed_only_outside_the_landing_root(tmp_path: Path) -> 
         ig.read_tables_with_rejects([parquet], landing_root=tmp_path / "landing")
     raw, _ = ig.read_tables_with_rejects([link, parquet], landing_root=tmp_path / "elsewhere")
     assert raw["member_id"].to_list() == ["root", "ana"]
+
+
+def test_header_names_with_stray_spaces_still_match_the_mapping(tmp_path: Path) -> None:
+    movies = tmp_path / "movies.csv"
+    movies.write_text("movieId, title ,genres \n1,Heat (1995),Action|Crime\n2,Up (2009),Animation\n")
+    raw, rejects = ig.read_tables_with_rejects([movies], source="catalog")
+    catalog, _ = ig.ingest_catalog(raw, ML_CATALOG, read_rejects=rejects)
+    assert catalog.sort("title_id")["genres"].to_list() == [["Action", "Crime"], ["Animation"]]
+
+
+def test_two_headers_equal_once_trimmed_are_an_error_naming_both(tmp_path: Path) -> None:
+    movies = tmp_path / "movies.csv"
+    movies.write_text("movieId,genres,genres \n1,Drama,Comedy\n")
+    with pytest.raises(ValueError, match=r"movies\.csv: columns 'genres' and 'genres '"):
+        ig.read_tables_with_rejects([movies], source="catalog")
