@@ -59,7 +59,7 @@ def _provenance_note(name: str, payload: dict) -> str:
         return (
             "- This result was measured by an earlier version of the code (`git log` of its JSON file): ours then "
             "ran stock sdpa over the packed-row mask and full-vocabulary logits, MFU was 6 x parameters x tokens/s "
-            "against one peak probe. It has not been re-run since (no GPU machine in later sessions).\n"
+            "against one peak probe. It has not been re-run since (no GPU machine was available since).\n"
         )
     return ""
 

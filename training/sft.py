@@ -262,8 +262,8 @@ def _train(cfg: TrainConfig, resume: bool, ctx: DistContext, reporter: Reporter)
         f"{cfg.distributed}); {data_info['conversations']} conversations; global batch "
         f"{cfg.micro_batch_rows * cfg.grad_accum_steps * ctx.world_size} rows x {cfg.seq_len} tokens"
     )
-    # Throughput counts only time spent in steps (data, forward/backward, optimizer), not checkpoints,
-    # and not this session's first step (compilation, lazy initialisation), reported as warmup_seconds.
+    # Throughput counts only time spent in steps (data, forward/backward, optimizer), not checkpoints, and not
+    # the first step after this process started or resumed (compilation, lazy init), reported as warmup_seconds.
     session_tokens, session_seconds, log_tokens, log_seconds = 0, 0.0, 0, 0.0
     warmup: tuple[int, float] | None = None
     while state["step"] < cfg.max_steps:
