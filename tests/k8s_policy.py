@@ -127,3 +127,19 @@ def restricted_violations(pod: dict[str, Any]) -> list[str]:
             if port.get("hostPort"):
                 problems.append(f"{name}: hostPort {port['hostPort']}")
     return problems
+
+
+class RecordingLog:
+    """Stands in for the Dagster log the launcher and the watcher write to; keeps (level, message) pairs."""
+
+    def __init__(self) -> None:
+        self.lines: list[tuple[str, str]] = []
+
+    def info(self, msg: str) -> None:
+        self.lines.append(("info", msg))
+
+    def warning(self, msg: str) -> None:
+        self.lines.append(("warning", msg))
+
+    def error(self, msg: str) -> None:
+        self.lines.append(("error", msg))

@@ -20,6 +20,7 @@ from urllib.parse import parse_qs, urlparse
 
 import dagster as dg
 import pytest
+from k8s_policy import RecordingLog
 
 from resources.k8s_objects import COMPLETION_INDEX_ANNOTATION
 from resources.k8s_watch import JobWatcher, KubeApiUnavailable, Rank0LogFollower
@@ -28,18 +29,7 @@ from resources.kubernetes_launcher import KubernetesTrainingLauncher
 BOUND_S = 15.0  # generous: the calls below are bounded by 1-2 s timeouts each
 
 
-class _Log:
-    def __init__(self) -> None:
-        self.lines: list[tuple[str, str]] = []
-
-    def info(self, msg: str) -> None:
-        self.lines.append(("info", msg))
-
-    def warning(self, msg: str) -> None:
-        self.lines.append(("warning", msg))
-
-    def error(self, msg: str) -> None:
-        self.lines.append(("error", msg))
+_Log = RecordingLog
 
 
 def kubeconfig(tmp_path: Path, server: str) -> str:

@@ -14,6 +14,7 @@ from typing import Any
 
 import dagster as dg
 import pytest
+from k8s_policy import RecordingLog
 from kubernetes.client import (
     BatchV1Api,
     CoreV1Api,
@@ -694,18 +695,7 @@ def test_paths_off_the_shared_volume_are_refused_before_anything_is_created(tmp_
 # ---- pieces ------------------------------------------------------------------------------------------------------
 
 
-class _Log:
-    def __init__(self) -> None:
-        self.lines: list[tuple[str, str]] = []
-
-    def info(self, msg: str) -> None:
-        self.lines.append(("info", msg))
-
-    def warning(self, msg: str) -> None:
-        self.lines.append(("warning", msg))
-
-    def error(self, msg: str) -> None:
-        self.lines.append(("error", msg))
+_Log = RecordingLog
 
 
 def test_conditions_decide_not_counters() -> None:
