@@ -6,7 +6,7 @@ Regenerate the page after changing a table:
 
     python -m core.reason_docs > docs/reason-codes.md
 
-``tests/test_docs.py`` fails while the page and the tables disagree. Only ``core`` modules are
+``tests/unit/test_docs.py`` fails while the page and the tables disagree. Only ``core`` modules are
 imported here (the layer rule: core imports no other layer).
 """
 

@@ -1,0 +1,99 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_code_location_has_the_asset_graph_with_lineage() -> None:
+    from dagster_project.definitions import defs
+
+    graph = defs.resolve_asset_graph()
+    keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
+    assert {
+        "raw_catalog",
+        "raw_interactions",
+        "curated_conversations",
+        "base_model",
+        "tokenized_shards",
+    } <= keys
+
+    def parents(name: str) -> set[str]:
+        return {k.to_user_string() for k in graph.get(dg.AssetKey(name)).parent_keys}
+
+    assert parents("raw_interactions") == {"raw_catalog"}
+    assert parents("curated_conversations") == {"raw_catalog", "raw_interactions"}
+    assert parents("base_model") == {"curated_conversations"}
+    assert parents("tokenized_shards") == {"curated_conversations", "base_model"}
+    assert parents("trained_checkpoint") == {"tokenized_shards", "base_model"}
+    assert parents("eval_report") == {"trained_checkpoint"}
+    for name in ("raw_interactions", "curated_conversations", "tokenized_shards"):
+        assert graph.get(dg.AssetKey(name)).partitions_def is not None
+    checks = {k.name for k in defs.resolve_asset_graph().asset_check_keys}
+    assert {
+        "exact_masks",
+        "train_serve_consistency",
+        "manifest_checksums",
+        "no_member_in_two_splits",
+    } <= checks
+
+
+def test_workspace_loads_with_the_dagster_cli(tmp_path: Path) -> None:
+    """`dagster definitions validate` is what `dagster dev -w workspace.yaml` loads."""
+    env = {**os.environ, "DAGSTER_HOME": str(tmp_path), "PLATFORM_HOME": str(tmp_path / "home")}
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "dagster"), "definitions", "validate", "-w", "workspace.yaml"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Validation successful" in proc.stdout + proc.stderr
+
+
+def test_bad_settings_fail_with_advice(monkeypatch) -> None:
+    import pytest
+
+    from core.settings import load_settings
+
+    monkeypatch.setenv("PLATFORM_DATA_SOURCE", "s3")
+    with pytest.raises(ValueError, match="synthetic"):
+        load_settings()
+    monkeypatch.setenv("PLATFORM_DATA_SOURCE", "synthetic")
+    monkeypatch.setenv("PLATFORM_PARTITION_START", "yesterday")
+    with pytest.raises(ValueError, match="PLATFORM_PARTITION_START"):
+        load_settings()
+
+
+def test_one_training_run_at_a_time(tmp_path: Path) -> None:
+    """trained_checkpoint sits in the `training` pool, and the instance we ship limits pools to 1."""
+    import shutil
+
+    from dagster_project.definitions import defs
+    from dagster_project.instance import INSTANCE_TEMPLATE
+
+    assets_def = defs.resolve_assets_def("trained_checkpoint")
+    assert assets_def.node_def.pool == "training"
+    shutil.copyfile(INSTANCE_TEMPLATE, tmp_path / "dagster.yaml")
+    instance = dg.DagsterInstance.from_config(str(tmp_path))
+    assert instance.get_concurrency_config().pool_config.default_pool_limit == 1
+
+
+def test_leftover_ages_reach_the_artifact_store_and_bad_values_name_the_variable(monkeypatch) -> None:
+    import pytest
+
+    from core.settings import load_settings
+    from dagster_project.resources import build_resources
+
+    monkeypatch.setenv("ARTIFACT_TEMP_MAX_AGE_HOURS", "6")
+    monkeypatch.setenv("ARTIFACT_STAGING_RETENTION_HOURS", "168")
+    store = build_resources(load_settings())["artifacts"]
+    assert (store.temp_dir_max_age_hours, store.staging_retention_hours) == (6.0, 168.0)
+    monkeypatch.setenv("ARTIFACT_STAGING_RETENTION_HOURS", "0.1")
+    with pytest.raises(ValueError, match="ARTIFACT_STAGING_RETENTION_HOURS"):
+        build_resources(load_settings())

@@ -1,0 +1,140 @@
+"""Builders shared by the training tests: a tiny base model, random shard dirs, configs, subprocess env.
+
+(Named test_* so it sits with the files it serves; it holds no tests itself.)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from core.base_model import TinyModelPreset, save_preset
+from core.shards import write_shard_directory
+from core.tokenizer_training import tokenizer_fingerprint
+
+REPO = Path(__file__).resolve().parents[2]
+TEXTS = [f"Member {i} watched The Silent Harbor ({1990 + i % 30}) and liked drama {i % 7}." for i in range(200)]
+# The base_model asset's config for a model small enough to train in seconds in the asset and e2e tests.
+TINY_MODEL = {
+    "vocab_size": 800,
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 1,
+}
+TINY = TinyModelPreset(
+    vocab_size=400,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=512,
+)
+
+
+def make_base_model(out: Path) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    save_preset(out, TEXTS, TINY)
+    return out
+
+
+def random_rows(
+    n: int, *, vocab: int, min_len: int, max_len: int, seed: int, split: str = "train", prefix: str = "c"
+) -> pl.DataFrame:
+    """Conversations of random tokens; each has a prompt (mask 0) then a response (mask 1)."""
+    rng = np.random.default_rng(seed)
+    ids, masks = [], []
+    for _ in range(n):
+        length = int(rng.integers(min_len, max_len + 1))
+        prompt = int(rng.integers(1, max(2, length // 2)))
+        ids.append(rng.integers(0, vocab, length).astype(np.int32).tolist())
+        masks.append([0] * prompt + [1] * (length - prompt))
+    return pl.DataFrame(
+        {
+            "conversation_id": [f"{prefix}{seed}-{i}" for i in range(n)],
+            "split": [split] * n,
+            "input_ids": ids,
+            "loss_mask": masks,
+        }
+    )
+
+
+def make_shards(
+    out: Path,
+    base_model: Path,
+    n: int = 40,
+    *,
+    min_len: int = 4,
+    max_len: int = 40,
+    seed: int = 0,
+    rows_per_file: int = 16,
+    vocab: int = 300,
+) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    write_shard_directory(
+        out,
+        random_rows(n, vocab=vocab, min_len=min_len, max_len=max_len, seed=seed),
+        partition="2026-01-01",
+        tokenizer_fingerprint=tokenizer_fingerprint(base_model),
+        source_data_version=f"test-{seed}",
+        rows_per_file=rows_per_file,
+    )
+    return out
+
+
+def config_dict(base_model: Path, shard_dirs: list[Path], output_dir: Path, **overrides: Any) -> dict[str, Any]:
+    cfg = {
+        "base_model_dir": str(base_model),
+        "shard_dirs": [str(d) for d in shard_dirs],
+        "output_dir": str(output_dir),
+        "seq_len": 64,
+        "micro_batch_rows": 2,
+        "grad_accum_steps": 2,
+        "max_steps": 6,
+        "lr": 1e-3,
+        "warmup_steps": 2,
+        "checkpoint_every": 3,
+        "keep_checkpoints": 2,
+        "pack_buffer_rows": 16,
+        "log_every": 2,
+        "device": "cpu",
+        "deterministic": True,
+        "cpu_threads": 1,
+        "peak_flops": 1e10,
+    }
+    cfg.update(overrides)
+    return cfg
+
+
+def write_config(path: Path, cfg: dict[str, Any]) -> Path:
+    path.write_text(json.dumps(cfg))
+    return path
+
+
+def subprocess_env() -> dict[str, str]:
+    """One thread per process (2-core CI box) and the repo importable from any cwd."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DAGSTER_PIPES")}
+    path = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=path, PYTHONUNBUFFERED="1")
+    return env
+
+
+def torchrun_cmd(nproc: int, *args: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={nproc}",
+        "-m",
+        "training.sft",
+        *args,
+    ]
