@@ -20,7 +20,7 @@ def build_launcher(settings: PlatformSettings) -> TrainingLauncher:
         )
     if settings.training_launcher == "kubernetes":
         from core.settings import kubernetes_launcher_config
-        from resources.kubernetes_launcher import KubernetesTrainingLauncher
+        from resources.kubernetes.launcher import KubernetesTrainingLauncher
 
         return KubernetesTrainingLauncher(**kubernetes_launcher_config(settings))
     raise ValueError(

@@ -22,9 +22,9 @@ import dagster as dg
 import pytest
 from support.k8s_policy import RecordingLog
 
-from resources.k8s_objects import COMPLETION_INDEX_ANNOTATION
-from resources.k8s_watch import JobWatcher, KubeApiUnavailable, Rank0LogFollower
-from resources.kubernetes_launcher import KubernetesTrainingLauncher
+from resources.kubernetes.objects import COMPLETION_INDEX_ANNOTATION
+from resources.kubernetes.watch import JobWatcher, KubeApiUnavailable, Rank0LogFollower
+from resources.kubernetes.launcher import KubernetesTrainingLauncher
 
 pytestmark = pytest.mark.kubernetes
 

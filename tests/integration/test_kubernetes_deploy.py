@@ -17,8 +17,8 @@ from support.deploy_manifests import DEPLOY, REPO, by_kind, documents, instance_
 from support.k8s_policy import K8S_VERSIONS, pod_templates, restricted_violations, validate_strict
 
 from core.settings import kubernetes_launcher_config, load_settings
-from resources.k8s_objects import ACTIVE_DEADLINE_MAX_S, check_image_reference
-from resources.kubernetes_launcher import KubernetesTrainingLauncher
+from resources.kubernetes.objects import ACTIVE_DEADLINE_MAX_S, check_image_reference
+from resources.kubernetes.launcher import KubernetesTrainingLauncher
 from training import cpu_kernels
 
 pytestmark = pytest.mark.kubernetes
@@ -77,7 +77,7 @@ def test_every_pod_meets_the_restricted_pod_security_standard() -> None:
 
 
 def test_the_training_launcher_role_grants_exactly_the_calls_it_makes() -> None:
-    source = "".join((REPO / "resources" / f).read_text() for f in ("k8s_watch.py", "kubernetes_launcher.py"))
+    source = "".join(p.read_text() for p in sorted((REPO / "resources" / "kubernetes").glob("*.py")))
     used = set(re.findall(r"\.(\w+_namespaced_\w+)\(", source))
     assert used == set(PERMISSION), f"update PERMISSION and deploy/k8s/10-rbac.yaml for {used ^ set(PERMISSION)}"
     role = by_kind("Role")["catalog-posttrain-training-launcher"]

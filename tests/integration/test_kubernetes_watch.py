@@ -45,15 +45,15 @@ from kubernetes.client import (
 from kubernetes.client.exceptions import ApiException
 from support.k8s_policy import RecordingLog
 
-from resources.k8s_objects import COMPLETION_INDEX_ANNOTATION, JOB_LABEL, LINEAGE_LABEL, PEER_LOST_EXIT_CODE
-from resources.k8s_watch import (
+from resources.kubernetes.objects import COMPLETION_INDEX_ANNOTATION, JOB_LABEL, LINEAGE_LABEL, PEER_LOST_EXIT_CODE
+from resources.kubernetes.watch import (
     JobWatcher,
     PodLogMessageReader,
     Rank0LogFollower,
     parse_pipes_message,
     split_timestamp,
 )
-from resources.kubernetes_launcher import (
+from resources.kubernetes.launcher import (
     CAPTURE_CALL_S,
     TERMINATION_CALL_S,
     KubernetesTrainingLauncher,

@@ -26,7 +26,7 @@ from support.k8s_policy import K8S_VERSIONS, pod_templates, restricted_violation
 
 from core.settings import load_settings
 from dagster_project.resources import build_launcher
-from resources.k8s_objects import (
+from resources.kubernetes.objects import (
     COMPLETION_INDEX_ANNOTATION,
     GPU_RESOURCE,
     JOB_LABEL,
@@ -36,8 +36,8 @@ from resources.k8s_objects import (
     label_value,
     pod_failure_action,
 )
-from resources.k8s_watch import to_dict
-from resources.kubernetes_launcher import KubernetesTrainingLauncher, main
+from resources.kubernetes.watch import to_dict
+from resources.kubernetes.launcher import KubernetesTrainingLauncher, main
 from training import k8s_node
 from training.k8s_node import PEER_LOST_EXIT_CODE
 

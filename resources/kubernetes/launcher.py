@@ -25,7 +25,7 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 
-from resources.k8s_objects import (
+from resources.kubernetes.objects import (
     LINEAGE_LABEL,
     K8sConfigError,
     TrainingJobSpec,
@@ -34,7 +34,7 @@ from resources.k8s_objects import (
     render_yaml,
     with_env,
 )
-from resources.k8s_watch import (
+from resources.kubernetes.watch import (
     API_CONNECT_TIMEOUT_S,
     API_READ_TIMEOUT_S,
     BoundedApi,

@@ -25,7 +25,7 @@ from typing import Any, TextIO
 import dagster as dg
 import yaml
 
-from resources.k8s_objects import (
+from resources.kubernetes.objects import (
     COMPLETION_INDEX_ANNOTATION,
     CONTAINER,
     JOB_LABEL,
