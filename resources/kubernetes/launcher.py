@@ -2,53 +2,42 @@
 
 Same interface as `LocalTorchrunLauncher` (`launch(context, train_config, output_dir)`,
 `world_size`); selected with TRAINING_LAUNCHER=kubernetes (see core/settings.py).
-The objects are built in `resources.k8s_objects`, watched in `resources.k8s_watch`; each pod's
-entry point is `training.k8s_node`. The training config, checkpoints and outputs live on a
-shared ReadWriteMany volume mounted at the same path here and in every pod.
+The objects are built by `TrainingJobSpec` (resources.kubernetes.objects), watched by `JobWatcher` and
+`Rank0LogFollower`; each pod's entry point is `training.k8s_node`. The training config, checkpoints
+and outputs live on a shared ReadWriteMany volume mounted at the same path here and in every pod.
 
 Print the objects for a configuration without a cluster:
 
-    python -m resources.kubernetes_launcher render --nodes 2 --procs-per-node 8 --gpus-per-node 8 --image IMAGE
+    python -m resources.kubernetes render --nodes 2 --procs-per-node 8 --gpus-per-node 8 --image IMAGE
 """
 
 from __future__ import annotations
 
-import argparse
-import os
 import secrets
 import string
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
 from pydantic import Field
 
-from resources.kubernetes.objects import (
-    LINEAGE_LABEL,
-    K8sConfigError,
-    TrainingJobSpec,
-    label_value,
-    owned_by,
-    render_yaml,
-    with_env,
-)
-from resources.kubernetes.watch import (
+from resources.kubernetes.api import (
     API_CONNECT_TIMEOUT_S,
     API_READ_TIMEOUT_S,
     BoundedApi,
-    JobOutcome,
-    JobWatcher,
-    KubeApiUnavailable,
-    PodLogMessageReader,
-    Rank0LogFollower,
-    api_status,
-    capture_failure,
-    delete_objects,
+    load_clients,
+    refusal,
     to_dict,
     within,
 )
+from resources.kubernetes.cleanup import clear_leftovers, delete_objects
+from resources.kubernetes.failures import capture_failure
+from resources.kubernetes.logs import Rank0LogFollower
+from resources.kubernetes.names import LINEAGE_LABEL, label_value
+from resources.kubernetes.objects import TrainingJobSpec, owned_by, with_env
+from resources.kubernetes.pipes import PodLogMessageReader
+from resources.kubernetes.validation import K8sConfigError
+from resources.kubernetes.watch import JobOutcome, JobWatcher
 from resources.launchers import LaunchResult, TrainingLauncher, collect_result, write_train_config
 
 _SUFFIX = string.ascii_lowercase + string.digits
@@ -159,35 +148,8 @@ class KubernetesTrainingLauncher(TrainingLauncher):
         )
 
     def clients(self) -> tuple[Any, Any]:
-        """(BatchV1Api, CoreV1Api) from in-cluster config, or from a kubeconfig outside a cluster.
-
-        urllib3 would retry a timed-out GET three times on its own; one retry is kept (a stale pooled
-        connection), so a call takes at most two attempts of connect + read timeout each.
-        """
-        from kubernetes import client, config
-        from urllib3.util.retry import Retry
-
-        configuration = client.Configuration()
-        try:
-            if self.kubeconfig or self.kube_context:
-                config.load_kube_config(
-                    config_file=self.kubeconfig or None,
-                    context=self.kube_context or None,
-                    client_configuration=configuration,
-                )
-            else:
-                try:
-                    config.load_incluster_config(client_configuration=configuration)
-                except config.ConfigException:
-                    config.load_kube_config(client_configuration=configuration)
-        except (config.ConfigException, OSError) as exc:
-            raise dg.Failure(
-                f"no Kubernetes credentials: not running in a cluster and no usable kubeconfig ({exc}). "
-                "Run Dagster in the cluster (deploy/k8s) or set K8S_KUBECONFIG / K8S_CONTEXT."
-            ) from exc
-        configuration.retries = Retry(total=1)
-        api = client.ApiClient(configuration)
-        return client.BatchV1Api(api), client.CoreV1Api(api)
+        """(BatchV1Api, CoreV1Api) from this launcher's kubeconfig/context, else in-cluster config."""
+        return load_clients(self.kubeconfig, self.kube_context)
 
     def api_clients(self) -> tuple[BoundedApi, BoundedApi]:
         """`clients()` with connect and read timeouts on every call (see `BoundedApi`)."""
@@ -244,7 +206,15 @@ class KubernetesTrainingLauncher(TrainingLauncher):
         except K8sConfigError as exc:
             raise dg.Failure(f"KubernetesTrainingLauncher configuration: {exc}") from exc
         batch, core = self.api_clients()
-        self._clear_leftovers(batch, core, lineage, context)
+        clear_leftovers(
+            batch,
+            core,
+            self.namespace,
+            lineage,
+            context.log,
+            wait_s=self.leftover_wait_s,
+            poll_s=self.poll_interval_s,
+        )
         reader = PodLogMessageReader(warn=context.log.warning)
         outcome: JobOutcome | None = None
         report = None
@@ -318,50 +288,12 @@ class KubernetesTrainingLauncher(TrainingLauncher):
             )
         return collect_result(session, output_dir)
 
-    def _clear_leftovers(self, batch: Any, core: Any, lineage: str, context: Any) -> None:
-        """Delete the training Jobs an earlier attempt of this run left behind; wait until their pods are gone.
-
-        A run worker that dies (lost node, OOM kill) cannot delete its Job. Run monitoring then resumes
-        the run in a new worker, or run retries start a new run of the same lineage; both write to the
-        lineage's staging directory. Two trainers must never write the same checkpoints, so the old Job
-        and its pods go before the new Job is created (training resumes from the last checkpoint).
-        """
-        selector = f"{LINEAGE_LABEL}={lineage}"
-        try:
-            left = batch.list_namespaced_job(self.namespace, label_selector=selector).items or []
-        except Exception as exc:
-            raise dg.Failure(_refused("listing earlier training Jobs of this run", self.namespace, exc)) from exc
-        for old in left:
-            context.log.warning(
-                f"training Job {self.namespace}/{old.metadata.name} of an earlier attempt of this run is still there "
-                "(its run worker ended without deleting it): deleting it before starting a new one"
-            )
-            delete_objects(batch, core, self.namespace, old.metadata.name, context.log)
-        if not left:
-            return
-        deadline = time.monotonic() + self.leftover_wait_s
-        while True:
-            try:
-                listed = core.list_namespaced_pod(self.namespace, label_selector=selector).items or []
-                pods = [p.metadata.name for p in listed]
-            except Exception as exc:  # keep asking until the deadline
-                pods = [f"(listing failed: {exc})"]
-            if not pods:
-                return
-            if time.monotonic() > deadline:
-                raise dg.Failure(
-                    f"pods {', '.join(pods)} of an earlier training Job of this run are still there after "
-                    f"{self.leftover_wait_s:.0f}s; a new Job would write the same checkpoints. Re-execute the run "
-                    f"once `kubectl -n {self.namespace} get pods -l {selector}` lists none."
-                )
-            time.sleep(min(self.poll_interval_s, 5.0))
-
     def _submit(self, batch: Any, core: Any, job: dict[str, Any], service: dict[str, Any], context: Any) -> None:
         """The Job first, then the Service owned by it (garbage-collected with the Job whatever happens here)."""
         try:
             created = batch.create_namespaced_job(self.namespace, job)
         except Exception as exc:
-            raise dg.Failure(_refused("creating the Job", self.namespace, exc)) from exc
+            raise dg.Failure(refusal("creating the Job", self.namespace, exc)) from exc
         owner = to_dict(created) if created is not None else None
         if owner and (owner.get("metadata") or {}).get("uid"):
             owner = {"apiVersion": "batch/v1", "kind": "Job", "metadata": owner["metadata"]}
@@ -370,81 +302,4 @@ class KubernetesTrainingLauncher(TrainingLauncher):
             core.create_namespaced_service(self.namespace, service)
         except Exception as exc:
             delete_objects(batch, core, self.namespace, job["metadata"]["name"], context.log)
-            raise dg.Failure(_refused("creating the headless Service", self.namespace, exc)) from exc
-
-
-def _refused(what: str, namespace: str, exc: BaseException) -> str:
-    if isinstance(exc, KubeApiUnavailable):  # no answer: the message names the server and the bound
-        return f"{what} in namespace {namespace} failed: {exc}"
-    status = api_status(exc)
-    hint = {
-        401: "the credentials were rejected",
-        403: "RBAC forbids it: bind deploy/k8s/rbac.yaml's Role to the service account the Dagster run uses",
-        404: f"namespace {namespace!r} does not exist",
-        409: "an object with that name already exists",
-        422: "the API server rejected the object (render it with `python -m resources.kubernetes_launcher render`)",
-    }.get(status or 0, "see the error")
-    body = getattr(exc, "body", None) or exc
-    return f"{what} in namespace {namespace} failed ({status}): {hint}. {body}"
-
-
-# ---- CLI ----------------------------------------------------------------------------------------------------
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m resources.kubernetes_launcher", description=__doc__.splitlines()[0]
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-    render = sub.add_parser("render", help="print the Service and Job a launch would submit, as YAML")
-    render.add_argument("--image", required=True)
-    render.add_argument("--nodes", type=int, default=2)
-    render.add_argument("--procs-per-node", type=int, default=1)
-    render.add_argument("--gpus-per-node", type=int, default=0)
-    render.add_argument("--namespace", default="catalog-posttrain")
-    render.add_argument("--cpu", default=None, help="CPU request = limit per pod (default: 8 per GPU, else 4)")
-    render.add_argument("--memory", default=None, help="memory request = limit per pod (default: 64Gi/GPU, else 16Gi)")
-    render.add_argument("--shm-size", default=None, help="/dev/shm size (default: 16Gi with GPUs, else 2Gi)")
-    render.add_argument("--artifacts-pvc", default="catalog-posttrain-artifacts")
-    render.add_argument("--artifacts-mount-path", default="/platform/artifacts")
-    render.add_argument("--service-account", default="catalog-posttrain-trainer")
-    render.add_argument("--run-id", default="00000000-0000-0000-0000-000000000000", help="Dagster run id (labels)")
-    render.add_argument("--name", default=None, help="Job name (default: sft-<run id>-xxxxx)")
-    args = parser.parse_args(argv)
-    gpus = args.gpus_per_node
-    launcher = KubernetesTrainingLauncher(
-        namespace=args.namespace,
-        image=args.image,
-        nodes=args.nodes,
-        procs_per_node=args.procs_per_node,
-        gpus_per_node=gpus,
-        cpu=args.cpu or (str(8 * gpus) if gpus else "4"),
-        memory=args.memory or (f"{64 * gpus}Gi" if gpus else "16Gi"),
-        shm_size=args.shm_size or ("16Gi" if gpus else "2Gi"),
-        artifacts_pvc=args.artifacts_pvc,
-        artifacts_mount_path=args.artifacts_mount_path,
-        service_account=args.service_account,
-    )
-    name = args.name or job_name_for(args.run_id, "xxxxx")
-    output_dir = f"{args.artifacts_mount_path.rstrip('/')}/trained_checkpoint/.tmp-run-{args.run_id}"
-    labels = {"dagster/run-id": args.run_id, "dagster/job": "training_job", "dagster/asset": "trained_checkpoint"}
-    annotations = {
-        "dagster/run-id": args.run_id,
-        "dagster/root-run-id": args.run_id,
-        "dagster/job": "training_job",
-        "dagster/asset-key": "trained_checkpoint",
-        "catalog-posttrain/output-dir": output_dir,
-        "catalog-posttrain/world-size": str(launcher.world_size),
-    }
-    try:
-        spec = launcher.job_spec(name, f"{output_dir}/train_config.json", labels, annotations)
-        sys.stdout.write(render_yaml(spec.objects()))
-    except K8sConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")
-    sys.exit(main())
+            raise dg.Failure(refusal("creating the headless Service", self.namespace, exc)) from exc

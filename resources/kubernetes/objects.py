@@ -21,100 +21,17 @@ from __future__ import annotations
 
 import copy
 import math
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
 
+from resources.kubernetes.names import APP, COMPLETION_INDEX_ANNOTATION, CONTAINER, GPU_RESOURCE, JOB_LABEL, label_value
+from resources.kubernetes.validation import validate_job_spec
+
 # The exit code of `training.k8s_node` (the container's entry point) that the podFailurePolicy counts.
 from training.k8s_node import PEER_LOST_EXIT_CODE
-
-CONTAINER = "trainer"
-APP = "catalog-posttrain"
-JOB_LABEL = f"{APP}/training-job"  # pods, Job and Service carry it; the Service selects on it
-LINEAGE_LABEL = f"{APP}/lineage"  # the Dagster run's root run id: every attempt of one run shares it
-COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
-GPU_RESOURCE = "nvidia.com/gpu"
-
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-_QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_SECRETISH = re.compile(r"(TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|ACCESS_KEY|PRIVATE_KEY|CREDENTIAL)", re.I)
-_LABEL_VALUE_BAD = re.compile(r"[^A-Za-z0-9_.-]+")
-# Image references as container runtimes parse them (the distribution "reference" grammar).
-_DOMAIN_PART = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
-_IMAGE_DOMAIN = re.compile(rf"^(?:{_DOMAIN_PART}(?:\.{_DOMAIN_PART})*|\[[0-9a-fA-F:.]+\])(?::[0-9]+)?$")
-_IMAGE_PATH = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$")
-_IMAGE_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
-_IMAGE_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
-
-# Bounds of the training Job's wall-clock limit: a Job that outlives its launcher (or waits for a peer
-# that never comes) holds its nodes until activeDeadlineSeconds, so it may not be unbounded in practice.
-ACTIVE_DEADLINE_MIN_S = 60
-ACTIVE_DEADLINE_MAX_S = 7 * 86400
-
-
-class K8sConfigError(ValueError):
-    """A launcher setting cannot produce valid objects; the message names the setting and the fix."""
-
-
-def label_value(text: str) -> str:
-    """`text` made into a valid label value (<= 63 chars of [A-Za-z0-9_.-], alphanumeric at both ends)."""
-    value = _LABEL_VALUE_BAD.sub("_", text)[:63].strip("_.-")
-    return value
-
-
-def check_dns_label(name: str, what: str) -> str:
-    if len(name) > 63 or not _DNS_LABEL.match(name):
-        raise K8sConfigError(
-            f"{what} {name!r} is not a DNS-1123 label (lowercase letters, digits and '-', at most 63 characters)"
-        )
-    return name
-
-
-def check_image_reference(image: str, setting: str = "image (K8S_IMAGE)") -> str:
-    """`image` if a container runtime can pull it: [registry[:port]/]path[:tag][@sha256:<64 hex>].
-
-    A malformed reference is only noticed by the kubelet (InvalidImageName) after the Job was created,
-    and the pods then sit on their nodes until the Job's deadline; refusing it here costs nothing.
-    """
-    how = (
-        "use registry.example.com/catalog-posttrain:0.1.0 or, pinned by digest, "
-        "registry.example.com/catalog-posttrain@sha256:<64 hex digits>"
-    )
-
-    def bad(why: str) -> K8sConfigError:
-        return K8sConfigError(f"{setting} {image!r} is not a valid image reference: {why}; {how}")
-
-    if not image or image != image.strip() or any(ch.isspace() for ch in image):
-        raise bad("it is empty or contains whitespace")
-    name, at, digest = image.partition("@")
-    if at and not _IMAGE_DIGEST.match(digest):
-        raise bad(f"the digest {digest!r} must be 'sha256:' followed by 64 lowercase hex digits")
-    slash = name.rfind("/")
-    colon = name.rfind(":")
-    if colon > slash:  # a tag (a colon before the last slash is a registry port)
-        name, tag = name[:colon], name[colon + 1 :]
-        if not _IMAGE_TAG.match(tag):
-            raise bad(f"the tag {tag!r} must be up to 128 of [A-Za-z0-9_.-], not starting with '.' or '-'")
-    parts = name.split("/")
-    first = parts[0]
-    if len(parts) > 1 and ("." in first or ":" in first or first == "localhost" or first.lower() != first):
-        if not _IMAGE_DOMAIN.match(first):
-            raise bad(f"the registry {first!r} is not a host name or address with an optional port")
-        parts = parts[1:]
-    for part in parts:
-        if not _IMAGE_PATH.match(part):
-            raise bad(
-                f"the repository path component {part!r} must be lowercase letters and digits, "
-                "separated by '.', '_', '__' or '-'"
-            )
-    if len(name) > 255:
-        raise bad("the repository name is longer than 255 characters")
-    return image
 
 
 def cpu_count(quantity: str) -> float:
@@ -191,73 +108,8 @@ class TrainingJobSpec:
 
     # ---- validation ----------------------------------------------------------------------
     def validate(self) -> None:
-        check_dns_label(self.name, "job name")
-        check_dns_label(self.namespace, "namespace")
-        if len(self.pod_hostname(self.nodes - 1)) > 63:
-            raise K8sConfigError(f"job name {self.name!r} is too long for pod hostnames '<name>-<index>'")
-        if self.nodes < 1 or self.procs_per_node < 1:
-            raise K8sConfigError(f"nodes and procs_per_node must be >= 1, got {self.nodes} x {self.procs_per_node}")
-        if self.gpus_per_node < 0:
-            raise K8sConfigError(f"gpus_per_node must be >= 0, got {self.gpus_per_node}")
-        if self.gpus_per_node and self.procs_per_node > self.gpus_per_node:
-            raise K8sConfigError(
-                f"procs_per_node={self.procs_per_node} exceeds gpus_per_node={self.gpus_per_node}: "
-                "each trainer process needs its own GPU (set procs_per_node <= gpus_per_node)"
-            )
-        if not self.image:
-            raise K8sConfigError("image is empty: set the trainer image built from deploy/Dockerfile (K8S_IMAGE)")
-        check_image_reference(self.image)
-        if not ACTIVE_DEADLINE_MIN_S <= self.active_deadline_seconds <= ACTIVE_DEADLINE_MAX_S:
-            raise K8sConfigError(
-                f"active_deadline_seconds={self.active_deadline_seconds} (K8S_ACTIVE_DEADLINE_SECONDS) must be between "
-                f"{ACTIVE_DEADLINE_MIN_S} and {ACTIVE_DEADLINE_MAX_S} (7 days): Kubernetes stops the training Job "
-                "after it, and until then the Job holds its nodes even with no launcher watching (default 86400 = 24 h)"
-            )
-        if not 60 <= self.rdzv_join_timeout_seconds <= 86400:
-            raise K8sConfigError(
-                f"rdzv_join_timeout_seconds={self.rdzv_join_timeout_seconds} (K8S_RDZV_JOIN_TIMEOUT_SECONDS) must be "
-                "between 60 and 86400: it bounds how long a pod waits at the rendezvous for the other nodes "
-                "(default 600)"
-            )
-        for what, value in (("cpu", self.cpu), ("memory", self.memory), ("shm_size", self.shm_size)):
-            if not _QUANTITY.match(value):
-                raise K8sConfigError(f"{what}={value!r} is not a Kubernetes quantity (e.g. '8', '500m', '32Gi')")
-        if self.tmp_size and not _QUANTITY.match(self.tmp_size):
-            raise K8sConfigError(f"tmp_size={self.tmp_size!r} is not a Kubernetes quantity (e.g. '10Gi')")
-        if not self.artifacts_pvc:
-            raise K8sConfigError(
-                "artifacts_pvc is empty: training needs a shared ReadWriteMany volume for its checkpoints "
-                "(K8S_ARTIFACTS_PVC)"
-            )
-        if not self.artifacts_mount_path.startswith("/"):
-            raise K8sConfigError(f"artifacts_mount_path {self.artifacts_mount_path!r} must be an absolute path")
-        if not self.config_path.startswith(self.artifacts_mount_path.rstrip("/") + "/"):
-            raise K8sConfigError(
-                f"the training config {self.config_path} is not on the shared artifact volume mounted at "
-                f"{self.artifacts_mount_path}: pods could not read it (check K8S_ARTIFACTS_MOUNT_PATH)"
-            )
-        if self.image_pull_policy not in ("Always", "IfNotPresent", "Never"):
-            raise K8sConfigError(f"image_pull_policy {self.image_pull_policy!r}: use Always, IfNotPresent or Never")
-        if self.run_as_user <= 0:
-            raise K8sConfigError("run_as_user must be a non-root uid (> 0): pods run under the restricted policy")
-        for name, value in self.env.items():
-            if not _ENV_NAME.match(name):
-                raise K8sConfigError(f"env name {name!r} is not a valid environment variable name")
-            if _SECRETISH.search(name):
-                raise K8sConfigError(
-                    f"env {name} looks like a secret: give it as secret_env {{'{name}': 'secret-name/key'}} "
-                    "so the value stays in a Kubernetes Secret, not in the Job"
-                )
-            if not isinstance(value, str):
-                raise K8sConfigError(f"env {name} must be a string, got {value!r}")
-        for name, ref in self.secret_env.items():
-            if not _ENV_NAME.match(name):
-                raise K8sConfigError(f"secret_env name {name!r} is not a valid environment variable name")
-            secret, _, key = ref.partition("/")
-            if not secret or not key:
-                raise K8sConfigError(f"secret_env {name}={ref!r} must be 'secret-name/key'")
-            if len(secret) > 253 or not _DNS_SUBDOMAIN.match(secret):
-                raise K8sConfigError(f"secret_env {name}: {secret!r} is not a valid Secret name")
+        """Raise `K8sConfigError` naming the first setting that cannot make a runnable Job."""
+        validate_job_spec(self)
 
     # ---- objects -------------------------------------------------------------------------
     def _labels(self) -> dict[str, str]:
@@ -511,42 +363,3 @@ def owned_by(obj: dict[str, Any], owner: Mapping[str, Any]) -> dict[str, Any]:
 
 def render_yaml(objects: Sequence[Mapping[str, Any]]) -> str:
     return yaml.safe_dump_all([dict(o) for o in objects], sort_keys=False, default_flow_style=False)
-
-
-# ---- podFailurePolicy semantics (used for the run's log messages and by the multi-host test) ----------
-
-
-def _exit_codes(pod: Mapping[str, Any], container_name: str | None) -> list[int]:
-    status = pod.get("status") or {}
-    codes = []
-    for cs in [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]:
-        if container_name and cs.get("name") != container_name:
-            continue
-        terminated = (cs.get("state") or {}).get("terminated")
-        if terminated is not None and terminated.get("exitCode", 0) != 0:
-            codes.append(int(terminated["exitCode"]))  # exit code 0 is excluded from the check
-    return codes
-
-
-def pod_failure_action(policy: Mapping[str, Any] | None, pod: Mapping[str, Any]) -> str | None:
-    """The action of the first podFailurePolicy rule that matches a failed pod (dict form), None if none does.
-
-    Mirrors the Job controller: rules in order; onExitCodes looks at terminated non-zero exit codes
-    (In: any code in the values; NotIn: any code not in them); onPodConditions matches a condition
-    of the given type and status (default "True"). No match means the default: counted.
-    """
-    conditions = (pod.get("status") or {}).get("conditions") or []
-    for rule in (policy or {}).get("rules", []):
-        on_codes = rule.get("onExitCodes")
-        if on_codes:
-            codes = _exit_codes(pod, on_codes.get("containerName"))
-            values = set(on_codes["values"])
-            if on_codes["operator"] == "In" and any(c in values for c in codes):
-                return rule["action"]
-            if on_codes["operator"] == "NotIn" and any(c not in values for c in codes):
-                return rule["action"]
-        for pattern in rule.get("onPodConditions") or []:
-            want = pattern.get("status", "True")
-            if any(c.get("type") == pattern["type"] and c.get("status") == want for c in conditions):
-                return rule["action"]
-    return None

@@ -24,7 +24,7 @@ import pytest
 from support.multihost.netns_cluster import NetnsCluster, expand, netns_unavailable_reason
 from support.training_builders import REPO, config_dict, make_base_model, make_shards
 
-from resources.kubernetes.launcher import KubernetesTrainingLauncher
+from resources.kubernetes import KubernetesTrainingLauncher
 from resources.launchers import TrainingLauncher
 from training.k8s_node import PEER_LOST_EXIT_CODE
 

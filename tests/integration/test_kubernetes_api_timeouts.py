@@ -22,9 +22,13 @@ import dagster as dg
 import pytest
 from support.k8s_policy import RecordingLog
 
-from resources.kubernetes.objects import COMPLETION_INDEX_ANNOTATION
-from resources.kubernetes.watch import JobWatcher, KubeApiUnavailable, Rank0LogFollower
-from resources.kubernetes.launcher import KubernetesTrainingLauncher
+from resources.kubernetes import (
+    COMPLETION_INDEX_ANNOTATION,
+    JobWatcher,
+    KubeApiUnavailable,
+    KubernetesTrainingLauncher,
+    Rank0LogFollower,
+)
 
 pytestmark = pytest.mark.kubernetes
 

@@ -17,8 +17,7 @@ from support.deploy_manifests import DEPLOY, REPO, by_kind, documents, instance_
 from support.k8s_policy import K8S_VERSIONS, pod_templates, restricted_violations, validate_strict
 
 from core.settings import kubernetes_launcher_config, load_settings
-from resources.kubernetes.objects import ACTIVE_DEADLINE_MAX_S, check_image_reference
-from resources.kubernetes.launcher import KubernetesTrainingLauncher
+from resources.kubernetes import ACTIVE_DEADLINE_MAX_S, KubernetesTrainingLauncher, check_image_reference
 from training import cpu_kernels
 
 pytestmark = pytest.mark.kubernetes

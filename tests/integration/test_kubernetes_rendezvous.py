@@ -19,7 +19,8 @@ from torch.distributed.elastic.rendezvous import RendezvousParameters
 from torch.distributed.elastic.rendezvous.dynamic_rendezvous import _get_timeout
 from torch.distributed.run import config_from_args, get_args_parser
 
-from resources.kubernetes.objects import PEER_LOST_EXIT_CODE, TrainingJobSpec, pod_failure_action
+from resources.kubernetes import TrainingJobSpec, pod_failure_action
+from training.k8s_node import PEER_LOST_EXIT_CODE
 
 pytestmark = pytest.mark.kubernetes
 

@@ -45,21 +45,22 @@ from kubernetes.client import (
 from kubernetes.client.exceptions import ApiException
 from support.k8s_policy import RecordingLog
 
-from resources.kubernetes.objects import COMPLETION_INDEX_ANNOTATION, JOB_LABEL, LINEAGE_LABEL, PEER_LOST_EXIT_CODE
-from resources.kubernetes.watch import (
+from resources.kubernetes import (
+    CAPTURE_CALL_S,
+    COMPLETION_INDEX_ANNOTATION,
+    JOB_LABEL,
+    LINEAGE_LABEL,
+    TERMINATION_CALL_S,
     JobWatcher,
+    KubernetesTrainingLauncher,
     PodLogMessageReader,
     Rank0LogFollower,
+    job_name_for,
     parse_pipes_message,
     split_timestamp,
 )
-from resources.kubernetes.launcher import (
-    CAPTURE_CALL_S,
-    TERMINATION_CALL_S,
-    KubernetesTrainingLauncher,
-    job_name_for,
-)
 from resources.launchers import TrainingLauncher
+from training.k8s_node import PEER_LOST_EXIT_CODE
 
 pytestmark = pytest.mark.kubernetes
 

@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from core.settings import kubernetes_launcher_config, load_settings
-from resources.kubernetes.launcher import KubernetesTrainingLauncher
+from resources.kubernetes import KubernetesTrainingLauncher
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"

@@ -5,6 +5,8 @@ Security Standard, secrets by reference only, and the `render` command the READM
 
 import importlib.resources
 import socket
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,22 +24,24 @@ from kubernetes.client import (
     V1PodSpec,
     V1PodStatus,
 )
+from support.deploy_manifests import REPO
 from support.k8s_policy import K8S_VERSIONS, pod_templates, restricted_violations, validate_strict
 
 from core.settings import load_settings
 from dagster_project.resources import build_launcher
-from resources.kubernetes.objects import (
+from resources.kubernetes import (
     COMPLETION_INDEX_ANNOTATION,
     GPU_RESOURCE,
     JOB_LABEL,
     K8sConfigError,
+    KubernetesTrainingLauncher,
     TrainingJobSpec,
     check_image_reference,
     label_value,
     pod_failure_action,
+    to_dict,
 )
-from resources.kubernetes.watch import to_dict
-from resources.kubernetes.launcher import KubernetesTrainingLauncher, main
+from resources.kubernetes.cli import main
 from training import k8s_node
 from training.k8s_node import PEER_LOST_EXIT_CODE
 
@@ -269,6 +273,21 @@ def test_images_pinned_by_digest_and_other_valid_references_are_accepted(image: 
     assert container_of(job)["image"] == image
     for version in K8S_VERSIONS:
         validate_strict(job, version)
+
+
+def test_render_runs_as_a_module_of_the_package() -> None:
+    """The documented command line, in a fresh interpreter: `python -m resources.kubernetes render`."""
+    done = subprocess.run(
+        [sys.executable, "-m", "resources.kubernetes", "render", "--image", IMAGE, "--name", "sft-cli-xxxxx"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    kinds = [(o["kind"], o["metadata"]["name"]) for o in yaml.safe_load_all(done.stdout)]
+    assert kinds == [("Service", "sft-cli-xxxxx"), ("Job", "sft-cli-xxxxx")]
 
 
 def test_render_refuses_a_bad_configuration(capsys: pytest.CaptureFixture[str]) -> None:

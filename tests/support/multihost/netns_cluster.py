@@ -51,7 +51,7 @@ from typing import Any
 from kubernetes.client import ApiClient
 from kubernetes.client.exceptions import ApiException
 
-from resources.kubernetes.objects import COMPLETION_INDEX_ANNOTATION, pod_failure_action
+from resources.kubernetes import COMPLETION_INDEX_ANNOTATION, pod_failure_action
 
 CLUSTER_DOMAIN = "cluster.local"
 _VAR_REF = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
