@@ -1,127 +1,129 @@
-"""`make demo`: materialize the asset graph for the demo days on the embedded default.
+"""`make demo`: materialize the whole asset graph for a range of days, then train and evaluate.
 
 Runs go through the Dagster instance in DAGSTER_HOME (SQLite), so every run,
-materialization and asset check shows up in `dagster dev` afterwards.
+materialization and asset check shows up in `dagster dev` afterwards. The data half
+is `make ingest`'s (dagster_project.materialize), with the same checks of the days.
+
+Days: `--from` (default PLATFORM_PARTITION_START) and either `--to` or `--days`. The
+synthetic source defaults to SYNTHETIC_DAYS days; with PLATFORM_DATA_SOURCE=files
+the days must be given, since only the user knows which of their data's days to run.
 """
 
 from __future__ import annotations
 
 import argparse
-import time
-from datetime import timedelta
+from datetime import date, timedelta
+from typing import TYPE_CHECKING
 
 import dagster as dg
 
+from dagster_project.ingest import parse_day
 from dagster_project.instance import ensure_dagster_home
 
-
-def _run(job: dg.JobDefinition, instance: dg.DagsterInstance, label: str, timings: dict[str, float], **kwargs) -> None:
-    start = time.perf_counter()
-    result = job.execute_in_process(instance=instance, raise_on_error=False, **kwargs)
-    timings[label] = timings.get(label, 0.0) + time.perf_counter() - start
-    if not result.success:
-        raise SystemExit(f"demo step {label} failed ({kwargs.get('partition_key', '')}); see `dagster dev` for the run")
-    failed_checks = [
-        f"{e.asset_check_evaluation_data.asset_key.to_user_string()}:{e.asset_check_evaluation_data.check_name}"
-        for e in result.all_events
-        if e.event_type_value == "ASSET_CHECK_EVALUATION" and not e.asset_check_evaluation_data.passed
-    ]
-    if failed_checks:
-        print(f"  ! failed asset checks in {label}: {failed_checks}")
-    return result
+if TYPE_CHECKING:
+    from core.settings import PlatformSettings
 
 
-def _metadata_number(result: dg.ExecuteInProcessResult, key: str) -> float:
-    total = 0.0
-    for event in result.get_asset_materialization_events():
-        value = event.materialization.metadata.get(key)
-        total += float(value.value) if value is not None else 0.0
-    return total
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m dagster_project.demo", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--from", dest="first", type=parse_day, help="first day (default PLATFORM_PARTITION_START)")
+    span = parser.add_mutually_exclusive_group()
+    span.add_argument("--to", dest="last", type=parse_day, help="last day, included")
+    span.add_argument("--days", type=int, help="number of days from --from (synthetic default: SYNTHETIC_DAYS)")
+    parser.add_argument("--skip-training", action="store_true", help="stop after tokenized_shards")
+    return parser.parse_args(argv)
+
+
+def demo_days(args: argparse.Namespace, settings: PlatformSettings) -> tuple[date, date]:
+    """The first and last day the flags ask for; SYNTHETIC_DAYS sizes only the synthetic source's default."""
+    first = args.first or settings.partition_start
+    if args.last is not None:
+        return first, args.last
+    if args.days is not None:
+        if args.days < 1:
+            raise ValueError(f"--days {args.days}: give at least 1")
+        return first, first + timedelta(days=args.days - 1)
+    if settings.data_source == "files":
+        raise ValueError(
+            "with PLATFORM_DATA_SOURCE=files give the days to run: --to YYYY-MM-DD or --days N "
+            f"(counted from --from, default PLATFORM_PARTITION_START={settings.partition_start})"
+        )
+    return first, first + timedelta(days=settings.synthetic_days - 1)
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--days", type=int, default=None, help="demo days (default SYNTHETIC_DAYS)")
-    parser.add_argument("--skip-training", action="store_true", help="stop after tokenized_shards")
-    args = parser.parse_args(argv)
+    args = parse_args(argv)
     ensure_dagster_home()
-
+    # Imported after the arguments are parsed: these read the settings at import, and `--help` needs none.
     from core.settings import load_settings
-    from dagster_project.definitions import defs
+    from dagster_project.day_range import check_days, days_between
+    from dagster_project.materialize import Runner, StepFailed, materialize_days
+    from dagster_project.report import print_summary
+    from resources.artifacts import ArtifactStore
 
     settings = load_settings()
-    n_days = args.days or settings.synthetic_days
-    days = [(settings.partition_start + timedelta(days=i)).isoformat() for i in range(n_days)]
-    instance = dg.DagsterInstance.get()
-    ingestion = defs.resolve_job_def("ingestion_job")
-    key = dg.AssetKey
-    timings: dict[str, float] = {}
+    try:
+        first, last = demo_days(args, settings)
+        check_days(settings, first, last)
+    except (ValueError, FileNotFoundError) as exc:
+        raise SystemExit(f"error: {exc}") from exc
+    days = days_between(first, last)
 
+    from dagster_project.definitions import defs
+
+    runner = Runner(dg.DagsterInstance.get(), defs)
     print(f"PLATFORM_HOME={settings.home}  days={days[0]}..{days[-1]}")
-    _run(defs.resolve_job_def("catalog_job"), instance, "raw_catalog", timings)
-    for day in days:
-        print(f"  ingest {day}")
-        _run(
-            ingestion,
-            instance,
-            "raw_interactions+curated_conversations",
-            timings,
-            partition_key=day,
-            asset_selection=[key("raw_interactions"), key("curated_conversations")],
+    try:
+        outcome = materialize_days(
+            runner, days, ArtifactStore(root=str(settings.artifacts_dir)), rebuild_base_model=True, keep_going=False
         )
-    _run(defs.resolve_job_def("base_model_job"), instance, "base_model", timings)
-    tokens = tokenize_seconds = 0.0
-    for day in days:
-        print(f"  tokenize {day}")
-        result = _run(
-            ingestion,
-            instance,
-            "tokenized_shards",
-            timings,
-            partition_key=day,
-            asset_selection=[key("tokenized_shards")],
-        )
-        tokens += _metadata_number(result, "tokens")
-        tokenize_seconds += _metadata_number(result, "tokenize_seconds")
-    evals: list = []
-    trains: list = []
-    if not args.skip_training:
-        print("  train + evaluate")
-        result = _run(defs.resolve_job_def("training_job"), instance, "trained_checkpoint+eval_report", timings)
-        evals = [
-            e.materialization.metadata
-            for e in result.get_asset_materialization_events()
-            if e.asset_key == key("eval_report")
-        ]
-        trains = [
-            e.materialization.metadata
-            for e in result.get_asset_materialization_events()
-            if e.asset_key == key("trained_checkpoint")
-        ]
-    print("\nwall time per step (s):")
-    for label, seconds in timings.items():
-        print(f"  {label:42s} {seconds:8.1f}")
-    from dagster_project.report import print_summary
+        training = None
+        if not args.skip_training:
+            print("  train + evaluate")
+            training = runner.run("training_job", "trained_checkpoint+eval_report")
+    except StepFailed as exc:
+        raise SystemExit(f"demo {exc}; see `dagster dev` for the run") from exc
 
+    print("\nwall time per step (s):")
+    for label, seconds in runner.timings.items():
+        print(f"  {label:42s} {seconds:8.1f}")
     print_summary(settings, days)
-    if trains:
-        meta = {k: getattr(v, "value", v) for k, v in trains[0].items()}
+    if training is not None:
+        print_training(training)
+    if outcome.tokenize_seconds:
+        print(
+            f"  tokenization throughput: {outcome.tokens / outcome.tokenize_seconds:,.0f} tokens/s "
+            "(render+tokenize+mask)"
+        )
+
+
+def _metadata_of(result: dg.ExecuteInProcessResult, asset: str) -> dict[str, object] | None:
+    for event in result.get_asset_materialization_events():
+        if event.asset_key == dg.AssetKey(asset):
+            return {k: getattr(v, "value", v) for k, v in event.materialization.metadata.items()}
+    return None
+
+
+def print_training(result: dg.ExecuteInProcessResult) -> None:
+    """The trained checkpoint's throughput and the eval report's losses, hit rates and gate decision."""
+    meta = _metadata_of(result, "trained_checkpoint")
+    if meta:
         print(
             f"\ntrained_checkpoint: {meta['steps']} steps on {meta['world_size']} processes, "
             f"{meta['tokens_seen']:,} tokens, final loss {meta['final_loss']:.4f}, "
             f"{meta['tokens_per_second']:,.0f} tokens/s, packing efficiency {meta['packing_efficiency']:.3f}, "
             f"MFU estimate {meta['mfu_estimate']:.2f}"
         )
-    if evals:
-        meta = {k: getattr(v, "value", v) for k, v in evals[0].items()}
+    meta = _metadata_of(result, "eval_report")
+    if meta:
         print("\neval_report:")
         for name in ("validation_loss", "test_loss", "base_model_validation_loss"):
             print(f"  {name:28s} {meta[name]:.4f}")
         for system in ("model", "base_model", "popularity"):
             print(f"  {system:12s} hit@1 {meta[system + '/hit@1']:.3f}  hit@5 {meta[system + '/hit@5']:.3f}")
         print(f"  promoted: {meta['promoted']}  (champion compared: {meta['champion']})")
-    if tokenize_seconds:
-        print(f"  tokenization throughput: {tokens / tokenize_seconds:,.0f} tokens/s (render+tokenize+mask)")
 
 
 if __name__ == "__main__":

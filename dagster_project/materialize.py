@@ -1,0 +1,133 @@
+"""Materialize catalog -> days -> base model -> shards in this process, through the configured Dagster instance.
+
+`make ingest` and `make demo` both run the data half this way. Every job runs in-process, so a range of days
+costs one interpreter start instead of one per step (`dagster asset materialize` starts a process per step), and
+every run is recorded in DAGSTER_HOME, so `dagster dev` shows the runs, checks and lineage afterwards.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import dagster as dg
+
+from resources.artifacts import ArtifactStore
+
+DAY_ASSETS = [dg.AssetKey("raw_interactions"), dg.AssetKey("curated_conversations")]
+SHARD_ASSETS = [dg.AssetKey("tokenized_shards")]
+
+
+class StepFailed(Exception):
+    """A run that did not succeed; the message names the step, the day, the run and the first error."""
+
+    def __init__(self, label: str, partition: str | None, result: dg.ExecuteInProcessResult) -> None:
+        errors = [
+            f"{e.step_key}: {e.step_failure_data.error.message.strip()}"
+            for e in result.all_events
+            if e.event_type_value == "STEP_FAILURE" and e.step_failure_data.error is not None
+        ]
+        where = f" ({partition})" if partition else ""
+        detail = f": {errors[0]}" if errors else ""
+        super().__init__(f"step {label}{where} failed in run {result.run_id}{detail}")
+
+
+@dataclass
+class Runner:
+    """Runs the code location's jobs in-process on one instance and keeps the wall time per step label."""
+
+    instance: dg.DagsterInstance
+    defs: dg.Definitions
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def run(self, job_name: str, label: str, **kwargs: object) -> dg.ExecuteInProcessResult:
+        start = time.perf_counter()
+        result = self.defs.resolve_job_def(job_name).execute_in_process(
+            instance=self.instance, raise_on_error=False, **kwargs
+        )
+        self.timings[label] = self.timings.get(label, 0.0) + time.perf_counter() - start
+        if not result.success:
+            raise StepFailed(label, kwargs.get("partition_key"), result)
+        failed_checks = [
+            f"{e.asset_check_evaluation_data.asset_key.to_user_string()}:{e.asset_check_evaluation_data.check_name}"
+            for e in result.all_events
+            if e.event_type_value == "ASSET_CHECK_EVALUATION" and not e.asset_check_evaluation_data.passed
+        ]
+        if failed_checks:
+            print(f"  ! failed asset checks in {label}: {failed_checks}")
+        return result
+
+
+def metadata_number(result: dg.ExecuteInProcessResult, key: str, asset: str | None = None) -> float:
+    """Sum of a numeric metadata entry over the run's materializations (of `asset` only, when given)."""
+    total = 0.0
+    for event in result.get_asset_materialization_events():
+        if asset is not None and event.asset_key != dg.AssetKey(asset):
+            continue
+        value = event.materialization.metadata.get(key)
+        total += float(value.value) if value is not None else 0.0
+    return total
+
+
+@dataclass
+class DaysOutcome:
+    """What a range run produced: the days that got shards, the days that failed and why, token totals."""
+
+    shards: dict[str, dg.ExecuteInProcessResult] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)
+    tokens: float = 0.0
+    tokenize_seconds: float = 0.0
+
+
+def materialize_days(
+    runner: Runner, days: list[str], artifacts: ArtifactStore, *, rebuild_base_model: bool, keep_going: bool
+) -> DaysOutcome:
+    """raw_catalog once, raw_interactions + curated_conversations per day, base_model, tokenized_shards per day.
+
+    base_model comes after the days because the preset's tokenizer is trained on their curated train split;
+    without `rebuild_base_model` an existing one is kept, so shards of later ranges use the same tokenizer.
+    With `keep_going` a failed day is recorded and the other days go on (it gets no shards); otherwise the
+    first failure raises StepFailed. A failed catalog or base model always raises: no day can go on without it.
+    """
+    outcome = DaysOutcome()
+    runner.run("catalog_job", "raw_catalog")
+    ingested: list[str] = []
+    for day in days:
+        print(f"  ingest {day}")
+        try:
+            result = runner.run(
+                "ingestion_job",
+                "raw_interactions+curated_conversations",
+                partition_key=day,
+                asset_selection=DAY_ASSETS,
+            )
+        except StepFailed as exc:
+            _record_failure(outcome, day, exc, keep_going)
+            continue
+        events = metadata_number(result, "dagster/row_count", "raw_interactions")
+        conversations = metadata_number(result, "dagster/row_count", "curated_conversations")
+        print(f"    {events:,.0f} events, {conversations:,.0f} curated conversations")
+        ingested.append(day)
+    if not ingested:
+        return outcome
+    if rebuild_base_model or artifacts.latest("base_model") is None:
+        print("  base model")
+        runner.run("base_model_job", "base_model")
+    for day in ingested:
+        print(f"  tokenize {day}")
+        try:
+            result = runner.run("ingestion_job", "tokenized_shards", partition_key=day, asset_selection=SHARD_ASSETS)
+        except StepFailed as exc:
+            _record_failure(outcome, day, exc, keep_going)
+            continue
+        outcome.shards[day] = result
+        outcome.tokens += metadata_number(result, "tokens")
+        outcome.tokenize_seconds += metadata_number(result, "tokenize_seconds")
+    return outcome
+
+
+def _record_failure(outcome: DaysOutcome, day: str, exc: StepFailed, keep_going: bool) -> None:
+    if not keep_going:
+        raise exc
+    print(f"  ! {day}: {exc}")
+    outcome.failed[day] = str(exc)
