@@ -7,7 +7,7 @@ PLATFORM_HOME ?= $(CURDIR)/var
 export PLATFORM_HOME
 export DAGSTER_HOME ?= $(PLATFORM_HOME)/dagster
 
-.PHONY: install demo test test-fast lint format dev drop-day backfill clean-var bench
+.PHONY: install demo ingest test test-fast lint format dev drop-day backfill clean-var bench
 
 # torch==2.13.0 first and explicitly: it is the CPU build on local disk; a looser
 # requirement would pull a multi-GB CUDA build.
@@ -21,8 +21,15 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
+# DEMO_ARGS: the demo's flags, e.g. DEMO_ARGS="--from 2026-01-10 --to 2026-01-12 --skip-training"
+# (needed with PLATFORM_DATA_SOURCE=files: see docs/bring-your-own-data.md).
 demo: install
-	$(PY) -m dagster_project.demo
+	$(PY) -m dagster_project.demo $(DEMO_ARGS)
+
+# Catalog -> days FROM..TO (YYYY-MM-DD, UTC) -> base model if none yet -> shards, in one process on DAGSTER_HOME.
+ingest: install
+	@test -n "$(FROM)" -a -n "$(TO)" || { echo "usage: make ingest FROM=2026-01-01 TO=2026-01-07"; exit 1; }
+	$(PY) -m dagster_project.ingest --from $(FROM) --to $(TO)
 
 test: install
 	$(PY) -m pytest -q -p no:cacheprovider
