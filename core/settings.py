@@ -38,6 +38,40 @@ def _env_date(name: str, default: str) -> date:
 
 
 @dataclass(frozen=True)
+class SyntheticWorldSettings:
+    """Size, seed and first day of the built-in synthetic world.
+
+    The one place its defaults are written: `core.synthetic.SyntheticConfig`, the `LandingArea` resource and the
+    `python -m core.synthetic drop` CLI all take them from here, so `make drop-day` writes the same world the
+    assets generate on demand (a second copy of a default would silently fork the demo's data).
+    """
+
+    seed: int = 7
+    titles: int = 3000
+    members: int = 4000
+    days: int = 7
+    start: date = date(2026, 1, 1)  # also the first daily partition (PLATFORM_PARTITION_START)
+
+
+SYNTHETIC_DEFAULTS = SyntheticWorldSettings()
+
+
+def load_synthetic_settings() -> SyntheticWorldSettings:
+    """SYNTHETIC_SEED, SYNTHETIC_TITLES, SYNTHETIC_MEMBERS, SYNTHETIC_DAYS and PLATFORM_PARTITION_START.
+
+    Read on their own (not through `load_settings`) so that the drop CLI needs only these variables.
+    """
+    d = SYNTHETIC_DEFAULTS
+    return SyntheticWorldSettings(
+        seed=_env_int("SYNTHETIC_SEED", d.seed),
+        titles=_env_int("SYNTHETIC_TITLES", d.titles),
+        members=_env_int("SYNTHETIC_MEMBERS", d.members),
+        days=_env_int("SYNTHETIC_DAYS", d.days),
+        start=_env_date("PLATFORM_PARTITION_START", d.start.isoformat()),
+    )
+
+
+@dataclass(frozen=True)
 class PlatformSettings:
     home: Path
     partition_start: date
@@ -84,14 +118,15 @@ def load_settings() -> PlatformSettings:
             f"PLATFORM_DATA_SOURCE={source!r} is not supported: use 'synthetic' (the built-in demo "
             "generator) or 'files' (your CSV/Parquet files, see README 'Bring your own data')"
         )
+    world = load_synthetic_settings()
     return PlatformSettings(
         home=home,
-        partition_start=_env_date("PLATFORM_PARTITION_START", "2026-01-01"),
+        partition_start=world.start,
         data_source=source,
-        synthetic_seed=_env_int("SYNTHETIC_SEED", 7),
-        synthetic_titles=_env_int("SYNTHETIC_TITLES", 3000),
-        synthetic_members=_env_int("SYNTHETIC_MEMBERS", 4000),
-        synthetic_days=_env_int("SYNTHETIC_DAYS", 7),
+        synthetic_seed=world.seed,
+        synthetic_titles=world.titles,
+        synthetic_members=world.members,
+        synthetic_days=world.days,
         catalog_files=_env("CATALOG_FILES", ""),
         interaction_files=_env("INTERACTION_FILES", ""),
         catalog_mapping=_env("CATALOG_MAPPING", "{}"),

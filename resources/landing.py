@@ -18,6 +18,7 @@ from core.landing_files import (
     list_day_folder,
     resolve_glob,
 )
+from core.settings import SYNTHETIC_DEFAULTS
 
 
 class LandingArea(dg.ConfigurableResource):
@@ -36,11 +37,11 @@ class LandingArea(dg.ConfigurableResource):
 
     root: str
     source: str = "synthetic"
-    synthetic_seed: int = 7
-    synthetic_titles: int = 3000
-    synthetic_members: int = 4000
-    synthetic_start: str = "2026-01-01"
-    synthetic_days: int = 7
+    synthetic_seed: int = SYNTHETIC_DEFAULTS.seed
+    synthetic_titles: int = SYNTHETIC_DEFAULTS.titles
+    synthetic_members: int = SYNTHETIC_DEFAULTS.members
+    synthetic_start: str = SYNTHETIC_DEFAULTS.start.isoformat()
+    synthetic_days: int = SYNTHETIC_DEFAULTS.days
     catalog_files: str = ""
     interaction_files: str = ""
     catalog_mapping: str = "{}"

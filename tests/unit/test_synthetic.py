@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -17,6 +18,8 @@ import pytest
 
 from core import synthetic as syn
 from core.schemas import CATALOG_SCHEMA, INTERACTION_EVENTS
+from core.settings import SYNTHETIC_DEFAULTS
+from core.synthetic.world import build_world
 
 CFG = syn.SyntheticConfig()
 DAY = CFG.start_day
@@ -37,7 +40,7 @@ def _tree_bytes(root: Path) -> dict[str, bytes]:
 
 def test_same_config_and_day_give_the_same_bytes(tmp_path: Path) -> None:
     for name in ("a", "b"):
-        syn._world.cache_clear()  # regenerate the world too, not just reuse the cache
+        build_world.cache_clear()  # regenerate the world too, not just reuse the cache
         syn.write_catalog(tmp_path / name, CFG)
         syn.write_drop(tmp_path / name, CFG, DAY)
     a, b = _tree_bytes(tmp_path / "a"), _tree_bytes(tmp_path / "b")
@@ -49,11 +52,34 @@ def test_same_config_and_day_give_the_same_bytes(tmp_path: Path) -> None:
     assert a == b
 
 
+def test_generated_content_is_pinned() -> None:
+    """A digest of one small world's catalog, day of events and partner chats, taken before the generator was
+    split into modules: any change to what a config generates (an extra random draw, a reordered stream) shows
+    here, since the demo's counts and every stored landing drop depend on it."""
+    cfg = syn.SyntheticConfig(seed=3, n_titles=60, n_members=80)
+    day = date(2026, 1, 2)
+    digest = hashlib.sha256()
+    digest.update(syn.generate_catalog(cfg).write_csv().encode())
+    digest.update(syn.generate_interactions(cfg, day).write_csv().encode())
+    digest.update("\n".join(syn.generate_external_conversations(cfg, day)).encode())
+    assert digest.hexdigest() == "c182964f5fb081559829c20cbd861df4a96b7f3ab2330f5545a08590adcec44d"
+
+
+def test_config_defaults_are_the_platform_settings_defaults() -> None:
+    assert (CFG.seed, CFG.n_titles, CFG.n_members, CFG.start_day, CFG.days) == (
+        SYNTHETIC_DEFAULTS.seed,
+        SYNTHETIC_DEFAULTS.titles,
+        SYNTHETIC_DEFAULTS.members,
+        SYNTHETIC_DEFAULTS.start,
+        SYNTHETIC_DEFAULTS.days,
+    )
+
+
 def test_a_day_does_not_depend_on_which_days_were_generated_before() -> None:
     d1, d3 = DAY, DAY + timedelta(days=2)
-    syn._world.cache_clear()
+    build_world.cache_clear()
     alone = syn.generate_interactions(CFG, d3)
-    syn._world.cache_clear()
+    build_world.cache_clear()
     syn.generate_interactions(CFG, d1)
     after_other = syn.generate_interactions(CFG, d3)
     assert alone.equals(after_other)
@@ -339,3 +365,23 @@ def test_cli_runs_as_a_module(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert f"day={day}" in proc.stdout
     assert syn.landing_paths(tmp_path, day)["interactions"].exists()
+
+
+def test_cli_defaults_are_the_environment_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`make drop-day` passes no world flags: the CLI reads the same variables the assets' LandingArea does."""
+    monkeypatch.setenv("SYNTHETIC_SEED", "3")
+    monkeypatch.setenv("SYNTHETIC_TITLES", "60")
+    monkeypatch.setenv("SYNTHETIC_MEMBERS", "80")
+    monkeypatch.setenv("PLATFORM_PARTITION_START", "2026-02-01")
+    assert syn.main(["drop", "--landing", str(tmp_path / "cli")]) == 0
+    assert "day=2026-02-01" in capsys.readouterr().out
+    expected = syn.SyntheticConfig(seed=3, n_titles=60, n_members=80, start_day=date(2026, 2, 1))
+    syn.ensure_drop(tmp_path / "direct", expected, date(2026, 2, 1))
+    assert _tree_bytes(tmp_path / "cli") == _tree_bytes(tmp_path / "direct")
+
+    monkeypatch.setenv("SYNTHETIC_SEED", "seven")
+    with pytest.raises(SystemExit):
+        syn.main(["drop", "--landing", str(tmp_path / "cli")])
+    assert "SYNTHETIC_SEED='seven'" in capsys.readouterr().err
