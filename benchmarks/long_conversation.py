@@ -125,6 +125,7 @@ def _masks(encoded: tuple[list[Any], list[Any]]) -> list[Any]:
 
 def measure(before: ModuleType, tokenizer: Any, users: list[str], assistants: list[str]) -> list[dict[str, Any]]:
     from core import masking as after
+    from core.masking.tokenizer_info import info_for
 
     sides = {"before": before, "after": after}
     warm = long_conversation(8, users, assistants)
@@ -136,8 +137,8 @@ def measure(before: ModuleType, tokenizer: Any, users: list[str], assistants: li
     unproven.chat_template = tokenizer.chat_template.replace("{%- else -%}", "{%- else -%}" + UNPROVEN, 1)
     assert UNPROVEN in unproven.chat_template and not after.prefix_stable(unproven)
     dependent = _clone(tokenizer)
-    for module in sides.values():
-        module._info(dependent).segment_safe = False  # as for lstrip/rstrip added tokens or Metaspace "first"
+    for info in (before._info(dependent), info_for(dependent)):
+        info.segment_safe = False  # as for lstrip/rstrip added tokens or Metaspace "first"
     rows: list[dict[str, Any]] = []
 
     def record(what: str, turns: int, side: str, timing: list[float], **extra: Any) -> None:
@@ -315,7 +316,7 @@ def main() -> None:
         "command": "python -m benchmarks.long_conversation " + " ".join(sys.argv[1:]),
         "before": _git("rev-parse", "--short", args.before),
         "after": _git("rev-parse", "--short", "HEAD"),
-        "dirty": bool(_git("status", "--porcelain", "--", "core/masking.py", "core/tokenize_partition.py")),
+        "dirty": bool(_git("status", "--porcelain", "--", "core/masking", "core/tokenize_partition.py")),
         "vocab_size": len(tokenizer),
         "demo_conversations": args.demo_conversations,
         "audit_turns": AUDIT_TURNS,

@@ -9,6 +9,7 @@ import gc
 import random
 import re
 import types
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -25,12 +26,25 @@ from core.masking import (
     encode_batch,
     encode_conversation,
     encode_prompt,
+    generation_inline,
     has_special_token_lookalike,
+    rendering,
+    segments,
+    tokenizer_info,
+    verify,
     verify_masks,
     verify_serving_prefix,
 )
+from core.masking.compiled_template import compile_jinja_template, render_compiled
+from core.masking.content_spans import content_spans
+from core.masking.lookalikes import segment_encode
+from core.masking.prefix_stability import prefix_bound
+from core.masking.rendering import comparable
+from core.masking.segments import SegmentCache, tokenize_segments
+from core.masking.tokenizer_info import info_for
 
 ALL = sorted(TEMPLATES)
+MASKING_DIR = Path(masking.__file__).parent  # the package's modules: frames of our code
 
 
 def _decode(tok, ids):
@@ -388,14 +402,14 @@ def test_partial_marker_at_content_edge_is_handled():
 def test_no_lookalike_means_segmented_tokenization_equals_stock():
     for template in ALL:
         tok = tokenizer_for(template)
-        info = masking._info(tok)
+        info = info_for(tok)
         for messages in conversations(30, seed=6):
             assert not has_special_token_lookalike(tok, messages)
             for gen in (False, True):
                 text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=gen)
-                spans = masking._content_spans(info, messages, text, gen)
+                spans = content_spans(info, messages, text, gen)
                 assert [text[a:b] for _, a, b in spans] == [m["content"] for m in messages]
-                ids, _ = masking._segment_encode(info, text, spans)
+                ids, _ = segment_encode(info, text, spans)
                 assert ids == tok.apply_chat_template(messages, add_generation_prompt=gen)["input_ids"]
 
 
@@ -430,7 +444,7 @@ def _gpt2_style_tokenizer():
 def test_token_level_skew_is_caught_when_text_matches(segment_safe, monkeypatch):
     tok = _gpt2_style_tokenizer()
     assert len(tok.encode("\n\n", add_special_tokens=False)) == 1  # merged at the end of a text
-    monkeypatch.setattr(masking._info(tok), "segment_safe", segment_safe)
+    monkeypatch.setattr(info_for(tok), "segment_safe", segment_safe)
     messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "line"}]
     with pytest.raises(MaskError) as info:
         encode_conversation(tok, messages)
@@ -446,18 +460,18 @@ def test_full_prompt_tokenization_fallback_agrees(template, monkeypatch):
     tok = tokenizer_for(template)
     convs = conversations(30, seed=11)
     fast, _ = encode_batch(tok, convs)
-    monkeypatch.setattr(masking._info(tok), "segment_safe", False)
+    monkeypatch.setattr(info_for(tok), "segment_safe", False)
     slow, rejects = encode_batch(tok, convs)
     assert rejects == [] and slow == fast
 
 
 def test_segment_safety_detects_position_dependent_tokenizers():
-    assert masking._segment_safe({"added_tokens": [{"content": "<a>", "lstrip": False}]})
-    assert not masking._segment_safe({"added_tokens": [{"content": "<a>", "rstrip": True}]})
-    assert not masking._segment_safe({"added_tokens": [{"content": "<a>", "single_word": True}]})
+    assert tokenizer_info._segment_safe({"added_tokens": [{"content": "<a>", "lstrip": False}]})
+    assert not tokenizer_info._segment_safe({"added_tokens": [{"content": "<a>", "rstrip": True}]})
+    assert not tokenizer_info._segment_safe({"added_tokens": [{"content": "<a>", "single_word": True}]})
     first = {"type": "Metaspace", "replacement": "▁", "prepend_scheme": "first"}
-    assert not masking._segment_safe({"pre_tokenizer": {"type": "Sequence", "pretokenizers": [first]}})
-    assert masking._segment_safe({"pre_tokenizer": {**first, "prepend_scheme": "always"}})
+    assert not tokenizer_info._segment_safe({"pre_tokenizer": {"type": "Sequence", "pretokenizers": [first]}})
+    assert tokenizer_info._segment_safe({"pre_tokenizer": {**first, "prepend_scheme": "always"}})
 
 
 def test_callers_tokenizer_is_left_untouched():
@@ -617,15 +631,15 @@ def test_segment_tokenization_equals_whole_rendering(template, monkeypatch):
     """Distinct text segments tokenized once (and reused from a tiny, often-cleared cache)
     give exactly the ids and offsets of tokenizing each rendering whole."""
     tok = tokenizer_for(template)
-    info = masking._info(tok)
+    info = info_for(tok)
     assert info.segment_safe and info.split_exact
-    texts = [masking._render_one(info, c, False, False)[0] for c in conversations(60, seed=21)]
+    texts = [rendering.render_one(info, c, False, False)[0] for c in conversations(60, seed=21)]
     texts += [t + "<|im_end|>x<|im_end|><|im_end|>" for t in texts[:5]] + ["", "\n\n", "plain text only"]
-    monkeypatch.setattr(masking, "_SEGMENT_CACHE_TOKENS", 50)
-    cache = masking._SegmentCache()
+    monkeypatch.setattr(segments, "_SEGMENT_CACHE_TOKENS", 50)
+    cache = SegmentCache()
     for lo in range(0, len(texts), 7):  # several calls share the cache, as chunks do
         part = texts[lo : lo + 7]
-        got = masking._tokenize_segments(info, cache, part)
+        got = tokenize_segments(info, cache, part)
         for text, enc, (ids, offsets) in zip(part, info.plain.encode_batch(part), got, strict=True):
             assert ids == enc.ids, text
             assert offsets.pairs() == enc.offsets, text
@@ -640,7 +654,7 @@ def test_segment_split_disagreement_switches_to_whole_renderings(monkeypatch):
     tok = _with_template("chatml", TEMPLATES["chatml"].template)
     convs = conversations(20, seed=4)
     expected, _ = encode_batch(tokenizer_for("chatml"), convs)
-    info = masking._info(tok)
+    info = info_for(tok)
     # a split at text that is no added token: tokenizes "ss" apart from its neighbours
     monkeypatch.setattr(info, "added_split_re", re.compile("(<\\|im_start\\|>|<\\|im_end\\|>|ss)"))
     monkeypatch.setattr(info, "added_entries", {**info.added_entries, "ss": ([0], [(0, 2)])})
@@ -704,21 +718,21 @@ def test_inlined_generation_template_renders_as_transformers_tracker(variant):
     whose blocks cannot be inlined exactly keep the stock path."""
     template, inlinable = GENERATION_VARIANTS[variant]
     tok = _with_template("chatml", template)
-    info = masking._info(tok)
-    compiled = masking._compile_jinja_template(info.template)
+    info = info_for(tok)
+    compiled = compile_jinja_template(info.template)
     chats = [m for m in conversations(40, seed=9)]
     chats.append([{"role": "user", "content": "a"}, {"role": "tool", "content": "b"}])  # raises in the template
     prompts = [c[:t] for c in chats for t, m in enumerate(c) if m["role"] == "assistant"]
     for batch, agp, spans in ((chats, False, True), (prompts, True, False), (chats, False, False)):
-        fast = masking._render_plain(info, batch, agp, spans)
-        stock = masking._render_compiled(info, compiled, batch, agp, spans)
-        assert masking._comparable(fast) == masking._comparable(stock)
+        fast = rendering._render_plain(info, batch, agp, spans)
+        stock = render_compiled(info, compiled, batch, agp, spans)
+        assert comparable(fast) == comparable(stock)
     assert bool(info.fast_template) is inlinable
     if inlinable:
         assert info.fast_checked == {(False, True), (True, False), (False, False)}
         results, _ = encode_batch(tok, chats)
-        masking._INFO_CACHE.clear()
-        info = masking._info(tok)
+        tokenizer_info._INFO_CACHE.clear()
+        info = info_for(tok)
         info.fast_template = False  # the stock tracker from the start
         assert encode_batch(tok, chats)[0] == results
 
@@ -726,16 +740,16 @@ def test_inlined_generation_template_renders_as_transformers_tracker(variant):
 def test_inlined_generation_template_probe_falls_back(monkeypatch):
     """A rewrite that rendered differently is caught by the per-mode probe: stock rendering instead."""
     tok = _with_template("chatml", CHATML_GENERATION)
-    info = masking._info(tok)
+    info = info_for(tok)
     convs = conversations(20, seed=3)
     expected, _ = encode_batch(tokenizer_for("chatml"), convs)
 
-    class Loud(masking._GenerationMark):
+    class Loud(generation_inline._GenerationMark):
         def __str__(self) -> str:
             super().__str__()
             return "!"
 
-    monkeypatch.setattr(masking, "_GenerationMark", Loud)
+    monkeypatch.setattr(generation_inline, "_GenerationMark", Loud)
     results, rejects = encode_batch(tok, convs)
     assert rejects == [] and results == expected
     assert info.fast_template is False
@@ -768,8 +782,8 @@ def test_encode_batch_leaves_no_reference_cycles(template):
             obj
             for obj in gc.garbage
             if isinstance(obj, MaskError)
-            or type(obj).__module__ == masking.__name__
-            or (isinstance(obj, types.FrameType) and obj.f_code.co_filename == masking.__file__)
+            or type(obj).__module__.startswith(f"{masking.__name__}.")
+            or (isinstance(obj, types.FrameType) and Path(obj.f_code.co_filename).parent == MASKING_DIR)
         ]
         assert ours == []
     finally:
@@ -873,7 +887,7 @@ def test_prefix_stability_is_proved_from_the_template_syntax():
     expected |= {name: -1 for name in GENERATION_VARIANTS}
     expected |= {name: None for name in UNSTABLE_TEMPLATES}
     for name, bound in expected.items():
-        assert masking._prefix_bound(masking._info(_tokenizer_named(name))) == bound, name
+        assert prefix_bound(info_for(_tokenizer_named(name))) == bound, name
 
 
 class _Work:
@@ -883,7 +897,7 @@ class _Work:
     def __init__(self, monkeypatch, tok):
         self.messages = {False: 0, True: 0}
         self.chars = 0
-        render_many, render_one = masking._render_many, masking._render_one
+        render_many, render_one = rendering.render_many, rendering.render_one
 
         def many(info, chats, add_generation_prompt, spans, plain=False):
             self.messages[add_generation_prompt] += sum(len(chat) for chat in chats)
@@ -893,9 +907,9 @@ class _Work:
             self.messages[add_generation_prompt] += len(chat)
             return render_one(info, chat, add_generation_prompt, spans)
 
-        monkeypatch.setattr(masking, "_render_many", many)
-        monkeypatch.setattr(masking, "_render_one", one)
-        info = masking._info(tok)
+        monkeypatch.setattr(rendering, "render_many", many)
+        monkeypatch.setattr(rendering, "render_one", one)
+        info = info_for(tok)
         work = self
 
         class Counting:
@@ -1007,7 +1021,7 @@ def _awkward_conversations(n: int, seed: int) -> list[list[dict[str, str]]]:
 
 def _exactly(monkeypatch, tok) -> None:
     """Switch the prefix-stable path off for ``tok``: every serving prompt rendered and tokenized on its own."""
-    info = masking._info(tok)
+    info = info_for(tok)
     monkeypatch.setattr(info, "prefix_checked", True)
     monkeypatch.setattr(info, "prefix_bound", None)
 
@@ -1041,7 +1055,7 @@ def test_prefix_stable_path_equals_rendering_every_prompt(template, monkeypatch)
 @given(messages=chats(raw_content))
 def test_property_prefix_stable_path_equals_rendering_every_prompt(template, messages):
     tok = tokenizer_for(template)
-    info = masking._info(tok)
+    info = info_for(tok)
     fast = encode_batch(tok, [messages])
     saved = (info.prefix_checked, info.prefix_bound)
     info.prefix_checked, info.prefix_bound = True, None
@@ -1066,7 +1080,7 @@ def test_serving_check_on_a_turn_budget_keeps_its_power(template):
 
 
 def test_turn_budget_picks_first_last_and_evenly_spaced():
-    assert masking._spread(3, 16) == [0, 1, 2]
-    assert masking._spread(100, 0) == list(range(100))
-    assert masking._spread(100, 1) == [99]
-    assert masking._spread(100, 5) == [0, 25, 50, 74, 99]
+    assert verify._spread(3, 16) == [0, 1, 2]
+    assert verify._spread(100, 0) == list(range(100))
+    assert verify._spread(100, 1) == [99]
+    assert verify._spread(100, 5) == [0, 25, 50, 74, 99]
