@@ -25,6 +25,8 @@ _NODE_VERDICT = re.compile(r"\[k8s_node\] torchrun exited .*")
 
 @dataclass
 class FailureReport:
+    """A failed run's evidence: the headline and error become the Dagster failure, the rest its metadata."""
+
     headline: str
     error: str
     pods: list[dict[str, Any]] = field(default_factory=list)
@@ -92,6 +94,16 @@ def capture_failure(
             logs[name] = core.read_namespaced_pod_log(name, namespace, container=CONTAINER, tail_lines=tail_lines)
         except Exception as exc:
             logs[name] = f"(log unavailable: {getattr(exc, 'status', '')} {getattr(exc, 'reason', exc)})"
+    events = _events(core, namespace, names)
+    headline, error = _explain(outcome, pod_rows, logs)
+    report = FailureReport(headline=headline, error=error, pods=pod_rows, events=events, logs=logs)
+    if save_dir is not None:
+        report.saved_to = _save(save_dir, logs, events, batch, namespace, job_name)
+    return report
+
+
+def _events(core: Any, namespace: str, names: list[str]) -> list[str]:
+    """The events of the Job and each of its pods; one that cannot be listed leaves a line saying so."""
     events: list[str] = []
     for name in names:
         try:
@@ -100,24 +112,30 @@ def capture_failure(
             events.append(f"(events of {name} unavailable: {exc})")
             continue
         events += [_event_line(e) for e in found]
-    headline, error = _explain(outcome, pod_rows, logs)
-    report = FailureReport(headline=headline, error=error, pods=pod_rows, events=events, logs=logs)
-    if save_dir is not None:
+    return events
+
+
+def _save(
+    save_dir: Path, logs: Mapping[str, str], events: list[str], batch: Any, namespace: str, job_name: str
+) -> Path | None:
+    """Write the logs, events and the Job's status under `save_dir` (kept after the objects are deleted).
+
+    None when the directory cannot be written: the report still carries everything in its metadata.
+    """
+    try:
+        save_dir.mkdir(parents=True, exist_ok=True)
+        for name, text in logs.items():
+            (save_dir / f"{name}.log").write_text(text if isinstance(text, str) else str(text))
+        (save_dir / "events.txt").write_text("\n".join(events) + "\n")
+        status: Any = None
         try:
-            save_dir.mkdir(parents=True, exist_ok=True)
-            for name, text in logs.items():
-                (save_dir / f"{name}.log").write_text(text if isinstance(text, str) else str(text))
-            (save_dir / "events.txt").write_text("\n".join(events) + "\n")
-            status: Any = None
-            try:
-                status = to_dict(batch.read_namespaced_job_status(job_name, namespace))
-            except Exception as exc:
-                status = {"error": str(exc)}
-            (save_dir / "job.yaml").write_text(yaml.safe_dump(status, sort_keys=False))
-            report.saved_to = save_dir
-        except OSError:
-            report.saved_to = None
-    return report
+            status = to_dict(batch.read_namespaced_job_status(job_name, namespace))
+        except Exception as exc:
+            status = {"error": str(exc)}
+        (save_dir / "job.yaml").write_text(yaml.safe_dump(status, sort_keys=False))
+    except OSError:
+        return None
+    return save_dir
 
 
 def _explain(outcome: JobOutcome, pods: list[dict[str, Any]], logs: Mapping[str, str]) -> tuple[str, str]:

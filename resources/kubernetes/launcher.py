@@ -31,7 +31,7 @@ from resources.kubernetes.api import (
     within,
 )
 from resources.kubernetes.cleanup import clear_leftovers, delete_objects
-from resources.kubernetes.failures import capture_failure
+from resources.kubernetes.failures import FailureReport, capture_failure
 from resources.kubernetes.logs import Rank0LogFollower
 from resources.kubernetes.names import LINEAGE_LABEL, label_value
 from resources.kubernetes.objects import TrainingJobSpec, owned_by, with_env
@@ -185,21 +185,8 @@ class KubernetesTrainingLauncher(TrainingLauncher):
     def launch(self, context: dg.AssetExecutionContext, train_config: dict[str, Any], output_dir: Path) -> LaunchResult:
         self._check_paths(train_config, output_dir)
         config_path = write_train_config(train_config, output_dir)
-        run = context.run
-        name = job_name_for(run.run_id)
-        asset = "/".join(context.asset_key.path) if context.has_assets_def else ""
-        lineage = label_value(run.root_run_id or run.run_id)
-        labels = {"dagster/run-id": run.run_id, "dagster/job": run.job_name, LINEAGE_LABEL: lineage}
-        if asset:
-            labels["dagster/asset"] = label_value(asset.replace("/", "__"))
-        annotations = {
-            "dagster/run-id": run.run_id,
-            "dagster/root-run-id": run.root_run_id or run.run_id,
-            "dagster/job": run.job_name,
-            "dagster/asset-key": asset,
-            "catalog-posttrain/output-dir": str(output_dir),
-            "catalog-posttrain/world-size": str(self.world_size),
-        }
+        name = job_name_for(context.run.run_id)
+        lineage, labels, annotations = self._run_metadata(context, output_dir)
         try:
             spec = self.job_spec(name, str(config_path), labels, annotations)
             service, job = spec.service(), spec.job()
@@ -216,8 +203,6 @@ class KubernetesTrainingLauncher(TrainingLauncher):
             poll_s=self.poll_interval_s,
         )
         reader = PodLogMessageReader(warn=context.log.warning)
-        outcome: JobOutcome | None = None
-        report = None
         with dg.open_pipes_session(
             context=context,
             context_injector=dg.PipesEnvContextInjector(),
@@ -231,62 +216,96 @@ class KubernetesTrainingLauncher(TrainingLauncher):
                 f"{f' x {self.gpus_per_node} GPU(s)' if self.gpus_per_node else ''}, rendezvous on "
                 f"{spec.rendezvous_host}:{self.rdzv_port}"
             )
-            follower = Rank0LogFollower(
-                core, self.namespace, name, reader.consume, poll_s=min(2.0, self.poll_interval_s), log=context.log.info
-            )
-            watcher = JobWatcher(
-                batch,
-                core,
-                self.namespace,
-                name,
-                log=context.log,
-                poll_s=self.poll_interval_s,
-                timeout_s=self.active_deadline_seconds + 300,
-            )
-            follower.start()
-            try:
-                outcome = watcher.wait()
-                if outcome.succeeded:
-                    if not follower.finish(self.drain_timeout_s):
-                        context.log.warning("rank 0's log did not end in time; some Pipes messages may be missing")
-                else:
-                    follower.stop()
-                    report = capture_failure(
-                        within(core, CAPTURE_CALL_S),
-                        within(batch, CAPTURE_CALL_S),
-                        self.namespace,
-                        name,
-                        outcome,
-                        watcher.pods,
-                        tail_lines=self.log_tail_lines,
-                        save_dir=output_dir / "k8s" / name,
-                    )
-                    context.log.error(
-                        f"training Job {name} failed: {report.headline}\n{report.error}\n"
-                        + "events:\n"
-                        + "\n".join(report.events[-40:])
-                    )
-            except (dg.DagsterExecutionInterruptedError, KeyboardInterrupt):
-                context.log.warning(f"run terminated: deleting Job {name} and its Service")
-                follower.stop()
-                quick = (within(batch, TERMINATION_CALL_S), within(core, TERMINATION_CALL_S))
-                delete_objects(*quick, self.namespace, name, context.log)
-                raise
-            except BaseException:
-                follower.stop()
-                delete_objects(batch, core, self.namespace, name, context.log)
-                raise
-            delete_objects(batch, core, self.namespace, name, context.log)
+            outcome, report = self._follow_until_done(batch, core, name, reader, output_dir, context)
         if report is not None:
             raise dg.Failure(
                 description=f"training failed on Kubernetes: {report.headline}",
                 metadata={
                     "k8s_job": f"{self.namespace}/{name}",
-                    "condition": outcome.describe() if outcome else "",
+                    "condition": outcome.describe(),
                     **report.metadata(),
                 },
             )
         return collect_result(session, output_dir)
+
+    def _run_metadata(
+        self, context: dg.AssetExecutionContext, output_dir: Path
+    ) -> tuple[str, dict[str, str], dict[str, str]]:
+        """(lineage, labels, annotations) that tie the Job to its Dagster run, asset and output directory.
+
+        The lineage label (the root run id) lets a later attempt of the same run find this Job.
+        """
+        run = context.run
+        asset = "/".join(context.asset_key.path) if context.has_assets_def else ""
+        lineage = label_value(run.root_run_id or run.run_id)
+        labels = {"dagster/run-id": run.run_id, "dagster/job": run.job_name, LINEAGE_LABEL: lineage}
+        if asset:
+            labels["dagster/asset"] = label_value(asset.replace("/", "__"))
+        annotations = {
+            "dagster/run-id": run.run_id,
+            "dagster/root-run-id": run.root_run_id or run.run_id,
+            "dagster/job": run.job_name,
+            "dagster/asset-key": asset,
+            "catalog-posttrain/output-dir": str(output_dir),
+            "catalog-posttrain/world-size": str(self.world_size),
+        }
+        return lineage, labels, annotations
+
+    def _follow_until_done(
+        self, batch: Any, core: Any, name: str, reader: PodLogMessageReader, output_dir: Path, context: Any
+    ) -> tuple[JobOutcome, FailureReport | None]:
+        """Stream rank 0's log and watch the Job until it ends; the objects are deleted however it ends.
+
+        A failed Job's logs and events are captured first (the report), while its pods still exist.
+        """
+        follower = Rank0LogFollower(
+            core, self.namespace, name, reader.consume, poll_s=min(2.0, self.poll_interval_s), log=context.log.info
+        )
+        watcher = JobWatcher(
+            batch,
+            core,
+            self.namespace,
+            name,
+            log=context.log,
+            poll_s=self.poll_interval_s,
+            timeout_s=self.active_deadline_seconds + 300,
+        )
+        report = None
+        follower.start()
+        try:
+            outcome = watcher.wait()
+            if outcome.succeeded:
+                if not follower.finish(self.drain_timeout_s):
+                    context.log.warning("rank 0's log did not end in time; some Pipes messages may be missing")
+            else:
+                follower.stop()
+                report = capture_failure(
+                    within(core, CAPTURE_CALL_S),
+                    within(batch, CAPTURE_CALL_S),
+                    self.namespace,
+                    name,
+                    outcome,
+                    watcher.pods,
+                    tail_lines=self.log_tail_lines,
+                    save_dir=output_dir / "k8s" / name,
+                )
+                context.log.error(
+                    f"training Job {name} failed: {report.headline}\n{report.error}\n"
+                    + "events:\n"
+                    + "\n".join(report.events[-40:])
+                )
+        except (dg.DagsterExecutionInterruptedError, KeyboardInterrupt):
+            context.log.warning(f"run terminated: deleting Job {name} and its Service")
+            follower.stop()
+            quick = (within(batch, TERMINATION_CALL_S), within(core, TERMINATION_CALL_S))
+            delete_objects(*quick, self.namespace, name, context.log)
+            raise
+        except BaseException:
+            follower.stop()
+            delete_objects(batch, core, self.namespace, name, context.log)
+            raise
+        delete_objects(batch, core, self.namespace, name, context.log)
+        return outcome, report
 
     def _submit(self, batch: Any, core: Any, job: dict[str, Any], service: dict[str, Any], context: Any) -> None:
         """The Job first, then the Service owned by it (garbage-collected with the Job whatever happens here)."""
