@@ -19,24 +19,31 @@ from training.config import ConfigError, TrainConfig
 TRAINING_POOL = "training"
 
 
+_TRAIN_DEFAULTS = TrainConfig.defaults()
+
+
 class TrainingRunConfig(dg.Config):
-    """The knobs people change per run; any other `training.config.TrainConfig` key goes in `extra_json`."""
+    """The knobs people change per run; any other `training.config.TrainConfig` key goes in `extra_json`.
+
+    Each knob's default is TrainConfig's (referenced, never re-typed): the Launchpad form and
+    `python -m training.sft` train with the same values unless a person changes one.
+    """
 
     window_days: int = 0  # train on the newest N daily partitions; 0 = all of them
-    seq_len: int = 1024
-    micro_batch_rows: int = 4
-    grad_accum_steps: int = 2
-    max_steps: int = 100
-    lr: float = 2e-3
-    min_lr_ratio: float = 0.1
-    warmup_steps: int = 10
-    weight_decay: float = 0.01
-    grad_clip: float = 1.0
-    seed: int = 0
-    checkpoint_every: int = 25
-    activation_checkpointing: bool = False
-    distributed: str = "ddp"
-    log_every: int = 5
+    seq_len: int = _TRAIN_DEFAULTS["seq_len"]
+    micro_batch_rows: int = _TRAIN_DEFAULTS["micro_batch_rows"]
+    grad_accum_steps: int = _TRAIN_DEFAULTS["grad_accum_steps"]
+    max_steps: int = _TRAIN_DEFAULTS["max_steps"]
+    lr: float = _TRAIN_DEFAULTS["lr"]
+    min_lr_ratio: float = _TRAIN_DEFAULTS["min_lr_ratio"]
+    warmup_steps: int = _TRAIN_DEFAULTS["warmup_steps"]
+    weight_decay: float = _TRAIN_DEFAULTS["weight_decay"]
+    grad_clip: float = _TRAIN_DEFAULTS["grad_clip"]
+    seed: int = _TRAIN_DEFAULTS["seed"]
+    checkpoint_every: int = _TRAIN_DEFAULTS["checkpoint_every"]
+    activation_checkpointing: bool = _TRAIN_DEFAULTS["activation_checkpointing"]
+    distributed: str = _TRAIN_DEFAULTS["distributed"]
+    log_every: int = _TRAIN_DEFAULTS["log_every"]
     extra_json: str = "{}"  # JSON object of any other TrainConfig keys, e.g. {"pack_buffer_rows": 1024}
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import difflib
 import json
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,13 @@ class ConfigError(ValueError):
 
 @dataclass
 class TrainConfig:
-    """One SFT run. Defaults suit a small model on one machine; the launcher overrides them.
+    """One SFT run.
+
+    The defaults here are THE training defaults: `python -m training.sft` with a minimal config file and a
+    `trained_checkpoint` run with an empty Launchpad form both get them (`assets.training.TrainingRunConfig`
+    takes its defaults from `TrainConfig.defaults()`, so the two cannot drift). They are sized for the built-in
+    tiny preset on a CPU, which is what the demo trains: a few hundred optimizer steps of a bigger model want
+    their own max_steps, lr and checkpoint_every.
 
     Paths
     - base_model_dir: HF model directory (weights + tokenizer) to start from.
@@ -85,23 +91,23 @@ class TrainConfig:
     split: str = "train"
     seq_len: int = 1024
     micro_batch_rows: int = 4
-    grad_accum_steps: int = 1
-    max_steps: int = 1000
-    lr: float = 2e-4
+    grad_accum_steps: int = 2
+    max_steps: int = 100
+    lr: float = 2e-3
     min_lr_ratio: float = 0.1
-    warmup_steps: int = 20
+    warmup_steps: int = 10
     weight_decay: float = 0.01
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     grad_clip: float = 1.0
     seed: int = 0
-    checkpoint_every: int = 200
+    checkpoint_every: int = 25
     keep_checkpoints: int = 2
     overlong: str = "split"
     pack_buffer_rows: int = 512
     check_tokenizer_fingerprint: bool = True
     activation_checkpointing: bool = False
     distributed: str = "ddp"
-    log_every: int = 10
+    log_every: int = 5
     device: str = "auto"
     dtype: str = "auto"
     attn_implementation: str = "auto"
@@ -161,6 +167,17 @@ class TrainConfig:
         return asdict(self)
 
     @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        """The default of every optional key (a fresh copy of list defaults), for forms that expose some keys."""
+        out: dict[str, Any] = {}
+        for f in fields(cls):
+            if f.default is not MISSING:
+                out[f.name] = f.default
+            elif f.default_factory is not MISSING:
+                out[f.name] = f.default_factory()
+        return out
+
+    @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
@@ -194,8 +211,6 @@ def _check_type(name: str, annotation: str, value: Any) -> None:
 
 
 def _is_required(f: Any) -> bool:
-    from dataclasses import MISSING
-
     return f.default is MISSING and f.default_factory is MISSING
 
 

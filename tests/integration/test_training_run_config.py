@@ -3,6 +3,7 @@ upstream fails once, before any trainer starts (no retry of an error that only a
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -10,12 +11,19 @@ from typing import Any
 import dagster as dg
 import pytest
 
-from assets.training import PLATFORM_KEYS, TrainingRunConfig, build_train_config, trained_checkpoint
+from assets.training import (
+    PLATFORM_KEYS,
+    RUN_CONFIG_KEYS,
+    TrainingRunConfig,
+    build_train_config,
+    trained_checkpoint,
+)
 from core.atomic_io import new_version_id
 from core.shards import FORMAT_VERSION
 from resources.artifacts import ArtifactStore
 from resources.launchers import LaunchResult, TrainingLauncher
 from resources.warehouse import DuckDBWarehouse
+from training.config import TrainConfig
 
 
 class RecordingLauncher(TrainingLauncher):
@@ -114,6 +122,23 @@ def test_every_run_config_field_is_refused_in_extra_json() -> None:
     assert knobs <= set(PLATFORM_KEYS)
 
 
+def test_run_config_defaults_are_the_trainer_defaults() -> None:
+    """One source per default: every knob of the Launchpad form defaults to TrainConfig's value, with its type."""
+    trainer = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    defaults = TrainConfig.defaults()
+    for key in RUN_CONFIG_KEYS:
+        field = TrainingRunConfig.model_fields[key]
+        assert field.default == defaults[key], key
+        assert field.annotation.__name__ == trainer[key].type, key
+
+
+def test_an_empty_run_config_trains_with_the_trainer_defaults(tmp_path: Path) -> None:
+    """What `python -m training.sft` does with only the paths is what an empty Launchpad form does."""
+    paths = {"base_model_dir": str(tmp_path / "b"), "shard_dirs": [str(tmp_path / "s")], "output_dir": str(tmp_path)}
+    built = build_train_config(TrainingRunConfig(), tmp_path / "b", [tmp_path / "s"], tmp_path)
+    assert built == TrainConfig.from_dict(paths).to_dict()
+
+
 @pytest.mark.parametrize(
     ("extra", "named"),
     [
@@ -155,7 +180,9 @@ def test_valid_extra_json_gives_the_complete_validated_config(tmp_path: Path) ->
         {"extra_json": '{"pack_bufer_rows": 1024}'},
         {"extra_json": '{"overlong": "truncate"}'},
         {"extra_json": "[1, 2]"},
+        {"extra_json": '{"no_such_key": 1}'},
         {"seq_len": 1},
+        {"lr": -1.0},
     ],
 )
 def test_a_bad_config_fails_the_asset_once_without_launching(tmp_path: Path, config: dict[str, Any]) -> None:

@@ -24,6 +24,14 @@ def test_defaults_are_documented_values() -> None:
     assert cfg.to_dict()["betas"] == [0.9, 0.95]
 
 
+def test_defaults_are_every_optional_key_with_its_default() -> None:
+    cfg = TrainConfig.from_dict(REQUIRED)
+    defaults = TrainConfig.defaults()
+    assert defaults == {k: v for k, v in cfg.to_dict().items() if k not in REQUIRED}
+    defaults["betas"].append(0.5)  # a copy: changing it leaves the class default alone
+    assert TrainConfig.defaults()["betas"] == [0.9, 0.95]
+
+
 def test_unknown_key_is_an_error_naming_it(tmp_path: Path) -> None:
     path = tmp_path / "cfg.json"
     path.write_text(json.dumps({**REQUIRED, "max_step": 10}))
