@@ -29,6 +29,7 @@ def to_dict(obj: Any) -> Any:
 
 
 def api_status(exc: BaseException) -> int | None:
+    """The HTTP status of a refused call (404: gone, 403: RBAC...), None when the server never answered."""
     return getattr(exc, "status", None)
 
 

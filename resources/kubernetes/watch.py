@@ -23,6 +23,8 @@ from training.k8s_node import PEER_LOST_EXIT_CODE
 
 @dataclass
 class JobOutcome:
+    """How the watch ended: the Job's terminal condition, or the launcher's own Timeout / Deleted."""
+
     succeeded: bool
     condition: str  # Complete | SuccessCriteriaMet | FailureTarget | Failed | Timeout | Deleted
     reason: str = ""
