@@ -1,6 +1,7 @@
 """Model layer: the base model (tokenizer with chat template + initial weights)."""
 
 import dagster as dg
+from pydantic import Field
 
 from assets.conversations import curated_conversations
 from core.atomic_io import Leftover
@@ -9,33 +10,34 @@ from core.settings import load_settings
 from resources.artifacts import ArtifactStore, leftovers_metadata
 from resources.warehouse import DuckDBWarehouse
 
-_DEFAULT_PRESET = TinyModelPreset()
+_PRESET = TinyModelPreset()
 
 
 class BaseModelConfig(dg.Config):
-    """Either a local Hugging Face model directory (`local_path`) or the tiny built-in preset."""
+    """Either a local Hugging Face model directory (`local_path`) or the tiny built-in preset.
 
-    local_path: str = load_settings().base_model_path
-    vocab_size: int = _DEFAULT_PRESET.vocab_size
-    hidden_size: int = _DEFAULT_PRESET.hidden_size
-    intermediate_size: int = _DEFAULT_PRESET.intermediate_size
-    num_hidden_layers: int = _DEFAULT_PRESET.num_hidden_layers
-    num_attention_heads: int = _DEFAULT_PRESET.num_attention_heads
-    num_key_value_heads: int = _DEFAULT_PRESET.num_key_value_heads
-    template: str = _DEFAULT_PRESET.template
-    seed: int = _DEFAULT_PRESET.seed
+    The preset knobs default to `TinyModelPreset`'s values (referenced, never re-typed; a test checks every one),
+    so the Launchpad form and `core.base_model` cannot disagree. `local_path` defaults to BASE_MODEL_PATH as it is
+    when the run starts, not when the code location was imported; an explicit "" builds the preset even when
+    BASE_MODEL_PATH is set.
+    """
+
+    local_path: str = Field(
+        default_factory=lambda: load_settings().base_model_path,
+        description="a local Hugging Face model directory to import; unset: BASE_MODEL_PATH; empty: the preset",
+    )
+    vocab_size: int = _PRESET.vocab_size
+    hidden_size: int = _PRESET.hidden_size
+    intermediate_size: int = _PRESET.intermediate_size
+    num_hidden_layers: int = _PRESET.num_hidden_layers
+    num_attention_heads: int = _PRESET.num_attention_heads
+    num_key_value_heads: int = _PRESET.num_key_value_heads
+    template: str = _PRESET.template
+    seed: int = _PRESET.seed
 
     def preset(self) -> TinyModelPreset:
-        return TinyModelPreset(
-            vocab_size=self.vocab_size,
-            hidden_size=self.hidden_size,
-            intermediate_size=self.intermediate_size,
-            num_hidden_layers=self.num_hidden_layers,
-            num_attention_heads=self.num_attention_heads,
-            num_key_value_heads=self.num_key_value_heads,
-            template=self.template,
-            seed=self.seed,
-        )
+        """The preset these knobs describe; preset fields the form does not expose keep their defaults."""
+        return TinyModelPreset(**self.model_dump(exclude={"local_path"}))
 
 
 def training_texts(warehouse: DuckDBWarehouse) -> list[str]:
