@@ -202,6 +202,10 @@ def artifact_cleanup_hours() -> dict[str, float]:
 
 # ---- TRAINING_LAUNCHER=kubernetes ---------------------------------------------------------------------------
 
+# Where training Jobs run unless K8S_NAMESPACE says otherwise: the namespace deploy/ creates, and the default of
+# KubernetesTrainingLauncher.namespace too, so a launcher built in code and one built from settings agree.
+K8S_DEFAULT_NAMESPACE = "catalog-posttrain"
+
 
 def _env_json(name: str, default: str, kind: type) -> object:
     import json
@@ -226,7 +230,7 @@ def kubernetes_launcher_config(settings: PlatformSettings) -> dict[str, object]:
         )
     pull_secrets = [s.strip() for s in _env("K8S_IMAGE_PULL_SECRETS", "").split(",") if s.strip()]
     return {
-        "namespace": _env("K8S_NAMESPACE", "catalog-posttrain"),
+        "namespace": _env("K8S_NAMESPACE", K8S_DEFAULT_NAMESPACE),
         "image": image,
         "image_pull_policy": _env("K8S_IMAGE_PULL_POLICY", "IfNotPresent"),
         "image_pull_secrets": pull_secrets,
