@@ -21,6 +21,7 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 
+from core.settings import K8S_DEFAULT_NAMESPACE
 from resources.kubernetes.api import (
     API_CONNECT_TIMEOUT_S,
     API_READ_TIMEOUT_S,
@@ -63,7 +64,7 @@ class KubernetesTrainingLauncher(TrainingLauncher):
     config, the base model, the shards and the output directory must all be under it.
     """
 
-    namespace: str = "default"
+    namespace: str = K8S_DEFAULT_NAMESPACE
     image: str = ""
     image_pull_policy: str = "IfNotPresent"
     image_pull_secrets: list[str] = Field(default_factory=list)
