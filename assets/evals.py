@@ -19,21 +19,42 @@ from core.champion import (
 )
 from core.eval_report import build_report_json, write_report
 from core.fingerprints import files_fingerprint
+from evaluation import (
+    SuiteInputs,
+    SuiteSettings,
+    TitleMatcher,
+    evaluate_model,
+    heldout_rows,
+    hits,
+    recommendation_prompts,
+    run_suite,
+)
 from resources.artifacts import ArtifactStore, leftovers_metadata
 from resources.warehouse import DuckDBWarehouse
-from training.eval_suite import SuiteInputs, SuiteSettings, evaluate_model, hits, run_suite
-from training.evaluate import TitleMatcher, heldout_rows, recommendation_prompts
+
+# The suite's defaults are SuiteSettings' own, so the run config and a suite run outside Dagster cannot disagree.
+_SUITE_DEFAULTS = SuiteSettings()
 
 
 class EvalConfig(dg.Config):
-    generation_cases: int = 200
-    max_new_tokens: int = 64
-    batch_size: int = 16
-    batch_tokens: int = 8192
+    generation_cases: int = _SUITE_DEFAULTS.generation_cases
+    max_new_tokens: int = _SUITE_DEFAULTS.max_new_tokens
+    batch_size: int = _SUITE_DEFAULTS.batch_size
+    batch_tokens: int = _SUITE_DEFAULTS.batch_tokens
     loss_margin: float = 0.02  # relative: candidate validation loss may be at most 2% worse than the champion's
     hit_margin: float = 0.02  # absolute: candidate hit@5 may be at most 0.02 lower
     # A champion promoted by another eval while this one ran is evaluated too and compared again, at most this often.
     promotion_attempts: int = MAX_PROMOTION_ATTEMPTS
+
+
+def suite_settings(config: EvalConfig) -> SuiteSettings:
+    """The run config's suite fields as SuiteSettings; the rest (device) keeps SuiteSettings' defaults."""
+    return SuiteSettings(
+        generation_cases=config.generation_cases,
+        max_new_tokens=config.max_new_tokens,
+        batch_size=config.batch_size,
+        batch_tokens=config.batch_tokens,
+    )
 
 
 def champion_registry(artifacts: ArtifactStore) -> Path:
@@ -126,12 +147,7 @@ def eval_report(
         context.log.warning(f"champion {champion.version} points at missing {champion_dir}; comparing without it")
         champion_dir = None
     inputs = suite_inputs(checkpoint, warehouse, champion_dir)
-    settings = SuiteSettings(
-        generation_cases=config.generation_cases,
-        max_new_tokens=config.max_new_tokens,
-        batch_size=config.batch_size,
-        batch_tokens=config.batch_tokens,
-    )
+    settings = suite_settings(config)
     results = run_suite(inputs, settings)
     model, base = results["model"], results["base_model"]
     recommendation = {

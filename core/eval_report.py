@@ -26,6 +26,18 @@ CONTRACT_SPLITS = ("validation", "test")
 CONTRACT_SYSTEMS = ("model", "base_model", "popularity")
 SPLIT_KEYS = ("loss", "perplexity", "loss_tokens")
 HIT_KEYS = ("hit@1", "hit@5")
+# Why a held-out row or case was left out of a metric (the ``evaluation`` package's skips): each comes with a detail
+# and is counted per code in the result's ``skipped_by_reason``, which report.json keeps (_SYSTEM_KEYS).
+EVAL_SKIP_REASONS: dict[str, str] = {
+    "null_row": "input_ids or loss_mask is null",
+    "length_mismatch": "input_ids and loss_mask have different lengths",
+    "token_out_of_vocab": "a token id is negative or not below the model's vocabulary size: the shards were "
+    "tokenized for another model",
+    "no_assistant_turn": "the recommendation conversation has no assistant turn, so there is no target",
+    "no_target_title": "the first assistant turn names no title that matches the catalog",
+    "prompt_error": "the chat template could not render the prompt (core.masking.MaskError)",
+    "prompt_too_long": "the prompt plus max_new_tokens exceeds the model's max_position_embeddings",
+}
 # Per-system keys copied into report.json; bulky lists (samples, per-case results) stay out.
 _SYSTEM_KEYS = ("hit@1", "hit@5", "n", "by_split", "no_title_outputs", "mean_titles", "skipped_by_reason")
 _SPLIT_EXTRA = ("conversations",)
@@ -52,7 +64,7 @@ def build_report_json(
 ) -> dict[str, Any]:
     """The report.json object: contract keys first, then extras.
 
-    ``splits`` and ``by_kind`` are ``training.evaluate.evaluate_loss_by``'s; each
+    ``splits`` and ``by_kind`` are ``evaluation.evaluate_loss_by``'s; each
     ``recommendation[system]`` is an ``evaluate_recommendations`` / ``evaluate_popularity``
     result (only scalar summaries are kept). Raises ValueError when a contract split or
     system is missing, naming it.

@@ -16,6 +16,7 @@ import sys
 from collections.abc import Mapping
 
 from core.curation import PARSE_REASONS, REASONS
+from core.eval_report import EVAL_SKIP_REASONS
 from core.ingest import CATALOG_REASONS, INTERACTION_REASONS, READ_REASONS, REPAIRED_REASONS
 from core.landing_files import IGNORE_REASONS
 from core.masking import MASK_REASONS
@@ -57,7 +58,8 @@ def render_reason_codes() -> str:
         "[External conversations](#external-conversations-curatedquarantine-parse-step) ·",
         "[Curation](#curation-curatedquarantine) ·",
         "[Tokenization](#tokenization-tokenized_shards-quarantineparquet) ·",
-        "[Landing files that are not read](#landing-files-that-are-not-read)",
+        "[Landing files that are not read](#landing-files-that-are-not-read) ·",
+        "[Evaluation](#evaluation-skipped_by_reason)",
         "",
         "## Unreadable records (`raw.quarantine`, either source)",
         "",
@@ -110,6 +112,16 @@ def render_reason_codes() -> str:
         "(`core.landing_files.IGNORE_REASONS`)",
         "",
         _table(IGNORE_REASONS),
+        "",
+        "## Evaluation (`skipped_by_reason`)",
+        "",
+        "Held-out rows and recommendation cases that cannot be scored are left out of the metric they",
+        "belong to instead of failing the evaluation. The evaluation functions (the `evaluation` package)",
+        "return each with a reason code and a detail, counted per reason in their `skipped_by_reason`;",
+        "report.json keeps those counts for a system whose result carries them.",
+        "(`core.eval_report.EVAL_SKIP_REASONS`)",
+        "",
+        _table(EVAL_SKIP_REASONS),
     ]
     return "\n".join(parts) + "\n"
 

@@ -15,9 +15,9 @@ import pytest
 import assets.evals as evals
 from core.atomic_io import new_version_id
 from core.champion import current_champion, new_record, promote, read_champions
+from evaluation import SuiteInputs, SuiteSettings
 from resources.artifacts import ArtifactStore
 from resources.warehouse import DuckDBWarehouse
-from training.eval_suite import SuiteInputs
 
 
 def _model_results(loss: float, hit5: float) -> dict[str, Any]:
@@ -99,3 +99,17 @@ def test_a_champion_promoted_during_the_eval_is_evaluated_and_compared(
     assert problems == [] and [(r.version, r.previous) for r in records] == [("c0", None), ("b-better", "c0")]
     assert current_champion(registry).checkpoint == str(better_dir)  # type: ignore[union-attr]
     assert str(candidate) not in {r.checkpoint for r in records}
+
+
+def test_the_run_config_takes_the_suite_defaults_from_suite_settings() -> None:
+    # One source of truth per default: a run launched without config evaluates exactly as run_suite's defaults do.
+    defaults = SuiteSettings()
+    assert evals.suite_settings(evals.EvalConfig()) == defaults
+    config_fields = evals.EvalConfig.model_fields
+    shared = [name for name in SuiteSettings.__dataclass_fields__ if name in config_fields]
+    assert {"generation_cases", "max_new_tokens", "batch_size", "batch_tokens"} <= set(shared)
+    for name in shared:
+        assert config_fields[name].default == getattr(defaults, name), name
+        # Every suite field the run config has reaches the suite when a run changes it.
+        changed = evals.suite_settings(evals.EvalConfig(**{name: getattr(defaults, name) + 1}))
+        assert getattr(changed, name) == getattr(defaults, name) + 1, name

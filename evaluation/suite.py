@@ -14,21 +14,23 @@ import polars as pl
 import torch
 from transformers.utils import logging as hf_logging
 
-from training.evaluate import (
-    RecoCase,
-    TitleMatcher,
-    evaluate_loss_by,
-    evaluate_popularity,
-    evaluate_recommendations,
-    heldout_rows,
-    load_for_eval,
-    popularity_ranking,
-    recommendation_prompts,
-)
+from evaluation.baselines import evaluate_popularity, popularity_ranking
+from evaluation.generation import evaluate_recommendations
+from evaluation.heldout import HELDOUT_SPLITS, heldout_rows
+from evaluation.loss import evaluate_loss_by
+from evaluation.models import load_for_eval
+from evaluation.recommendation import RecoCase, recommendation_prompts
+from evaluation.titles import TitleMatcher
 
 
 @dataclass(frozen=True)
 class SuiteSettings:
+    """How much of the held-out data each model answers, and how it is batched.
+
+    The single home of these defaults: the eval asset's run config (``assets.evals.EvalConfig``) takes its
+    defaults from here, so a notebook, a trainer pod and a Dagster run evaluate alike unless told otherwise.
+    """
+
     generation_cases: int = 200  # held-out recommendation prompts generated per model
     max_new_tokens: int = 64
     batch_size: int = 16
@@ -38,6 +40,8 @@ class SuiteSettings:
 
 @dataclass
 class SuiteInputs:
+    """Everything one suite run reads, gathered by the caller (the eval asset reads it from the warehouse)."""
+
     checkpoint_dir: Path
     base_model_dir: Path
     shard_dirs: list[Path]
@@ -69,10 +73,11 @@ def evaluate_model(
 
 
 def run_suite(inputs: SuiteInputs, settings: SuiteSettings) -> dict[str, Any]:
+    """The checkpoint, the base model, popularity and (when given) the champion, all on the same held-out data."""
     hf_logging.disable_progress_bar()  # per-model "Loading weights" bars would clutter the run's logs
     rows = heldout_rows(inputs.shard_dirs, inputs.conversations)
     matcher = TitleMatcher(inputs.catalog)
-    heldout = inputs.conversations.filter(pl.col("split").is_in(["validation", "test"]))
+    heldout = inputs.conversations.filter(pl.col("split").is_in(list(HELDOUT_SPLITS)))
     cases, skipped = recommendation_prompts(heldout, matcher)
     results: dict[str, Any] = {
         "heldout_rows": rows.height,
@@ -91,4 +96,5 @@ def run_suite(inputs: SuiteInputs, settings: SuiteSettings) -> dict[str, Any]:
 
 
 def hits(reco: dict[str, Any]) -> dict[str, Any]:
+    """The report's per-system summary: hit rates and how many cases they are over, without the bulky lists."""
     return {"hit@1": reco["hit@1"], "hit@5": reco["hit@5"], "n": reco["n"]}
