@@ -29,6 +29,8 @@ from core.masking.work import Work
 
 @dataclass
 class Chunk:
+    """One chunk after ``prepare_chunk``: rendered works, and the rejects found so far."""
+
     size: int
     failed: dict[int, tuple[str, str]]  # index -> (reason, detail): no exception (and traceback) kept
     ready: list[Work]
@@ -115,7 +117,7 @@ def complete_chunk(
             ids, offsets = segment_encode(info, work.rendered, job.content_spans, job.control_ends)
             job.ids, job.offsets = ids, TokenOffsets.flat(offsets)
         except MaskError as err:
-            job.deferred = (err.reason, err.detail)  # after the serving checks, as before this was first
+            job.deferred = (err.reason, err.detail)  # reported after the serving checks, which take precedence
         jobs.append(job)
 
     live: list[_Job] = []

@@ -25,6 +25,11 @@ except ImportError:  # pragma: no cover - other transformers versions: always ta
 def render_compiled(
     info: TokenizerInfo, compiled: Any, chats: list[list[dict[str, Any]]], add_generation_prompt: bool, spans: bool
 ) -> list[tuple[str, list[tuple[int, int]] | None] | MaskError]:
+    """``compiled`` run on each chat as render_jinja_template would run it, with one shared base context.
+
+    ``spans`` records the ``{% generation %}`` spans with transformers' own tracker; a
+    ``TracedMessages`` chat has its output length kept up to date for the trace.
+    """
     env = compiled.environment
     template_globals = dict(compiled.globals)
     base = {**template_globals, **info.template_kwargs, "tools": None, "documents": None}

@@ -19,8 +19,11 @@ from core.masking.tokenizer_info import TokenizerInfo
 
 
 def sentinel(j: int) -> str:
-    # Private-use characters (plane 15): never produced by a template, and only ever
-    # compared against the sentinel rendering, which holds no user text.
+    """The stand-in for message ``j``'s content.
+
+    Private-use characters (plane 15): never produced by a template, and only ever
+    compared against the sentinel rendering, which holds no user text.
+    """
     return "\U000ffffd" + chr(0xF0000 + j) + "\U000ffffd"
 
 

@@ -17,7 +17,7 @@ from core.masking.compiled_template import TracedMessages, render_compiled
 from core.masking.reasons import MaskError
 from core.masking.tokenizer_info import TokenizerInfo
 
-_MARK_NAME = "_catalog_posttrain_generation_mark"
+_MARK_NAME = "_catalog_posttrain_generation_mark"  # a template variable no chat template would use
 
 
 class _GenerationMark:
@@ -39,7 +39,7 @@ def fast_generation_template(info: TokenizerInfo, compiled: Any) -> Any:
 
     transformers runs a generation block as a call block: a macro for the body, a sandboxed
     call to its tracker, which finds the block's start by joining everything rendered so
-    far. That was half of the rendering time. Here the block's body runs in place (a jinja
+    far, so each block costs time in the length of the output. Here the block's body runs in place (a jinja
     Scope, so ``{% set %}`` stays local as it does in the macro) between two outputs of a
     mark object that records the output length when rendered: the same text, and the same
     spans as the tracker. Only for blocks whose output goes straight to the rendering (at top
@@ -62,6 +62,7 @@ def fast_generation_template(info: TokenizerInfo, compiled: Any) -> Any:
 
 
 def _is_generation_block(node: Any) -> bool:
+    """Whether ``node`` is a ``{% generation %}`` block, as transformers' extension parses it."""
     return (
         isinstance(node, jinja_nodes.CallBlock)
         and isinstance(node.call, jinja_nodes.Call)
@@ -105,6 +106,11 @@ def render_fast(
     add_generation_prompt: bool,
     spans: bool,
 ) -> list[tuple[str, list[tuple[int, int]] | None] | MaskError]:
+    """Like ``render_compiled``, with ``fast`` (``fast_generation_template``'s rewrite) instead of ``compiled``.
+
+    The spans come from the marks; a chat that fails is rendered again by ``compiled`` so its
+    error reads exactly as the stock template's.
+    """
     env = fast.environment
     template_globals = dict(fast.globals)
     mark = _GenerationMark()

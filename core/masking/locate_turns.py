@@ -67,6 +67,7 @@ class ServingPrompts:
         return None
 
     def get(self, turn: int) -> tuple[int, str]:
+        """Message ``turn``'s serving prompt as ``(q, tail)``, rendering it now if the batch did not."""
         if turn in self.derivable and turn != self.anchor:
             anchor = self.exact[self.anchor]  # type: ignore[index]
             if isinstance(anchor, MaskError):  # the generation prompt fails the same way for every such turn

@@ -120,6 +120,7 @@ def finish_mask(
 
 
 def _clip_spans(spans: list[tuple[int, int]], cut: int) -> list[tuple[int, int]]:
+    """The parts of ``spans`` before character ``cut`` (what truncation keeps)."""
     return [(a, min(b, cut)) for a, b in spans if a < cut]
 
 
@@ -131,6 +132,7 @@ def _brief_spans(spans: list[tuple[int, int]]) -> str:
 
 
 def _merge_spans(spans: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The same characters as sorted, non-empty, non-touching spans, so equal markings compare equal."""
     out: list[tuple[int, int]] = []
     for a, b in sorted(spans):
         if b <= a:
@@ -155,12 +157,14 @@ def _raise_token_mismatch(turn: int, got: list[int], expected: list[int]) -> Non
 
 
 def too_long(tokens: int, max_length: int) -> MaskError:
+    """The ``too_long`` reject, built where the length rule runs (before any per-turn work) and here."""
     return MaskError(
         "too_long", f"{tokens} tokens > max_length={max_length}; raise max_length or use overlong='truncate'"
     )
 
 
 def apply_length(ids: list[int], mask: list[int], max_length: int | None, overlong: str) -> EncodedConversation:
+    """The finished row under the length rule: kept, cut to ``max_length`` (``truncate``), or rejected."""
     if max_length is None or len(ids) <= max_length:
         return EncodedConversation(ids, mask, False)
     if overlong == "quarantine":

@@ -19,6 +19,8 @@ from core.masking.reasons import MaskError
 from core.masking.segments import SegmentCache, tokenize_chunk
 from core.masking.tokenizer_info import info_for
 
+_ENCODE_CHUNK = 1024  # conversations per chunk: large enough to batch the tokenizer, small for memory
+
 
 @contextmanager
 def paused_gc() -> Iterator[None]:
@@ -27,7 +29,7 @@ def paused_gc() -> Iterator[None]:
     Encoding allocates millions of small lists, dicts and tuples and makes no reference
     cycles (rejects keep (reason, detail), never a raised exception with its traceback), so
     the collector would only rescan the whole heap, every imported module included, over and
-    over: about a quarter of data preparation's CPU time. Nested uses and an already
+    over, for a large share of data preparation's CPU time. Nested uses and an already
     disabled collector are left as they are.
     """
     if not gc.isenabled():
@@ -84,9 +86,6 @@ def encode_batch(
         if pending is not None:
             finish(*pending)
     return results, rejects
-
-
-_ENCODE_CHUNK = 1024
 
 
 def encode_conversation(

@@ -27,7 +27,7 @@ _PREFIX_UNSAFE_NODES = (
 
 
 def prefix_bound(info: TokenizerInfo) -> int | None:
-    """``_prefix_stable_bound`` of the tokenizer's template, worked out once per tokenizer."""
+    """``_prefix_stable_bound`` of the tokenizer's template (None: render every prompt), worked out once."""
     if not info.prefix_checked:
         bound = None
         if compile_jinja_template is not None:

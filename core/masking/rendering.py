@@ -18,10 +18,11 @@ from core.masking.generation_inline import fast_generation_template, render_fast
 from core.masking.reasons import MaskError
 from core.masking.tokenizer_info import TokenizerInfo
 
-_FAST_CHECK_ROWS = 16
+_FAST_CHECK_ROWS = 16  # chats rendered both ways before a mode trusts the inlined template
 
 
 def render_one(info: TokenizerInfo, chat: list[dict[str, Any]], add_generation_prompt: bool, spans: bool):
+    """One chat through transformers' render_jinja_template: (text, generation spans or None); raises MaskError."""
     try:
         rendered, indices = render_jinja_template(
             conversations=[chat],
@@ -44,8 +45,10 @@ def render_many(
 ) -> list[tuple[str, list[tuple[int, int]] | None] | MaskError]:
     """Render many chats; plain-string chats through ``_render_plain``, the others through transformers.
 
-    A mixed batch is split, so one chat with extra message fields does not send the whole
-    chunk down the slower path (nor lose the tracing of ``TracedMessages``).
+    Returns one item per chat, a MaskError in place of a chat the template fails on, so one
+    bad chat costs only itself. ``plain``: the caller knows every chat is plain. A mixed
+    batch is split, so one chat with extra message fields does not send the whole chunk
+    down the slower path (nor lose the tracing of ``TracedMessages``).
     """
     if not chats:
         return []
@@ -106,7 +109,7 @@ def _render_plain(
     aliases) are identities, so running the same compiled template on the same variables
     renders the same text. The context is what jinja's Template.new_context builds, made
     from a plain-dict snapshot of the template globals instead of re-reading jinja's ChainMap
-    on every call. Together these were half of tokenize_shards' time on short chats.
+    on every call. For short chats those overheads cost more than the rendering itself.
     Templates with ``{% generation %}`` blocks run as ``fast_generation_template``'s compile,
     once a probe of each (add_generation_prompt, spans) mode has shown it renders the same.
     """
@@ -126,4 +129,5 @@ def _render_plain(
 
 
 def comparable(rendered: list[Any]) -> list[Any]:
+    """Renderings in a form that compares by value: MaskError compares by identity, its reason and detail do not."""
     return [(r.reason, r.detail) if isinstance(r, MaskError) else r for r in rendered]

@@ -15,7 +15,7 @@ from core.masking.chunks import Chunk
 from core.masking.token_offsets import TokenOffsets
 from core.masking.tokenizer_info import TokenizerInfo
 
-_SEGMENT_CACHE_TOKENS = 1 << 19  # bound on the tokens one encode_batch call keeps for reuse (~60 MiB)
+_SEGMENT_CACHE_TOKENS = 1 << 19  # bound on the tokens one encode_batch call keeps for reuse
 _SPLIT_CHECK_ROWS = 16
 
 
@@ -90,6 +90,11 @@ def tokenize_segments(
 
 
 def tokenize_chunk(info: TokenizerInfo, chunk: Chunk, cache: SegmentCache) -> list[tuple[list[int], TokenOffsets]]:
+    """Ids and offsets of the chunk's renderings without lookalikes: segment by segment where that is exact.
+
+    Runs on the pipeline's helper thread; it reads the chunk and writes only the cache and
+    the tokenizer's split flags.
+    """
     texts = [w.rendered for w in chunk.stock]
     tokenized = None
     if info.segment_safe and info.split_exact:

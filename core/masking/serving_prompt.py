@@ -17,6 +17,7 @@ from core.masking.tokenizer_info import TokenizerInfo, info_for
 
 
 def _encode_prompt_text(info: TokenizerInfo, messages: list[dict[str, Any]]) -> list[int]:
+    """``messages`` (already validated) rendered with the generation prompt, then ``prompt_ids``."""
     prompt, _ = rendering.render_one(info, messages, True, False)
     return prompt_ids(info, messages, prompt)
 

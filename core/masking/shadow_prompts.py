@@ -58,6 +58,7 @@ class ShadowPrompts:
             self.assistants.append(self.assistants[-1] + (work.messages[j]["role"] == "assistant"))
 
     def _anchor(self, turn: int) -> None:
+        """Take the shadow's generation prompt from one exact sentinel rendering of ``turn``'s prompt."""
         self.anchored = True
         marked = [{**m, "content": sentinel(j)} for j, m in enumerate(self.work.messages[:turn])]
         try:

@@ -21,6 +21,12 @@ from tokenizers import Tokenizer
 
 @dataclass
 class TokenizerInfo:
+    """What the encoder needs to know about one tokenizer: its template, its control tokens and private copies.
+
+    Mutable on purpose: the lazily settled fields below are filled in by the first batch
+    that needs them, and the tests switch paths off by setting them.
+    """
+
     template: str
     has_generation: bool
     template_kwargs: dict[str, str]
@@ -109,6 +115,10 @@ def _split_safe(config: dict[str, Any]) -> bool:
 
 
 def info_for(tokenizer: Any) -> TokenizerInfo:
+    """The cached facts of ``tokenizer``; TypeError for a slow tokenizer, ValueError without a chat template.
+
+    Both errors fail the whole batch on purpose: every conversation would fail the same way.
+    """
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if not isinstance(backend, Tokenizer):
         raise TypeError(

@@ -17,6 +17,7 @@ from core.masking.tokenizer_info import info_for
 
 
 def _runs(mask: Sequence[int]) -> list[tuple[int, int]]:
+    """The ``[start, stop)`` token ranges where ``mask`` is 1, in order."""
     runs: list[tuple[int, int]] = []
     start = None
     for k, v in enumerate([*mask, 0]):
@@ -83,6 +84,7 @@ def verify_masks(
 
 
 def _stock_prompt_ids(tokenizer: Any, messages: list[dict[str, Any]]) -> list[int]:
+    """transformers' own serving prompt ids (whatever container apply_chat_template returns them in)."""
     out = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
     if isinstance(out, Mapping) or hasattr(out, "keys"):
         out = out["input_ids"]

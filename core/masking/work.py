@@ -8,6 +8,8 @@ from typing import Any
 
 @dataclass
 class Work:
+    """One conversation's state between the stages, so no stage recomputes what an earlier one found."""
+
     index: int
     messages: list[dict[str, Any]]
     turns: list[int]  # message indices of assistant turns
