@@ -51,10 +51,10 @@ def check_days(settings: PlatformSettings, first: date, last: date) -> DataDates
     data = interaction_dates(settings)
     if data is not None:
         require_within_partitions(data.first, data.last, f"your interaction data ({data.origin})", data.first)
-    require_within_partitions(first, last, f"the requested days {first}..{last}", data.first if data else None)
+    require_within_partitions(first, last, f"the requested range {first}..{last}", data.first if data else None)
     if data is not None and (last < data.first or first > data.last):
         raise ValueError(
-            f"the requested days {first}..{last} hold none of your interaction data, which covers "
+            f"the requested range {first}..{last} holds none of your interaction data, which covers "
             f"{data.first}..{data.last}: choose days inside it"
         )
     return data
