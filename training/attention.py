@@ -2,19 +2,14 @@
 
 With stock "sdpa", transformers turns the position_ids restarts of a packed row into a
 block-diagonal mask, and the attention kernel then computes every query x key score of
-the row (seq_len^2) only to discard the cross-conversation ones. At our row length (1024)
-and typical conversation length (~180 tokens) that is most of the attention work, and on
-CPU it was 29% of a training step (benchmarks/results). Here each conversation of the row
+the row (seq_len^2) only to discard the cross-conversation ones. With conversations much
+shorter than a row that is most of the attention work. Here each conversation of the row
 is attended on its own with a causal kernel, so the work is sum(len_i^2) / 2 instead of
 seq_len^2, and no mask tensor is built at all.
 
-On CPU the per-conversation work is one custom operator, forward and backward: our C
-kernel (training/cpu_kernels.py, about twice ATen's CPU flash kernel at our head sizes)
-where it could be built, else ATen's flash kernel called per conversation, writing each
-slice into one output. Autograd sees one node per layer instead of a dozen views, splits
-and concatenations per conversation, and torch.compile traces a whole decoder layer around
-it without a graph break. Other devices (and dropout) take the same loop through
-`F.scaled_dot_product_attention`.
+On CPU (without dropout) the per-conversation work is one custom operator, forward and
+backward (training/cpu/attention.py). Other devices (and dropout) take a loop through
+`F.scaled_dot_product_attention`, one call per conversation.
 
 The segments come from the position_ids restarts that transformers hands every attention
 call (without position_ids each row is one causal sequence). Numerically it matches "sdpa"
@@ -30,7 +25,10 @@ import torch
 import torch.nn.functional as F
 from transformers import AttentionInterface
 
-from training import cpu_kernels
+from training.config import TrainConfig
+from training.cpu.attention import packed_attention_cpu
+from training.data import segment_table
+from training.distributed import DistContext
 
 PACKED_SDPA = "packed_sdpa"
 
@@ -40,112 +38,11 @@ def head_dim(config: Any) -> int:
     return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
 
 
-def segment_table(position_ids: torch.Tensor, batch: int) -> torch.Tensor:
-    """(row, start, length) of every conversation of the batch, one int64 row each, in row order.
-
-    A segment starts at every row start and wherever a position does not follow its
-    predecessor by one (the same rule transformers applies to detect packed sequences).
-    Tensor ops over the whole batch: it runs for every layer, forward and backward.
-    """
-    positions = position_ids.detach().to("cpu", torch.int64).expand(batch, position_ids.shape[-1])
-    seq_len = positions.shape[1]
-    starts = torch.ones_like(positions, dtype=torch.bool)
-    starts[:, 1:] = positions[:, 1:] != positions[:, :-1] + 1
-    row, start = torch.nonzero(starts).unbind(1)
-    end = torch.full_like(start, seq_len)
-    same_row = row[1:] == row[:-1]
-    end[:-1] = torch.where(same_row, start[1:], end[:-1])
-    return torch.stack([row, start, end - start], dim=1)
-
-
-_FLASH_CPU = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default
-_FLASH_CPU_BACKWARD = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward.default
-
-
-@torch.library.custom_op("posttrain::packed_attention_cpu", mutates_args=())
-def packed_attention_cpu(
-    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, position_ids: torch.Tensor, scale: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """query [B, Hq, T, D], key/value [B, Hkv, T, D] -> (output [B, T, Hq, D], logsumexp [B, Hq, T]).
-
-    The output is laid out the way transformers reshapes it next ([B, T, Hq * D]), so that
-    reshape is free. Both kernels take grouped-query key/value heads as they are.
-    """
-    batch, heads, seq_len, width = query.shape
-    out = query.new_empty(batch, seq_len, heads, width)
-    lse = query.new_empty(batch, heads, seq_len, dtype=torch.float32)
-    segments = segment_table(position_ids, batch)
-    kernel = cpu_kernels.attention_kernel(query, key, value)
-    if kernel is not None:
-        kernel.forward(query, key, value, out, lse, segments, scale)
-        return out, lse
-    for row, start, length in segments.tolist():
-        piece = slice(start, start + length)
-        piece_out, piece_lse = _FLASH_CPU(
-            query[row : row + 1, :, piece], key[row : row + 1, :, piece], value[row : row + 1, :, piece],
-            0.0, True, scale=scale,
-        )  # fmt: skip
-        out[row, piece] = piece_out[0].transpose(0, 1)
-        lse[row, :, piece] = piece_lse[0]
-    return out, lse
-
-
-@packed_attention_cpu.register_fake
-def _(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, position_ids: torch.Tensor, scale: float):
-    batch, heads, seq_len, width = query.shape
-    return query.new_empty(batch, seq_len, heads, width), query.new_empty(batch, heads, seq_len, dtype=torch.float32)
-
-
-@torch.library.custom_op("posttrain::packed_attention_cpu_backward", mutates_args=())
-def packed_attention_cpu_backward(
-    grad_out: torch.Tensor,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    out: torch.Tensor,
-    lse: torch.Tensor,
-    position_ids: torch.Tensor,
-    scale: float,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Gradients for query, key and value, each conversation's slice written in place (no zero fill, no cat)."""
-    grads = [torch.empty_like(t) for t in (query, key, value)]
-    segments = segment_table(position_ids, query.shape[0])
-    kernel = cpu_kernels.attention_kernel(query, key, value)
-    if kernel is not None:
-        grad_out = grad_out if grad_out.stride(-1) == 1 else grad_out.contiguous()
-        kernel.backward(grad_out, query, key, value, out, lse, tuple(grads), segments, scale)
-        return tuple(grads)
-    for row, start, length in segments.tolist():
-        piece = slice(start, start + length)
-        pieces = _FLASH_CPU_BACKWARD(
-            grad_out[row : row + 1, piece].transpose(1, 2),
-            query[row : row + 1, :, piece], key[row : row + 1, :, piece], value[row : row + 1, :, piece],
-            out[row : row + 1, piece].transpose(1, 2), lse[row : row + 1, :, piece],
-            0.0, True, scale=scale,
-        )  # fmt: skip
-        for grad, grad_piece in zip(grads, pieces, strict=True):
-            grad[row, :, piece] = grad_piece[0]
-    return tuple(grads)
-
-
-@packed_attention_cpu_backward.register_fake
-def _(grad_out, query, key, value, out, lse, position_ids, scale):
-    return torch.empty_like(query), torch.empty_like(key), torch.empty_like(value)
-
-
-def _save_for_backward(ctx: Any, inputs: tuple[Any, ...], output: tuple[torch.Tensor, torch.Tensor]) -> None:
-    query, key, value, position_ids, scale = inputs
-    ctx.save_for_backward(query, key, value, *output, position_ids)
-    ctx.scale = scale
-
-
-def _backward(ctx: Any, grad_out: torch.Tensor, _grad_lse: torch.Tensor | None) -> tuple[Any, ...]:
-    query, key, value, out, lse, position_ids = ctx.saved_tensors
-    grads = packed_attention_cpu_backward(grad_out, query, key, value, out, lse, position_ids, ctx.scale)
-    return (*grads, None, None)
-
-
-packed_attention_cpu.register_autograd(_backward, setup_context=_save_for_backward)
+def resolve_attn(cfg: TrainConfig, ctx: DistContext) -> str:
+    """ "auto": per-conversation attention on CPU; stock sdpa on GPU, where packed_sdpa's loop is unmeasured."""
+    if cfg.attn_implementation != "auto":
+        return cfg.attn_implementation
+    return "sdpa" if ctx.device.type == "cuda" else PACKED_SDPA
 
 
 @torch.compiler.disable  # the segment count changes every batch: not traced by torch.compile

@@ -317,3 +317,22 @@ class PackedLoader:
     def load_state_dict(self, data: dict[str, Any]) -> None:
         self.state = LoaderState(**data)
         self._rows = None  # re-packed (deterministically, without re-counting) on the next row
+
+
+def segment_table(position_ids: torch.Tensor, batch: int) -> torch.Tensor:
+    """(row, start, length) of every conversation of a packed batch, one int64 row each, in row order.
+
+    The inverse of packing, for the attention kernels: a segment starts at every row start and
+    wherever a position does not follow its predecessor by one (the rule transformers applies to
+    detect packed sequences). Tensor ops over the whole batch: it runs for every layer, forward
+    and backward.
+    """
+    positions = position_ids.detach().to("cpu", torch.int64).expand(batch, position_ids.shape[-1])
+    seq_len = positions.shape[1]
+    starts = torch.ones_like(positions, dtype=torch.bool)
+    starts[:, 1:] = positions[:, 1:] != positions[:, :-1] + 1
+    row, start = torch.nonzero(starts).unbind(1)
+    end = torch.full_like(start, seq_len)
+    same_row = row[1:] == row[:-1]
+    end[:-1] = torch.where(same_row, start[1:], end[:-1])
+    return torch.stack([row, start, end - start], dim=1)

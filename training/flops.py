@@ -1,9 +1,9 @@
 """Matmul FLOP/s probes: the peak that MFU is measured against, in the trainer and the benchmarks.
 
 One timing loop for both, so the trainer's MFU estimate and the benchmark's MFU use the
-same method. Untimed products come first: on CPU the first ~10 ms of matmuls in a process
-ran up to 20% slower (a cold 512 probe read 117-161 GFLOP/s on one core), which moved a
-reported MFU by as much.
+same method. Untimed products come first: on CPU the first milliseconds of matmuls in a
+process run measurably slower (caches, frequency scaling, lazy init), and a probe that
+timed them would move a reported MFU by as much.
 """
 
 from __future__ import annotations
@@ -42,3 +42,9 @@ def matmul_flops(
         elapsed = time.perf_counter() - start
         if elapsed >= seconds:
             return 2 * m * k * n * reps / elapsed
+
+
+def measure_peak_flops(device: torch.device, dtype: torch.dtype) -> float:
+    """Sustained matmul FLOP/s of a short probe (~0.15 s): a lower bound on the device's real peak."""
+    n = 4096 if device.type == "cuda" else 1024
+    return matmul_flops(n, n, n, device, dtype, seconds=0.15, warmup=3)

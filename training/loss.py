@@ -20,7 +20,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from training import cpu_kernels
+from training.cpu import kernels
 from training.data import IGNORE_INDEX
 from training.distributed import DistContext, gradient_sync, unwrap
 
@@ -34,7 +34,7 @@ def token_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """
     logits = logits.float().reshape(-1, logits.shape[-1])
     labels = labels.reshape(-1)
-    kernel = cpu_kernels.cross_entropy_kernel(logits, labels)
+    kernel = kernels.cross_entropy_kernel(logits, labels)
     if kernel is not None:
         return _KernelCrossEntropySum.apply(logits, labels, kernel)
     return F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX, reduction="sum")
@@ -45,7 +45,7 @@ class _KernelCrossEntropySum(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx: Any, logits: torch.Tensor, labels: torch.Tensor, kernel: cpu_kernels.CrossEntropyKernel
+        ctx: Any, logits: torch.Tensor, labels: torch.Tensor, kernel: kernels.CrossEntropyKernel
     ) -> torch.Tensor:
         total, lse = kernel.forward(logits, labels)
         ctx.save_for_backward(logits, labels, lse)

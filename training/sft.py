@@ -5,42 +5,41 @@ Runs alone or under torchrun (any nodes x processes). One optimizer step =
 loss tokens of the whole global batch (training/loss.py). Output in output_dir:
 the final HF model (weights + tokenizer from base_model_dir), summary.json
 (written last: its presence means the run finished), and checkpoints/.
+
+Top to bottom: the pieces of a run (schedule, optimizer, process setup, model, data,
+one optimizer step), then `SFTRecipe`, whose setup() -> train() -> finish() is the run.
+The benchmarks (benchmarks/worker.py) time the same pieces in the same order.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import random
-import shutil
 import sys
 import time
 import traceback
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from core.atomic_io import TMP_PREFIX, atomic_write_bytes, fsync_dir, fsync_tree, sha256_file
+from core.atomic_io import sha256_file
 from core.tokenizer_training import tokenizer_fingerprint
-from training import allocator, cpu_kernels
-from training.attention import PACKED_SDPA, head_dim
+from training.attention import resolve_attn
 from training.checkpoint import find_resume_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
-from training.compilation import maybe_compile
 from training.config import ConfigError, TrainConfig, load_config
 from training.data import PackedLoader, load_corpus, rank_indices
-from training.distributed import DistContext, full_model_state, init_distributed, shutdown, unwrap, wrap_model
-from training.flops import matmul_flops
+from training.distributed import DistContext, init_distributed, shutdown, wrap_model
+from training.export import save_final_model
 from training.loss import StepLoss, accumulate_gradients
+from training.metrics import Throughput, peak_flops
 from training.reporting import Reporter
-
-SUMMARY = "summary.json"
-# Files of the base model directory that are weights/config (written fresh), not tokenizer.
-_NOT_TOKENIZER = (".safetensors", ".bin", ".pt", ".pth", ".index.json")
-_NOT_TOKENIZER_NAMES = {"config.json", "generation_config.json", "base_model.json", SUMMARY}
+from training.state import TrainerState
+from training.summary import PackingTotals, RunFacts, build_summary, cpu_kernels_used, pipes_metadata, write_summary
 
 
 def lr_factor(step: int, cfg: TrainConfig) -> float:
@@ -58,7 +57,7 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Ada
     no_decay = [p for p in params if p.ndim < 2]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     # The fused kernel updates every tensor in one call; torch's default on CPU is a Python loop of
-    # ~10 small ops per parameter, which dominated optimizer steps of small models (benchmarks/).
+    # ~10 small ops per parameter, which dominates the optimizer step of a small model.
     fused = _fused_adamw_supported(params)
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), **({"fused": True} if fused else {}))
 
@@ -72,17 +71,11 @@ def _fused_adamw_supported(params: list[torch.Tensor]) -> bool:
     )
 
 
-def measure_peak_flops(device: torch.device, dtype: torch.dtype) -> float:
-    """Sustained matmul FLOP/s of a short probe (~0.15 s): a lower bound on the device's real peak."""
-    n = 4096 if device.type == "cuda" else 1024
-    return matmul_flops(n, n, n, device, dtype, seconds=0.15, warmup=3)
+def setup_runtime(cfg: TrainConfig, ctx: DistContext) -> None:
+    """Process-wide settings, before anything is built: CPU threads and allocator, determinism, per-rank seeds."""
+    from training.cpu import tune_process
 
-
-def _setup_runtime(cfg: TrainConfig, ctx: DistContext) -> None:
-    if cfg.cpu_threads:
-        torch.set_num_threads(cfg.cpu_threads)
-    if ctx.device.type == "cpu":
-        allocator.keep_freed_memory()
+    tune_process(cfg.cpu_threads, ctx.device)
     if cfg.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
@@ -91,89 +84,14 @@ def _setup_runtime(cfg: TrainConfig, ctx: DistContext) -> None:
     torch.manual_seed(cfg.seed + ctx.rank)
 
 
-def _compute_dtype(cfg: TrainConfig, ctx: DistContext) -> torch.dtype:
+def compute_dtype(cfg: TrainConfig, ctx: DistContext) -> torch.dtype:
     if cfg.dtype == "auto":
         return torch.bfloat16 if ctx.device.type == "cuda" else torch.float32
     return torch.bfloat16 if cfg.dtype == "bf16" else torch.float32
 
 
-def _cpu_kernels_used(model: torch.nn.Module, cfg: TrainConfig, ctx: DistContext, dtype: torch.dtype) -> list[str]:
-    """Which of our C kernels the steps called (training/cpu_kernels.py); none off CPU."""
-    if ctx.device.type != "cpu":
-        return []
-    attention = resolve_attn(cfg, ctx) == PACKED_SDPA and dtype == torch.float32
-    return cpu_kernels.in_use(head_dim(unwrap(model).config) if attention else None)
-
-
-def save_final_model(ctx: DistContext, model: torch.nn.Module, cfg: TrainConfig) -> Path:
-    """Write the HF model dir into output_dir: weights/config via a temp dir, then the tokenizer files."""
-    out = Path(cfg.output_dir)
-    state = full_model_state(model)  # collective
-    if ctx.is_main:
-        tmp = out / f"{TMP_PREFIX}final"
-        shutil.rmtree(tmp, ignore_errors=True)
-        unwrap(model).save_pretrained(tmp, state_dict=state)
-        for src in sorted(Path(cfg.base_model_dir).iterdir()):
-            if src.is_file() and not src.name.endswith(_NOT_TOKENIZER) and src.name not in _NOT_TOKENIZER_NAMES:
-                shutil.copy2(src, tmp / src.name)
-        fsync_tree(tmp)
-        for item in sorted(tmp.iterdir()):
-            os.replace(item, out / item.name)
-        tmp.rmdir()
-        fsync_dir(out)
-    ctx.barrier()
-    return out
-
-
-def _optimizer_step(
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    micro_batches: list[dict[str, torch.Tensor]],
-    ctx: DistContext,
-    autocast: Any,
-    cfg: TrainConfig,
-) -> tuple[StepLoss, float, float]:
-    """One optimizer step over the micro-batches; returns (loss, pre-clip grad norm, lr used)."""
-    step_loss = accumulate_gradients(model, micro_batches, ctx, autocast)
-    max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
-    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
-    grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
-    lr = scheduler.get_last_lr()[0]
-    optimizer.step()
-    scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
-    return step_loss, grad_norm, lr
-
-
-def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any] | None:
-    """Run (or resume) training; returns the summary on rank 0, None elsewhere."""
-    ctx = init_distributed(cfg.device)
-    reporter = Reporter(ctx.is_main)
-    try:
-        summary = _train(cfg, resume, ctx, reporter)
-    except BaseException as exc:
-        reporter.close(exc)
-        raise
-    reporter.close()
-    shutdown(ctx)
-    return summary
-
-
-# Keys that fix the data stream; resuming with different values would not continue the same run.
-RESUME_LOCKED_KEYS = (
-    "shard_dirs",
-    "split",
-    "seq_len",
-    "micro_batch_rows",
-    "grad_accum_steps",
-    "pack_buffer_rows",
-    "overlong",
-    "seed",
-)
-
-
-def _load_model(cfg: TrainConfig, ctx: DistContext) -> torch.nn.Module:
+def load_model(cfg: TrainConfig, ctx: DistContext) -> torch.nn.Module:
+    """The base model in fp32 (master weights), in training mode, on this rank's device (FSDP2: still on CPU)."""
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(
@@ -187,14 +105,7 @@ def _load_model(cfg: TrainConfig, ctx: DistContext) -> torch.nn.Module:
     return model.to(ctx.device).train()
 
 
-def resolve_attn(cfg: TrainConfig, ctx: DistContext) -> str:
-    """ "auto": per-conversation attention on CPU; on GPU stock sdpa, the path verified on H100 so far."""
-    if cfg.attn_implementation != "auto":
-        return cfg.attn_implementation
-    return "sdpa" if ctx.device.type == "cuda" else PACKED_SDPA
-
-
-def _load_data(cfg: TrainConfig, ctx: DistContext, model_config: Any) -> tuple[PackedLoader, dict[str, Any]]:
+def load_data(cfg: TrainConfig, ctx: DistContext, model_config: Any) -> tuple[PackedLoader, dict[str, Any]]:
     """This rank's packed loader, plus what summary.json records about the data."""
     tok_fp = tokenizer_fingerprint(Path(cfg.base_model_dir))
     corpus, fingerprints = load_corpus(
@@ -218,183 +129,172 @@ def _load_data(cfg: TrainConfig, ctx: DistContext, model_config: Any) -> tuple[P
     return loader, info
 
 
-def _train(cfg: TrainConfig, resume: bool, ctx: DistContext, reporter: Reporter) -> dict[str, Any] | None:
-    from transformers.utils import logging as hf_logging
+def optimizer_step(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    micro_batches: list[dict[str, torch.Tensor]],
+    ctx: DistContext,
+    autocast: AbstractContextManager | None,
+    cfg: TrainConfig,
+) -> tuple[StepLoss, float, float]:
+    """One optimizer step over the micro-batches; returns (loss, pre-clip grad norm, lr used)."""
+    step_loss = accumulate_gradients(model, micro_batches, ctx, autocast)
+    max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
+    lr = scheduler.get_last_lr()[0]
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return step_loss, grad_norm, lr
 
-    hf_logging.disable_progress_bar()  # per-rank progress bars would flood torchrun's output
-    _setup_runtime(cfg, ctx)
-    output_dir = Path(cfg.output_dir)
-    if list_checkpoints(output_dir) and not resume:
-        raise ConfigError(
-            f"{output_dir} already holds checkpoints; pass --resume to continue that run or choose a new output_dir"
+
+class SFTRecipe:
+    """One rank's run. Every method is collective: all ranks call it, in the same order."""
+
+    def __init__(self, cfg: TrainConfig, ctx: DistContext, reporter: Reporter) -> None:
+        self.cfg, self.ctx, self.reporter = cfg, ctx, reporter
+        self.output_dir = Path(cfg.output_dir)
+        self.state = TrainerState()
+        self.throughput = Throughput()
+
+    def setup(self, resume: bool) -> None:
+        """Model, data, optimizer and schedule; with `resume`, restored from the newest valid checkpoint."""
+        from transformers.utils import logging as hf_logging
+
+        cfg, ctx = self.cfg, self.ctx
+        hf_logging.disable_progress_bar()  # per-rank progress bars would flood torchrun's output
+        setup_runtime(cfg, ctx)
+        if list_checkpoints(self.output_dir) and not resume:
+            raise ConfigError(
+                f"{self.output_dir} already holds checkpoints; pass --resume to continue that run or choose a new "
+                "output_dir"
+            )
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+
+        model = load_model(cfg, ctx)  # first: its vocabulary and pad id validate the data
+        self.parameters = sum(p.numel() for p in model.parameters())
+        self.loader, self.data_info = load_data(cfg, ctx, model.config)
+        self.dtype = compute_dtype(cfg, ctx)
+        fsdp_mixed = cfg.distributed == "fsdp2" and self.dtype != torch.float32  # FSDP2 casts params itself
+        self.model = wrap_model(model, ctx, cfg.distributed, param_dtype=self.dtype if fsdp_mixed else None)
+        mixed = self.dtype != torch.float32 and not fsdp_mixed
+        self.autocast = torch.autocast(ctx.device.type, dtype=self.dtype) if mixed else None
+        self.compiled = self._compile()
+        self.optimizer = build_optimizer(self.model, cfg)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, cfg))
+        if resume:
+            self._resume()
+
+        self.reporter.info(
+            f"training {self.parameters:,} parameters on {ctx.world_size} process(es) ({ctx.device.type}, "
+            f"{self.dtype}, {cfg.distributed}); {self.data_info['conversations']} conversations; global batch "
+            f"{cfg.micro_batch_rows * cfg.grad_accum_steps * ctx.world_size} rows x {cfg.seq_len} tokens"
         )
-    output_dir.mkdir(parents=True, exist_ok=True)
 
-    model = _load_model(cfg, ctx)  # first: its vocabulary and pad id validate the data
-    n_params = sum(p.numel() for p in model.parameters())
-    loader, data_info = _load_data(cfg, ctx, model.config)
-    dtype = _compute_dtype(cfg, ctx)
-    fsdp_mixed = cfg.distributed == "fsdp2" and dtype != torch.float32  # FSDP2 casts params itself
-    model = wrap_model(model, ctx, cfg.distributed, param_dtype=dtype if fsdp_mixed else None)
-    autocast = torch.autocast(ctx.device.type, dtype=dtype) if dtype != torch.float32 and not fsdp_mixed else None
-    compile_on, compile_reason = maybe_compile(model, cfg, ctx)
-    reporter.info(compile_reason)
-    optimizer = build_optimizer(model, cfg)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg))
+    def _compile(self) -> bool:
+        """Regional torch.compile where training/cpu/compilation.py decides so (by default: on CPU)."""
+        from training.cpu import maybe_compile
 
-    state: dict[str, Any] = {"step": 0, "loss_curve": [], "tokens_seen": 0, "loss_tokens": 0, "best_loss": None}
-    state["resumed_from"] = []
-    path = find_resume_checkpoint(ctx, output_dir) if resume else None
-    if path is not None:
-        loader_state, state = load_checkpoint(ctx, path, model, optimizer, scheduler)
-        saved_config = state.pop("config")
-        changed = [k for k in RESUME_LOCKED_KEYS if saved_config.get(k) != getattr(cfg, k)]
-        if changed:
-            raise ConfigError(f"cannot resume {path}: config keys {changed} differ from the run that wrote it")
-        loader.load_state_dict(loader_state)
-        state["resumed_from"] = [*state["resumed_from"], str(path)]
-        reporter.info(f"resumed from {path} at step {state['step']}")
-    elif resume:
-        reporter.info(f"no valid checkpoint under {output_dir}; starting from step 0")
+        compiled, why = maybe_compile(self.model, self.cfg, self.ctx)
+        self.reporter.info(why)
+        return compiled
 
-    reporter.info(
-        f"training {n_params:,} parameters on {ctx.world_size} process(es) ({ctx.device.type}, {dtype}, "
-        f"{cfg.distributed}); {data_info['conversations']} conversations; global batch "
-        f"{cfg.micro_batch_rows * cfg.grad_accum_steps * ctx.world_size} rows x {cfg.seq_len} tokens"
-    )
-    # Throughput counts only time spent in steps (data, forward/backward, optimizer), not checkpoints, and not
-    # the first step after this process started or resumed (compilation, lazy init), reported as warmup_seconds.
-    session_tokens, session_seconds, log_tokens, log_seconds = 0, 0.0, 0, 0.0
-    warmup: tuple[int, float] | None = None
-    while state["step"] < cfg.max_steps:
-        started = time.perf_counter()
-        micro_batches = [loader.next_batch() for _ in range(cfg.grad_accum_steps)]
-        step_loss, grad_norm, lr = _optimizer_step(model, optimizer, scheduler, micro_batches, ctx, autocast, cfg)
-        seconds = time.perf_counter() - started
-        if not math.isfinite(step_loss.mean_loss):
-            raise FloatingPointError(f"loss became {step_loss.mean_loss} at step {state['step'] + 1}; lower lr")
+    def _resume(self) -> None:
+        path = find_resume_checkpoint(self.ctx, self.output_dir)
+        if path is None:
+            self.reporter.info(f"no valid checkpoint under {self.output_dir}; starting from step 0")
+            return
+        loader_state, saved = load_checkpoint(self.ctx, path, self.model, self.optimizer, self.scheduler)
+        self.state = TrainerState.from_checkpoint(saved, self.cfg, path)
+        self.loader.load_state_dict(loader_state)
+        self.reporter.info(f"resumed from {path} at step {self.state.step}")
 
-        state["step"] += 1
-        state["tokens_seen"] += step_loss.tokens
-        state["loss_tokens"] += step_loss.loss_tokens
-        state["loss_curve"].append({"step": state["step"], "loss": step_loss.mean_loss, "lr": lr})
-        if state["best_loss"] is None or step_loss.mean_loss < state["best_loss"]:
-            state["best_loss"] = step_loss.mean_loss
-        if warmup is None:
-            warmup = (step_loss.tokens, seconds)
-        else:
-            session_tokens, session_seconds = session_tokens + step_loss.tokens, session_seconds + seconds
-        log_tokens, log_seconds = log_tokens + step_loss.tokens, log_seconds + seconds
-
-        last = state["step"] == cfg.max_steps
-        if state["step"] % cfg.log_every == 0 or last:
-            reporter.progress(
-                {
-                    "step": state["step"],
-                    "max_steps": cfg.max_steps,
-                    "loss": step_loss.mean_loss,
-                    "lr": lr,
-                    "grad_norm": grad_norm,
-                    "tokens_per_second": log_tokens / log_seconds,
-                    "tokens_seen": state["tokens_seen"],
-                }
+    def train(self) -> None:
+        """Optimizer steps up to max_steps, logging every log_every and checkpointing every checkpoint_every."""
+        cfg = self.cfg
+        while self.state.step < cfg.max_steps:
+            started = time.perf_counter()
+            micro_batches = [self.loader.next_batch() for _ in range(cfg.grad_accum_steps)]
+            loss, grad_norm, lr = optimizer_step(
+                self.model, self.optimizer, self.scheduler, micro_batches, self.ctx, self.autocast, cfg
             )
-            log_tokens, log_seconds = 0, 0.0
-        if state["step"] % cfg.checkpoint_every == 0 or last:
-            snapshot = {**state, "config": cfg.to_dict()}
-            save_checkpoint(
-                ctx,
-                output_dir,
-                state["step"],
-                model,
-                optimizer,
-                scheduler,
-                loader.state_dict(),
-                snapshot,
-                cfg.keep_checkpoints,
-            )
+            seconds = time.perf_counter() - started
+            if not math.isfinite(loss.mean_loss):
+                raise FloatingPointError(f"loss became {loss.mean_loss} at step {self.state.step + 1}; lower lr")
+            self.state.record(loss, lr)
+            self.throughput.record(loss.tokens, seconds)
 
-    save_final_model(ctx, model, cfg)
-    ls = loader.state
-    rows, tokens, packed, split, dropped, no_loss = ctx.all_reduce_sum(
-        [
-            ls.rows_emitted,
-            ls.tokens_emitted,
-            ls.conversations_packed,
-            ls.overlong_split,
-            ls.overlong_dropped,
-            ls.skipped_no_loss,
-        ]
-    )
-    if not ctx.is_main:
-        return None
-    if not session_tokens and warmup is not None:  # a one-step session: nothing but the first step to go by
-        session_tokens, session_seconds = warmup
-    tokens_per_second = session_tokens / session_seconds if session_tokens else 0.0
-    peak = cfg.peak_flops or measure_peak_flops(ctx.device, dtype)
-    summary = {
-        "steps": state["step"],
-        "tokens_seen": state["tokens_seen"],
-        "loss_tokens": state["loss_tokens"],
-        "final_loss": state["loss_curve"][-1]["loss"] if state["loss_curve"] else None,
-        "best_loss": state["best_loss"],
-        "tokens_per_second": tokens_per_second,
-        "warmup_seconds": warmup[1] if warmup else None,
-        "compiled": compile_on,
-        "attn_implementation": resolve_attn(cfg, ctx),
-        "cpu_kernels": _cpu_kernels_used(model, cfg, ctx, dtype),
-        "packing_efficiency": tokens / (rows * cfg.seq_len) if rows else 0.0,
-        "mfu_estimate": 6 * n_params * tokens_per_second / (peak * ctx.world_size),
-        "peak_flops_per_device": peak,
-        "peak_flops_source": "config" if cfg.peak_flops else "matmul_probe",
-        "parameters": n_params,
-        "world_size": ctx.world_size,
-        "conversations": {
-            "total": data_info["conversations"],
-            "packed": int(packed),
-            "overlong_split": int(split),
-            "overlong_dropped": int(dropped),
-            "skipped_no_loss_tokens": int(no_loss),
-            "epochs": packed / data_info["conversations"],  # counts above include repeats across epochs
-        },
-        "data": data_info["data"],
-        "tokenizer_fingerprint": data_info["tokenizer_fingerprint"],
-        "weights_sha256": sha256_file(output_dir / "model.safetensors"),
-        "resumed_from": state["resumed_from"],
-        "loss_curve": state["loss_curve"],
-        "config": cfg.to_dict(),
-    }
-    atomic_write_bytes(output_dir / SUMMARY, json.dumps(summary, indent=1, sort_keys=True).encode())
-    reporter.final(summary, pipes_metadata(summary, output_dir), data_version=summary["weights_sha256"][:16])
+            last = self.state.step == cfg.max_steps
+            if self.state.step % cfg.log_every == 0 or last:
+                self._report_progress(loss, grad_norm, lr)
+            if self.state.step % cfg.checkpoint_every == 0 or last:
+                self.save_checkpoint()
+
+    def _report_progress(self, loss: StepLoss, grad_norm: float, lr: float) -> None:
+        self.reporter.progress(
+            {
+                "step": self.state.step,
+                "max_steps": self.cfg.max_steps,
+                "loss": loss.mean_loss,
+                "lr": lr,
+                "grad_norm": grad_norm,
+                "tokens_per_second": self.throughput.take_window_rate(),
+                "tokens_seen": self.state.tokens_seen,
+            }
+        )
+
+    def save_checkpoint(self) -> None:
+        save_checkpoint(
+            self.ctx,
+            self.output_dir,
+            self.state.step,
+            self.model,
+            self.optimizer,
+            self.scheduler,
+            self.loader.state_dict(),
+            self.state.to_checkpoint(self.cfg),
+            self.cfg.keep_checkpoints,
+        )
+
+    def finish(self) -> dict[str, Any] | None:
+        """Write the final model, then (rank 0) summary.json and its report; returns the summary on rank 0."""
+        save_final_model(self.ctx, self.model, self.cfg)
+        packing = PackingTotals.gather(self.loader.state, self.ctx)
+        if not self.ctx.is_main:
+            return None
+        peak, peak_source = peak_flops(self.cfg, self.ctx.device, self.dtype)
+        facts = RunFacts(
+            parameters=self.parameters,
+            compiled=self.compiled,
+            cpu_kernels=cpu_kernels_used(self.model, self.cfg, self.ctx, self.dtype),
+            peak_flops=peak,
+            peak_flops_source=peak_source,
+            data_info=self.data_info,
+        )
+        weights = sha256_file(self.output_dir / "model.safetensors")
+        summary = build_summary(self.cfg, self.ctx, self.state, self.throughput, packing, facts, weights)
+        write_summary(self.output_dir, summary)
+        self.reporter.final(summary, pipes_metadata(summary, self.output_dir), data_version=weights[:16])
+        return summary
+
+
+def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any] | None:
+    """Run (or resume) training; returns the summary on rank 0, None elsewhere."""
+    ctx = init_distributed(cfg.device)
+    reporter = Reporter(ctx.is_main)
+    try:
+        recipe = SFTRecipe(cfg, ctx, reporter)
+        recipe.setup(resume)
+        recipe.train()
+        summary = recipe.finish()
+    except BaseException as exc:
+        reporter.close(exc)
+        raise
+    reporter.close()
+    shutdown(ctx)
     return summary
-
-
-def pipes_metadata(summary: dict[str, Any], output_dir: Path) -> dict[str, Any]:
-    """The numbers a user looks at in the Dagster UI for a trained checkpoint."""
-    scalar = (
-        "steps",
-        "tokens_seen",
-        "loss_tokens",
-        "final_loss",
-        "best_loss",
-        "tokens_per_second",
-        "warmup_seconds",
-        "compiled",
-        "attn_implementation",
-        "packing_efficiency",
-        "mfu_estimate",
-        "parameters",
-        "world_size",
-        "tokenizer_fingerprint",
-        "weights_sha256",
-    )
-    meta: dict[str, Any] = {key: summary[key] for key in scalar if summary[key] is not None}
-    meta["cpu_kernels"] = ", ".join(summary.get("cpu_kernels") or []) or "none"
-    meta["path"] = {"raw_value": str(output_dir), "type": "path"}
-    meta["loss_curve"] = {"raw_value": summary["loss_curve"], "type": "json"}
-    meta["data"] = {"raw_value": summary["data"], "type": "json"}
-    meta["conversations"] = {"raw_value": summary["conversations"], "type": "json"}
-    return meta
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,7 +18,7 @@ from support.k8s_policy import K8S_VERSIONS, pod_templates, restricted_violation
 
 from core.settings import kubernetes_launcher_config, load_settings
 from resources.kubernetes import ACTIVE_DEADLINE_MAX_S, KubernetesTrainingLauncher, check_image_reference
-from training import cpu_kernels
+from training.cpu import kernels as cpu_kernels
 
 pytestmark = pytest.mark.kubernetes
 

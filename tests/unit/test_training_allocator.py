@@ -15,7 +15,7 @@ import pytest
 PROBE = """
 import json, resource
 import torch
-from training import allocator
+from training.cpu import allocator
 torch.set_num_threads(1)
 applied = allocator.keep_freed_memory()
 def faults_of_one_round():

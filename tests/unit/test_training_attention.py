@@ -7,17 +7,12 @@ import torch
 from support.training_builders import make_base_model
 from transformers import AutoModelForCausalLM
 
-from training import cpu_kernels
-from training.attention import (
-    PACKED_SDPA,
-    _packed_sdpa_loop,
-    packed_attention_cpu,
-    packed_sdpa_forward,
-    segment_table,
-)
+from training.attention import PACKED_SDPA, _packed_sdpa_loop, packed_sdpa_forward, resolve_attn
 from training.config import TrainConfig
+from training.cpu import kernels as cpu_kernels
+from training.cpu.attention import packed_attention_cpu
+from training.data import segment_table
 from training.distributed import DistContext
-from training.sft import resolve_attn
 
 
 @pytest.fixture(scope="module")

@@ -8,10 +8,10 @@ import torch
 from support.training_builders import make_base_model
 from transformers import AutoModelForCausalLM
 
-from training import compilation
 from training.attention import PACKED_SDPA
-from training.compilation import compile_decoder_layers, should_compile
 from training.config import TrainConfig
+from training.cpu import compilation
+from training.cpu.compilation import compile_decoder_layers, should_compile
 from training.data import IGNORE_INDEX
 from training.distributed import DistContext
 from training.loss import micro_batch_loss_sum

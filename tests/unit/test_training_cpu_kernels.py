@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from test_training_attention import LENGTHS, _grouped_qkv
 
-from training import cpu_kernels
 from training.attention import packed_sdpa_forward
+from training.cpu import kernels as cpu_kernels
 from training.data import IGNORE_INDEX
 from training.loss import token_loss_sum
 
@@ -104,7 +104,7 @@ def test_the_summary_names_only_the_kernels_the_steps_called(tmp_path: Path) -> 
 
     from training.config import TrainConfig
     from training.distributed import DistContext
-    from training.sft import _cpu_kernels_used
+    from training.summary import cpu_kernels_used
 
     model = torch.nn.Module()
     model.config = SimpleNamespace(hidden_size=64, num_attention_heads=2)
@@ -114,7 +114,7 @@ def test_the_summary_names_only_the_kernels_the_steps_called(tmp_path: Path) -> 
             base_model_dir=str(tmp_path), shard_dirs=[str(tmp_path)], output_dir=str(tmp_path), attn_implementation=attn
         )
         ctx = DistContext(rank=0, world_size=1, local_rank=0, device=torch.device(device), initialized=False)
-        return _cpu_kernels_used(model, cfg, ctx, dtype)
+        return cpu_kernels_used(model, cfg, ctx, dtype)
 
     assert used("cpu", torch.float32) == ["attention", "cross_entropy"]
     assert used("cpu", torch.bfloat16) == ["cross_entropy"]  # bf16 attention runs in ATen; the loss is fp32

@@ -5,12 +5,10 @@ the LM head's logits, their gradients, a few MiB each. glibc serves a block at o
 its mmap threshold with a fresh mmap() and unmaps it on free; the threshold adapts
 upwards to the largest block freed, but a block of that size or larger is mmapped again,
 and freed memory at the top of the heap goes back to the OS past the trim threshold. Each
-such block is page-faulted in again on first touch, about 1.3 us per 4 KiB page: measured
-in the CPU benchmark, 3,000-4,000 faults (4-5 ms) in one LM-head matmul on about every
-other step. With the mmap threshold at glibc's 32 MiB maximum and a 1 GiB trim threshold,
-those blocks come from the heap and stay there between steps: in the benchmark the LM head's
-faults stop after the first few steps (while the heap grows to fit every size once), and a
-step runs about 1.02x faster.
+such block is then page-faulted in again on first touch, one fault per 4 KiB page, inside
+the step's matmuls. With the mmap threshold at glibc's 32 MiB maximum and a 1 GiB trim
+threshold, those blocks come from the heap and stay there between steps: the faults stop
+once the heap has grown to fit every size (benchmarks/results/RESULTS.md has the numbers).
 
 The cost is that the process keeps its peak heap: its RSS does not shrink between steps,
 which a training process does not need. The settings are process-wide and are applied in

@@ -1,4 +1,4 @@
-"""Our C kernels for CPU training (training/kernels/): build, cache, call.
+"""Our C kernels for CPU training (sources in training/kernels/): build, cache, call.
 
 Two hot spots of a CPU training step run in C: causal attention over the conversations of
 packed rows (packed_attention.c) and the cross-entropy over the vocabulary (cross_entropy.c);
@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 R = TypeVar("R")
 
-KERNELS = Path(__file__).with_name("kernels")
+KERNELS = Path(__file__).parents[1] / "kernels"  # package data of `training` (pyproject.toml)
 ENV_SWITCH = "POSTTRAIN_CPU_KERNELS"  # "off": ATen's kernels only
 _P = ctypes.c_void_p
 
@@ -295,7 +295,7 @@ def cross_entropy_kernel(logits: torch.Tensor, labels: torch.Tensor) -> CrossEnt
     return _cross_entropy()
 
 
-def in_use(attention_head_dim: int | None) -> list[str]:
+def kernels_in_use(attention_head_dim: int | None) -> list[str]:
     """Names of our kernels a CPU run uses (what summary.json reports): the loss always runs in fp32;
     attention only where the run's attention is packed_sdpa in fp32 (pass its head size, else None)."""
     available = {"cross_entropy": _cross_entropy()}

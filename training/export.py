@@ -1,0 +1,38 @@
+"""The trained model as an HF model directory in output_dir: fresh weights and config, the base model's tokenizer."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+from core.atomic_io import TMP_PREFIX, fsync_dir, fsync_tree
+from training.config import TrainConfig
+from training.distributed import DistContext, full_model_state, unwrap
+from training.summary import SUMMARY
+
+# Files of the base model directory that are weights/config (written fresh), or the base run's own record.
+_NOT_TOKENIZER = (".safetensors", ".bin", ".pt", ".pth", ".index.json")
+_NOT_TOKENIZER_NAMES = {"config.json", "generation_config.json", "base_model.json", SUMMARY}
+
+
+def save_final_model(ctx: DistContext, model: torch.nn.Module, cfg: TrainConfig) -> Path:
+    """Collective. Files are written and fsynced in a temp dir, then renamed into output_dir: each lands whole."""
+    out = Path(cfg.output_dir)
+    state = full_model_state(model)  # collective
+    if ctx.is_main:
+        tmp = out / f"{TMP_PREFIX}final"
+        shutil.rmtree(tmp, ignore_errors=True)
+        unwrap(model).save_pretrained(tmp, state_dict=state)
+        for src in sorted(Path(cfg.base_model_dir).iterdir()):
+            if src.is_file() and not src.name.endswith(_NOT_TOKENIZER) and src.name not in _NOT_TOKENIZER_NAMES:
+                shutil.copy2(src, tmp / src.name)
+        fsync_tree(tmp)
+        for item in sorted(tmp.iterdir()):
+            os.replace(item, out / item.name)
+        tmp.rmdir()
+        fsync_dir(out)
+    ctx.barrier()
+    return out

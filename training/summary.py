@@ -1,0 +1,150 @@
+"""summary.json, the record of a finished run, and the numbers of it that Dagster shows.
+
+summary.json is written last (its presence means the run finished); the same numbers go
+to Dagster Pipes as the trained checkpoint's materialization metadata (pipes_metadata).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from core.atomic_io import atomic_write_bytes
+from training.attention import PACKED_SDPA, head_dim, resolve_attn
+from training.config import TrainConfig
+from training.cpu.kernels import kernels_in_use
+from training.data import LoaderState
+from training.distributed import DistContext, unwrap
+from training.metrics import Throughput, mfu_estimate
+from training.state import TrainerState
+
+SUMMARY = "summary.json"
+
+
+@dataclass
+class PackingTotals:
+    """The data loaders' counts summed over ranks; the conversation counts include repeats across epochs."""
+
+    rows: float
+    tokens: float
+    packed: float
+    overlong_split: float
+    overlong_dropped: float
+    skipped_no_loss: float
+
+    @classmethod
+    def gather(cls, loader: LoaderState, ctx: DistContext) -> PackingTotals:
+        """Collective: every rank calls it."""
+        return cls(
+            *ctx.all_reduce_sum(
+                [
+                    loader.rows_emitted,
+                    loader.tokens_emitted,
+                    loader.conversations_packed,
+                    loader.overlong_split,
+                    loader.overlong_dropped,
+                    loader.skipped_no_loss,
+                ]
+            )
+        )
+
+
+@dataclass
+class RunFacts:
+    """What the recipe knows about its run beyond the trainer state, the throughput and the packing."""
+
+    parameters: int
+    compiled: bool
+    cpu_kernels: list[str]
+    peak_flops: float
+    peak_flops_source: str
+    data_info: dict[str, Any]  # conversations, data (shard fingerprints), tokenizer_fingerprint
+
+
+def cpu_kernels_used(model: torch.nn.Module, cfg: TrainConfig, ctx: DistContext, dtype: torch.dtype) -> list[str]:
+    """Which of our C kernels the steps called (training/cpu/kernels.py); none off CPU."""
+    if ctx.device.type != "cpu":
+        return []
+    attention = resolve_attn(cfg, ctx) == PACKED_SDPA and dtype == torch.float32
+    return kernels_in_use(head_dim(unwrap(model).config) if attention else None)
+
+
+def build_summary(
+    cfg: TrainConfig,
+    ctx: DistContext,
+    state: TrainerState,
+    throughput: Throughput,
+    packing: PackingTotals,
+    facts: RunFacts,
+    weights_sha256: str,
+) -> dict[str, Any]:
+    tokens_per_second = throughput.run_rate()
+    conversations = facts.data_info["conversations"]
+    return {
+        "steps": state.step,
+        "tokens_seen": state.tokens_seen,
+        "loss_tokens": state.loss_tokens,
+        "final_loss": state.final_loss,
+        "best_loss": state.best_loss,
+        "tokens_per_second": tokens_per_second,
+        "warmup_seconds": throughput.warmup_seconds,
+        "compiled": facts.compiled,
+        "attn_implementation": resolve_attn(cfg, ctx),
+        "cpu_kernels": facts.cpu_kernels,
+        "packing_efficiency": packing.tokens / (packing.rows * cfg.seq_len) if packing.rows else 0.0,
+        "mfu_estimate": mfu_estimate(facts.parameters, tokens_per_second, facts.peak_flops, ctx.world_size),
+        "peak_flops_per_device": facts.peak_flops,
+        "peak_flops_source": facts.peak_flops_source,
+        "parameters": facts.parameters,
+        "world_size": ctx.world_size,
+        "conversations": {
+            "total": conversations,
+            "packed": int(packing.packed),
+            "overlong_split": int(packing.overlong_split),
+            "overlong_dropped": int(packing.overlong_dropped),
+            "skipped_no_loss_tokens": int(packing.skipped_no_loss),
+            "epochs": packing.packed / conversations,
+        },
+        "data": facts.data_info["data"],
+        "tokenizer_fingerprint": facts.data_info["tokenizer_fingerprint"],
+        "weights_sha256": weights_sha256,
+        "resumed_from": state.resumed_from,
+        "loss_curve": state.loss_curve,
+        "config": cfg.to_dict(),
+    }
+
+
+def write_summary(output_dir: Path, summary: dict[str, Any]) -> None:
+    atomic_write_bytes(output_dir / SUMMARY, json.dumps(summary, indent=1, sort_keys=True).encode())
+
+
+def pipes_metadata(summary: dict[str, Any], output_dir: Path) -> dict[str, Any]:
+    """The numbers a user looks at in the Dagster UI for a trained checkpoint."""
+    scalar = (
+        "steps",
+        "tokens_seen",
+        "loss_tokens",
+        "final_loss",
+        "best_loss",
+        "tokens_per_second",
+        "warmup_seconds",
+        "compiled",
+        "attn_implementation",
+        "packing_efficiency",
+        "mfu_estimate",
+        "parameters",
+        "world_size",
+        "tokenizer_fingerprint",
+        "weights_sha256",
+    )
+    meta: dict[str, Any] = {key: summary[key] for key in scalar if summary[key] is not None}
+    meta["cpu_kernels"] = ", ".join(summary.get("cpu_kernels") or []) or "none"
+    meta["path"] = {"raw_value": str(output_dir), "type": "path"}
+    meta["loss_curve"] = {"raw_value": summary["loss_curve"], "type": "json"}
+    meta["data"] = {"raw_value": summary["data"], "type": "json"}
+    meta["conversations"] = {"raw_value": summary["conversations"], "type": "json"}
+    return meta
