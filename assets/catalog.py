@@ -149,12 +149,18 @@ def raw_interactions(
             allow_retries=False,
         )
     with permanent_input_errors(f"raw_interactions {day} cannot read its input"):
-        frame, rejects = ingest.read_tables_with_rejects(
-            paths, landing.interaction_encoding, source="interactions", landing_root=landing.root
+        # One file holding many days is parsed once; later days read their rows from the per-day index.
+        load = ingest.ingest_interaction_files(
+            paths,
+            landing.interaction_encoding,
+            landing.interaction_mapping_obj(),
+            day,
+            known,
+            per_day_files=per_day,
+            landing_root=landing.root,
+            index_dir=Path(warehouse.path).parent / "interaction-index",
         )
-        events, quarantine, stats = ingest.ingest_interactions(
-            frame, landing.interaction_mapping_obj(), day, known, per_day_files=per_day, read_rejects=rejects
-        )
+    events, quarantine, stats = load.rows, load.quarantine, load.stats
     dated = quarantine.filter(pl.col("day").is_not_null())
     writes: list[tuple[str, pl.DataFrame, str, list[object]]] = [
         ("raw.interactions", events, "day = ?", [day]),
@@ -180,8 +186,9 @@ def raw_interactions(
             "events": dg.MetadataValue.json(counts_by(stored, "event")),
             "files": dg.MetadataValue.json([str(p) for p in paths]),
             "encoding": landing.interaction_encoding,
-            "unreadable_records": rejects.height,
+            "unreadable_records": load.unreadable_records,
             "input_fingerprint": files_fingerprint(paths),
+            "interaction_index": load.index,
             **{f"ingest/{k}": v for k, v in stats.items()},
             **reason_metadata("quarantined", counts_by(quarantine, "reason")),
             "ignored_files": dg.MetadataValue.json([i.as_dict() for i in ignored]),

@@ -19,9 +19,11 @@ Modules, one concern each (this package's public API is what ``__all__`` lists h
 * ``values``: shared column expressions, value screening and the quarantine shape;
 * ``catalog`` / ``timestamps`` / ``interactions``: normalization of each source;
 * ``day_index``: one file holding many days is split once into a per-day index, so each day's
+  run reads only its own rows.
 """
 
 from core.ingest.catalog import ingest_catalog
+from core.ingest.day_index import InteractionLoad, ingest_interaction_files
 from core.ingest.encodings import (
     ENCODING_SETTINGS,
     decode_error_detail,
@@ -66,6 +68,7 @@ __all__ = [
     "TS_RANGE",
     "YEAR_RANGE",
     "CatalogMapping",
+    "InteractionLoad",
     "InteractionMapping",
     "absent_optional_columns",
     "catalog_mapping_from_json",
@@ -74,6 +77,7 @@ __all__ = [
     "first_surrogate",
     "has_surrogates",
     "ingest_catalog",
+    "ingest_interaction_files",
     "ingest_interactions",
     "interaction_mapping_from_json",
     "mapping_from_json",
