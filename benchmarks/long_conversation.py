@@ -2,11 +2,10 @@
 
 `python -m benchmarks.long_conversation [--before 477a90d] [--out benchmarks/results]`
 
-Issue 12 ("Bounded cost per conversation"): a conversation of many short turns passed curation
-and then cost time quadratic in its turns in tokenized_shards (1,000 turns: about a minute).
-This measures, on the demo's tiny tokenizer (core.base_model's preset, trained on demo
-conversations) and one conversation of N messages (user/assistant alternating, short demo
-messages, max_length=None so nothing is quarantined):
+The bounded-cost fix: a conversation of many short turns could pass curation and then cost
+time quadratic in its turns in tokenized_shards. This measures, on the demo's tiny tokenizer
+(core.base_model's preset, trained on demo conversations) and one conversation of N messages
+(user/assistant alternating, short demo messages, max_length=None so nothing is quarantined):
 
 - encode: ``encode_batch`` of the conversation (render, tokenize, mask, serving-prefix checks);
 - encode, typed control token: the same with ``<|im_end|>`` typed into the first user message
