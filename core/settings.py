@@ -21,6 +21,16 @@ def _env(name: str, default: str) -> str:
     return default if value is None or value.strip() == "" else value.strip()
 
 
+def env_var_as_is(name: str) -> bool:
+    """Whether `name` is set to a non-blank value the settings take verbatim (no surrounding whitespace).
+
+    Then a Dagster resource can hold the variable (`dg.EnvVar`) instead of its value and resolve the same value:
+    the UI shows the variable's name rather than, say, a path or a secret.
+    """
+    raw = os.environ.get(name)
+    return bool(raw) and raw == raw.strip()
+
+
 def _env_int(name: str, default: int) -> int:
     raw = _env(name, str(default))
     try:
@@ -167,14 +177,61 @@ def _env_seconds(name: str, default: int) -> int:
     return value
 
 
+DEFAULT_TRAINING_MAX_RUNTIME_S = 24 * 3600
+DEFAULT_TRAINING_MAX_WALL_CLOCK_S = 23 * 3600  # also LocalTorchrunLauncher.max_wall_clock_s's default
+
+
 def training_max_runtime_seconds() -> int:
     """TRAINING_MAX_RUNTIME_SECONDS: the `dagster/max_runtime` tag of training runs (run monitoring); 0 = none."""
-    return _env_seconds("TRAINING_MAX_RUNTIME_SECONDS", 24 * 3600)
+    return _env_seconds("TRAINING_MAX_RUNTIME_SECONDS", DEFAULT_TRAINING_MAX_RUNTIME_S)
 
 
 def training_max_wall_clock_seconds() -> int:
     """TRAINING_MAX_WALL_CLOCK_SECONDS: wall-clock budget of the local trainers of one launch; 0 = none."""
-    return _env_seconds("TRAINING_MAX_WALL_CLOCK_SECONDS", 23 * 3600)
+    return _env_seconds("TRAINING_MAX_WALL_CLOCK_SECONDS", DEFAULT_TRAINING_MAX_WALL_CLOCK_S)
+
+
+# ---- sensors, schedule and the Dagster instance -------------------------------------------------------------
+# Dagster takes a sensor's minimum interval and a schedule's cron as arguments of their decorators, so those are
+# read when the Definitions load and a change needs a reload of the code location (the UI's "Reload" or a restart
+# of `make dev`). What a tick uses (the retrain threshold, the run config file) is read on every tick.
+
+
+def _env_int_at_least(name: str, default: int, minimum: int) -> int:
+    value = _env_int(name, default)
+    if value < minimum:
+        raise ValueError(f"environment variable {name}={value} must be >= {minimum}")
+    return value
+
+
+def landing_sensor_interval_seconds() -> int:
+    """LANDING_SENSOR_INTERVAL_SECONDS (default 30): read when the Definitions load."""
+    return _env_int_at_least("LANDING_SENSOR_INTERVAL_SECONDS", 30, minimum=1)
+
+
+def retrain_sensor_interval_seconds() -> int:
+    """RETRAIN_SENSOR_INTERVAL_SECONDS (default 60): read when the Definitions load."""
+    return _env_int_at_least("RETRAIN_SENSOR_INTERVAL_SECONDS", 60, minimum=1)
+
+
+def retrain_min_new_loss_tokens() -> int:
+    """RETRAIN_MIN_NEW_LOSS_TOKENS (default 200,000): new train-split loss tokens that justify a training run."""
+    return _env_int_at_least("RETRAIN_MIN_NEW_LOSS_TOKENS", 200_000, minimum=1)
+
+
+def retrain_run_config_file() -> str:
+    """RETRAIN_RUN_CONFIG: a YAML run config file for sensor/schedule-started training runs; "" = none."""
+    return _env("RETRAIN_RUN_CONFIG", "")
+
+
+def nightly_retrain_cron() -> str:
+    """NIGHTLY_RETRAIN_CRON (default 03:00 UTC): read when the Definitions load."""
+    return _env("NIGHTLY_RETRAIN_CRON", "0 3 * * *")
+
+
+def dagster_home() -> Path:
+    """DAGSTER_HOME when set, else PLATFORM_HOME/dagster."""
+    return Path(_env("DAGSTER_HOME", str(load_settings().dagster_home)))
 
 
 # ---- leftovers in the artifact store ----------------------------------------------------------------------

@@ -179,9 +179,11 @@ def ensure_dagster_home() -> Path:
     An existing dagster.yaml is the operator's (storage, launcher, limits they chose): it is never rewritten, but
     what it lacks for run monitoring is logged as a warning with the file to copy the settings from.
     """
-    from core.settings import load_settings
+    from core.settings import dagster_home
 
-    home = Path(os.environ.setdefault("DAGSTER_HOME", str(load_settings().dagster_home)))
+    home = dagster_home()
+    # Exported for this process: Dagster's own DagsterInstance.get() (the demo's runs) reads DAGSTER_HOME.
+    os.environ["DAGSTER_HOME"] = str(home)
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"
     if not config.exists():

@@ -1,14 +1,26 @@
-"""Resource instances for the current deployment, built from settings."""
+"""Resource instances for the current deployment, built from settings.
+
+Values that are an environment variable as is (the user's file globs, a kubeconfig path) are given to the
+resources as `dg.EnvVar`: the UI shows the variable's name, and Dagster resolves it when a run or tick starts.
+Everything else (paths derived from PLATFORM_HOME, parsed numbers) is a plain value from `core.settings`.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from core.settings import PlatformSettings, artifact_cleanup_hours, training_max_wall_clock_seconds
+import dagster as dg
+
+from core.settings import PlatformSettings, artifact_cleanup_hours, env_var_as_is, training_max_wall_clock_seconds
 from resources.artifacts import ArtifactStore
 from resources.landing import LandingArea
 from resources.launchers import LocalTorchrunLauncher, TrainingLauncher
 from resources.warehouse import DuckDBWarehouse
+
+
+def from_env(name: str, value: str) -> str:
+    """`dg.EnvVar(name)` where the setting is that variable as is, else the settings' value (a default)."""
+    return dg.EnvVar(name) if env_var_as_is(name) else value
 
 
 def build_launcher(settings: PlatformSettings) -> TrainingLauncher:
@@ -22,7 +34,9 @@ def build_launcher(settings: PlatformSettings) -> TrainingLauncher:
         from core.settings import kubernetes_launcher_config
         from resources.kubernetes.launcher import KubernetesTrainingLauncher
 
-        return KubernetesTrainingLauncher(**kubernetes_launcher_config(settings))
+        config = kubernetes_launcher_config(settings)
+        config["kubeconfig"] = from_env("K8S_KUBECONFIG", str(config["kubeconfig"]))
+        return KubernetesTrainingLauncher(**config)
     raise ValueError(
         f"TRAINING_LAUNCHER={settings.training_launcher!r} is not available; use 'local' (torchrun on this machine) "
         "or 'kubernetes' (an Indexed Job on a cluster, see README 'Training on Kubernetes')"
@@ -42,8 +56,8 @@ def build_resources(settings: PlatformSettings) -> dict[str, Any]:
             synthetic_members=settings.synthetic_members,
             synthetic_start=settings.partition_start.isoformat(),
             synthetic_days=settings.synthetic_days,
-            catalog_files=settings.catalog_files,
-            interaction_files=settings.interaction_files,
+            catalog_files=from_env("CATALOG_FILES", settings.catalog_files),
+            interaction_files=from_env("INTERACTION_FILES", settings.interaction_files),
             catalog_mapping=settings.catalog_mapping,
             interaction_mapping=settings.interaction_mapping,
             catalog_encoding=settings.catalog_encoding,

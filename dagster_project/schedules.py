@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import os
-
 import dagster as dg
 
+from core.settings import nightly_retrain_cron
 from dagster_project.jobs import training_job
 from dagster_project.sensors import (
     busy_reason,
@@ -17,12 +16,8 @@ from dagster_project.sensors import (
 from resources.artifacts import ArtifactStore
 
 
-def nightly_cron() -> str:
-    return os.environ.get("NIGHTLY_RETRAIN_CRON", "").strip() or "0 3 * * *"
-
-
 @dg.schedule(
-    cron_schedule=nightly_cron(),
+    cron_schedule=nightly_retrain_cron(),  # read when the Definitions load
     job=training_job,
     execution_timezone="UTC",
     default_status=dg.DefaultScheduleStatus.STOPPED,

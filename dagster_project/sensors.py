@@ -26,13 +26,16 @@
   the newest one it did use are "new"; when their train-split loss tokens reach
   `RETRAIN_MIN_NEW_LOSS_TOKENS` it requests a `training_job` run, once per set of shard versions
   (cursor + run key). It never requests a run while a training run is queued or running.
+
+Their settings come from `core.settings`. The two minimum intervals (LANDING_SENSOR_INTERVAL_SECONDS,
+RETRAIN_SENSOR_INTERVAL_SECONDS) are arguments of the decorators, so they are read when the Definitions load and a
+change needs a reload of the code location; the threshold and RETRAIN_RUN_CONFIG are read on every tick.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -44,6 +47,12 @@ import yaml
 
 from assets.partitions import daily_partitions
 from core.landing_files import IgnoredFile, describe_ignored, scan_root
+from core.settings import (
+    landing_sensor_interval_seconds,
+    retrain_min_new_loss_tokens,
+    retrain_run_config_file,
+    retrain_sensor_interval_seconds,
+)
 from dagster_project.jobs import ingestion_job, training_job, training_run_tags
 from resources.artifacts import ArtifactStore
 from resources.landing import LandingArea
@@ -60,33 +69,7 @@ TRAINED = dg.AssetKey("trained_checkpoint")
 _DAY_DIR = re.compile(r"^day=(\d{4}-\d{2}-\d{2})$")
 
 
-# ---------------------------------------------------------------------------------------------- settings
-
-
-def env_int(name: str, default: int, minimum: int = 0) -> int:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError as exc:
-        raise ValueError(f"environment variable {name}={raw!r} must be an integer") from exc
-    if value < minimum:
-        raise ValueError(f"environment variable {name}={value} must be >= {minimum}")
-    return value
-
-
-def landing_interval_seconds() -> int:
-    return env_int("LANDING_SENSOR_INTERVAL_SECONDS", 30, minimum=1)
-
-
-def retrain_interval_seconds() -> int:
-    return env_int("RETRAIN_SENSOR_INTERVAL_SECONDS", 60, minimum=1)
-
-
-def retrain_threshold() -> int:
-    """Train-split loss tokens in new shard versions that justify a training run."""
-    return env_int("RETRAIN_MIN_NEW_LOSS_TOKENS", 200_000, minimum=1)
+# ------------------------------------------------------------------------------------ training run config
 
 
 def retrain_run_config() -> dict[str, Any]:
@@ -94,7 +77,7 @@ def retrain_run_config() -> dict[str, Any]:
 
     Same format as `dagster job execute -c`, e.g. `ops: {trained_checkpoint: {config: {max_steps: 200}}}`.
     """
-    path = os.environ.get("RETRAIN_RUN_CONFIG", "").strip()
+    path = retrain_run_config_file()
     if not path:
         return {}
     try:
@@ -253,7 +236,7 @@ def decide_landing(
 
 @dg.sensor(
     job=ingestion_job,
-    minimum_interval_seconds=landing_interval_seconds(),
+    minimum_interval_seconds=landing_sensor_interval_seconds(),  # read when the Definitions load
     default_status=dg.DefaultSensorStatus.RUNNING,
     description=(
         "Requests ingestion_job for a day's partition once per new landing drop "
@@ -373,7 +356,7 @@ def training_tags(delta: TrainingDelta, trigger: str) -> dict[str, str]:
 
 @dg.sensor(
     job=training_job,
-    minimum_interval_seconds=retrain_interval_seconds(),
+    minimum_interval_seconds=retrain_sensor_interval_seconds(),  # read when the Definitions load
     default_status=dg.DefaultSensorStatus.STOPPED,
     description=(
         "Requests training_job when the train-split loss tokens in tokenized_shards versions newer than the last "
@@ -385,7 +368,7 @@ def retraining_sensor(context: dg.SensorEvaluationContext, artifacts: ArtifactSt
     if running:
         return dg.SensorResult(skip_reason=busy_reason(running))
     delta = training_delta(artifacts)
-    threshold = retrain_threshold()
+    threshold = retrain_min_new_loss_tokens()
     since = f"since {delta.checkpoint.name}" if delta.checkpoint else "(no trained_checkpoint yet)"
     if delta.new_loss_tokens < threshold:
         return dg.SensorResult(

@@ -27,12 +27,14 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 
+from core.settings import DEFAULT_TRAINING_MAX_WALL_CLOCK_S
 from training.torchrun_logs import diagnose
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # Runs each torchrun agent so that it dies with this process (see training/lifeline.py). Stdlib only, run by path.
 LIFELINE_SCRIPT = REPO_ROOT / "training" / "lifeline.py"
-DEFAULT_MAX_WALL_CLOCK_S = 23 * 3600.0  # under training_job's dagster/max_runtime (24 h): the trainer stops first
+# Under training_job's dagster/max_runtime: the trainer stops first (core.settings holds both defaults).
+DEFAULT_MAX_WALL_CLOCK_S = float(DEFAULT_TRAINING_MAX_WALL_CLOCK_S)
 
 
 @dataclass

@@ -97,3 +97,65 @@ def test_leftover_ages_reach_the_artifact_store_and_bad_values_name_the_variable
     monkeypatch.setenv("ARTIFACT_STAGING_RETENTION_HOURS", "0.1")
     with pytest.raises(ValueError, match="ARTIFACT_STAGING_RETENTION_HOURS"):
         build_resources(load_settings())
+
+
+def test_file_globs_reach_the_landing_resource_by_variable_name(monkeypatch, tmp_path: Path) -> None:
+    """The UI shows CATALOG_FILES, not the path; Dagster resolves the variable when the run starts."""
+    from core.settings import load_settings
+    from dagster_project.resources import build_resources
+    from resources.landing import LandingArea
+
+    monkeypatch.setenv("PLATFORM_HOME", str(tmp_path))
+    monkeypatch.setenv("CATALOG_FILES", "/data/first/*.csv")
+    monkeypatch.setenv("INTERACTION_FILES", "  /data/events/{day}.csv  ")  # trimmed by the settings: a value
+    landing = build_resources(load_settings())["landing"]
+    assert isinstance(landing.catalog_files, dg.EnvVar) and landing.catalog_files.env_var_name == "CATALOG_FILES"
+    assert landing.interaction_files == "/data/events/{day}.csv"
+
+    seen: list[str] = []
+
+    @dg.asset
+    def probe(landing: LandingArea) -> None:
+        seen.append(landing.catalog_files)
+
+    monkeypatch.setenv("CATALOG_FILES", "/data/second/*.csv")
+    assert dg.materialize([probe], resources={"landing": landing}).success
+    assert seen == ["/data/second/*.csv"]
+
+    monkeypatch.delenv("CATALOG_FILES")
+    assert build_resources(load_settings())["landing"].catalog_files == ""  # unset: the default, no EnvVar
+
+
+def test_kubeconfig_reaches_the_kubernetes_launcher_by_variable_name(monkeypatch, tmp_path: Path) -> None:
+    from core.settings import K8S_DEFAULT_NAMESPACE, load_settings
+    from dagster_project.resources import build_launcher
+
+    monkeypatch.setenv("PLATFORM_HOME", str(tmp_path))
+    monkeypatch.setenv("TRAINING_LAUNCHER", "kubernetes")
+    monkeypatch.setenv("K8S_IMAGE", "registry.example.com/catalog-posttrain:0.1.0")
+    monkeypatch.setenv("K8S_KUBECONFIG", str(tmp_path / "kubeconfig"))
+    launcher = build_launcher(load_settings())
+    assert isinstance(launcher.kubeconfig, dg.EnvVar) and launcher.kubeconfig.env_var_name == "K8S_KUBECONFIG"
+    assert launcher.namespace == K8S_DEFAULT_NAMESPACE == type(launcher)().namespace
+
+
+def test_sensor_intervals_and_the_cron_are_read_when_the_definitions_load(tmp_path: Path) -> None:
+    """Decorator arguments: the values in the environment of the process that loads the code location."""
+    env = {
+        **os.environ,
+        "PLATFORM_HOME": str(tmp_path),
+        "LANDING_SENSOR_INTERVAL_SECONDS": "45",
+        "RETRAIN_SENSOR_INTERVAL_SECONDS": "90",
+        "NIGHTLY_RETRAIN_CRON": "30 4 * * *",
+    }
+    script = (
+        "from dagster_project.definitions import defs\n"
+        "print(defs.get_sensor_def('landing_sensor').minimum_interval_seconds,"
+        " defs.get_sensor_def('retraining_sensor').minimum_interval_seconds,"
+        " defs.get_schedule_def('nightly_retrain_schedule').cron_schedule)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["45", "90", "30", "4", "*", "*", "*"]
