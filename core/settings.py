@@ -4,6 +4,13 @@ Every knob a deployment changes (where data lives, which source to read, model
 preset) is an environment variable documented in the README. Per-materialization
 choices (sizes, bounds) are Dagster run config on the assets, whose defaults
 come from here.
+
+This module is the one reader of platform settings: the Dagster side (assets, resources, sensors, schedules,
+jobs, the instance set-up) calls these functions instead of reading the environment, and each default is
+written once, here. Functions read the environment when they are called, never at import, so a changed
+variable is seen by the next caller; what Dagster needs as a decorator argument (sensor intervals, the cron,
+the training job's tags) is read when the Definitions load. Facts set by launchers for one process (RANK,
+WORLD_SIZE, LOCAL_RANK, POD_NAME, a C compiler in CC) are not settings and are read where they are used.
 """
 
 from __future__ import annotations

@@ -13,7 +13,11 @@ MAX_RUNTIME_TAG = "dagster/max_runtime"
 
 
 def training_run_tags() -> dict[str, str]:
-    """Tags every training run carries: its time limit (TRAINING_MAX_RUNTIME_SECONDS; 0 = none)."""
+    """Tags every training run carries: its time limit (TRAINING_MAX_RUNTIME_SECONDS; 0 = none).
+
+    Read when called: training_job's own tags take it when the Definitions load, the retraining sensor and the
+    nightly schedule on every request.
+    """
     seconds = training_max_runtime_seconds()
     return {MAX_RUNTIME_TAG: str(seconds)} if seconds else {}
 
