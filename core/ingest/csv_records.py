@@ -21,8 +21,8 @@ from core.ingest.encodings import ENCODING_SETTINGS, escape_surrogates, has_surr
 
 
 def _polars_csv(data: bytes, sep: str) -> pl.DataFrame:
-    # Strict UTF-8: polars' "utf8-lossy" turned every undecodable byte into U+FFFD, which merged ids
-    # (Latin-1 "José" and "Josè" both became "Jos\ufffd").
+    # Strict UTF-8: polars' "utf8-lossy" turns every undecodable byte into U+FFFD, which merges ids
+    # (Latin-1 "José" and "Josè" would both become "Jos\ufffd").
     return pl.read_csv(data, infer_schema=False, separator=sep, encoding="utf8")
 
 

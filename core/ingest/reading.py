@@ -110,7 +110,7 @@ def _read_csv(
         codec = "utf-8"
     try:  # fast path: the whole file is clean
         if codec == "utf-8":
-            _check_utf8(data)  # polars' own check misses the header row (polars 1.x decodes it lossily)
+            _check_utf8(data)  # polars' own check misses the header row, which it decodes lossily
             utf8 = data
         else:
             utf8 = data.decode(codec).encode("utf-8")
