@@ -39,7 +39,7 @@ def head_dim(config: Any) -> int:
 
 
 def resolve_attn(cfg: TrainConfig, ctx: DistContext) -> str:
-    """ "auto": per-conversation attention on CPU; stock sdpa on GPU, where packed_sdpa's loop is unmeasured."""
+    """ "auto": per-conversation attention on CPU; on GPU stock sdpa (packed_sdpa there is a Python loop)."""
     if cfg.attn_implementation != "auto":
         return cfg.attn_implementation
     return "sdpa" if ctx.device.type == "cuda" else PACKED_SDPA

@@ -153,6 +153,17 @@ def optimizer_step(
 class SFTRecipe:
     """One rank's run. Every method is collective: all ranks call it, in the same order."""
 
+    # Built by setup():
+    parameters: int
+    loader: PackedLoader
+    data_info: dict[str, Any]  # what summary.json records about the data
+    dtype: torch.dtype  # compute dtype; the weights stay fp32
+    model: torch.nn.Module  # wrapped (DDP/FSDP2), compiled where chosen
+    autocast: torch.autocast | None
+    compiled: bool
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+
     def __init__(self, cfg: TrainConfig, ctx: DistContext, reporter: Reporter) -> None:
         self.cfg, self.ctx, self.reporter = cfg, ctx, reporter
         self.output_dir = Path(cfg.output_dir)

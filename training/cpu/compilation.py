@@ -9,7 +9,7 @@ conversation), so a layer compiles to one graph, forward and backward, without a
 
 "auto" turns it on where it has been verified: single-process or DDP training on CPU with
 a C++ compiler present (inductor generates C++). It stays off for FSDP2, activation
-checkpointing and GPUs until those combinations are measured; "on" forces it.
+checkpointing and GPUs, where it has not been verified; "on" forces it.
 """
 
 from __future__ import annotations
