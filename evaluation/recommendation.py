@@ -1,7 +1,7 @@
 """Held-out recommendation cases and their hit@k.
 
 For held-out ``recommendation`` conversations the first assistant turn lists titles, the first
-being what the member actually watched next (core/conversation_builder.py): that title is the
+being what the member actually watched next (core/conversation_builder/): that title is the
 target, and everything before that turn is the prompt a model (or a baseline) answers.
 """
 

@@ -76,7 +76,7 @@ class TrainConfig:
       own, training/attention.py), "sdpa" or "eager" (a block-diagonal mask over the whole
       row); all three honour packed position_ids. "auto" = packed_sdpa on CPU, sdpa on GPU.
     - compile: torch.compile each decoder layer ("auto": on for CPU runs without FSDP2 or
-      activation checkpointing when a C++ compiler is present; training/compilation.py).
+      activation checkpointing when a C++ compiler is present; training/cpu/compilation.py).
       The first step then includes compilation (summary: warmup_seconds).
     - deterministic: torch.use_deterministic_algorithms (bit-exact CPU resume).
     - cpu_threads: torch intra-op threads per process (0 = torch default).

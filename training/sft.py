@@ -8,7 +8,7 @@ the final HF model (weights + tokenizer from base_model_dir), summary.json
 
 Top to bottom: the pieces of a run (schedule, optimizer, process setup, model, data,
 one optimizer step), then `SFTRecipe`, whose setup() -> train() -> finish() is the run.
-The benchmarks (benchmarks/worker.py) time the same pieces in the same order.
+The benchmarks (benchmarks/worker/) time the same pieces in the same order.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@
  * segs: nsegs triples (row, start, length); every position of a row belongs to exactly one.
  * Query head h reads key/value head h / (Hq / Hkv) (grouped-query attention).
  *
- * Compiled at first use by training/cpu_kernels.py with the host's own instruction set.
+ * Compiled at first use by training/cpu/kernels.py with the host's own instruction set.
  */
 #include <math.h>
 #include <stdint.h>
