@@ -155,3 +155,28 @@ def test_range_before_the_partition_start_fails_before_running(tmp_path: Path) -
     assert proc.returncode == 2, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert f"set PLATFORM_PARTITION_START={(FIRST_DAY - timedelta(days=2)).isoformat()}" in proc.stderr
     assert not (home / "warehouse.duckdb").exists()
+
+
+@pytest.mark.slow
+def test_a_bad_day_is_reported_and_the_other_days_get_shards(tmp_path: Path) -> None:
+    """Per-day folders (`{day}` in INTERACTION_FILES), the middle day's file empty: exit 1 naming that day."""
+    write_movielens(tmp_path / "ml")
+    header, *rows = (tmp_path / "ml" / "ratings.csv").read_text().splitlines()
+    for day in DAYS:
+        folder = tmp_path / "exports" / day.isoformat()
+        folder.mkdir(parents=True)
+        midnight = datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp()
+        mine = [r for r in rows if 0 <= int(r.rsplit(",", 1)[1]) - midnight < 86400]
+        (folder / "ratings.csv").write_text("" if day == DAYS[1] else "\n".join([header, *mine]) + "\n")
+    home = tmp_path / "home"
+    env = documented_env(tmp_path / "ml", home, FIRST_DAY)
+    env["INTERACTION_FILES"] = str(tmp_path / "exports" / "{day}" / "*.csv")
+    proc = run_documented_command(env, DAYS[0], DAYS[-1])
+    assert proc.returncode == 1, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert "1 of 3 days failed" in proc.stderr
+    failed = rf"^  {DAYS[1]}: step raw_interactions\+curated_conversations \({DAYS[1]}\) failed in run .*empty"
+    assert re.search(failed, proc.stderr, re.M), proc.stderr[-4000:]
+    done = {DAYS[0].isoformat(), DAYS[2].isoformat()}
+    instance = dg.DagsterInstance.from_config(str(home / "dagster"))
+    assert instance.get_materialized_partitions(dg.AssetKey("tokenized_shards")) == done
+    assert {p.name for p in (home / "artifacts" / "tokenized_shards").iterdir()} == done
