@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from core.settings import K8S_DEFAULT_NAMESPACE
 from resources.kubernetes.launcher import KubernetesTrainingLauncher, job_name_for
 from resources.kubernetes.objects import render_yaml
 from resources.kubernetes.validation import K8sConfigError
@@ -22,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     render.add_argument("--nodes", type=int, default=2)
     render.add_argument("--procs-per-node", type=int, default=1)
     render.add_argument("--gpus-per-node", type=int, default=0)
-    render.add_argument("--namespace", default="catalog-posttrain")
+    render.add_argument("--namespace", default=K8S_DEFAULT_NAMESPACE)
     render.add_argument("--cpu", default=None, help="CPU request = limit per pod (default: 8 per GPU, else 4)")
     render.add_argument("--memory", default=None, help="memory request = limit per pod (default: 64Gi/GPU, else 16Gi)")
     render.add_argument("--shm-size", default=None, help="/dev/shm size (default: 16Gi with GPUs, else 2Gi)")
