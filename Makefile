@@ -53,9 +53,7 @@ dev: install
 # Drop the next synthetic day into the landing area (what a daily upstream export would do), with the same
 # synthetic world as the assets (SYNTHETIC_* and PLATFORM_PARTITION_START, defaults as in core/settings.py).
 drop-day: install
-	$(PY) -m core.synthetic drop --landing $(PLATFORM_HOME)/landing --seed $${SYNTHETIC_SEED:-7} \
-		--n-titles $${SYNTHETIC_TITLES:-3000} --n-members $${SYNTHETIC_MEMBERS:-4000} \
-		--start-day $${PLATFORM_PARTITION_START:-2026-01-01}
+	$(PY) -m core.synthetic drop --landing $(PLATFORM_HOME)/landing
 
 # Backfill ingestion_job over FROM..TO (YYYY-MM-DD) on the running `make dev` (its daemon launches the runs).
 backfill: install
