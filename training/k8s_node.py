@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 from training.torchrun_logs import last_traceback, parse_root_cause
 
-# The Job's podFailurePolicy (resources.k8s_objects) reads these; they are defined here only.
+# The Job's podFailurePolicy (resources.kubernetes.objects) reads these; they are defined here only.
 PEER_LOST_EXIT_CODE = 75  # EX_TEMPFAIL: a peer node or the rendezvous went away; retrying can succeed
 DNS_TIMEOUT_EXIT_CODE = 3  # pod 0's name never resolved: a configuration problem, fails the Job
 TAIL_LINES = 3000

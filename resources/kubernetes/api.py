@@ -176,7 +176,7 @@ def refusal(what: str, namespace: str, exc: BaseException) -> str:
     status = api_status(exc)
     hint = {
         401: "the credentials were rejected",
-        403: "RBAC forbids it: bind deploy/k8s/rbac.yaml's Role to the service account the Dagster run uses",
+        403: "RBAC forbids it: bind deploy/k8s/10-rbac.yaml's Role to the service account the Dagster run uses",
         404: f"namespace {namespace!r} does not exist",
         409: "an object with that name already exists",
         422: "the API server rejected the object (render it with `python -m resources.kubernetes render`)",
