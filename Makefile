@@ -31,11 +31,14 @@ ingest: install
 	@test -n "$(FROM)" -a -n "$(TO)" || { echo "usage: make ingest FROM=2026-01-01 TO=2026-01-07"; exit 1; }
 	$(PY) -m dagster_project.ingest --from $(FROM) --to $(TO)
 
+# Two pytest-xdist workers; tests that share the dagster dev session stay on one (xdist_group).
+PYTEST := $(PY) -m pytest -q -p no:cacheprovider -n 2 --dist loadgroup
+
 test: install
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PYTEST)
 
 test-fast: install
-	$(PY) -m pytest -q -p no:cacheprovider -m "not slow"
+	$(PYTEST) -m "not slow"
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -114,6 +114,7 @@ def _shared_rows(home: Path) -> list[tuple]:
     return sorted((d, m[0]["content"]) for d, m in rows if m[0]["content"].startswith("Partner question"))
 
 
+@pytest.mark.slow
 def test_days_curated_at_the_same_time_in_separate_processes_keep_each_text_once(home: Path) -> None:
     ctx = multiprocessing.get_context("spawn")
     barrier = ctx.Barrier(len(DAYS))

@@ -4,6 +4,7 @@ import sys
 from pathlib import Path
 
 import dagster as dg
+import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -41,6 +42,7 @@ def test_code_location_has_the_asset_graph_with_lineage() -> None:
     } <= checks
 
 
+@pytest.mark.slow
 def test_workspace_loads_with_the_dagster_cli(tmp_path: Path) -> None:
     """`dagster definitions validate` is what `dagster dev -w workspace.yaml` loads."""
     env = {**os.environ, "DAGSTER_HOME": str(tmp_path), "PLATFORM_HOME": str(tmp_path / "home")}
@@ -139,6 +141,7 @@ def test_kubeconfig_reaches_the_kubernetes_launcher_by_variable_name(monkeypatch
     assert launcher.namespace == K8S_DEFAULT_NAMESPACE == type(launcher)().namespace
 
 
+@pytest.mark.slow
 def test_sensor_intervals_and_the_cron_are_read_when_the_definitions_load(tmp_path: Path) -> None:
     """Decorator arguments: the values in the environment of the process that loads the code location."""
     env = {

@@ -169,6 +169,7 @@ def scripted_api() -> Iterator[ScriptedApi]:
 # ---- the tests -----------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_the_job_watcher_ends_within_its_bound_against_a_silent_api_server(silent_api: str, tmp_path: Path) -> None:
     """With the default API timeouts (10 s / 60 s): the watcher's own deadline caps each call it makes."""
     launcher = KubernetesTrainingLauncher(image="i", kubeconfig=kubeconfig(tmp_path, silent_api))

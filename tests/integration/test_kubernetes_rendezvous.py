@@ -59,6 +59,7 @@ def test_torchrun_reads_the_join_timeout_the_launcher_sets() -> None:
     assert _get_timeout(params, "join") == timedelta(seconds=900)
 
 
+@pytest.mark.slow
 def test_a_pod_alone_at_the_rendezvous_exits_as_a_lost_peer_after_the_join_timeout() -> None:
     """The real torchrun and entry point, one node of two; join_timeout shortened to 5 s for the test."""
     with socket.socket() as probe:

@@ -64,6 +64,7 @@ def _counting_shards(out: Path, base_model: Path) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_single_process_run_writes_a_loadable_model_and_summary(
     base_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -98,6 +99,7 @@ def test_single_process_run_writes_a_loadable_model_and_summary(
     assert [line.split()[1] for line in lines if line.startswith("step ")] == ["10/30", "20/30", "30/30"]
 
 
+@pytest.mark.slow
 def test_failed_run_exits_nonzero_with_traceback(base_model: Path, tmp_path: Path) -> None:
     missing = tmp_path / "no-such-shards"
     config = write_config(tmp_path / "cfg.json", config_dict(base_model, [missing], tmp_path / "out"))

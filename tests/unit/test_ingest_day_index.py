@@ -333,6 +333,7 @@ _ROW = st.tuples(
 )
 
 
+@pytest.mark.slow
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(rows=st.lists(_ROW, max_size=40), extra=st.lists(st.sampled_from([",x", '"', "\xe9"]), max_size=3))
 def test_any_file_gives_every_day_the_full_reads_result(rows: list[tuple[str, ...]], extra: list[str]) -> None:

@@ -146,6 +146,7 @@ def jsonl_line(draw: st.DrawFn) -> tuple[bytes, bool]:
     encoding=st.sampled_from(["utf-8", "cp1252"]),
     as_text=st.booleans(),
 )
+@pytest.mark.slow
 def test_external_jsonl_never_raises_and_every_line_is_accounted_for(
     lines: list[tuple[bytes, bool]], encoding: str, as_text: bool
 ) -> None:
@@ -251,6 +252,7 @@ def _check_ingest(source: str, frame: pl.DataFrame, rejects: pl.DataFrame, recor
     _tally(test, examples=1, read=records, kept=kept, quarantined=rejected)
 
 
+@pytest.mark.slow
 @FUZZ
 @given(spec=csv_file(), encoding=st.sampled_from(["utf-8", "utf-8", "cp1252", "latin-1"]))
 def test_csv_ingestion_never_raises_and_every_record_is_accounted_for(

@@ -37,6 +37,7 @@ def _steady_round_faults() -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 @glibc_only
 def test_a_freed_step_buffer_is_reused_without_page_faults() -> None:
     kept = _steady_round_faults()
