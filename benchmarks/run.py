@@ -1,7 +1,7 @@
 """Run the benchmarks against TRL: `python -m benchmarks.run [--quick] [--only NAME ...]`.
 
 `make bench` = full sizes; `BENCH_QUICK=1 make bench` = smaller sizes, every ratio still
-reported (under 10 minutes on a 2-core machine). Results: <out>/<name>.json + .md per
+reported, for a quick check of the harness. Results: <out>/<name>.json + .md per
 benchmark, <out>/machine.json, and <out>/RESULTS.md (headline table + every section).
 Full runs write to benchmarks/results/, quick runs to benchmarks/results/quick/.
 

@@ -1,6 +1,6 @@
 """Training launchers: run `python -m training.sft` on N nodes x M processes.
 
-One small interface for every backend (local torchrun now, Kubernetes later):
+One small interface for every backend (local torchrun here; Kubernetes in resources/kubernetes/):
 `launch(context, train_config, output_dir)` runs the trainer to completion under a
 Dagster Pipes session and returns what rank 0 reported. Rank 0 is the only
 process that talks to Dagster; every rank's output is streamed into the run's
