@@ -31,8 +31,8 @@ ingest: install
 	@test -n "$(FROM)" -a -n "$(TO)" || { echo "usage: make ingest FROM=2026-01-01 TO=2026-01-07"; exit 1; }
 	$(PY) -m dagster_project.ingest --from $(FROM) --to $(TO)
 
-# Two pytest-xdist workers; tests that share the dagster dev session stay on one (xdist_group).
-PYTEST := $(PY) -m pytest -q -p no:cacheprovider -n 2 --dist loadgroup
+# Two pytest-xdist workers, one test file at a time each (tests/conftest.py: pytest_xdist_make_scheduler).
+PYTEST := $(PY) -m pytest -q -p no:cacheprovider -n 2
 
 test: install
 	$(PYTEST)

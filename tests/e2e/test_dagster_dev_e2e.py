@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from support.dagster_dev_platform import DAYS, NEW_DAY
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("dagster_dev")]
+pytestmark = pytest.mark.slow
 PY_WARNING = re.compile(r"^(?P<path>\S+\.py):\d+: (?P<kind>\w*Warning):", re.MULTILINE)
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from support.dagster_dev_platform import DevPlatform
 
-pytestmark = [pytest.mark.slow, pytest.mark.browser, pytest.mark.xdist_group("dagster_dev")]
+pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
 ASSETS = {
     "raw_catalog",
