@@ -31,7 +31,7 @@ def generate_external_conversations(cfg: SyntheticConfig, day: date) -> list[str
         return []
     world = build_world(cfg)
     rng = stream(cfg.seed, day.toordinal(), 1)
-    cat = world.catalog
+    cat = world.titles.frame
     titles, kinds, genres = cat["title"].to_list(), cat["kind"].to_list(), cat["genres"].to_list()
     years, synopses, langs = cat["year"].to_list(), cat["synopsis"].to_list(), cat["language"].to_list()
     n_bad = min(n, math.ceil(n * _EXTERNAL_BAD_FRACTION))

@@ -49,29 +49,29 @@ def generate_interactions(cfg: SyntheticConfig, day: date) -> pl.DataFrame:
     rng = stream(cfg.seed, day.toordinal())
     m_all = cfg.n_members
 
-    active = np.flatnonzero(rng.random(m_all) < world.p_active)
+    active = np.flatnonzero(rng.random(m_all) < world.members.p_active)
     base_mean = max(cfg.mean_events_per_active_member / _EXPANSION, 1.0)
-    z_act = world.member_z[active]
+    z_act = world.members.z[active]
     lam = (base_mean - 1.0) * z_act / (z_act.mean() if len(z_act) else 1.0)
     n_base = 1 + rng.poisson(lam)
     member = np.repeat(active, n_base)
     b = len(member)
 
-    k = world.member_k[member]
-    g = world.member_fav[member, rng.integers(0, k)] if b else np.zeros(0, dtype=np.int64)
-    follow = (rng.random(b) < _FOLLOW_TASTE) & (world.genre_count[g] > 0)
+    k = world.members.k[member]
+    g = world.members.fav[member, rng.integers(0, k)] if b else np.zeros(0, dtype=np.int64)
+    follow = (rng.random(b) < _FOLLOW_TASTE) & (world.titles.genre_count[g] > 0)
     u = rng.random(b)
-    pick = np.minimum(np.searchsorted(world.genre_keys, g + u, side="right"), len(world.genre_keys) - 1)
-    title = np.where(follow, world.genre_titles[pick], sample_popular(world, rng.random(b)))
+    pick = np.minimum(np.searchsorted(world.titles.genre_keys, g + u, side="right"), len(world.titles.genre_keys) - 1)
+    title = np.where(follow, world.titles.genre_titles[pick], sample_popular(world, rng.random(b)))
     hour = rng.choice(24, size=b, p=_HOUR_WEIGHTS)
     ms = hour * _MS_PER_HOUR + rng.integers(0, _MS_PER_HOUR, size=b)
     event = np.where(rng.random(b) < _SEARCH_RATE, 3, 0)
     value = np.full(b, np.nan)
 
-    match = (world.genre_mask[title] & world.member_mask[member]) != 0
+    match = (world.titles.genre_mask[title] & world.members.mask[member]) != 0
     comp = (event == 0) & (rng.random(b) < _COMPLETE_RATE)
     frac = np.where(match, rng.beta(5.0, 1.3, size=b), rng.beta(2.0, 2.0, size=b))
-    c_ms = np.minimum(ms + (world.runtime_ms[title] * frac).astype(np.int64), _MS_PER_DAY - 1)
+    c_ms = np.minimum(ms + (world.titles.runtime_ms[title] * frac).astype(np.int64), _MS_PER_DAY - 1)
     rate = comp & (rng.random(b) < _RATE_RATE)
     stars = np.where(
         match,
