@@ -2,31 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from support.evaluation_fixtures import CONVERSATIONS, MATCHER, save_tiny_eval_model
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from support.evaluation_fixtures import CONVERSATIONS, MATCHER
 
 from core.masking import encode_prompt
 from evaluation import RecoCase, end_of_turn_ids, evaluate_recommendations, generate_greedy, recommendation_prompts
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_tiny_eval_model(tmp_path_factory.mktemp("tiny"))
-
-
-@pytest.fixture(scope="module")
-def model(model_dir: Path) -> Any:
-    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-
-
-@pytest.fixture(scope="module")
-def tokenizer(model_dir: Path) -> Any:
-    return AutoTokenizer.from_pretrained(model_dir)
 
 
 def test_end_of_turn_is_the_templates_token(tokenizer: Any) -> None:

@@ -12,27 +12,11 @@ import polars as pl
 import pytest
 import torch
 import torch.nn.functional as F
-from support.evaluation_fixtures import CONVERSATIONS, save_tiny_eval_model
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from support.evaluation_fixtures import CONVERSATIONS
 
 from core.shards import write_shard_directory
 from core.tokenize_partition import tokenize_conversations
 from evaluation import EVAL_SKIP_REASONS, evaluate_loss_by, heldout_rows, masked_loss
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_tiny_eval_model(tmp_path_factory.mktemp("tiny"))
-
-
-@pytest.fixture(scope="module")
-def model(model_dir: Path) -> Any:
-    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-
-
-@pytest.fixture(scope="module")
-def tokenizer(model_dir: Path) -> Any:
-    return AutoTokenizer.from_pretrained(model_dir)
 
 
 @pytest.fixture(scope="module")
