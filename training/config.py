@@ -21,6 +21,7 @@ DEVICE_CHOICES = ("auto", "cpu", "cuda")
 DTYPE_CHOICES = ("auto", "fp32", "bf16")
 ATTN_CHOICES = ("auto", "packed_sdpa", "sdpa", "eager")
 COMPILE_CHOICES = ("auto", "on", "off")
+LOSS_CHUNKING_CHOICES = ("auto", "on", "off")
 
 
 class ConfigError(ValueError):
@@ -83,6 +84,9 @@ class TrainConfig:
     - log_every: steps between progress lines / Dagster Pipes messages.
     - peak_flops: per-device peak FLOP/s for the MFU estimate; 0 = measure with a
       matmul probe (which underestimates the datasheet peak, so MFU reads high).
+    - loss_chunking: "on" projects the labelled positions to the vocabulary a chunk at a time,
+      so no [tokens x vocabulary] logits tensor exists (training/loss.py); "auto" = on when the
+      vocabulary holds 65,536 ids or more (Qwen3, Gemma 3, Llama 3), off below.
     """
 
     base_model_dir: str
@@ -115,6 +119,7 @@ class TrainConfig:
     deterministic: bool = False
     cpu_threads: int = 0
     peak_flops: float = 0.0
+    loss_chunking: str = "auto"
 
     def __post_init__(self) -> None:
         self.validate()
@@ -159,6 +164,7 @@ class TrainConfig:
             ("dtype", DTYPE_CHOICES),
             ("attn_implementation", ATTN_CHOICES),
             ("compile", COMPILE_CHOICES),
+            ("loss_chunking", LOSS_CHUNKING_CHOICES),
         ):
             if getattr(self, name) not in choices:
                 raise ConfigError(f"{name} must be one of {choices}, got {getattr(self, name)!r}")
