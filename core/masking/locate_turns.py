@@ -8,6 +8,7 @@ turns or put text between the generation prompt and the content.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from core.masking import rendering
@@ -83,7 +84,9 @@ class ServingPrompts:
         return 0, got[0]
 
 
-def _locate_content(work: Work, turn: int, q: int, tail: str, cut: int | None) -> tuple[int, int] | None:
+def _locate_content(
+    work: Work, turn: int, q: int, tail: str, cut: int | None, control: re.Pattern[str] | None = None
+) -> tuple[int, int] | None:
     """Pin one assistant content's span from its serving prompt ``rendered[:q] + tail``; raise on any rewriting.
 
     None when the turn is past ``cut`` (truncation keeps the text before it): its prompt agrees with
@@ -108,13 +111,13 @@ def _locate_content(work: Work, turn: int, q: int, tail: str, cut: int | None) -
         return None
     if text.startswith(content, start):
         return start, start + len(content)
-    stripped = content.strip()
-    if stripped != content and text.startswith(stripped, start):
-        raise MaskError(
-            "content_not_verbatim",
-            f"message {turn} (assistant) is rendered as {stripped[:40]!r}, not verbatim as "
-            f"{content[:40]!r}; the template strips surrounding whitespace",
-        )
+    # Whitespace the template trims is masked as rendered: the model is served the same
+    # trimmed history, and what it learns to generate is the text the template shows.
+    for trimmed in (content.strip(), content.lstrip(), content.rstrip()):
+        if trimmed and trimmed != content and text.startswith(trimmed, start):
+            return start, start + len(trimmed)
+    if work.as_rendered:
+        return _rendered_span(work, turn, start, control)
     if content in text[start:]:
         gap = text[start : text.index(content, start)]
         raise MaskError(
@@ -122,7 +125,27 @@ def _locate_content(work: Work, turn: int, q: int, tail: str, cut: int | None) -
             f"the template puts {gap[:60]!r} between the generation prompt and message {turn}'s content, "
             "which the model would have to generate unprompted at serving time",
         )
-    raise MaskError("content_not_rendered", f"message {turn} (assistant) content does not follow its serving prompt")
+    raise MaskError(
+        "content_not_rendered",
+        f"message {turn} (assistant) content does not follow its serving prompt: the rendering has "
+        f"{text[start : start + 40]!r} where the turn as written has {content[:40]!r}",
+    )
+
+
+def _rendered_span(work: Work, turn: int, start: int, control: re.Pattern[str] | None) -> tuple[int, int]:
+    """The turn as the rendering shows it: from its serving prompt up to the next control token.
+
+    That control token is the end of turn the model emits at serving time, so the span is
+    exactly what the model is trained to generate (rewrite_policy="as_rendered").
+    """
+    found = control.search(work.rendered, start) if control is not None else None
+    if found is None or found.start() == start:
+        raise MaskError(
+            "content_not_rendered",
+            f"message {turn} (assistant) renders as nothing before the next control token, so there is "
+            "no text to train on as rendered",
+        )
+    return start, found.start()
 
 
 def locate_turns(work: Work, prompts: ServingPrompts, cut: int | None) -> None:
@@ -134,7 +157,7 @@ def locate_turns(work: Work, prompts: ServingPrompts, cut: int | None) -> None:
             raise error
     for turn in work.turns:
         q, tail = prompts.get(turn)
-        span = _locate_content(work, turn, q, tail, cut)
+        span = _locate_content(work, turn, q, tail, cut, prompts.info.added_split_re)
         if span is None:
             break
         work.spans.append(span)

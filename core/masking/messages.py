@@ -33,7 +33,9 @@ def validate_messages(messages: Any, *, need_assistant: bool) -> list[dict[str, 
                 f"message {j} needs string 'role' and 'content', got role={role!r}, "
                 f"content of type {type(content).__name__}",
             )
-        if not content:
+        if not content and role != "system":
+            # An empty system message is a real instruction ("no system prompt") that the
+            # template renders as it likes; an empty user or assistant turn is a broken row.
             raise MaskError("invalid_messages", f"message {j} ({role}) has empty content")
         if not (content.isascii() and role.isascii()) and (_SURROGATE_RE.search(content) or _SURROGATE_RE.search(role)):
             raise MaskError(

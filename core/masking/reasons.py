@@ -9,15 +9,16 @@ from __future__ import annotations
 
 MASK_REASONS: dict[str, str] = {
     "invalid_messages": "the conversation is not a non-empty list of {'role': str, 'content': str} "
-    "messages with non-empty content and a user/system turn before the first assistant turn",
+    "messages with non-empty content (a system message may be empty) and a user/system turn before the "
+    "first assistant turn",
     "no_assistant_turn": "the conversation has no assistant turn, so it carries no loss",
     "template_error": "the chat template raised while rendering the conversation",
     "serving_prefix_mismatch": "the serving prompt for an assistant turn (the turns before it rendered with "
     "add_generation_prompt=True) is not exactly the text before that turn's content in the full rendering: "
     "the template rewrites earlier turns or inserts text between the generation prompt and the content",
     "content_not_rendered": "a message's content does not appear in the rendering where the template puts it",
-    "content_not_verbatim": "the template alters a message's content (e.g. trims or escapes it) or "
-    "renders it more than once",
+    "content_not_verbatim": "the template alters a message's content (e.g. escapes it) or renders it more "
+    "than once; whitespace it trims from an assistant turn is masked as rendered instead",
     "boundary_straddle": "a token spans the boundary between template text and assistant content, so no mask "
     "can be exact (e.g. content starting with whitespace that merges with the template's newline)",
     "token_prefix_mismatch": "the serving prompt's tokens differ from the training tokens before the "

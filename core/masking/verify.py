@@ -36,6 +36,8 @@ def verify_masks(
     loss_mask: Sequence[int],
     *,
     truncated: bool = False,
+    target_turn: int | None = None,
+    as_rendered: bool = False,
 ) -> str | None:
     """None if the mask follows the rule, else what is wrong.
 
@@ -43,9 +45,18 @@ def verify_masks(
     each assistant content followed by its end-of-turn token (an added token; when the
     template puts none there, the content alone), content must hold no control token,
     and nothing else may be masked. With ``truncated=True`` the last run may stop early
-    at the end of the sequence.
+    at the end of the sequence. Whitespace the template trims off a content may be missing
+    from its run.
+
+    ``target_turn``: the row is one turn's example (rewrite_policy="expand"): ``messages[:target_turn + 1]``
+    rendered with only that last turn masked, as written. ``as_rendered``: each run is the turn as the
+    full rendering shows it, so it is compared with that rendering (stock ``apply_chat_template``)
+    instead of with the message text.
     """
     info = info_for(tokenizer)
+    if target_turn is not None:
+        messages = list(messages[: target_turn + 1])
+    rendered = _stock_rendering(tokenizer, messages) if as_rendered else ""
     ids = [int(i) for i in input_ids]
     mask = [int(m) for m in loss_mask]
     if len(ids) != len(mask):
@@ -53,6 +64,8 @@ def verify_masks(
     if any(m not in (0, 1) for m in mask):
         return "loss_mask holds values other than 0 and 1"
     contents = [m.get("content") for m in messages if m.get("role") == "assistant"]
+    if target_turn is not None:
+        contents = contents[-1:]
     runs = _runs(mask)
     if len(runs) > len(contents) or (len(runs) < len(contents) and not truncated):
         return f"{len(runs)} masked runs for {len(contents)} assistant turns"
@@ -62,14 +75,21 @@ def verify_masks(
         if truncated and b == len(ids) and k == len(runs) - 1:
             text = decode(run, skip_special_tokens=False)
             eot_texts = [decode([i], skip_special_tokens=False) for i in info.added_ids]
-            if not any((content + e).startswith(text) for e in ["", *eot_texts]):
+            if not any((c + e).startswith(text) for c in _as_written(content) for e in ["", *eot_texts]):
                 return f"truncated run {k} decodes to {text[:60]!r}, not a prefix of assistant turn {k}"
             if any(t in info.special_ids for t in run[:-1]):
                 return f"truncated run {k} holds control token ids inside the assistant content"
             continue
-        has_eot = run[-1] in info.added_ids and decode(run[:-1], skip_special_tokens=False) == content
+        written = _as_written(content)
+        has_eot = run[-1] in info.added_ids and (
+            decode(run[:-1], skip_special_tokens=False) in written or (as_rendered and len(run) > 1)
+        )
         body = run[:-1] if has_eot else run
-        if not has_eot and decode(body, skip_special_tokens=False) != content:
+        text = decode(body, skip_special_tokens=False)
+        if as_rendered and text not in written:
+            if not text or text not in rendered:
+                return f"masked run {k} decodes to {text[:80]!r}, which the full rendering does not show"
+        elif text not in written:
             return (
                 f"masked run {k} (tokens {a}..{b}) decodes to "
                 f"{decode(run, skip_special_tokens=False)[:80]!r}, expected assistant turn {k}: "
@@ -81,6 +101,16 @@ def verify_masks(
         if not has_eot and b < len(ids) and ids[b] in info.added_ids:
             return f"the end-of-turn token {ids[b]} right after assistant turn {k} (token {b}) is not masked"
     return None
+
+
+def _as_written(content: str) -> set[str]:
+    """The texts a turn's run may decode to: the content, or the content with the whitespace a template trims."""
+    return {content, content.strip(), content.lstrip(), content.rstrip()} - {""}
+
+
+def _stock_rendering(tokenizer: Any, messages: Sequence[Mapping[str, Any]]) -> str:
+    """transformers' own rendering of the whole conversation, the reference for masks made as rendered."""
+    return str(tokenizer.apply_chat_template([dict(m) for m in messages], tokenize=False))
 
 
 def _stock_prompt_ids(tokenizer: Any, messages: list[dict[str, Any]]) -> list[int]:

@@ -19,3 +19,4 @@ class Work:
     spans: list[tuple[int, int]] = field(default_factory=list)  # content spans of the turns checked, in order
     lookalike: bool = False
     plain: bool = False  # is_plain_chat(messages): so are its prompts, slices of it
+    as_rendered: bool = False  # mask each turn as the rendering shows it (rewrite_policy="as_rendered")

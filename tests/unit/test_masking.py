@@ -197,6 +197,9 @@ MARKS_TRAILING_NEWLINE = CHATML_GENERATION.replace(
     "{%- endgeneration -%}{{ '\\n' }}", "{{ '\\n' }}{%- endgeneration -%}"
 )
 UPPERCASES_CONTENT = TEMPLATES["header"].template.replace("message['content'] | trim", "message['content'] | upper")
+ALTERS_BANGS = TEMPLATES["header"].template.replace(
+    "message['content'] | trim", "message['content'] | replace('!', '.')"
+)
 
 
 @pytest.mark.parametrize(
@@ -242,12 +245,30 @@ def test_rewriting_template_hides_a_wrong_stock_mask():
         encode_conversation(tok, messages)
 
 
-def test_trimmed_content_is_not_verbatim():
+@pytest.mark.parametrize("reply", ["  padded reply  ", " leading", "trailing\n\n"])
+def test_whitespace_the_template_trims_is_masked_as_rendered(reply):
     tok = tokenizer_for("header")
-    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "  padded reply  "}]
+    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": reply}]
+    encoded = encode_conversation(tok, messages)
+    masked = [i for i, m in zip(encoded.input_ids, encoded.loss_mask, strict=True) if m]
+    assert _decode(tok, masked) == reply.strip() + "<|eot_id|>"
+    assert verify_masks(tok, messages, encoded.input_ids, encoded.loss_mask) is None
+    assert verify_serving_prefix(tok, messages, encoded.input_ids, encoded.loss_mask) is None
+
+
+def test_an_empty_system_message_the_template_renders_is_accepted():
+    tok = tokenizer_for("chatml")
+    messages = [
+        {"role": "system", "content": ""},
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "hello"},
+    ]
+    encoded = encode_conversation(tok, messages)
+    assert "<|im_start|>system\n<|im_end|>" in _decode(tok, encoded.input_ids)
+    assert verify_masks(tok, messages, encoded.input_ids, encoded.loss_mask) is None
     with pytest.raises(MaskError) as info:
-        encode_conversation(tok, messages)
-    assert info.value.reason == "content_not_verbatim"
+        encode_conversation(tok, [{"role": "user", "content": ""}, {"role": "assistant", "content": "x"}])
+    assert info.value.reason == "invalid_messages"
 
 
 SPACE_AFTER_ROLE = CHATML_GENERATION.replace("message['role'] + '\\n'", "message['role'] + ' '").replace(
@@ -533,10 +554,8 @@ def test_encode_batch_equals_encode_conversation_elementwise():
     ]
     results, rejects = encode_batch(tok, convs, max_length=120)
     assert {i for i, _, _ in rejects} == {i for i, r in enumerate(results) if r is None}
-    assert {(i, reason) for i, reason, _ in rejects} >= {
-        (3, "no_assistant_turn"),
-        (17, "content_not_verbatim"),
-    }
+    assert (3, "no_assistant_turn") in {(i, reason) for i, reason, _ in rejects}
+    assert results[17] is not None  # the template trims it: masked as rendered
     assert results[25] is not None
     for i, messages in enumerate(convs):
         try:
@@ -989,12 +1008,12 @@ def test_truncation_renders_serving_prompts_only_up_to_the_cut(monkeypatch):
 
 def test_truncation_does_not_reject_for_turns_past_the_cut():
     """A turn that cannot be masked exactly only matters if truncation keeps it."""
-    tok = tokenizer_for("header")
+    tok = _with_template("header", ALTERS_BANGS)
     messages = long_conversation(6)
-    messages[-1] = {"role": "assistant", "content": "  padded reply  "}  # the template trims it
+    messages[-1] = {"role": "assistant", "content": "altered reply!"}  # the template renders it as "altered reply."
     with pytest.raises(MaskError) as info:
         encode_conversation(tok, messages)
-    assert info.value.reason == "content_not_verbatim"
+    assert info.value.reason == "content_not_rendered"
     kept = encode_conversation(tok, messages[:-2])  # ends with an end-of-turn token: a token boundary
     short = encode_conversation(tok, messages, max_length=len(kept.input_ids), overlong="truncate")
     assert short == EncodedConversation(kept.input_ids, kept.loss_mask, True)
