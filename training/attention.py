@@ -15,6 +15,13 @@ The segments come from the position_ids restarts that transformers hands every a
 call (without position_ids each row is one causal sequence). Numerically it matches "sdpa"
 with the packed mask (tests compare logits and gradients). The name is not saved in the
 model's config.json: a trained model loads anywhere with stock attention.
+
+Two layer features the fast paths do not compute: a sliding window (Gemma3's local layers:
+a query sees only the last `sliding_window` keys) and tanh soft-capping of the attention
+scores. A windowed layer whose conversations all fit in the window is plain causal attention
+and keeps the fast path; otherwise, and whenever scores are soft-capped, the layer takes an
+exact per-conversation fallback (sdpa with a banded causal mask, or eager math for the cap).
+`attention_notes` says which layers of a model do so, for the run log.
 """
 
 from __future__ import annotations
@@ -66,6 +73,65 @@ def _packed_sdpa_loop(
     return torch.cat([torch.cat(pieces, dim=2) for pieces in rows]).transpose(1, 2)
 
 
+def _window_mask(length: int, window: int | None, device: torch.device) -> torch.Tensor:
+    """Causal mask of one conversation (True = attend), limited to the last `window` keys as transformers does."""
+    index = torch.arange(length, device=device)
+    distance = index[:, None] - index[None, :]
+    allowed = distance >= 0
+    return allowed & (distance < window) if window is not None else allowed
+
+
+def _capped_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    mask: torch.Tensor,
+    dropout: float,
+    scale: float,
+    softcap: float,
+) -> torch.Tensor:
+    """Eager attention of one conversation with tanh-capped scores (sdpa has no soft-cap): [1, Hq, L, D]."""
+    groups = query.shape[1] // key.shape[1]
+    key, value = (t.repeat_interleave(groups, dim=1) for t in (key, value))
+    scores = torch.matmul(query, key.transpose(2, 3)) * scale
+    scores = torch.tanh(scores / softcap) * softcap
+    scores = scores.masked_fill(~mask, float("-inf"))
+    weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    return torch.matmul(F.dropout(weights, p=dropout) if dropout else weights, value)
+
+
+@torch.compiler.disable  # the segment count changes every batch: not traced by torch.compile
+def _packed_fallback_loop(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    segments: torch.Tensor,
+    dropout: float,
+    scale: float,
+    window: int | None,
+    softcap: float | None,
+) -> torch.Tensor:
+    """Per-conversation attention with a sliding window and/or soft-capped scores, exact on any device."""
+    batch = query.shape[0]
+    gqa = key.shape[1] != query.shape[1]
+    rows: list[list[torch.Tensor]] = [[] for _ in range(batch)]
+    for row, start, length in segments.tolist():
+        q, k, v = (t[row : row + 1, :, start : start + length] for t in (query, key, value))
+        mask = _window_mask(length, window, query.device)
+        if softcap is not None:
+            rows[row].append(_capped_attention(q, k, v, mask, dropout, scale, softcap))
+        else:
+            rows[row].append(
+                F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=scale, enable_gqa=gqa)
+            )
+    return torch.cat([torch.cat(pieces, dim=2) for pieces in rows]).transpose(1, 2)
+
+
+def _window_binds(segments: torch.Tensor, window: int | None) -> bool:
+    """Whether a sliding window changes anything: only a conversation longer than the window sees fewer keys."""
+    return window is not None and bool(segments[:, 2].max() > window)
+
+
 def packed_sdpa_forward(
     module: torch.nn.Module,
     query: torch.Tensor,
@@ -85,10 +151,53 @@ def packed_sdpa_forward(
     position_ids = kwargs.get("position_ids")
     if position_ids is None:  # each row is one causal sequence
         position_ids = torch.arange(query.shape[2], device=query.device)[None]
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    window, softcap = kwargs.get("sliding_window"), kwargs.get("softcap")
+    if window is not None or softcap is not None:
+        segments = segment_table(position_ids, query.shape[0])
+        if softcap is not None or _window_binds(segments, window):
+            return _packed_fallback_loop(query, key, value, segments, dropout, scale, window, softcap), None
     if query.device.type == "cpu" and dropout == 0.0:
-        scale = scaling if scaling is not None else query.shape[-1] ** -0.5
         return packed_attention_cpu(query, key, value, position_ids, scale)[0], None
     return _packed_sdpa_loop(query, key, value, position_ids, dropout, scaling), None
+
+
+def sliding_layers(config: Any) -> list[int]:
+    """Indices of the layers transformers runs with a sliding window (config.layer_types)."""
+    if getattr(config, "sliding_window", None) is None:
+        return []
+    layer_types = getattr(config, "layer_types", None) or []
+    return [i for i, kind in enumerate(layer_types) if kind == "sliding_attention"]
+
+
+def sliding_window(config: Any) -> int | None:
+    """The window of the model's sliding layers; None when no layer has one (Qwen3 keeps a window it does not use)."""
+    return config.sliding_window if sliding_layers(config) else None
+
+
+def attention_notes(config: Any, attn_implementation: str) -> list[str]:
+    """What packed_sdpa computes off its fast path for this model config, one line each, for the run log.
+
+    Empty for other attention implementations (transformers' own masks honour windows and caps) and for
+    models without sliding windows or soft-capped scores.
+    """
+    if attn_implementation != PACKED_SDPA:
+        return []
+    notes = []
+    window, sliding = sliding_window(config), sliding_layers(config)
+    if window is not None:
+        notes.append(
+            f"attention: layers {sliding} use a {window}-token sliding window; in a batch with a conversation "
+            f"longer than {window} tokens they run per conversation through sdpa with a banded causal mask "
+            "(the packed kernels have no window), exact but slower"
+        )
+    softcap = getattr(config, "attn_logit_softcapping", None)
+    if softcap is not None:
+        notes.append(
+            f"attention: scores are soft-capped at {softcap} where the model passes the cap; those layers run "
+            "per conversation through eager attention (the packed kernels have no soft-cap), exact but slower"
+        )
+    return notes
 
 
 AttentionInterface.register(PACKED_SDPA, packed_sdpa_forward)
