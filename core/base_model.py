@@ -4,7 +4,8 @@ Two sources:
 - the built-in preset: a byte-level BPE tokenizer trained on the curated text,
   our ChatML-style chat template with generation markers, and a tiny
   Llama-architecture causal LM initialised from a seed (nothing downloaded);
-- a local Hugging Face model directory, used as is with its own chat template.
+- a local Hugging Face model directory, used as is with its own chat template, after the
+  checks of core.model_checks (architecture, chat template, end-of-turn token, vocabulary).
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
+from transformers import AutoConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
 from core.chat_templates import TEMPLATES
+from core.model_checks import check_architecture, check_model_dir, warnings_for
 from core.tokenizer_training import tokenizer_fingerprint, train_bpe_tokenizer
 
 MODEL_CARD = "base_model.json"
@@ -132,30 +134,8 @@ def copy_file(src: Path, dst: Path) -> None:
     shutil.copystat(src, dst)
 
 
-def import_local_model(src: Path, out_dir: Path) -> dict:
-    """Snapshot a local HF model directory into the artifact version: a byte copy, never a hard link.
-
-    Refuses a file that changes while it is copied (a torn snapshot of half-old weights must not become a
-    version); the tokenizer fingerprint is computed from the copy, not the source.
-
-    Validates up front that it is loadable offline and has a chat template, so a
-    bad path fails here with a clear message instead of deep inside tokenization.
-    """
-    src = Path(src).expanduser().resolve()
-    if not (src / "config.json").is_file():
-        raise FileNotFoundError(
-            f"BASE_MODEL_PATH={src} is not a Hugging Face model directory (no config.json); "
-            "point it at a folder written by save_pretrained"
-        )
-    config = AutoConfig.from_pretrained(src, local_files_only=True)
-    tokenizer = AutoTokenizer.from_pretrained(src, local_files_only=True)
-    if not getattr(tokenizer, "chat_template", None):
-        raise ValueError(
-            f"the tokenizer in {src} has no chat template; add one (tokenizer.chat_template = ...; "
-            "save_pretrained) or use the built-in preset by unsetting BASE_MODEL_PATH"
-        )
-    if not tokenizer.is_fast:
-        raise ValueError(f"the tokenizer in {src} is not a fast (Rust) tokenizer; masks need offset mappings")
+def _snapshot(src: Path, out_dir: Path) -> None:
+    """Byte-copy every file of `src` (hidden ones aside) under `out_dir`; refuses a file that changes meanwhile."""
     for path in sorted(src.rglob("*")):
         rel = path.relative_to(src)
         if any(part.startswith(".") for part in rel.parts):
@@ -172,13 +152,36 @@ def import_local_model(src: Path, out_dir: Path) -> dict:
                     f"{path} changed while it was copied from BASE_MODEL_PATH={src}; "
                     "materialize base_model again once nothing writes to that directory"
                 )
+
+
+def import_local_model(src: Path, out_dir: Path) -> dict:
+    """Snapshot a local HF model directory into the artifact version and check it; returns the model card.
+
+    The copy is a byte copy, never a hard link, and refuses a file that changes while it is copied (a torn
+    snapshot of half-old weights must not become a version). The architecture is checked from config.json
+    before anything is copied; the tokenizer, chat template, end-of-turn token and vocabulary padding are
+    checked on the copy (core.model_checks), so the findings describe exactly the files the version holds.
+    A model the platform cannot train fails here with a message naming what is missing, instead of deep
+    inside tokenization or training.
+    """
+    src = Path(src).expanduser().resolve()
+    if not (src / "config.json").is_file():
+        raise FileNotFoundError(
+            f"BASE_MODEL_PATH={src} is not a Hugging Face model directory (no config.json); "
+            "point it at a folder written by save_pretrained (or by huggingface-cli download)"
+        )
+    config = AutoConfig.from_pretrained(src, local_files_only=True)
+    family = check_architecture(config, src)
+    _snapshot(src, out_dir)
     card = {
         "source": "local",
         "source_path": str(src),
         "architecture": (config.architectures or ["unknown"])[0],
-        "vocab_size": len(tokenizer),
+        "family": family,
+        **check_model_dir(out_dir, config, src),
         "tokenizer_fingerprint": tokenizer_fingerprint(out_dir),
     }
+    card["warnings"] = warnings_for(card)
     (out_dir / MODEL_CARD).write_text(json.dumps(card, indent=2, sort_keys=True))
     return card
 

@@ -1,0 +1,180 @@
+"""What the import of a user's Hugging Face model directory checks before it becomes a base_model version.
+
+A model that the platform cannot train correctly should fail at import with a message that says what is
+missing and what to do, not hours later as quarantined rows or a wrong loss. The checks:
+
+- the architecture is one whose training forward the logit verifier proves equal to Hugging Face's own
+  (the families of ``core.model_families``);
+- the tokenizer is a fast one with a chat template, and the template renders the two shapes of
+  conversation the platform builds (with and without a system message);
+- the end-of-turn token: the masking code's own notion of it (the added token right after an assistant
+  turn's content, masked with the content) read from the loss mask of a probe conversation, and whether
+  generation stops on it;
+- the vocabulary: how many embedding rows are padding beyond the tokenizer's ids.
+
+``check_model_dir`` returns the findings as the model card's fields.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from transformers import AutoTokenizer, GenerationConfig
+
+from core.masking import MaskError, encode_conversation, render_conversations
+from core.vocab import read_vocab_padding, vocab_padding
+
+PROBE_ANSWER = "You might enjoy Quiet Rivers (2004), a drama about two sisters."
+PROBES: dict[str, list[dict[str, str]]] = {
+    "system/user/assistant": [
+        {"role": "system", "content": "You are the catalog assistant."},
+        {"role": "user", "content": "What should I watch next?"},
+        {"role": "assistant", "content": PROBE_ANSWER},
+    ],
+    "user/assistant": [
+        {"role": "user", "content": "What should I watch next?"},
+        {"role": "assistant", "content": PROBE_ANSWER},
+    ],
+}
+_TEMPLATE_FILES = "tokenizer_config.json (chat_template), chat_template.jinja or chat_template.json"
+
+
+def supported_architectures() -> dict[str, str]:
+    """Architecture class name -> family name, for every family the logit verifier covers."""
+    # Imported here: core.model_families builds on core.base_model, which imports this module.
+    from core.model_families import FAMILIES
+
+    return {entry.model_class.__name__: name for name, entry in FAMILIES.items()}
+
+
+def check_architecture(config: Any, src: Path) -> str:
+    """The family of the model's architecture; ValueError naming the supported ones otherwise."""
+    supported = supported_architectures()
+    architectures = list(config.architectures or [])
+    for architecture in architectures:
+        if architecture in supported:
+            return supported[architecture]
+    hint = ""
+    if any(a.startswith("Gemma3") for a in architectures):
+        hint = (
+            " Gemma 3 is supported as a text-only model (Gemma3ForCausalLM, e.g. gemma-3-1b-it); "
+            "the multimodal checkpoints are not."
+        )
+    raise ValueError(
+        f"the model in {src} is {architectures or 'of no declared architecture (config.json has no architectures)'}, "
+        f"which the platform's logit verifier does not cover; supported: {sorted(supported)}.{hint} "
+        "Use a model of one of these architectures, or unset BASE_MODEL_PATH for the built-in preset"
+    )
+
+
+def load_chat_tokenizer(model_dir: Path, src: Path) -> Any:
+    """The directory's tokenizer, refused when it is slow or has no chat template."""
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError(
+            f"the tokenizer in {src} has no chat template (none in {_TEMPLATE_FILES}): add one "
+            "(tokenizer.chat_template = ...; tokenizer.save_pretrained) or use the chat (-Instruct / -it) "
+            "version of the model"
+        )
+    if not tokenizer.is_fast:
+        raise ValueError(
+            f"the tokenizer in {src} is not a fast (Rust) tokenizer; loss masks need its offset mappings: "
+            "save it with a tokenizer.json (AutoTokenizer.from_pretrained(..., use_fast=True).save_pretrained)"
+        )
+    return tokenizer
+
+
+def _end_of_turn(tokenizer: Any, name: str, messages: list[dict[str, str]]) -> int | None:
+    """The id the loss mask ends the assistant turn with when it is an added token (the end-of-turn token)."""
+    encoded = encode_conversation(tokenizer, messages)
+    masked = [i for i, m in enumerate(encoded.loss_mask) if m]
+    if not masked:
+        raise ValueError(f"the chat template masks no assistant token in the {name} probe conversation")
+    last = encoded.input_ids[masked[-1]]
+    return last if last in tokenizer.added_tokens_decoder else None
+
+
+def _stop_ids(model_dir: Path, config: Any) -> set[int]:
+    """The token ids that end generation: generation_config.json's eos_token_id, else config.json's."""
+    try:
+        eos = GenerationConfig.from_pretrained(model_dir, local_files_only=True).eos_token_id
+    except OSError:  # no generation_config.json
+        eos = None
+    if eos is None:
+        eos = getattr(config.get_text_config(), "eos_token_id", None)
+    if eos is None:
+        return set()
+    return {int(i) for i in (eos if isinstance(eos, list) else [eos])}
+
+
+def probe_chat_template(tokenizer: Any, src: Path) -> tuple[dict[str, Any], int | None]:
+    """Render and mask each probe; returns the template findings and the end-of-turn id (None: none found).
+
+    Rendering must work: every conversation the platform builds has one of these shapes. A probe the masking
+    code cannot mask exactly is reported, not refused, because the row policy on tokenized_shards decides
+    what happens to such rows.
+    """
+    try:
+        render_conversations(tokenizer, list(PROBES.values()))
+    except MaskError as exc:
+        raise ValueError(
+            f"the chat template in {src} cannot render a probe conversation ({exc}); the platform's "
+            f"conversations have the shapes {list(PROBES)}: fix the template or use another model"
+        ) from exc
+    found: dict[str, int | None] = {}
+    unmasked: dict[str, str] = {}
+    for name, messages in PROBES.items():
+        try:
+            found[name] = _end_of_turn(tokenizer, name, messages)
+        except MaskError as exc:
+            unmasked[name] = str(exc)
+    ids = set(found.values())
+    if len(ids) > 1:
+        raise ValueError(f"the chat template in {src} ends assistant turns with different tokens: {found}")
+    findings: dict[str, Any] = {"probes_rendered": list(PROBES)}
+    if unmasked:
+        findings["probes_not_masked"] = unmasked
+    return findings, next(iter(ids), None)
+
+
+def describe_end_of_turn(tokenizer: Any, eot: int | None, stop_ids: set[int]) -> dict[str, Any]:
+    if eot is None:
+        return {"token": None, "id": None, "stops_generation": False}
+    return {"token": tokenizer.convert_ids_to_tokens(eot), "id": eot, "stops_generation": eot in stop_ids}
+
+
+def check_model_dir(model_dir: Path, config: Any, src: Path) -> dict[str, Any]:
+    """The findings on the tokenizer side of ``model_dir`` (a snapshot of ``src``), as model card fields.
+
+    ValueError with what is missing and what to do when the model cannot be trained here. The architecture
+    is checked apart (``check_architecture``) because it needs only config.json, before anything is copied.
+    """
+    tokenizer = load_chat_tokenizer(model_dir, src)
+    template, eot = probe_chat_template(tokenizer, src)
+    padding = read_vocab_padding(model_dir) or vocab_padding(config, tokenizer)
+    return {
+        "vocab_size": len(tokenizer),
+        "chat_template": template,
+        "end_of_turn": describe_end_of_turn(tokenizer, eot, _stop_ids(model_dir, config)),
+        "vocab_padding": padding.to_dict(),
+    }
+
+
+def warnings_for(card: dict[str, Any]) -> list[str]:
+    """Findings that do not stop the import but that a user should read before training."""
+    out = []
+    eot = card.get("end_of_turn") or {}
+    if eot.get("id") is None:
+        out.append(
+            "no end-of-turn token found after the assistant's content in the probe conversations: "
+            "the model will not learn where a reply ends"
+        )
+    elif not eot.get("stops_generation"):
+        out.append(
+            f"the end-of-turn token {eot['token']!r} is not an eos_token_id of the generation config: generation "
+            "will run past the end of a reply; add its id to eos_token_id in generation_config.json"
+        )
+    for name, error in (card.get("chat_template") or {}).get("probes_not_masked", {}).items():
+        out.append(f"the {name} probe gets no exact loss mask ({error}); see the row policy of tokenized_shards")
+    return out

@@ -1,0 +1,175 @@
+"""What importing a local Hugging Face model directory checks and reports (core.model_checks via import_local_model).
+
+The directories are tiny Llama and Qwen3 models built offline from transformers' config classes, with tokenizers
+trained here, so every check runs on the same kind of files `huggingface-cli download` leaves behind.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from support.masking_fixtures import tokenizer_for
+from transformers import (
+    AutoTokenizer,
+    GenerationConfig,
+    LlamaConfig,
+    LlamaForCausalLM,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+)
+
+from core.base_model import import_local_model, read_model_card
+from core.model_checks import PROBES, supported_architectures
+from core.vocab import add_tokens, padded_size, save_vocab_padding
+
+
+def _save_model_dir(out: Path, kind: str, template: str = "chatml", rows: int | None = None, tokenizer=None) -> Path:
+    """A save_pretrained directory of a tiny `kind` model whose embedding has `rows` rows (default: the tokenizer's)."""
+    tokenizer = tokenizer if tokenizer is not None else copy.deepcopy(tokenizer_for(template))
+    common = dict(
+        vocab_size=rows or len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=128,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(0)
+    model = (
+        LlamaForCausalLM(LlamaConfig(**common))
+        if kind == "llama"
+        else Qwen3ForCausalLM(Qwen3Config(head_dim=16, **common))
+    )
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def _import(src: Path, tmp_path: Path) -> dict:
+    out = tmp_path / f"out-{src.name}"
+    out.mkdir()
+    card = import_local_model(src, out)
+    assert read_model_card(out) == card
+    return card
+
+
+@pytest.mark.parametrize(
+    ("kind", "template", "eot"), [("llama", "chatml", "<|im_end|>"), ("qwen3", "header", "<|eot_id|>")]
+)
+def test_import_reports_family_template_end_of_turn_and_padding(
+    kind: str, template: str, eot: str, tmp_path: Path
+) -> None:
+    tokenizer = copy.deepcopy(tokenizer_for(template))
+    rows = padded_size(len(tokenizer))
+    src = _save_model_dir(tmp_path / kind, kind, template, rows=rows, tokenizer=tokenizer)
+    card = _import(src, tmp_path)
+    assert card["family"] == kind and card["architecture"] == f"{'Llama' if kind == 'llama' else 'Qwen3'}ForCausalLM"
+    assert card["chat_template"] == {"probes_rendered": list(PROBES)}
+    assert card["end_of_turn"] == {"token": eot, "id": tokenizer.convert_tokens_to_ids(eot), "stops_generation": True}
+    assert card["vocab_padding"] == {
+        "real_vocab_size": len(tokenizer),
+        "embedding_rows": rows,
+        "multiple": 64,
+        "padding_rows": rows - len(tokenizer),
+        "aligned": True,
+    }
+    assert card["vocab_size"] == len(tokenizer)
+    assert card["warnings"] == []
+
+
+def test_import_reads_the_padding_recorded_when_tokens_were_added(tmp_path: Path) -> None:
+    tokenizer = copy.deepcopy(tokenizer_for("chatml"))
+    src = _save_model_dir(tmp_path / "grown", "qwen3", tokenizer=tokenizer)
+    model = Qwen3ForCausalLM.from_pretrained(src)
+    padding = add_tokens(model, tokenizer, ["<item_1>", "<item_2>"], special=True)
+    model.save_pretrained(src)
+    tokenizer.save_pretrained(src)
+    save_vocab_padding(src, padding)
+    card = _import(src, tmp_path)
+    assert card["vocab_padding"] == padding.to_dict() and padding.aligned and padding.padding_rows > 0
+    assert GenerationConfig.from_pretrained(tmp_path / "out-grown").suppress_tokens == padding.padding_ids
+
+
+def test_an_unsupported_architecture_is_named_with_the_supported_ones(tmp_path: Path) -> None:
+    src = _save_model_dir(tmp_path / "other", "llama")
+    config = json.loads((src / "config.json").read_text())
+    config["architectures"] = ["MistralForCausalLM"]
+    (src / "config.json").write_text(json.dumps(config))
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match=r"\['MistralForCausalLM'\].*not cover.*Qwen3ForCausalLM"):
+        import_local_model(src, out)
+    assert not out.exists()  # refused before a byte was copied
+    config["architectures"] = ["Gemma3ForConditionalGeneration"]
+    (src / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"Gemma3ForCausalLM, e\.g\. gemma-3-1b-it"):
+        import_local_model(src, out)
+    assert {"LlamaForCausalLM", "Qwen3ForCausalLM", "Gemma3ForCausalLM"} <= set(supported_architectures())
+
+
+def _with_template(src: Path, template: str) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(src)
+    tokenizer.chat_template = template
+    for leftover in src.glob("chat_template*"):
+        leftover.unlink()
+    tokenizer.save_pretrained(src)
+
+
+def test_a_template_that_refuses_a_system_message_is_refused(tmp_path: Path) -> None:
+    src = _save_model_dir(tmp_path / "nosys", "llama")
+    _with_template(
+        src,
+        "{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
+        "{% endif %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}",
+    )
+    with pytest.raises(ValueError, match=r"cannot render a probe conversation.*System role not supported"):
+        import_local_model(src, tmp_path / "out")
+
+
+def test_a_missing_chat_template_says_where_one_goes(tmp_path: Path) -> None:
+    src = _save_model_dir(tmp_path / "base", "llama")
+    _with_template(src, "")
+    config = json.loads((src / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (src / "tokenizer_config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"no chat template \(none in tokenizer_config.json.*-Instruct"):
+        import_local_model(src, tmp_path / "out")
+
+
+def test_a_template_without_an_end_of_turn_token_is_imported_with_a_warning(tmp_path: Path) -> None:
+    src = _save_model_dir(tmp_path / "plain", "llama")
+    _with_template(
+        src,
+        "{% for m in messages %}{{ m['role'] + ': ' + m['content'] + '\\n' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ 'assistant: ' }}{% endif %}",
+    )
+    card = _import(src, tmp_path)
+    assert card["end_of_turn"] == {"token": None, "id": None, "stops_generation": False}
+    assert any("no end-of-turn token found" in w for w in card["warnings"])
+
+
+def test_an_end_of_turn_token_that_does_not_stop_generation_is_a_warning(tmp_path: Path) -> None:
+    src = _save_model_dir(tmp_path / "nostop", "llama")
+    generation = GenerationConfig.from_pretrained(src)
+    generation.eos_token_id = 0
+    generation.save_pretrained(src)
+    card = _import(src, tmp_path)
+    assert card["end_of_turn"]["token"] == "<|im_end|>" and not card["end_of_turn"]["stops_generation"]
+    assert any("is not an eos_token_id of the generation config" in w for w in card["warnings"])
+
+
+def test_a_tokenizer_larger_than_the_embedding_is_refused(tmp_path: Path) -> None:
+    tokenizer = copy.deepcopy(tokenizer_for("chatml"))
+    src = _save_model_dir(tmp_path / "short", "llama", tokenizer=tokenizer)
+    tokenizer.add_tokens(["<item_1>"])
+    tokenizer.save_pretrained(src)
+    with pytest.raises(ValueError, match="without resizing the model"):
+        import_local_model(src, tmp_path / "out")
