@@ -35,11 +35,19 @@ from training.config import ConfigError, TrainConfig, load_config
 from training.data import PackedLoader, load_corpus, rank_indices
 from training.distributed import DistContext, init_distributed, shutdown, wrap_model
 from training.export import save_final_model
-from training.loss import StepLoss, accumulate_gradients
+from training.loss import LossSettings, StepLoss, accumulate_gradients, loss_settings
 from training.metrics import Throughput, peak_flops
 from training.reporting import Reporter
 from training.state import TrainerState
-from training.summary import PackingTotals, RunFacts, build_summary, cpu_kernels_used, pipes_metadata, write_summary
+from training.summary import (
+    ExpertTotals,
+    PackingTotals,
+    RunFacts,
+    build_summary,
+    cpu_kernels_used,
+    pipes_metadata,
+    write_summary,
+)
 
 
 def lr_factor(step: int, cfg: TrainConfig) -> float:
@@ -105,6 +113,13 @@ def load_model(cfg: TrainConfig, ctx: DistContext) -> torch.nn.Module:
     return model.to(ctx.device).train()
 
 
+def tokenizer_length(cfg: TrainConfig) -> int:
+    """len(tokenizer): the real vocabulary; embedding rows past it are padding (training/loss.py)."""
+    from transformers import AutoTokenizer
+
+    return len(AutoTokenizer.from_pretrained(cfg.base_model_dir, local_files_only=True))
+
+
 def load_data(cfg: TrainConfig, ctx: DistContext, model_config: Any) -> tuple[PackedLoader, dict[str, Any]]:
     """This rank's packed loader, plus what summary.json records about the data."""
     tok_fp = tokenizer_fingerprint(Path(cfg.base_model_dir))
@@ -137,9 +152,10 @@ def optimizer_step(
     ctx: DistContext,
     autocast: AbstractContextManager | None,
     cfg: TrainConfig,
+    settings: LossSettings | None = None,
 ) -> tuple[StepLoss, float, float]:
     """One optimizer step over the micro-batches; returns (loss, pre-clip grad norm, lr used)."""
-    step_loss = accumulate_gradients(model, micro_batches, ctx, autocast)
+    step_loss = accumulate_gradients(model, micro_batches, ctx, autocast, settings)
     max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
     grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
@@ -163,6 +179,8 @@ class SFTRecipe:
     compiled: bool
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
+    loss_settings: LossSettings  # chunked head, vocabulary padding, MoE aux loss
+    experts: ExpertTotals | None  # MoE runs only
 
     def __init__(self, cfg: TrainConfig, ctx: DistContext, reporter: Reporter) -> None:
         self.cfg, self.ctx, self.reporter = cfg, ctx, reporter
@@ -187,6 +205,8 @@ class SFTRecipe:
         model = load_model(cfg, ctx)  # first: its vocabulary and pad id validate the data
         self.parameters = sum(p.numel() for p in model.parameters())
         self.loader, self.data_info = load_data(cfg, ctx, model.config)
+        fsdp = cfg.distributed == "fsdp2"
+        self.loss_settings = loss_settings(cfg.loss_chunking, model.config, tokenizer_length(cfg), fsdp=fsdp)
         self.dtype = compute_dtype(cfg, ctx)
         fsdp_mixed = cfg.distributed == "fsdp2" and self.dtype != torch.float32  # FSDP2 casts params itself
         self.model = wrap_model(model, ctx, cfg.distributed, param_dtype=self.dtype if fsdp_mixed else None)
@@ -197,6 +217,7 @@ class SFTRecipe:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, cfg))
         if resume:
             self._resume()
+        self.experts = ExpertTotals(since_step=self.state.step) if self.loss_settings.router_top_k else None
 
         self.reporter.info(
             f"training {self.parameters:,} parameters on {ctx.world_size} process(es) ({ctx.device.type}, "
@@ -229,13 +250,22 @@ class SFTRecipe:
             started = time.perf_counter()
             micro_batches = [self.loader.next_batch() for _ in range(cfg.grad_accum_steps)]
             loss, grad_norm, lr = optimizer_step(
-                self.model, self.optimizer, self.scheduler, micro_batches, self.ctx, self.autocast, cfg
+                self.model,
+                self.optimizer,
+                self.scheduler,
+                micro_batches,
+                self.ctx,
+                self.autocast,
+                cfg,
+                self.loss_settings,
             )
             seconds = time.perf_counter() - started
             if not math.isfinite(loss.mean_loss):
                 raise FloatingPointError(f"loss became {loss.mean_loss} at step {self.state.step + 1}; lower lr")
             self.state.record(loss, lr)
             self.throughput.record(loss.tokens, seconds)
+            if self.experts is not None:
+                self.experts.record(loss)
 
             last = self.state.step == cfg.max_steps
             if self.state.step % cfg.log_every == 0 or last:
@@ -283,6 +313,8 @@ class SFTRecipe:
             peak_flops=peak,
             peak_flops_source=peak_source,
             data_info=self.data_info,
+            loss=self.loss_settings,
+            experts=self.experts,
         )
         weights = sha256_file(self.output_dir / "model.safetensors")
         summary = build_summary(self.cfg, self.ctx, self.state, self.throughput, packing, facts, weights)

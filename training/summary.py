@@ -7,7 +7,7 @@ to Dagster Pipes as the trained checkpoint's materialization metadata (pipes_met
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from training.config import TrainConfig
 from training.cpu.kernels import kernels_in_use
 from training.data import LoaderState
 from training.distributed import DistContext, unwrap
+from training.loss import LossSettings, StepLoss
 from training.metrics import Throughput, mfu_estimate
 from training.state import TrainerState
 
@@ -63,6 +64,50 @@ class RunFacts:
     peak_flops: float
     peak_flops_source: str
     data_info: dict[str, Any]  # conversations, data (shard fingerprints), tokenizer_fingerprint
+    loss: LossSettings = field(default_factory=LossSettings)
+    experts: ExpertTotals | None = None  # MoE runs only
+
+
+@dataclass
+class ExpertTotals:
+    """Top-k assignments of non-pad tokens to each expert of each MoE layer, summed over ranks and steps.
+
+    Counted by this process since it started (`since_step`): a resumed run counts from its resume step,
+    the counts are not part of the checkpoint.
+    """
+
+    since_step: int
+    per_layer: list[list[int]] | None = None
+    router_aux_last: float | None = None
+
+    def record(self, step: StepLoss) -> None:
+        if step.expert_tokens is None:
+            return
+        if self.per_layer is None:
+            self.per_layer = [list(layer) for layer in step.expert_tokens]
+        else:
+            for totals, counts in zip(self.per_layer, step.expert_tokens, strict=True):
+                totals[:] = [a + b for a, b in zip(totals, counts, strict=True)]
+        self.router_aux_last = step.router_aux
+
+    def to_summary(self, settings: LossSettings) -> dict[str, Any]:
+        layers = self.per_layer or []
+        per_expert = [sum(column) for column in zip(*layers, strict=True)] if layers else []
+        total = sum(per_expert)
+        return {
+            "top_k": settings.router_top_k,
+            "router_aux_loss_coef": settings.router_aux_coef,  # 0: the config does not ask for the aux loss
+            "router_aux_loss_last": self.router_aux_last,
+            "since_step": self.since_step,
+            "expert_tokens": per_expert,
+            "expert_tokens_per_layer": layers,
+            "expert_load_max_over_mean": max(per_expert) * len(per_expert) / total if total else None,
+        }
+
+
+def loss_summary(settings: LossSettings) -> dict[str, Any]:
+    """How the loss was computed: chunked head or full logits, and the vocabulary the softmax covered."""
+    return {"chunked": settings.chunked, "real_vocab_size": settings.real_vocab_size}
 
 
 def cpu_kernels_used(model: torch.nn.Module, cfg: TrainConfig, ctx: DistContext, dtype: torch.dtype) -> list[str]:
@@ -114,6 +159,8 @@ def build_summary(
         "weights_sha256": weights_sha256,
         "resumed_from": state.resumed_from,
         "loss_curve": state.loss_curve,
+        "loss": loss_summary(facts.loss),
+        **({"moe": facts.experts.to_summary(facts.loss)} if facts.experts is not None else {}),
         "config": cfg.to_dict(),
     }
 
@@ -147,4 +194,10 @@ def pipes_metadata(summary: dict[str, Any], output_dir: Path) -> dict[str, Any]:
     meta["loss_curve"] = {"raw_value": summary["loss_curve"], "type": "json"}
     meta["data"] = {"raw_value": summary["data"], "type": "json"}
     meta["conversations"] = {"raw_value": summary["conversations"], "type": "json"}
+    meta["loss_chunked"] = summary["loss"]["chunked"]
+    if "moe" in summary:
+        meta["expert_tokens"] = {"raw_value": summary["moe"], "type": "json"}
+        balance = summary["moe"]["expert_load_max_over_mean"]
+        if balance is not None:
+            meta["expert_load_max_over_mean"] = balance
     return meta
