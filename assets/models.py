@@ -68,7 +68,12 @@ def base_model(
     with artifacts.new_version("base_model", leftovers=leftovers) as (version, tmp):
         if config.local_path:
             card = import_local_model(config.local_path, tmp)
-            context.log.info(f"imported local model {config.local_path}")
+            context.log.info(
+                f"imported local model {config.local_path}: {card['architecture']} ({card['family']} family), "
+                f"end of turn {card['end_of_turn']}, vocabulary {card['vocab_padding']}"
+            )
+            for warning in card["warnings"]:
+                context.log.warning(warning)
         else:
             texts = training_texts(warehouse)
             if not texts:
@@ -92,6 +97,9 @@ def base_model(
         meta["parameters"] = dg.MetadataValue.int(card["parameters"])
     if "preset" in card:
         meta["preset"] = dg.MetadataValue.json(card["preset"])
+    for finding in ("chat_template", "end_of_turn", "vocab_padding", "warnings"):  # what an import checked
+        if finding in card:
+            meta[finding] = dg.MetadataValue.json(card[finding])
     return dg.MaterializeResult(
         metadata=meta, data_version=dg.DataVersion(card["tokenizer_fingerprint"][:16] + version)
     )

@@ -1,0 +1,64 @@
+"""The base_model asset imports a local model directory and shows what the import checked in its metadata."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import torch
+from dagster._core.storage.defs_state.base import set_defs_state_storage
+from support.masking_fixtures import tokenizer_for
+from transformers import Qwen3Config, Qwen3ForCausalLM
+
+from assets.models import BaseModelConfig, base_model
+from core.vocab import padded_size
+from resources.artifacts import ArtifactStore
+from resources.warehouse import DuckDBWarehouse
+
+
+@pytest.fixture(autouse=True)
+def _no_stale_defs_state_storage():
+    with set_defs_state_storage(None):
+        yield
+
+
+def _qwen3_dir(out: Path) -> Path:
+    tokenizer = copy.deepcopy(tokenizer_for("chatml"))
+    torch.manual_seed(0)
+    config = Qwen3Config(
+        vocab_size=padded_size(len(tokenizer)),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    Qwen3ForCausalLM(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+@pytest.mark.slow
+def test_import_findings_reach_the_asset_metadata(tmp_path: Path) -> None:
+    src = _qwen3_dir(tmp_path / "Qwen3-tiny")
+    result = dg.materialize(
+        [base_model],
+        resources={
+            "warehouse": DuckDBWarehouse(path=str(tmp_path / "w.duckdb")),
+            "artifacts": ArtifactStore(root=str(tmp_path / "artifacts")),
+        },
+        run_config=dg.RunConfig({"base_model": BaseModelConfig(local_path=str(src))}),
+        instance=dg.DagsterInstance.ephemeral(),
+    )
+    assert result.success
+    (materialization,) = result.asset_materializations_for_node("base_model")
+    meta = {k: v.value for k, v in materialization.metadata.items()}
+    assert meta["source"] == "local" and meta["architecture"] == "Qwen3ForCausalLM"
+    assert meta["end_of_turn"] == {"token": "<|im_end|>", "id": 2, "stops_generation": True}
+    assert meta["vocab_padding"]["embedding_rows"] == padded_size(meta["vocab_size"])
+    assert meta["chat_template"]["probes_rendered"] == ["system/user/assistant", "user/assistant"]
+    assert meta["warnings"] == []
