@@ -23,7 +23,7 @@ from typing import Any
 from transformers import AutoTokenizer, GenerationConfig
 
 from core.masking import MaskError, encode_conversation, render_conversations
-from core.vocab import read_vocab_padding, vocab_padding
+from core.vocab import VocabPadding, embedding_rows, read_vocab_padding, vocab_padding
 
 PROBE_ANSWER = "You might enjoy Quiet Rivers (2004), a drama about two sisters."
 PROBES: dict[str, list[dict[str, str]]] = {
@@ -108,15 +108,16 @@ def _stop_ids(model_dir: Path, config: Any) -> set[int]:
     return {int(i) for i in (eos if isinstance(eos, list) else [eos])}
 
 
-def probe_chat_template(tokenizer: Any, src: Path) -> tuple[dict[str, Any], int | None]:
-    """Render and mask each probe; returns the template findings and the end-of-turn id (None: none found).
+def probe_chat_template(tokenizer: Any, src: Path) -> tuple[dict[str, Any], int | None, set[int]]:
+    """Render and mask each probe; returns the template findings, the end-of-turn id (None: none found) and
+    every id the renderings tokenize to.
 
     Rendering must work: every conversation the platform builds has one of these shapes. A probe the masking
     code cannot mask exactly is reported, not refused, because the row policy on tokenized_shards decides
     what happens to such rows.
     """
     try:
-        render_conversations(tokenizer, list(PROBES.values()))
+        renderings = render_conversations(tokenizer, list(PROBES.values()))
     except MaskError as exc:
         raise ValueError(
             f"the chat template in {src} cannot render a probe conversation ({exc}); the platform's "
@@ -135,7 +136,31 @@ def probe_chat_template(tokenizer: Any, src: Path) -> tuple[dict[str, Any], int 
     findings: dict[str, Any] = {"probes_rendered": list(PROBES)}
     if unmasked:
         findings["probes_not_masked"] = unmasked
-    return findings, next(iter(ids), None)
+    rendered_ids = {i for text in renderings for i in tokenizer(text, add_special_tokens=False)["input_ids"]}
+    return findings, next(iter(ids), None), rendered_ids
+
+
+def check_vocabulary(config: Any, tokenizer: Any, rendered_ids: set[int]) -> tuple[VocabPadding, list[str]]:
+    """The padding rows past the tokenizer's ids, and the tokens whose ids lie past the embedding.
+
+    Some releases ship a tokenizer with a few more special tokens than the text model has rows (multimodal
+    placeholders such as an image token). They are harmless while the chat template never emits them: content
+    that spells a special token is encoded as plain text. Any other token past the embedding is refused.
+    """
+    rows, real = embedding_rows(config), len(tokenizer)
+    if real <= rows:
+        return vocab_padding(config, tokenizer), []
+    past = range(rows, real)
+    special = {i for i, tok in tokenizer.added_tokens_decoder.items() if tok.special}
+    if any(i not in special for i in past):
+        vocab_padding(config, tokenizer)  # raises, naming the mismatch
+    emitted = sorted(rendered_ids.intersection(past))
+    if emitted:
+        raise ValueError(
+            f"the chat template emits {tokenizer.convert_ids_to_tokens(emitted)}, whose ids are past the model's "
+            f"{rows} embedding rows: resize the model (core.vocab.add_tokens) or fix the template"
+        )
+    return VocabPadding(real_vocab_size=rows, embedding_rows=rows), tokenizer.convert_ids_to_tokens(list(past))
 
 
 def describe_end_of_turn(tokenizer: Any, eot: int | None, stop_ids: set[int]) -> dict[str, Any]:
@@ -151,14 +176,18 @@ def check_model_dir(model_dir: Path, config: Any, src: Path) -> dict[str, Any]:
     is checked apart (``check_architecture``) because it needs only config.json, before anything is copied.
     """
     tokenizer = load_chat_tokenizer(model_dir, src)
-    template, eot = probe_chat_template(tokenizer, src)
-    padding = read_vocab_padding(model_dir) or vocab_padding(config, tokenizer)
-    return {
+    template, eot, rendered_ids = probe_chat_template(tokenizer, src)
+    padding, unembedded = check_vocabulary(config, tokenizer, rendered_ids)
+    padding = read_vocab_padding(model_dir) or padding
+    findings = {
         "vocab_size": len(tokenizer),
         "chat_template": template,
         "end_of_turn": describe_end_of_turn(tokenizer, eot, _stop_ids(model_dir, config)),
         "vocab_padding": padding.to_dict(),
     }
+    if unembedded:
+        findings["tokens_without_embedding"] = unembedded
+    return findings
 
 
 def warnings_for(card: dict[str, Any]) -> list[str]:
@@ -174,6 +203,12 @@ def warnings_for(card: dict[str, Any]) -> list[str]:
         out.append(
             f"the end-of-turn token {eot['token']!r} is not an eos_token_id of the generation config: generation "
             "will run past the end of a reply; add its id to eos_token_id in generation_config.json"
+        )
+    if card.get("tokens_without_embedding"):
+        out.append(
+            f"the tokenizer's special tokens {card['tokens_without_embedding']} have ids past the model's "
+            f"{card['vocab_padding']['embedding_rows']} embedding rows; the chat template never emits them, "
+            "so training is unaffected, but do not add them to prompts"
         )
     for name, error in (card.get("chat_template") or {}).get("probes_not_masked", {}).items():
         out.append(f"the {name} probe gets no exact loss mask ({error}); see the row policy of tokenized_shards")

@@ -173,3 +173,20 @@ def test_a_tokenizer_larger_than_the_embedding_is_refused(tmp_path: Path) -> Non
     tokenizer.save_pretrained(src)
     with pytest.raises(ValueError, match="without resizing the model"):
         import_local_model(src, tmp_path / "out")
+
+
+def test_special_tokens_past_the_embedding_are_tolerated_while_the_template_never_emits_them(tmp_path: Path) -> None:
+    """Some releases ship a multimodal placeholder (an image token) one id past the text model's rows."""
+    tokenizer = copy.deepcopy(tokenizer_for("chatml"))
+    rows = len(tokenizer)
+    src = _save_model_dir(tmp_path / "extra", "llama", tokenizer=tokenizer)
+    tokenizer.add_tokens(["<image_soft_token>"], special_tokens=True)
+    tokenizer.save_pretrained(src)
+    card = _import(src, tmp_path)
+    assert card["tokens_without_embedding"] == ["<image_soft_token>"]
+    assert card["vocab_padding"]["real_vocab_size"] == card["vocab_padding"]["embedding_rows"] == rows
+    assert any("past the model's" in w for w in card["warnings"])
+
+    _with_template(src, "{{ '<image_soft_token>' }}" + tokenizer.chat_template)
+    with pytest.raises(ValueError, match=r"emits \['<image_soft_token>'\], whose ids are past"):
+        import_local_model(src, tmp_path / "out2")
