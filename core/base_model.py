@@ -24,6 +24,7 @@ from transformers.utils import logging as hf_logging
 from core.chat_templates import TEMPLATES
 from core.model_checks import check_architecture, check_model_dir, warnings_for
 from core.tokenizer_training import tokenizer_fingerprint, train_bpe_tokenizer
+from core.vocab import suppress_padding_in_dir
 
 MODEL_CARD = "base_model.json"
 
@@ -158,11 +159,13 @@ def import_local_model(src: Path, out_dir: Path) -> dict:
     """Snapshot a local HF model directory into the artifact version and check it; returns the model card.
 
     The copy is a byte copy, never a hard link, and refuses a file that changes while it is copied (a torn
-    snapshot of half-old weights must not become a version). The architecture is checked from config.json
-    before anything is copied; the tokenizer, chat template, end-of-turn token and vocabulary padding are
-    checked on the copy (core.model_checks), so the findings describe exactly the files the version holds.
-    A model the platform cannot train fails here with a message naming what is missing, instead of deep
-    inside tokenization or training.
+    snapshot of half-old weights must not become a version). One file may then differ from the source: when
+    the embedding has padding rows that generation_config.json does not suppress, the copy's does.
+
+    The architecture is checked from config.json before anything is copied; the tokenizer, chat template,
+    end-of-turn token and vocabulary padding are checked on the copy (core.model_checks), so the findings
+    describe exactly the files the version holds. A model the platform cannot train fails here with a
+    message naming what is missing, instead of deep inside tokenization or training.
     """
     src = Path(src).expanduser().resolve()
     if not (src / "config.json").is_file():
@@ -173,12 +176,14 @@ def import_local_model(src: Path, out_dir: Path) -> dict:
     config = AutoConfig.from_pretrained(src, local_files_only=True)
     family = check_architecture(config, src)
     _snapshot(src, out_dir)
+    findings, padding = check_model_dir(out_dir, config, src)
     card = {
         "source": "local",
         "source_path": str(src),
         "architecture": (config.architectures or ["unknown"])[0],
         "family": family,
-        **check_model_dir(out_dir, config, src),
+        **findings,
+        "padding_suppression_written": suppress_padding_in_dir(out_dir, config, padding),
         "tokenizer_fingerprint": tokenizer_fingerprint(out_dir),
     }
     card["warnings"] = warnings_for(card)

@@ -169,8 +169,9 @@ def describe_end_of_turn(tokenizer: Any, eot: int | None, stop_ids: set[int]) ->
     return {"token": tokenizer.convert_ids_to_tokens(eot), "id": eot, "stops_generation": eot in stop_ids}
 
 
-def check_model_dir(model_dir: Path, config: Any, src: Path) -> dict[str, Any]:
-    """The findings on the tokenizer side of ``model_dir`` (a snapshot of ``src``), as model card fields.
+def check_model_dir(model_dir: Path, config: Any, src: Path) -> tuple[dict[str, Any], VocabPadding]:
+    """The findings on the tokenizer side of ``model_dir`` (a snapshot of ``src``), as model card fields, and
+    its vocabulary padding.
 
     ValueError with what is missing and what to do when the model cannot be trained here. The architecture
     is checked apart (``check_architecture``) because it needs only config.json, before anything is copied.
@@ -187,7 +188,7 @@ def check_model_dir(model_dir: Path, config: Any, src: Path) -> dict[str, Any]:
     }
     if unembedded:
         findings["tokens_without_embedding"] = unembedded
-    return findings
+    return findings, padding
 
 
 def warnings_for(card: dict[str, Any]) -> list[str]:

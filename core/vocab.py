@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import GenerationConfig
 
 PAD_MULTIPLE = 64
 VOCAB_PADDING_FILE = "vocab_padding.json"
@@ -86,13 +87,37 @@ def _initialise_rows_at_mean(weight: torch.Tensor, real_rows: int) -> None:
         weight[real_rows:] = weight[:real_rows].mean(dim=0, keepdim=True)
 
 
-def suppress_padding(model: Any, padding: VocabPadding) -> None:
-    """Make ``generate`` give padding ids no probability, keeping any ids the model already suppresses."""
-    generation_config = getattr(model, "generation_config", None)
-    if generation_config is None:
-        return
-    keep = [i for i in (generation_config.suppress_tokens or []) if i < padding.real_vocab_size]
+def _suppress(generation_config: GenerationConfig, padding: VocabPadding) -> bool:
+    """Add the padding ids to ``suppress_tokens``, keeping ids the config already suppresses; True if it changed."""
+    before = list(generation_config.suppress_tokens or [])
+    keep = [i for i in before if i < padding.real_vocab_size]
     generation_config.suppress_tokens = sorted(set(keep) | set(padding.padding_ids)) or None
+    return list(generation_config.suppress_tokens or []) != before
+
+
+def suppress_padding(model: Any, padding: VocabPadding) -> None:
+    """Make ``generate`` give padding ids no probability."""
+    generation_config = getattr(model, "generation_config", None)
+    if generation_config is not None:
+        _suppress(generation_config, padding)
+
+
+def suppress_padding_in_dir(model_dir: Path, config: Any, padding: VocabPadding) -> bool:
+    """Write the padding suppression into a saved model's generation_config.json; True when the file changed.
+
+    For directories that come padded already (Qwen3's 151,936 rows hold 151,669 tokens): their padding rows
+    carry whatever the checkpoint left there, and only suppression keeps generation from sampling them.
+    """
+    if not padding.padding_rows:
+        return False
+    try:
+        generation_config = GenerationConfig.from_pretrained(model_dir, local_files_only=True)
+    except OSError:  # no generation_config.json: start from the model config, as from_pretrained would
+        generation_config = GenerationConfig.from_model_config(config)
+    if not _suppress(generation_config, padding):
+        return False
+    generation_config.save_pretrained(model_dir)
+    return True
 
 
 def add_tokens(

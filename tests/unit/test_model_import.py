@@ -83,6 +83,11 @@ def test_import_reports_family_template_end_of_turn_and_padding(
     }
     assert card["vocab_size"] == len(tokenizer)
     assert card["warnings"] == []
+    # Padding rows the checkpoint brought are suppressed in the copy's generation config, not the user's.
+    assert card["padding_suppression_written"] == (rows > len(tokenizer))
+    copied = GenerationConfig.from_pretrained(tmp_path / f"out-{src.name}").suppress_tokens
+    assert copied == (list(range(len(tokenizer), rows)) or None)
+    assert GenerationConfig.from_pretrained(src).suppress_tokens is None
 
 
 def test_import_reads_the_padding_recorded_when_tokens_were_added(tmp_path: Path) -> None:
@@ -95,6 +100,7 @@ def test_import_reads_the_padding_recorded_when_tokens_were_added(tmp_path: Path
     save_vocab_padding(src, padding)
     card = _import(src, tmp_path)
     assert card["vocab_padding"] == padding.to_dict() and padding.aligned and padding.padding_rows > 0
+    assert card["padding_suppression_written"] is False  # add_tokens saved it already
     assert GenerationConfig.from_pretrained(tmp_path / "out-grown").suppress_tokens == padding.padding_ids
 
 
@@ -164,6 +170,10 @@ def test_an_end_of_turn_token_that_does_not_stop_generation_is_a_warning(tmp_pat
     card = _import(src, tmp_path)
     assert card["end_of_turn"]["token"] == "<|im_end|>" and not card["end_of_turn"]["stops_generation"]
     assert any("is not an eos_token_id of the generation config" in w for w in card["warnings"])
+    assert card["padding_suppression_written"] is False  # no padding rows: generation_config.json is the user's
+    assert (tmp_path / "out-nostop" / "generation_config.json").read_bytes() == (
+        src / "generation_config.json"
+    ).read_bytes()
 
 
 def test_a_tokenizer_larger_than_the_embedding_is_refused(tmp_path: Path) -> None:
