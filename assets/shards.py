@@ -20,6 +20,10 @@ from resources.warehouse import DuckDBWarehouse
 class TokenizeConfig(dg.Config):
     max_length: int = 2048
     overlong: Literal["quarantine", "truncate"] = "quarantine"
+    # For conversations the chat template rewrites (e.g. strips earlier reasoning); templates that
+    # never do (ChatML) are unaffected. expand: one example per assistant turn, as written;
+    # as_rendered: masked as the full rendering shows it; quarantine: rejected (turn_rewritten).
+    rewrite_policy: Literal["expand", "as_rendered", "quarantine"] = "expand"
     rows_per_file: int = 20_000
     serving_check_rows: int = 2_000  # rows sampled for the train/serve check; 0 = every row
     serving_check_turns: int = 16  # assistant turns checked per sampled row (first, last, evenly spaced); 0 = all
@@ -44,13 +48,14 @@ def _check(name: str, passed: bool, **metadata: object) -> dg.AssetCheckResult:
             "exact_masks",
             asset="tokenized_shards",
             blocking=True,
-            description="masked tokens decode to the assistant contents + end-of-turn, in order",
+            description="masked tokens decode to the assistant contents + end-of-turn, in order (expand: the "
+            "example's one turn; as_rendered: the turn as the full rendering shows it)",
         ),
         dg.AssetCheckSpec(
             "train_serve_consistency",
             asset="tokenized_shards",
             blocking=True,
-            description="tokens before each assistant turn == the serving prompt",
+            description="tokens before each assistant turn == the serving prompt (expand: before the example's turn)",
         ),
         dg.AssetCheckSpec("manifest_checksums", asset="tokenized_shards", blocking=True),
         dg.AssetCheckSpec("tokenizer_fingerprint_recorded", asset="tokenized_shards", blocking=True),
@@ -69,7 +74,14 @@ def tokenized_shards(
     curated = warehouse.read_table("curated.conversations", "day = ?", [day])
     if curated.height == 0:
         context.log.warning(f"curated.conversations has no rows for {day}; writing empty shards")
-    result = tokenize_conversations(tokenizer, curated, day, max_length=config.max_length, overlong=config.overlong)
+    result = tokenize_conversations(
+        tokenizer,
+        curated,
+        day,
+        max_length=config.max_length,
+        overlong=config.overlong,
+        rewrite_policy=config.rewrite_policy,
+    )
     source_version = curated_fingerprint(curated)
     with artifacts.new_version("tokenized_shards", context.partition_key) as (version, tmp):
         write_shard_directory(
@@ -84,6 +96,8 @@ def tokenized_shards(
                 "base_model": str(model_dir),
                 "max_length": config.max_length,
                 "overlong": config.overlong,
+                "rewrite_policy": config.rewrite_policy,
+                "conversations_by_outcome": result.counts,
                 "quarantined": counts_by(result.quarantine, "reason"),
                 "truncated": result.truncated,
             },
@@ -116,6 +130,12 @@ def tokenized_shards(
             "conversations_per_second": curated.height / seconds,
             "tokenize_seconds": result.seconds,
             "truncated": result.truncated,
+            "rewrite_policy": config.rewrite_policy,
+            "conversations_kept": result.counts["kept"],
+            "conversations_expanded": result.counts["expanded"],
+            "expanded_examples": result.counts["expanded_examples"],
+            "conversations_as_rendered": result.counts["as_rendered"],
+            "conversations_quarantined": result.counts["quarantined"],
             "tokenizer_fingerprint": fingerprint,
             "base_model": dg.MetadataValue.path(str(model_dir)),
             "source_data_version": source_version,
@@ -127,6 +147,7 @@ def tokenized_shards(
                 "exact_masks",
                 not masks.failures,
                 rows_checked=masks.rows_checked,
+                rewrite_policy=config.rewrite_policy,
                 failures=len(masks.failures),
                 first_failures=dg.MetadataValue.json(masks.failures[:5]),
             ),
@@ -135,6 +156,7 @@ def tokenized_shards(
                 not serving.failures,
                 rows_checked=serving.rows_checked,
                 turns_checked_per_row=config.serving_check_turns,  # 0 = every turn
+                rewrite_policy=config.rewrite_policy,
                 failures=len(serving.failures),
                 rows_with_special_token_lookalikes=serving.lookalike_rows,
                 first_failures=dg.MetadataValue.json(serving.failures[:5]),

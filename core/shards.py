@@ -5,6 +5,12 @@ One directory per partition and version (see DESIGN.md "Shard directory"):
 (`conversation_id`, `input_ids` list<int32>, `loss_mask` list<uint8>).
 The manifest carries sha256 of every data file so the trainer can refuse
 corrupted or swapped data.
+
+A row is one training example. Under the ``expand`` rewrite policy a conversation that the
+chat template rewrites gives one row per assistant turn, all with its conversation_id, so the
+manifest's per-split ``conversations`` counts rows; tokenized_shards records how many
+conversations went which way (kept, expanded, as_rendered, quarantined) in the manifest's
+``conversations_by_outcome``.
 """
 
 from __future__ import annotations

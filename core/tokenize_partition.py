@@ -19,7 +19,9 @@ import pyarrow as pa
 from transformers import PreTrainedTokenizerBase
 
 from core.masking import (
-    encode_batch,
+    DEFAULT_REWRITE_POLICY,
+    RewritePolicy,
+    encode_with_policy,
     has_special_token_lookalike,
     paused_gc,
     verify_masks,
@@ -45,11 +47,20 @@ def _list_column(lists: list[list[int]], dtype: type[np.generic]) -> pl.Series:
 
 @dataclass
 class TokenizedPartition:
-    rows: pl.DataFrame  # conversation_id, split, input_ids, loss_mask
+    """One partition's shard rows and quarantine.
+
+    ``rows`` has conversation_id, split, input_ids, loss_mask, and for the audits target_turn
+    (the one turn an ``expand`` example masks; null for a whole conversation) and as_rendered;
+    the shard files keep only the first four. ``counts``: conversations kept whole, expanded
+    (and the examples they gave), masked as rendered, and quarantined.
+    """
+
+    rows: pl.DataFrame
     quarantine: pl.DataFrame  # CONVERSATION_QUARANTINE_SCHEMA
     seconds: float
     truncated: int = 0
     stats: dict[str, float] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
 
 
 def tokenize_conversations(
@@ -59,8 +70,14 @@ def tokenize_conversations(
     *,
     max_length: int | None,
     overlong: Literal["quarantine", "truncate"] = "quarantine",
+    rewrite_policy: RewritePolicy = DEFAULT_REWRITE_POLICY,
 ) -> TokenizedPartition:
-    """Render + tokenize + mask every conversation; unmaskable ones become quarantine rows."""
+    """Render + tokenize + mask every conversation; unmaskable ones become quarantine rows.
+
+    ``rewrite_policy`` acts only on conversations the template rewrites (core.masking.rewrites):
+    ``expand`` gives one row per assistant turn, ``as_rendered`` one row masked as rendered,
+    ``quarantine`` a quarantine row.
+    """
     ordered = curated.sort("conversation_id")
     # The whole Python-object phase runs with the cyclic GC paused (see paused_gc), and its
     # objects (~100k message dicts, the encodings) are dropped before it ends, so the first
@@ -68,10 +85,13 @@ def tokenize_conversations(
     with paused_gc():
         messages = ordered["messages"].to_list()
         start = time.perf_counter()
-        encoded, rejects = encode_batch(tokenizer, messages, max_length=max_length, overlong=overlong)
+        outcome = encode_with_policy(
+            tokenizer, messages, policy=rewrite_policy, max_length=max_length, overlong=overlong
+        )
         seconds = time.perf_counter() - start
-        keep = [i for i, e in enumerate(encoded) if e is not None]
-        kept = [e for e in encoded if e is not None]
+        rejects = outcome.rejects
+        keep = [x.index for x in outcome.examples]
+        kept = [x.encoded for x in outcome.examples]
         rows = pl.DataFrame(
             {
                 "conversation_id": ordered["conversation_id"].gather(keep)
@@ -80,6 +100,8 @@ def tokenize_conversations(
                 "split": ordered["split"].gather(keep) if keep else ordered["split"].head(0),
                 "input_ids": _list_column([e.input_ids for e in kept], np.int32),
                 "loss_mask": _list_column([e.loss_mask for e in kept], np.uint8),
+                "target_turn": pl.Series([x.target_turn for x in outcome.examples], dtype=pl.Int32),
+                "as_rendered": pl.Series([x.as_rendered for x in outcome.examples], dtype=pl.Boolean),
             },
         ).cast(
             {
@@ -101,8 +123,23 @@ def tokenize_conversations(
             CONVERSATION_QUARANTINE_SCHEMA,
         )
         truncated = sum(1 for e in kept if e.truncated)
-        del messages, encoded, kept, keep, ids
-    return TokenizedPartition(rows=rows, quarantine=quarantine, seconds=seconds, truncated=truncated)
+        del messages, outcome, kept, keep, ids
+    return TokenizedPartition(
+        rows=rows, quarantine=quarantine, seconds=seconds, truncated=truncated, counts=_counts(rows, quarantine)
+    )
+
+
+def _counts(rows: pl.DataFrame, quarantine: pl.DataFrame) -> dict[str, int]:
+    """Conversations kept whole, expanded (and their examples), masked as rendered, and quarantined."""
+    turns = rows["target_turn"]
+    expanded = rows.filter(turns.is_not_null())
+    return {
+        "kept": int(turns.is_null().sum()) - int(rows["as_rendered"].sum()),
+        "expanded": expanded["conversation_id"].n_unique(),
+        "expanded_examples": expanded.height,
+        "as_rendered": int(rows["as_rendered"].sum()),
+        "quarantined": quarantine.height,
+    }
 
 
 @dataclass
@@ -110,6 +147,15 @@ class MaskAudit:
     rows_checked: int
     failures: list[tuple[str, str]]  # (conversation_id, problem)
     lookalike_rows: int = 0
+
+
+def _with_policy_columns(rows: pl.DataFrame) -> pl.DataFrame:
+    """``rows`` with target_turn and as_rendered (null / False where missing: rows read back from shard files)."""
+    if "target_turn" not in rows.columns:
+        rows = rows.with_columns(pl.lit(None, dtype=pl.Int32).alias("target_turn"))
+    if "as_rendered" not in rows.columns:
+        rows = rows.with_columns(pl.lit(False).alias("as_rendered"))
+    return rows
 
 
 def audit_masks(
@@ -122,14 +168,19 @@ def audit_masks(
 
     A row at `max_length` may have been truncated, which only relaxes the check on its last masked run.
     """
-    joined = rows.join(curated.select("conversation_id", "messages"), on="conversation_id", how="left")
+    joined = _with_policy_columns(rows).join(
+        curated.select("conversation_id", "messages"), on="conversation_id", how="left"
+    )
     failures = []
-    for cid, messages, ids, mask in joined.select("conversation_id", "messages", "input_ids", "loss_mask").iter_rows():
+    columns = ("conversation_id", "messages", "input_ids", "loss_mask", "target_turn", "as_rendered")
+    for cid, messages, ids, mask, turn, rendered in joined.select(*columns).iter_rows():
         if messages is None:
             failures.append((cid, "row has no curated conversation"))
             continue
         truncated = max_length is not None and len(ids) >= max_length
-        problem = verify_masks(tokenizer, messages, ids, mask, truncated=truncated)
+        problem = verify_masks(
+            tokenizer, messages, ids, mask, truncated=truncated, target_turn=turn, as_rendered=bool(rendered)
+        )
         if problem:
             failures.append((cid, problem))
     return MaskAudit(rows_checked=joined.height, failures=failures)
@@ -150,17 +201,22 @@ def audit_serving(
     Each check renders and tokenizes the history before its turn, so all turns of a long
     conversation would cost time quadratic in its length.
     """
-    joined = rows.join(curated.select("conversation_id", "messages"), on="conversation_id", how="inner")
+    joined = _with_policy_columns(rows).join(
+        curated.select("conversation_id", "messages"), on="conversation_id", how="inner"
+    )
     indices = list(range(joined.height))
     if sample and sample < len(indices):
         indices = sorted(random.Random(seed).sample(indices, sample))
     picked = joined[indices] if indices else joined.head(0)
     failures = []
     lookalikes = 0
-    for cid, messages, ids, mask in picked.select("conversation_id", "messages", "input_ids", "loss_mask").iter_rows():
+    columns = ("conversation_id", "messages", "input_ids", "loss_mask", "target_turn")
+    for cid, messages, ids, mask, turn in picked.select(*columns).iter_rows():
         lookalikes += int(has_special_token_lookalike(tokenizer, messages))
         truncated = max_length is not None and len(ids) >= max_length
-        problem = verify_serving_prefix(tokenizer, messages, ids, mask, truncated=truncated, max_turns=turns)
+        problem = verify_serving_prefix(
+            tokenizer, messages, ids, mask, truncated=truncated, max_turns=turns, target_turn=turn
+        )
         if problem:
             failures.append((cid, problem))
     return MaskAudit(rows_checked=picked.height, failures=failures, lookalike_rows=lookalikes)

@@ -36,6 +36,10 @@ How a conversation is encoded (``encode_batch``, in pipeline and chunks):
    tokenized per turn where the tokenizer allows it. For templates with
    ``{% generation %}`` markers, the masked character spans must also equal the marked spans.
 
+Templates that rewrite the conversation (strip earlier reasoning, replace earlier replies)
+are handled by a policy on top of this (rewrites: ``encode_with_policy``): one example per
+turn (``expand``), the turns as rendered (``as_rendered``), or quarantine.
+
 Anything that cannot be made exact raises ``MaskError`` with a reason code from
 ``MASK_REASONS``; nothing is masked wrongly in silence. ``verify_masks`` and
 ``verify_serving_prefix`` re-check finished encodings by independent means (decoding,
@@ -47,16 +51,30 @@ from core.masking.lookalikes import has_special_token_lookalike
 from core.masking.masks import EncodedConversation
 from core.masking.pipeline import encode_batch, encode_conversation, paused_gc
 from core.masking.reasons import MASK_REASONS, MaskError
+from core.masking.rewrites import (
+    DEFAULT_REWRITE_POLICY,
+    REWRITE_POLICIES,
+    Example,
+    PolicyOutcome,
+    RewritePolicy,
+    encode_with_policy,
+)
 from core.masking.serving_prompt import encode_prompt
 from core.masking.verify import verify_masks, verify_serving_prefix
 
 __all__ = [
+    "DEFAULT_REWRITE_POLICY",
     "MASK_REASONS",
+    "REWRITE_POLICIES",
     "EncodedConversation",
+    "Example",
     "MaskError",
+    "PolicyOutcome",
+    "RewritePolicy",
     "encode_batch",
     "encode_conversation",
     "encode_prompt",
+    "encode_with_policy",
     "has_special_token_lookalike",
     "paused_gc",
     "prefix_stable",

@@ -37,8 +37,13 @@ class Chunk:
     stock: list[Work]  # ready works without control-token lookalikes: tokenized as whole renderings
 
 
-def prepare_chunk(info: TokenizerInfo, conversations: list[Any]) -> Chunk:
+def prepare_chunk(
+    info: TokenizerInfo, conversations: list[Any], *, only_last: bool = False, as_rendered: bool = False
+) -> Chunk:
     """Validate and render one chunk (no serving prompts and no tokenization yet).
+
+    ``only_last``: only the last assistant turn is checked and masked; ``as_rendered``: turns the
+    template rewrites are masked as rendered (see ``encode_batch``).
 
     For a prefix-stable template (``prefix_bound``) plain chats are rendered through
     ``TracedMessages``, which records where each message's part of the rendering starts.
@@ -53,7 +58,9 @@ def prepare_chunk(info: TokenizerInfo, conversations: list[Any]) -> Chunk:
             failed[index] = (err.reason, err.detail)
             continue
         turns = [j for j, m in enumerate(messages) if m["role"] == "assistant"]
-        works.append(Work(index, messages, turns))
+        if only_last:
+            turns = turns[-1:]
+        works.append(Work(index, messages, turns, as_rendered=as_rendered, only_last=only_last))
 
     traced = prefix_bound(info) is not None
     for work in works:

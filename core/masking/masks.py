@@ -104,6 +104,8 @@ def finish_mask(
 
     if work.gen_spans is not None:
         marked = _merge_spans(work.gen_spans)
+        if work.only_last and work.spans:  # the earlier turns are context here: only the last one is compared
+            marked = [(a, b) for a, b in marked if b > work.spans[0][0]]
         implied = _merge_spans(masked_chars)
         if cut is not None:
             marked, implied = _clip_spans(marked, cut), _clip_spans(implied, cut)

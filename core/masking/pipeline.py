@@ -48,12 +48,19 @@ def encode_batch(
     *,
     max_length: int | None = None,
     overlong: Literal["quarantine", "truncate"] = "quarantine",
+    only_last: bool = False,
+    as_rendered: bool = False,
 ) -> tuple[list[EncodedConversation | None], list[tuple[int, str, str]]]:
     """Encode many conversations; results align with the input, ``None`` where rejected.
 
     Rejects are ``(index, reason, detail)`` with ``reason`` from MASK_REASONS. One bad
     conversation never fails the batch; a tokenizer without a chat template does
     (ValueError), since then every conversation would fail for the same reason.
+
+    The two switches serve templates that rewrite the conversation (core.masking.rewrites):
+    ``only_last`` checks and masks only the last assistant turn (the earlier ones are context,
+    however the template renders them); ``as_rendered`` masks a turn the template rewrites as
+    the rendering shows it, from its serving prompt to the next control token.
     """
     if overlong not in ("quarantine", "truncate"):
         raise ValueError(f"overlong must be 'quarantine' or 'truncate', got {overlong!r}")
@@ -77,7 +84,10 @@ def encode_batch(
         pending = None
         for lo in range(0, len(conversations), _ENCODE_CHUNK):
             chunk = prepare_chunk(
-                info, [conversations[i] for i in range(lo, min(lo + _ENCODE_CHUNK, len(conversations)))]
+                info,
+                [conversations[i] for i in range(lo, min(lo + _ENCODE_CHUNK, len(conversations)))],
+                only_last=only_last,
+                as_rendered=as_rendered,
             )
             tokenized = pool.submit(tokenize_chunk, info, chunk, cache)
             if pending is not None:

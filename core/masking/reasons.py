@@ -27,6 +27,9 @@ MASK_REASONS: dict[str, str] = {
     "end-of-turn spans derived from the serving prompts",
     "lookalike_unresolved": "text that looks like a control token still encodes to a control token inside "
     "message content",
+    "turn_rewritten": "the template renders an assistant turn differently once later turns follow (e.g. strips "
+    "its reasoning), although each turn renders as written when it is the last one; rewrite_policy='quarantine' "
+    "rejects such rows ('expand' trains each turn as written, 'as_rendered' as the full rendering shows it)",
     "too_long": "the encoded conversation is longer than max_length",
     "truncated_no_loss": "truncating to max_length left no assistant token to train on",
 }

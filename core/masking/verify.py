@@ -138,6 +138,7 @@ def verify_serving_prefix(
     *,
     truncated: bool = False,
     max_turns: int | None = None,
+    target_turn: int | None = None,
 ) -> str | None:
     """None if training and serving agree, else the first disagreement.
 
@@ -151,11 +152,17 @@ def verify_serving_prefix(
     turn costs time quadratic in the turns. ``max_turns`` bounds it for audits: only that
     many turns are checked, the first, the last and evenly spaced ones between (None or 0:
     every turn).
+
+    ``target_turn``: the row is one turn's example (rewrite_policy="expand"), ``messages[:target_turn + 1]``
+    with only that turn masked.
     """
     info = info_for(tokenizer)
     ids = [int(i) for i in input_ids]
     msgs = [dict(m) for m in messages]
     turns = [j for j, m in enumerate(msgs) if m.get("role") == "assistant"]
+    if target_turn is not None:
+        msgs = msgs[: target_turn + 1]
+        turns = [target_turn]
     runs = _runs(loss_mask)
     if len(runs) > len(turns) or (len(runs) < len(turns) and not truncated):
         return f"{len(runs)} masked runs for {len(turns)} assistant turns"

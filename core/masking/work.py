@@ -20,3 +20,4 @@ class Work:
     lookalike: bool = False
     plain: bool = False  # is_plain_chat(messages): so are its prompts, slices of it
     as_rendered: bool = False  # mask each turn as the rendering shows it (rewrite_policy="as_rendered")
+    only_last: bool = False  # mask the last assistant turn only (rewrite_policy="expand": one turn's example)

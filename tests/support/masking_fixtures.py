@@ -119,3 +119,21 @@ def long_conversation(exchanges: int, seed: int = 0, typed: str | None = None) -
     if typed is not None:
         messages[1] = {"role": "user", "content": f"{messages[1]['content']} {typed}"}
     return messages
+
+
+def with_reasoning(conversations: list[list[dict[str, str]]], every: int = 2) -> list[list[dict[str, str]]]:
+    """Copies of ``conversations`` where every ``every``-th assistant turn (counted across them) opens
+    with ``<think>...</think>`` reasoning, as a reasoning model writes it: the data a reasoning
+    template rewrites when a later user turn follows."""
+    out, seen = [], 0
+    for messages in conversations:
+        copy = []
+        for m in messages:
+            m = dict(m)
+            if m["role"] == "assistant":
+                if seen % every == 0:
+                    m["content"] = f"<think>\nThe member asked: {len(copy)} turns so far.\n</think>\n\n{m['content']}"
+                seen += 1
+            copy.append(m)
+        out.append(copy)
+    return out
