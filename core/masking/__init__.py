@@ -22,7 +22,8 @@ How a conversation is encoded (``encode_batch``, in pipeline and chunks):
    ``add_generation_prompt=True`` must be a string prefix of the full rendering and the
    turn's content must follow it verbatim; that pins the content's character span without
    trusting any marker (locate_turns). Templates that rewrite earlier turns, insert text
-   between the generation prompt and the content, or alter the content are rejected here.
+   between the generation prompt and the content, or alter the content are rejected here
+   (whitespace a template trims off the content is masked as rendered instead).
    Rendering every prompt costs time quadratic in the turns, so for templates whose syntax
    proves the prompts are prefixes (prefix_stability) the full rendering records where its
    loop reached each message and one exact prompt gives the generation prompt; other

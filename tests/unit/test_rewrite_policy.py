@@ -8,6 +8,7 @@ from datetime import date
 import polars as pl
 import pytest
 from support.masking_fixtures import conversations, tokenizer_for, with_reasoning
+from tokenizers import Tokenizer
 
 from core.chat_templates import CHATML_GENERATION
 from core.masking import (
@@ -28,12 +29,34 @@ THINKING = [
 ]
 
 
+# The reasoning template with {% generation %} markers: the masks are cross-checked against them too.
+MARKED_REASONING = (
+    "{%- set ns = namespace(last_user=-1) -%}"
+    "{%- for m in messages -%}{%- if m['role'] == 'user' -%}{%- set ns.last_user = loop.index0 -%}{%- endif -%}"
+    "{%- endfor -%}"
+    + CHATML_GENERATION.replace(
+        "{{ message['content'] + '<|im_end|>' }}",
+        "{{ (message['content'].split('</think>')[-1].lstrip() if loop.index0 < ns.last_user "
+        "else message['content']) + '<|im_end|>' }}",
+    )
+)
+
+
+def _clone(template_name: str, chat_template: str):
+    """A fresh tokenizer (same vocab as ``template_name``'s) carrying ``chat_template``."""
+    tok = tokenizer_for(template_name)
+    clone = type(tok)(tokenizer_object=Tokenizer.from_str(tok.backend_tokenizer.to_str()), **tok.special_tokens_map)
+    clone.chat_template = chat_template
+    return clone
+
+
 def _masked_text(tok, encoded):
     return tok.decode([i for i, m in zip(encoded.input_ids, encoded.loss_mask, strict=True) if m])
 
 
-def test_expand_trains_each_turn_as_written_after_its_serving_prompt():
-    tok = tokenizer_for("reasoning")
+@pytest.mark.parametrize("marked", [False, True])
+def test_expand_trains_each_turn_as_written_after_its_serving_prompt(marked):
+    tok = _clone("chatml", MARKED_REASONING) if marked else tokenizer_for("reasoning")
     out = encode_with_policy(tok, [THINKING], policy="expand")
     assert out.rejects == []
     assert out.counts == {"kept": 0, "expanded": 1, "expanded_examples": 2, "as_rendered": 0, "quarantined": 0}
@@ -50,8 +73,9 @@ def test_expand_trains_each_turn_as_written_after_its_serving_prompt():
     assert verify_masks(tok, THINKING, first.input_ids, first.loss_mask) is not None  # one run, not two
 
 
-def test_as_rendered_masks_the_earlier_turn_without_its_reasoning():
-    tok = tokenizer_for("reasoning")
+@pytest.mark.parametrize("marked", [False, True])
+def test_as_rendered_masks_the_earlier_turn_without_its_reasoning(marked):
+    tok = _clone("chatml", MARKED_REASONING) if marked else tokenizer_for("reasoning")
     out = encode_with_policy(tok, [THINKING], policy="as_rendered")
     assert out.counts["as_rendered"] == 1 and out.rejects == []
     (x,) = out.examples
@@ -93,15 +117,10 @@ def test_other_rejects_are_not_taken_for_rewrites():
     injects = CHATML_GENERATION.replace(
         "{%- generation -%}{{ message['content']", "{%- generation -%}{{ 'Sure! ' + message['content']"
     )
-    tok = tokenizer_for("chatml")
-    original = tok.chat_template
-    try:
-        tok.chat_template = injects
-        for policy in REWRITE_POLICIES:
-            out = encode_with_policy(tok, [THINKING], policy=policy)
-            assert [r[1] for r in out.rejects] == ["serving_prefix_mismatch"], policy
-    finally:
-        tok.chat_template = original
+    tok = _clone("chatml", injects)
+    for policy in REWRITE_POLICIES:
+        out = encode_with_policy(tok, [THINKING], policy=policy)
+        assert [r[1] for r in out.rejects] == ["serving_prefix_mismatch"], policy
 
 
 def test_unknown_policy_is_refused():

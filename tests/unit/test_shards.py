@@ -123,3 +123,24 @@ def test_serving_audit_turn_budget_zero_checks_every_turn(monkeypatch: pytest.Mo
     assert len(calls) == 20
     skewed = part.rows.with_columns(pl.col("input_ids").list.eval(pl.element().shift(1, fill_value=0)))
     assert audit_serving(tok, skewed, curated, 0, turns=2).failures  # still caught with two turns checked
+
+
+def test_expanded_rows_share_their_conversation_id_and_the_files_keep_the_contract(tmp_path: Path) -> None:
+    """Under rewrite_policy="expand" a conversation the template rewrites gives one row per assistant
+    turn; the audit columns (target_turn, as_rendered) stay out of the shard files."""
+    from support.masking_fixtures import with_reasoning
+
+    from core.tokenize_partition import tokenize_conversations
+
+    messages = with_reasoning([long_conversation(3)], every=1)[0]
+    curated = pl.DataFrame({"conversation_id": ["r"], "split": ["train"], "messages": [messages]})
+    part = tokenize_conversations(tokenizer_for("reasoning"), curated, date(2026, 1, 1), max_length=None)
+    assert part.counts == {"kept": 0, "expanded": 1, "expanded_examples": 3, "as_rendered": 0, "quarantined": 0}
+    assert part.rows["target_turn"].to_list() == [2, 4, 6]
+    write_shard_directory(
+        tmp_path, part.rows, partition="2026-01-01", tokenizer_fingerprint="fp", source_data_version="sv"
+    )
+    train = read_split(tmp_path, "train")
+    assert train.columns == ["conversation_id", "input_ids", "loss_mask"]
+    assert train["conversation_id"].to_list() == ["r", "r", "r"]
+    assert read_manifest(tmp_path)["splits"]["train"]["conversations"] == 3
