@@ -22,7 +22,7 @@ from typing import Any
 
 from transformers import AutoTokenizer, GenerationConfig
 
-from core.masking import MaskError, encode_conversation, render_conversations
+from core.masking import MaskError, encode_batch, encode_conversation, render_conversations
 from core.vocab import VocabPadding, embedding_rows, read_vocab_padding, vocab_padding
 
 PROBE_ANSWER = "You might enjoy Quiet Rivers (2004), a drama about two sisters."
@@ -86,8 +86,15 @@ def load_chat_tokenizer(model_dir: Path, src: Path) -> Any:
 
 
 def _end_of_turn(tokenizer: Any, name: str, messages: list[dict[str, str]]) -> int | None:
-    """The id the loss mask ends the assistant turn with when it is an added token (the end-of-turn token)."""
-    encoded = encode_conversation(tokenizer, messages)
+    """The id the loss mask ends the assistant turn with when it is an added token (the end-of-turn token).
+
+    Read from the mask of the turn as the template renders it (``as_rendered``), so that a template which
+    inserts text before the content (Qwen3's empty reasoning block) still shows which token ends the turn.
+    """
+    results, rejects = encode_batch(tokenizer, [messages], as_rendered=True)
+    if rejects:
+        return None
+    encoded = results[0]
     masked = [i for i, m in enumerate(encoded.loss_mask) if m]
     if not masked:
         raise ValueError(f"the chat template masks no assistant token in the {name} probe conversation")
@@ -127,9 +134,10 @@ def probe_chat_template(tokenizer: Any, src: Path) -> tuple[dict[str, Any], int 
     unmasked: dict[str, str] = {}
     for name, messages in PROBES.items():
         try:
-            found[name] = _end_of_turn(tokenizer, name, messages)
+            encode_conversation(tokenizer, messages)
         except MaskError as exc:
             unmasked[name] = str(exc)
+        found[name] = _end_of_turn(tokenizer, name, messages)
     ids = set(found.values())
     if len(ids) > 1:
         raise ValueError(f"the chat template in {src} ends assistant turns with different tokens: {found}")
@@ -212,5 +220,8 @@ def warnings_for(card: dict[str, Any]) -> list[str]:
             "so training is unaffected, but do not add them to prompts"
         )
     for name, error in (card.get("chat_template") or {}).get("probes_not_masked", {}).items():
-        out.append(f"the {name} probe gets no exact loss mask ({error}); see the row policy of tokenized_shards")
+        out.append(
+            f"the {name} probe gets no exact loss mask ({error}); tokenized_shards' rewrite_policy handles "
+            "templates that rewrite earlier turns, other rows like it are quarantined"
+        )
     return out

@@ -200,3 +200,30 @@ def test_special_tokens_past_the_embedding_are_tolerated_while_the_template_neve
     _with_template(src, "{{ '<image_soft_token>' }}" + tokenizer.chat_template)
     with pytest.raises(ValueError, match=r"emits \['<image_soft_token>'\], whose ids are past"):
         import_local_model(src, tmp_path / "out2")
+
+
+# Qwen3's shape: the assistant turn after the last user turn opens with a reasoning block, empty when the
+# message has none, which the generation prompt does not contain (unless thinking is switched off).
+QWEN3_SHAPE = (
+    "{%- set ns = namespace(last_user=-1) -%}"
+    "{%- for m in messages -%}{%- if m['role'] == 'user' -%}{%- set ns.last_user = loop.index0 -%}{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- for m in messages -%}"
+    "{{ '<|im_start|>' + m['role'] + '\\n' }}"
+    "{%- if m['role'] == 'assistant' and loop.index0 > ns.last_user and '</think>' not in m['content'] -%}"
+    "{{ '<think>\\n\\n</think>\\n\\n' }}"
+    "{%- endif -%}"
+    "{{ m['content'] + '<|im_end|>\\n' }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n' }}{%- endif -%}"
+)
+
+
+def test_a_template_that_inserts_reasoning_before_the_reply_still_shows_its_end_of_turn(tmp_path: Path) -> None:
+    src = _save_model_dir(tmp_path / "qwen3_shape", "qwen3")
+    _with_template(src, QWEN3_SHAPE)
+    card = _import(src, tmp_path)
+    assert card["end_of_turn"]["token"] == "<|im_end|>" and card["end_of_turn"]["stops_generation"]
+    not_masked = card["chat_template"]["probes_not_masked"]
+    assert set(not_masked) == set(PROBES) and all("serving_prefix_mismatch" in e for e in not_masked.values())
+    assert sum("gets no exact loss mask" in w for w in card["warnings"]) == len(PROBES)
