@@ -5,7 +5,8 @@ from pydantic import Field
 
 from assets.conversations import curated_conversations
 from core.atomic_io import Leftover
-from core.base_model import TinyModelPreset, import_local_model, save_preset
+from core.base_model import TinyModelPreset, import_local_model
+from core.model_families import DEFAULT_FAMILY, FAMILIES, save_family_model
 from core.settings import load_settings
 from resources.artifacts import ArtifactStore, leftovers_metadata
 from resources.warehouse import DuckDBWarehouse
@@ -19,7 +20,8 @@ class BaseModelConfig(dg.Config):
     The preset knobs default to `TinyModelPreset`'s values (referenced, never re-typed; a test checks every one),
     so the Launchpad form and `core.base_model` cannot disagree. `local_path` defaults to BASE_MODEL_PATH as it is
     when the run starts, not when the code location was imported; an explicit "" builds the preset even when
-    BASE_MODEL_PATH is set.
+    BASE_MODEL_PATH is set. `family` picks the network built around the preset's tokenizer and sizes
+    (core/model_families.py); the default, "llama", is the preset as it always was.
     """
 
     local_path: str = Field(
@@ -34,10 +36,14 @@ class BaseModelConfig(dg.Config):
     num_key_value_heads: int = _PRESET.num_key_value_heads
     template: str = _PRESET.template
     seed: int = _PRESET.seed
+    family: str = Field(
+        default=DEFAULT_FAMILY,
+        description=f"the preset's model family, one of {sorted(FAMILIES)}; ignored when a local model is imported",
+    )
 
     def preset(self) -> TinyModelPreset:
         """The preset these knobs describe; preset fields the form does not expose keep their defaults."""
-        return TinyModelPreset(**self.model_dump(exclude={"local_path"}))
+        return TinyModelPreset(**self.model_dump(exclude={"local_path", "family"}))
 
 
 def training_texts(warehouse: DuckDBWarehouse) -> list[str]:
@@ -81,8 +87,8 @@ def base_model(
                     "curated.conversations has no train rows to train the tokenizer on: "
                     "materialize curated_conversations for at least one day first"
                 )
-            card = save_preset(tmp, texts, config.preset())
-            context.log.info(f"built the tiny preset from {len(texts)} train messages")
+            card = save_family_model(tmp, texts, config.preset(), config.family)
+            context.log.info(f"built the tiny preset ({config.family}) from {len(texts)} train messages")
     path = artifacts.version_path("base_model", version)
     meta = {
         "path": dg.MetadataValue.path(str(path)),
@@ -95,6 +101,8 @@ def base_model(
     }
     if "parameters" in card:
         meta["parameters"] = dg.MetadataValue.int(card["parameters"])
+    if "family" in card:
+        meta["family"] = card["family"]
     if "preset" in card:
         meta["preset"] = dg.MetadataValue.json(card["preset"])
     for finding in ("chat_template", "end_of_turn", "vocab_padding", "warnings"):  # what an import checked

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from training.attention import PACKED_SDPA, attention_notes, head_dim, sliding_window
 from training.data import IGNORE_INDEX
-from training.loss import forward_logits, micro_batch_loss_sum
+from training.loss import LossSettings, forward_logits, loss_settings, micro_batch_loss_sum
 
 # fp32 sums in a different order (packed vs one conversation, kernel vs eager): differences are rounding only.
 LOGIT_TOLERANCE = 1e-4
@@ -51,6 +51,7 @@ def pack_rows(rows: list[list[torch.Tensor]], pad_id: int) -> dict[str, torch.Te
     input_ids = torch.full((len(rows), SEQ_LEN), pad_id, dtype=torch.int64)
     labels = torch.full_like(input_ids, IGNORE_INDEX)
     position_ids = torch.zeros_like(input_ids)
+    tokens = torch.tensor([sum(len(ids) for ids in conversations) for conversations in rows])
     for r, conversations in enumerate(rows):
         cursor = 0
         for ids in conversations:
@@ -59,15 +60,18 @@ def pack_rows(rows: list[list[torch.Tensor]], pad_id: int) -> dict[str, torch.Te
             position_ids[r, span] = torch.arange(len(ids))
             cursor += len(ids)
         position_ids[r, cursor:] = torch.arange(SEQ_LEN - cursor)  # padding is its own sequence
-    return {"input_ids": input_ids, "labels": labels, "position_ids": position_ids}
+    return {"input_ids": input_ids, "labels": labels, "position_ids": position_ids, "tokens": tokens}
 
 
 def _grads(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {name: p.grad.detach().clone() for name, p in model.named_parameters() if p.grad is not None}
 
 
-def ours(model: torch.nn.Module, rows: list[list[torch.Tensor]], pad_id: int) -> tuple[list[torch.Tensor], dict]:
-    """Per-conversation logits of the packed forward, and the gradients of the trainer's summed token loss."""
+def ours(
+    model: torch.nn.Module, rows: list[list[torch.Tensor]], pad_id: int, settings: LossSettings
+) -> tuple[list[torch.Tensor], dict]:
+    """Per-conversation logits of the packed forward, and the gradients of the trainer's summed token loss
+    (the MoE router's auxiliary loss left out: transformers' per-conversation forward has no packed equivalent)."""
     batch = pack_rows(rows, pad_id)
     with torch.no_grad():
         logits = forward_logits(model, batch)
@@ -78,7 +82,7 @@ def ours(model: torch.nn.Module, rows: list[list[torch.Tensor]], pad_id: int) ->
             pieces.append(logits[r, cursor : cursor + len(ids)])
             cursor += len(ids)
     model.zero_grad(set_to_none=True)
-    micro_batch_loss_sum(model, batch).backward()
+    micro_batch_loss_sum(model, batch, settings).backward()
     return pieces, _grads(model)
 
 
@@ -105,7 +109,7 @@ def load(model_dir: Path, attn_implementation: str) -> torch.nn.Module:
     return model.train()  # as in training; the families' dropout is 0, so train and eval compute the same
 
 
-def verify(model_dir: Path, compile_layers: bool = False, seed: int = 0) -> dict[str, Any]:
+def verify(model_dir: Path, compile_layers: bool = False, loss_chunking: str = "auto", seed: int = 0) -> dict[str, Any]:
     """Compare our packed training step with transformers' eager forward; returns the report."""
     from training.cpu import compile_decoder_layers, kernels_in_use
 
@@ -116,7 +120,8 @@ def verify(model_dir: Path, compile_layers: bool = False, seed: int = 0) -> dict
     config = trained.config
     rows = sample_conversations(config.vocab_size, seed)
     pad_id = config.pad_token_id if config.pad_token_id is not None else 0
-    our_logits, our_grads = ours(trained, rows, pad_id)
+    settings = loss_settings(loss_chunking, config, None)
+    our_logits, our_grads = ours(trained, rows, pad_id, settings)
     ref_logits, ref_grads = reference(load(model_dir, "eager"), rows)
 
     logit_diff = max(float((a - b).abs().max()) for a, b in zip(our_logits, ref_logits, strict=True))
@@ -134,6 +139,7 @@ def verify(model_dir: Path, compile_layers: bool = False, seed: int = 0) -> dict
         "attention": PACKED_SDPA,
         "attention_notes": attention_notes(config, PACKED_SDPA),
         "compiled": compile_layers,
+        "loss_chunked": settings.chunked,
         "cpu_kernels": kernels_in_use(head_dim(config)),
         "conversations": len(lengths),
         "conversation_lengths": lengths,
@@ -154,12 +160,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-dir", required=True, type=Path, help="a Hugging Face model directory")
     parser.add_argument("--compile", action="store_true", help="compile the decoder layers as training does")
+    parser.add_argument("--loss-chunking", choices=("auto", "on", "off"), default="auto", help="as in TrainConfig")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # stdout is the JSON report
-    report = verify(args.model_dir, compile_layers=args.compile, seed=args.seed)
+    report = verify(args.model_dir, compile_layers=args.compile, loss_chunking=args.loss_chunking, seed=args.seed)
     print(json.dumps(report, indent=2))
     return 0 if report["passed"] else 1
 

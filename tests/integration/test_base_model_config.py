@@ -8,17 +8,24 @@ import pytest
 
 from assets.models import BaseModelConfig
 from core.base_model import TinyModelPreset
+from core.model_families import DEFAULT_FAMILY
 
 
 def test_every_preset_knob_defaults_to_the_preset_value() -> None:
     preset = {f.name: f for f in dataclasses.fields(TinyModelPreset)}
-    knobs = set(BaseModelConfig.model_fields) - {"local_path"}
+    knobs = set(BaseModelConfig.model_fields) - {"local_path", "family"}
     assert knobs <= set(preset)
     for name in knobs:
         field = BaseModelConfig.model_fields[name]
         assert field.default == preset[name].default, name
         assert field.annotation.__name__ == preset[name].type, name
     assert BaseModelConfig(local_path="").preset() == TinyModelPreset()
+
+
+def test_family_defaults_to_the_llama_preset() -> None:
+    """The family is not a preset knob: it picks the network (core/model_families.py); llama is the preset."""
+    assert BaseModelConfig(local_path="").family == DEFAULT_FAMILY == "llama"
+    assert BaseModelConfig(local_path="", family="gemma3").preset() == TinyModelPreset()
 
 
 def test_knobs_reach_the_preset() -> None:
