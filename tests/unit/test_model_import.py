@@ -15,11 +15,15 @@ import torch
 from support.masking_fixtures import tokenizer_for
 from transformers import (
     AutoTokenizer,
+    Gemma3ForCausalLM,
+    Gemma3TextConfig,
     GenerationConfig,
     LlamaConfig,
     LlamaForCausalLM,
     Qwen3Config,
     Qwen3ForCausalLM,
+    Qwen3MoeConfig,
+    Qwen3MoeForCausalLM,
 )
 
 from core.base_model import import_local_model, read_model_card
@@ -43,11 +47,15 @@ def _save_model_dir(out: Path, kind: str, template: str = "chatml", rows: int | 
         pad_token_id=tokenizer.pad_token_id,
     )
     torch.manual_seed(0)
-    model = (
-        LlamaForCausalLM(LlamaConfig(**common))
-        if kind == "llama"
-        else Qwen3ForCausalLM(Qwen3Config(head_dim=16, **common))
-    )
+    builders = {
+        "llama": lambda: LlamaForCausalLM(LlamaConfig(**common)),
+        "qwen3": lambda: Qwen3ForCausalLM(Qwen3Config(head_dim=16, **common)),
+        "gemma3": lambda: Gemma3ForCausalLM(Gemma3TextConfig(head_dim=16, sliding_window=16, **common)),
+        "qwen3_moe": lambda: Qwen3MoeForCausalLM(
+            Qwen3MoeConfig(head_dim=16, num_experts=2, num_experts_per_tok=1, moe_intermediate_size=32, **common)
+        ),
+    }
+    model = builders[kind]()
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
@@ -62,7 +70,15 @@ def _import(src: Path, tmp_path: Path) -> dict:
 
 
 @pytest.mark.parametrize(
-    ("kind", "template", "eot"), [("llama", "chatml", "<|im_end|>"), ("qwen3", "header", "<|eot_id|>")]
+    ("kind", "template", "eot"),
+    [
+        ("llama", "chatml", "<|im_end|>"),
+        ("qwen3", "header", "<|eot_id|>"),
+        ("qwen3", "reasoning", "<|im_end|>"),
+        ("llama", "llama3", "<|eot_id|>"),
+        ("gemma3", "gemma", "<end_of_turn>"),
+        ("qwen3_moe", "chatml", "<|im_end|>"),
+    ],
 )
 def test_import_reports_family_template_end_of_turn_and_padding(
     kind: str, template: str, eot: str, tmp_path: Path
@@ -71,7 +87,8 @@ def test_import_reports_family_template_end_of_turn_and_padding(
     rows = padded_size(len(tokenizer))
     src = _save_model_dir(tmp_path / kind, kind, template, rows=rows, tokenizer=tokenizer)
     card = _import(src, tmp_path)
-    assert card["family"] == kind and card["architecture"] == f"{'Llama' if kind == 'llama' else 'Qwen3'}ForCausalLM"
+    classes = {"llama": "Llama", "qwen3": "Qwen3", "gemma3": "Gemma3", "qwen3_moe": "Qwen3Moe"}
+    assert card["family"] == kind and card["architecture"] == f"{classes[kind]}ForCausalLM"
     assert card["chat_template"] == {"probes_rendered": list(PROBES)}
     assert card["end_of_turn"] == {"token": eot, "id": tokenizer.convert_tokens_to_ids(eot), "stops_generation": True}
     assert card["vocab_padding"] == {
