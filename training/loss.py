@@ -162,27 +162,27 @@ class _ChunkedHeadCrossEntropy(torch.autograd.Function):
         chunk_rows: int,
     ) -> torch.Tensor:
         need_hidden, need_weight, need_bias = ctx.needs_input_grad[:3]
-        need_bias = need_bias and bias is not None
         h32, w32 = hidden.float(), weight.float()
         b32 = bias.float() if bias is not None else None
         grad_hidden = torch.empty_like(h32) if need_hidden else None
         grad_weight = torch.zeros_like(w32) if need_weight else None
-        grad_bias = torch.zeros_like(b32) if need_bias else None
+        grad_bias = torch.zeros_like(b32) if need_bias and b32 is not None else None
+        need_grad = any(g is not None for g in (grad_hidden, grad_weight, grad_bias))
         total = 0.0
-        for start in range(0, h32.shape[0], chunk_rows):
-            h = h32[start : start + chunk_rows]
-            logits = torch.addmm(b32, h, w32.T) if b32 is not None else h @ w32.T
-            loss, grad = _chunk_loss_and_grad(
-                logits, labels[start : start + chunk_rows], need_grad=any((need_hidden, need_weight, need_bias))
-            )
-            total += loss
-            del logits
-            if grad_hidden is not None:
-                torch.mm(grad, w32, out=grad_hidden[start : start + chunk_rows])
-            if grad_weight is not None:
-                grad_weight.addmm_(grad.T, h)
-            if grad_bias is not None:
-                grad_bias += grad.sum(0)
+        # fp32 throughout, also inside a bf16 autocast region (the loss is always computed in fp32).
+        with torch.autocast(hidden.device.type, enabled=False):
+            for start in range(0, h32.shape[0], chunk_rows):
+                h = h32[start : start + chunk_rows]
+                logits = torch.addmm(b32, h, w32.T) if b32 is not None else h @ w32.T
+                loss, grad = _chunk_loss_and_grad(logits, labels[start : start + chunk_rows], need_grad)
+                total += loss
+                del logits
+                if grad_hidden is not None:
+                    torch.mm(grad, w32, out=grad_hidden[start : start + chunk_rows])
+                if grad_weight is not None:
+                    grad_weight.addmm_(grad.T, h)
+                if grad_bias is not None:
+                    grad_bias += grad.sum(0)
         ctx.grads = (grad_hidden, grad_weight, grad_bias)
         ctx.dtypes = (hidden.dtype, weight.dtype, bias.dtype if bias is not None else None)
         return torch.tensor(total, dtype=torch.float32, device=hidden.device)

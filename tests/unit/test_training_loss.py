@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM
 import training.attention  # noqa: F401  (registers packed_sdpa)
 from training.data import IGNORE_INDEX
 from training.distributed import DistContext, wrap_model
-from training.loss import accumulate_gradients, forward_logits, micro_batch_loss_sum, token_loss_sum
+from training.loss import LossSettings, accumulate_gradients, forward_logits, micro_batch_loss_sum, token_loss_sum
 
 SINGLE = DistContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), initialized=False)
 
@@ -95,7 +95,7 @@ def _free_port() -> int:
 
 
 def _worker(rank: int, base_model: str, out_dir: str, port: int) -> None:
-    """One of two gloo ranks: each accumulates its half of GLOBAL_BATCH under DDP, then FSDP2."""
+    """One of two gloo ranks: its half of GLOBAL_BATCH under DDP, FSDP2, then DDP with the chunked loss."""
     import torch.distributed as dist
 
     torch.set_num_threads(1)
@@ -103,9 +103,9 @@ def _worker(rank: int, base_model: str, out_dir: str, port: int) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=2)
     ctx = DistContext(rank=rank, world_size=2, local_rank=rank, device=torch.device("cpu"), initialized=True)
     mine = GLOBAL_BATCH[rank * 2 : rank * 2 + 2]
-    for strategy in ("ddp", "fsdp2"):
+    for side, strategy, chunked in (("ddp", "ddp", False), ("fsdp2", "fsdp2", False), ("ddp_chunked", "ddp", True)):
         model = wrap_model(_load(Path(base_model)), ctx, strategy)
-        result = accumulate_gradients(model, mine, ctx)
+        result = accumulate_gradients(model, mine, ctx, settings=LossSettings(chunked=chunked))
         grads = {}
         for name, param in model.named_parameters():
             grad = param.grad.full_tensor() if hasattr(param.grad, "full_tensor") else param.grad
@@ -113,7 +113,7 @@ def _worker(rank: int, base_model: str, out_dir: str, port: int) -> None:
         if rank == 0:
             torch.save(
                 {"grads": grads, "loss_tokens": result.loss_tokens, "loss": result.mean_loss},
-                Path(out_dir) / f"{strategy}.pt",
+                Path(out_dir) / f"{side}.pt",
             )
     dist.destroy_process_group()
 
@@ -124,7 +124,7 @@ def test_two_process_gradient_equals_single_process_reference(base_model: Path, 
 
     mp.spawn(_worker, args=(str(base_model), str(tmp_path), _free_port()), nprocs=2, join=True)
     reference = _reference_grads(base_model, GLOBAL_BATCH)
-    for strategy in ("ddp", "fsdp2"):
+    for strategy in ("ddp", "fsdp2", "ddp_chunked"):
         got = torch.load(tmp_path / f"{strategy}.pt", weights_only=True)
         assert got["loss_tokens"] == 108
         assert set(got["grads"]) == set(reference)

@@ -61,6 +61,17 @@ def test_chunked_head_equals_full_logits(monkeypatch: pytest.MonkeyPatch, use_ke
         torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-6)
 
 
+def test_chunked_head_stays_fp32_under_bf16_autocast() -> None:
+    h, w, b, labels = _head_case()
+    expected, expected_grads = _reference(h, w, b, labels)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = chunked_head_loss_sum(h, w, b, labels, chunk_rows=8)
+    grads = torch.autograd.grad(got * 0.5, [h, w, b])
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    for mine, theirs in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-6)
+
+
 def test_chunked_head_uses_the_c_kernel_where_it_applies(monkeypatch: pytest.MonkeyPatch) -> None:
     if kernels.cross_entropy_kernel(torch.zeros(2, 3), torch.zeros(2, dtype=torch.int64)) is None:
         pytest.skip("no C compiler here: the kernel path is the ATen one")
