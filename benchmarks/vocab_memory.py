@@ -109,7 +109,7 @@ def report(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         [
             [
                 r["model"], "chunked" if r["chunked"] else "full logits", r["labelled_positions"], r["logits_mib"],
-                r["peak_rss_mib"], r["step_peak_mib"], r["step_seconds"], r["loss"],
+                r["peak_rss_mib"], r["step_peak_mib"], r["step_seconds"], f"{r['loss']:.6f}",
             ]
             for r in results
         ],
