@@ -23,7 +23,7 @@ from typing import Any
 from transformers import AutoTokenizer, GenerationConfig
 
 from core.masking import MaskError, encode_batch, encode_conversation, render_conversations
-from core.vocab import VocabPadding, embedding_rows, read_vocab_padding, vocab_padding
+from core.vocab import VOCAB_PADDING_FILE, VocabPadding, embedding_rows, read_vocab_padding, vocab_padding
 
 PROBE_ANSWER = "You might enjoy Quiet Rivers (2004), a drama about two sisters."
 PROBES: dict[str, list[dict[str, str]]] = {
@@ -187,7 +187,16 @@ def check_model_dir(model_dir: Path, config: Any, src: Path) -> tuple[dict[str, 
     tokenizer = load_chat_tokenizer(model_dir, src)
     template, eot, rendered_ids = probe_chat_template(tokenizer, src)
     padding, unembedded = check_vocabulary(config, tokenizer, rendered_ids)
-    padding = read_vocab_padding(model_dir) or padding
+    recorded = read_vocab_padding(model_dir)
+    if recorded is not None:
+        if (recorded.real_vocab_size, recorded.embedding_rows) != (padding.real_vocab_size, padding.embedding_rows):
+            raise ValueError(
+                f"{VOCAB_PADDING_FILE} in {src} records {recorded.real_vocab_size} tokens in "
+                f"{recorded.embedding_rows} rows, but the tokenizer has {padding.real_vocab_size} and the model "
+                f"{padding.embedding_rows}: the model or tokenizer changed after it was written; save all three "
+                "again (core.vocab.add_tokens, save_pretrained, save_vocab_padding) or delete the file"
+            )
+        padding = recorded
     findings = {
         "vocab_size": len(tokenizer),
         "chat_template": template,

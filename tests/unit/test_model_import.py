@@ -244,3 +244,13 @@ def test_a_template_that_inserts_reasoning_before_the_reply_still_shows_its_end_
     not_masked = card["chat_template"]["probes_not_masked"]
     assert set(not_masked) == set(PROBES) and all("serving_prefix_mismatch" in e for e in not_masked.values())
     assert sum("gets no exact loss mask" in w for w in card["warnings"]) == len(PROBES)
+
+
+def test_a_stale_padding_record_is_refused(tmp_path: Path) -> None:
+    tokenizer = copy.deepcopy(tokenizer_for("chatml"))
+    src = _save_model_dir(tmp_path / "stale", "llama", tokenizer=tokenizer)
+    model = LlamaForCausalLM.from_pretrained(src)
+    save_vocab_padding(src, add_tokens(model, tokenizer, ["<item_1>"]))
+    model.save_pretrained(src)  # the tokenizer with <item_1> is never saved
+    with pytest.raises(ValueError, match=r"vocab_padding\.json .* records 581 tokens .* tokenizer has 580"):
+        import_local_model(src, tmp_path / "out")
