@@ -29,7 +29,7 @@ import torch
 
 from core.atomic_io import sha256_file
 from core.tokenizer_training import tokenizer_fingerprint
-from training.attention import resolve_attn
+from training.attention import attention_notes, resolve_attn
 from training.checkpoint import find_resume_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
 from training.config import ConfigError, TrainConfig, load_config
 from training.data import PackedLoader, load_corpus, rank_indices
@@ -204,6 +204,8 @@ class SFTRecipe:
 
         model = load_model(cfg, ctx)  # first: its vocabulary and pad id validate the data
         self.parameters = sum(p.numel() for p in model.parameters())
+        for note in attention_notes(model.config, resolve_attn(cfg, ctx)):  # layers off packed_sdpa's fast path
+            self.reporter.info(note)
         self.loader, self.data_info = load_data(cfg, ctx, model.config)
         fsdp = cfg.distributed == "fsdp2"
         self.loss_settings = loss_settings(cfg.loss_chunking, model.config, tokenizer_length(cfg), fsdp=fsdp)
