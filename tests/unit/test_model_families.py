@@ -67,7 +67,6 @@ def test_builds_are_deterministic_and_leave_the_global_generator_alone(tokenizer
     assert all(torch.equal(first[k], second[k]) for k in first)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(FAMILIES))
 def test_saved_family_loads_and_generates(family_dirs: dict[str, Path], name: str) -> None:
     """The directory loads with AutoModelForCausalLM, chat template included, and generates greedily."""
