@@ -178,31 +178,40 @@ class TemplateSpec:
                 raise ValueError(f"template {self.name!r}: {tok!r} must be listed in special_tokens")
 
 
+# The special tokens two template shapes share (ChatML and its reasoning variant; the two header layouts).
+_CHATML_TOKENS: dict = {
+    "special_tokens": ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>"),
+    "bos_token": "<|endoftext|>",
+    "eos_token": "<|im_end|>",
+    "pad_token": "<|pad|>",
+    "end_of_turn": "<|im_end|>",
+}
+_HEADER_TOKENS: dict = {
+    "special_tokens": (
+        "<|begin_of_text|>",
+        "<|end_of_text|>",
+        "<|start_header_id|>",
+        "<|end_header_id|>",
+        "<|eot_id|>",
+        "<|pad_id|>",
+    ),
+    "bos_token": "<|begin_of_text|>",
+    "eos_token": "<|eot_id|>",
+    "pad_token": "<|pad_id|>",
+    "end_of_turn": "<|eot_id|>",
+}
+
+
 TEMPLATES: dict[str, TemplateSpec] = {
     "chatml": TemplateSpec(
         name="chatml",
         template=CHATML_GENERATION,
-        special_tokens=("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>"),
-        bos_token="<|endoftext|>",
-        eos_token="<|im_end|>",
-        pad_token="<|pad|>",
-        end_of_turn="<|im_end|>",
+        **_CHATML_TOKENS,
     ),
     "header": TemplateSpec(
         name="header",
         template=HEADER_STYLE,
-        special_tokens=(
-            "<|begin_of_text|>",
-            "<|end_of_text|>",
-            "<|start_header_id|>",
-            "<|end_header_id|>",
-            "<|eot_id|>",
-            "<|pad_id|>",
-        ),
-        bos_token="<|begin_of_text|>",
-        eos_token="<|eot_id|>",
-        pad_token="<|pad_id|>",
-        end_of_turn="<|eot_id|>",
+        **_HEADER_TOKENS,
     ),
     "default_system": TemplateSpec(
         name="default_system",
@@ -216,27 +225,12 @@ TEMPLATES: dict[str, TemplateSpec] = {
     "reasoning": TemplateSpec(
         name="reasoning",
         template=REASONING_STRIPS_EARLIER,
-        special_tokens=("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>"),
-        bos_token="<|endoftext|>",
-        eos_token="<|im_end|>",
-        pad_token="<|pad|>",
-        end_of_turn="<|im_end|>",
+        **_CHATML_TOKENS,
     ),
     "llama3": TemplateSpec(
         name="llama3",
         template=LLAMA3_STYLE,
-        special_tokens=(
-            "<|begin_of_text|>",
-            "<|end_of_text|>",
-            "<|start_header_id|>",
-            "<|end_header_id|>",
-            "<|eot_id|>",
-            "<|pad_id|>",
-        ),
-        bos_token="<|begin_of_text|>",
-        eos_token="<|eot_id|>",
-        pad_token="<|pad_id|>",
-        end_of_turn="<|eot_id|>",
+        **_HEADER_TOKENS,
     ),
     "gemma": TemplateSpec(
         name="gemma",
