@@ -245,14 +245,20 @@ def dagster_dev(home: Path, artifacts_dir: Path) -> Iterator[DevPlatform]:
         home=home, env=env, port=free_port(), log=artifacts_dir / "dagster_dev.log", artifacts_dir=artifacts_dir
     )
     started = time.monotonic()
-    seed = subprocess.Popen(
+    # Seed before the daemon starts: a landing sensor that ticked while the seed's day-1 drop was not yet
+    # materialized would launch its own run for that day and race the seed's (the tests assert it launched none).
+    seed = subprocess.run(
         [sys.executable, "-c", SEED],
         cwd=REPO,
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        timeout=300,
+        check=False,
     )
+    assert seed.returncode == 0, f"seeding failed:\n{seed.stdout[-4000:]}"
+    platform.facts["seed_s"] = time.monotonic() - started
     with open(platform.log, "w") as log:
         proc = subprocess.Popen(
             [str(BIN / "dagster"), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(platform.port)],
@@ -263,16 +269,11 @@ def dagster_dev(home: Path, artifacts_dir: Path) -> Iterator[DevPlatform]:
             start_new_session=True,  # its own process group: teardown kills the whole tree
         )
     try:
-        seed_out, _ = seed.communicate(timeout=300)
-        assert seed.returncode == 0, f"seeding failed:\n{seed_out[-4000:]}"
-        platform.facts["seed_s"] = time.monotonic() - started
         _wait_ready(platform, proc, timeout=180)
         platform.facts["ready_s"] = time.monotonic() - started
         platform.facts["startup_log"] = platform.log.read_text()
         yield platform
     finally:
-        if seed.poll() is None:
-            seed.kill()
         _stop(proc)
 
 
