@@ -9,6 +9,7 @@ branches on "am I distributed".
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 from collections.abc import Iterator
@@ -95,8 +96,22 @@ def init_distributed(device_preference: str = "auto") -> DistContext:
 
 
 def shutdown(ctx: DistContext) -> None:
-    if ctx.initialized and dist.is_initialized():
-        dist.destroy_process_group()
+    """Destroy the process group so that its destructor runs with the GIL released.
+
+    Gloo's destructor joins its worker threads, and a worker that is still freeing a finished
+    collective's tensors needs the GIL to do so. When the last reference to the group goes with
+    a DDP reducer, the destructor runs under the GIL and that join never returns: a rank hangs
+    after its work is done. Holding the group object across destroy, collecting whatever still
+    refers to it (a reducer in a reference cycle), and letting this reference go last makes the
+    release go through the group's own binding, which drops the GIL first. Callers release their
+    models before calling this.
+    """
+    if not (ctx.initialized and dist.is_initialized()):
+        return
+    group = dist.group.WORLD
+    dist.destroy_process_group()
+    gc.collect()
+    del group
 
 
 def wrap_model(

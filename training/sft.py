@@ -338,6 +338,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any] | None:
         reporter.close(exc)
         raise
     reporter.close()
+    del recipe  # the DDP reducer goes before the process group: see shutdown()
     shutdown(ctx)
     return summary
 
