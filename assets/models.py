@@ -1,5 +1,7 @@
 """Model layer: the base model (tokenizer with chat template + initial weights)."""
 
+from typing import Any
+
 import dagster as dg
 from pydantic import Field
 
@@ -12,6 +14,8 @@ from resources.artifacts import ArtifactStore, leftovers_metadata
 from resources.warehouse import DuckDBWarehouse
 
 _PRESET = TinyModelPreset()
+# The fields of BaseModelConfig that are not TinyModelPreset's knobs.
+NOT_PRESET_KNOBS = frozenset({"local_path", "chat_template_defaults", "family"})
 
 
 class BaseModelConfig(dg.Config):
@@ -36,6 +40,13 @@ class BaseModelConfig(dg.Config):
     num_key_value_heads: int = _PRESET.num_key_value_heads
     template: str = _PRESET.template
     seed: int = _PRESET.seed
+    chat_template_defaults: dict[str, Any] = Field(
+        default_factory=dict,
+        description=(
+            "defaults for the imported chat template's switches, written into its chat_template.jinja, e.g. "
+            '{"enable_thinking": false} for Qwen3 on replies without reasoning; ignored for the preset'
+        ),
+    )
     family: str = Field(
         default=DEFAULT_FAMILY,
         description=f"the preset's model family, one of {sorted(FAMILIES)}; ignored when a local model is imported",
@@ -43,7 +54,7 @@ class BaseModelConfig(dg.Config):
 
     def preset(self) -> TinyModelPreset:
         """The preset these knobs describe; preset fields the form does not expose keep their defaults."""
-        return TinyModelPreset(**self.model_dump(exclude={"local_path", "family"}))
+        return TinyModelPreset(**self.model_dump(exclude=set(NOT_PRESET_KNOBS)))
 
 
 def training_texts(warehouse: DuckDBWarehouse) -> list[str]:
@@ -73,7 +84,7 @@ def base_model(
     leftovers: list[Leftover] = []
     with artifacts.new_version("base_model", leftovers=leftovers) as (version, tmp):
         if config.local_path:
-            card = import_local_model(config.local_path, tmp)
+            card = import_local_model(config.local_path, tmp, config.chat_template_defaults)
             context.log.info(
                 f"imported local model {config.local_path}: {card['architecture']} ({card['family']} family), "
                 f"end of turn {card['end_of_turn']}, vocabulary {card['vocab_padding']}"
@@ -105,7 +116,13 @@ def base_model(
         meta["family"] = card["family"]
     if "preset" in card:
         meta["preset"] = dg.MetadataValue.json(card["preset"])
-    for finding in ("chat_template", "end_of_turn", "vocab_padding", "warnings"):  # what an import checked
+    for finding in (
+        "chat_template_defaults",
+        "chat_template",
+        "end_of_turn",
+        "vocab_padding",
+        "warnings",
+    ):  # what an import checked
         if finding in card:
             meta[finding] = dg.MetadataValue.json(card[finding])
     return dg.MaterializeResult(

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -22,7 +22,8 @@ from transformers import AutoConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTo
 from transformers.utils import logging as hf_logging
 
 from core.chat_templates import TEMPLATES
-from core.model_checks import check_architecture, check_model_dir, warnings_for
+from core.model_checks import check_architecture, check_model_dir, load_chat_tokenizer, warnings_for
+from core.template_defaults import TemplateValue, validate_defaults, write_template_defaults
 from core.tokenizer_training import tokenizer_fingerprint, train_bpe_tokenizer
 from core.vocab import suppress_padding_in_dir
 
@@ -155,12 +156,13 @@ def _snapshot(src: Path, out_dir: Path) -> None:
                 )
 
 
-def import_local_model(src: Path, out_dir: Path) -> dict:
+def import_local_model(src: Path, out_dir: Path, template_defaults: Mapping[str, TemplateValue] | None = None) -> dict:
     """Snapshot a local HF model directory into the artifact version and check it; returns the model card.
 
     The copy is a byte copy, never a hard link, and refuses a file that changes while it is copied (a torn
-    snapshot of half-old weights must not become a version). One file may then differ from the source: when
-    the embedding has padding rows that generation_config.json does not suppress, the copy's does.
+    snapshot of half-old weights must not become a version). Two files may then differ from the source: when
+    the embedding has padding rows that generation_config.json does not suppress, the copy's does; with
+    `template_defaults` (core.template_defaults), chat_template.jinja holds the template with those defaults.
 
     The architecture is checked from config.json before anything is copied; the tokenizer, chat template,
     end-of-turn token and vocabulary padding are checked on the copy (core.model_checks), so the findings
@@ -175,13 +177,17 @@ def import_local_model(src: Path, out_dir: Path) -> dict:
         )
     config = AutoConfig.from_pretrained(src, local_files_only=True)
     family = check_architecture(config, src)
+    defaults = validate_defaults(template_defaults or {})
     _snapshot(src, out_dir)
+    if defaults:
+        write_template_defaults(load_chat_tokenizer(out_dir, src), out_dir, defaults)
     findings, padding = check_model_dir(out_dir, config, src)
     card = {
         "source": "local",
         "source_path": str(src),
         "architecture": (config.architectures or ["unknown"])[0],
         "family": family,
+        "chat_template_defaults": defaults,
         **findings,
         "padding_suppression_written": suppress_padding_in_dir(out_dir, config, padding),
         "tokenizer_fingerprint": tokenizer_fingerprint(out_dir),

@@ -17,12 +17,15 @@ missing and what to do, not hours later as quarantined rows or a wrong loss. The
 
 from __future__ import annotations
 
+import copy
+import json
 from pathlib import Path
 from typing import Any
 
 from transformers import AutoTokenizer, GenerationConfig
 
 from core.masking import MaskError, encode_batch, encode_conversation, render_conversations
+from core.template_defaults import switches_named, with_defaults
 from core.vocab import VOCAB_PADDING_FILE, VocabPadding, embedding_rows, read_vocab_padding, vocab_padding
 
 PROBE_ANSWER = "You might enjoy Quiet Rivers (2004), a drama about two sisters."
@@ -102,6 +105,27 @@ def _end_of_turn(tokenizer: Any, name: str, messages: list[dict[str, str]]) -> i
     return last if last in tokenizer.added_tokens_decoder else None
 
 
+def _probes_not_masked(tokenizer: Any) -> dict[str, str]:
+    """Probe name -> why it gets no exact loss mask, for each probe that gets none."""
+    unmasked = {}
+    for name, messages in PROBES.items():
+        try:
+            encode_conversation(tokenizer, messages)
+        except MaskError as exc:
+            unmasked[name] = str(exc)
+    return unmasked
+
+
+def _switches_that_mask(tokenizer: Any) -> dict[str, Any]:
+    """The template switches (core.template_defaults) whose defaults make every probe mask exactly; {} if none."""
+    switches = switches_named(tokenizer.chat_template)
+    if not switches:
+        return {}
+    trial = copy.deepcopy(tokenizer)
+    trial.chat_template = with_defaults(tokenizer.chat_template, switches)
+    return switches if not _probes_not_masked(trial) else {}
+
+
 def _stop_ids(model_dir: Path, config: Any) -> set[int]:
     """The token ids that end generation: generation_config.json's eos_token_id, else config.json's."""
     try:
@@ -131,12 +155,8 @@ def probe_chat_template(tokenizer: Any, src: Path) -> tuple[dict[str, Any], int 
             f"conversations have the shapes {list(PROBES)}: fix the template or use another model"
         ) from exc
     found: dict[str, int | None] = {}
-    unmasked: dict[str, str] = {}
+    unmasked = _probes_not_masked(tokenizer)
     for name, messages in PROBES.items():
-        try:
-            encode_conversation(tokenizer, messages)
-        except MaskError as exc:
-            unmasked[name] = str(exc)
         found[name] = _end_of_turn(tokenizer, name, messages)
     ids = set(found.values())
     if len(ids) > 1:
@@ -144,6 +164,9 @@ def probe_chat_template(tokenizer: Any, src: Path) -> tuple[dict[str, Any], int 
     findings: dict[str, Any] = {"probes_rendered": list(PROBES)}
     if unmasked:
         findings["probes_not_masked"] = unmasked
+        suggested = _switches_that_mask(tokenizer)
+        if suggested:
+            findings["suggested_chat_template_defaults"] = suggested
     rendered_ids = {i for text in renderings for i in tokenizer(text, add_special_tokens=False)["input_ids"]}
     return findings, next(iter(ids), None), rendered_ids
 
@@ -228,9 +251,16 @@ def warnings_for(card: dict[str, Any]) -> list[str]:
             f"{card['vocab_padding']['embedding_rows']} embedding rows; the chat template never emits them, "
             "so training is unaffected, but do not add them to prompts"
         )
-    for name, error in (card.get("chat_template") or {}).get("probes_not_masked", {}).items():
+    template = card.get("chat_template") or {}
+    for name, error in template.get("probes_not_masked", {}).items():
         out.append(
             f"the {name} probe gets no exact loss mask ({error}); tokenized_shards' rewrite_policy handles "
             "templates that rewrite earlier turns, other rows like it are quarantined"
+        )
+    suggested = template.get("suggested_chat_template_defaults")
+    if suggested:
+        out.append(
+            f"with chat_template_defaults {json.dumps(suggested)} every probe masks exactly: import again with "
+            "that base_model config (docs/training.md, 'Template switches') unless your replies carry reasoning"
         )
     return out

@@ -6,14 +6,14 @@ import dataclasses
 
 import pytest
 
-from assets.models import BaseModelConfig
+from assets.models import NOT_PRESET_KNOBS, BaseModelConfig
 from core.base_model import TinyModelPreset
 from core.model_families import DEFAULT_FAMILY
 
 
 def test_every_preset_knob_defaults_to_the_preset_value() -> None:
     preset = {f.name: f for f in dataclasses.fields(TinyModelPreset)}
-    knobs = set(BaseModelConfig.model_fields) - {"local_path", "family"}
+    knobs = set(BaseModelConfig.model_fields) - NOT_PRESET_KNOBS
     assert knobs <= set(preset)
     for name in knobs:
         field = BaseModelConfig.model_fields[name]

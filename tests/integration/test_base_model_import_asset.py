@@ -51,7 +51,9 @@ def test_import_findings_reach_the_asset_metadata(tmp_path: Path) -> None:
             "warehouse": DuckDBWarehouse(path=str(tmp_path / "w.duckdb")),
             "artifacts": ArtifactStore(root=str(tmp_path / "artifacts")),
         },
-        run_config=dg.RunConfig({"base_model": BaseModelConfig(local_path=str(src))}),
+        run_config=dg.RunConfig(
+            {"base_model": BaseModelConfig(local_path=str(src), chat_template_defaults={"enable_thinking": False})}
+        ),
         instance=dg.DagsterInstance.ephemeral(),
     )
     assert result.success
@@ -62,3 +64,5 @@ def test_import_findings_reach_the_asset_metadata(tmp_path: Path) -> None:
     assert meta["vocab_padding"]["embedding_rows"] == padded_size(meta["vocab_size"])
     assert meta["chat_template"]["probes_rendered"] == ["system/user/assistant", "user/assistant"]
     assert meta["warnings"] == []
+    # The switch this template does not use is still written into the version's template, and reported.
+    assert meta["chat_template_defaults"] == {"enable_thinking": False}
