@@ -187,6 +187,7 @@ class SFTRecipe:
         self.output_dir = Path(cfg.output_dir)
         self.state = TrainerState()
         self.throughput = Throughput()
+        self.attention_notes: list[str] = []
 
     def setup(self, resume: bool) -> None:
         """Model, data, optimizer and schedule; with `resume`, restored from the newest valid checkpoint."""
@@ -204,7 +205,8 @@ class SFTRecipe:
 
         model = load_model(cfg, ctx)  # first: its vocabulary and pad id validate the data
         self.parameters = sum(p.numel() for p in model.parameters())
-        for note in attention_notes(model.config, resolve_attn(cfg, ctx)):  # layers off packed_sdpa's fast path
+        self.attention_notes = attention_notes(model.config, resolve_attn(cfg, ctx))  # off packed_sdpa's fast path
+        for note in self.attention_notes:
             self.reporter.info(note)
         self.loader, self.data_info = load_data(cfg, ctx, model.config)
         fsdp = cfg.distributed == "fsdp2"
@@ -317,6 +319,7 @@ class SFTRecipe:
             data_info=self.data_info,
             loss=self.loss_settings,
             experts=self.experts,
+            attention_notes=self.attention_notes,
         )
         weights = sha256_file(self.output_dir / "model.safetensors")
         summary = build_summary(self.cfg, self.ctx, self.state, self.throughput, packing, facts, weights)

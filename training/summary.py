@@ -66,6 +66,7 @@ class RunFacts:
     data_info: dict[str, Any]  # conversations, data (shard fingerprints), tokenizer_fingerprint
     loss: LossSettings = field(default_factory=LossSettings)
     experts: ExpertTotals | None = None  # MoE runs only
+    attention_notes: list[str] = field(default_factory=list)  # layers off packed_sdpa's fast path (sliding, capped)
 
 
 @dataclass
@@ -140,6 +141,7 @@ def build_summary(
         "compiled": facts.compiled,
         "attn_implementation": resolve_attn(cfg, ctx),
         "cpu_kernels": facts.cpu_kernels,
+        "attention_notes": facts.attention_notes,
         "packing_efficiency": packing.tokens / (packing.rows * cfg.seq_len) if packing.rows else 0.0,
         "mfu_estimate": mfu_estimate(facts.parameters, tokens_per_second, facts.peak_flops, ctx.world_size),
         "peak_flops_per_device": facts.peak_flops,
@@ -195,6 +197,8 @@ def pipes_metadata(summary: dict[str, Any], output_dir: Path) -> dict[str, Any]:
     meta["data"] = {"raw_value": summary["data"], "type": "json"}
     meta["conversations"] = {"raw_value": summary["conversations"], "type": "json"}
     meta["loss_chunked"] = summary["loss"]["chunked"]
+    if summary.get("attention_notes"):
+        meta["attention_notes"] = {"raw_value": summary["attention_notes"], "type": "json"}
     if "moe" in summary:
         meta["expert_tokens"] = {"raw_value": summary["moe"], "type": "json"}
         balance = summary["moe"]["expert_load_max_over_mean"]

@@ -36,6 +36,8 @@ def test_family_trains_and_its_checkpoint_generates(
     log = capsys.readouterr()
     said_window = f"use a {GEMMA3_SLIDING_WINDOW}-token sliding window" in log.out + log.err
     assert said_window == (name == "gemma3")
+    # and the summary (the asset's metadata) says so too
+    assert any("sliding window" in note for note in summary["attention_notes"]) == (name == "gemma3")
 
     model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
     assert type(model) is FAMILIES[name].model_class
