@@ -33,7 +33,7 @@ pytestmark = [pytest.mark.kubernetes, pytest.mark.needs_root]
 UNAVAILABLE = netns_unavailable_reason()
 # CI loses node 0 (the rendezvous host and rank 0: the harder case); MULTIHOST_LOSE_EACH_NODE=1 also loses node 1.
 LOST_NODES = [0, 1] if os.environ.get("MULTIHOST_LOSE_EACH_NODE") else [0]
-MAX_STEPS, CHECKPOINT_EVERY = 400, 100
+MAX_STEPS, CHECKPOINT_EVERY = 120, 30
 
 _cluster: NetnsCluster | None = None
 
@@ -70,8 +70,15 @@ def test_two_nodes_train_lose_a_node_and_resume_from_the_checkpoint(lost_node: i
         base = make_base_model(artifacts / "base_model" / "v1")
         shards = make_shards(artifacts / "tokenized_shards" / "2026-01-01" / "v1", base, n=240)
         output_dir = artifacts / "trained_checkpoint" / ".tmp-run-multihost"
+        # compile off: each pod's /tmp is its own, so every pod start would compile cold (about a minute here)
         train_config = config_dict(
-            base, [shards], output_dir, max_steps=MAX_STEPS, checkpoint_every=CHECKPOINT_EVERY, log_every=20
+            base,
+            [shards],
+            output_dir,
+            max_steps=MAX_STEPS,
+            checkpoint_every=CHECKPOINT_EVERY,
+            log_every=20,
+            compile="off",
         )
         launcher = NetnsLauncher(
             namespace="training",
