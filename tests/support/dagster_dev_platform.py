@@ -35,8 +35,8 @@ from support.training_builders import TINY_MODEL
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-DAYS = ["2026-01-01", "2026-01-02", "2026-01-03", "2026-01-04"]  # day 1 seeded, days 2..4 backfilled
-NEW_DAY = "2026-01-05"  # dropped by the synthetic CLI: the day after the newest existing drop
+DAYS = ["2026-01-01", "2026-01-02", "2026-01-03"]  # day 1 seeded, days 2..3 backfilled
+NEW_DAY = "2026-01-04"  # dropped by the synthetic CLI: the day after the newest existing drop
 TINY_RETRAIN = {
     "ops": {
         "trained_checkpoint": {
@@ -286,14 +286,14 @@ def run_operations(platform: DevPlatform) -> None:
     facts = platform.facts
     dagster = str(BIN / "dagster")
 
-    # 1. A 3-day backfill of the ingestion job, submitted from the CLI to the running daemon.
+    # 1. A backfill of the ingestion job over days 2..3, submitted from the CLI to the running daemon.
     started = time.monotonic()
     out = platform.cli(
         dagster, "job", "backfill", "-w", "workspace.yaml", "-j", "ingestion_job",
-        "--from", DAYS[1], "--to", DAYS[3], "--noprompt",
+        "--from", DAYS[1], "--to", DAYS[-1], "--noprompt",
     )  # fmt: skip
     facts["backfill_cli_output"] = out
-    backfill_runs = platform.wait_for_runs(3, timeout=300, has_tag="dagster/backfill", pipelineName="ingestion_job")
+    backfill_runs = platform.wait_for_runs(len(DAYS) - 1, timeout=300, has_tag="dagster/backfill", pipelineName="ingestion_job")
     facts["backfill_runs"] = backfill_runs
     facts["backfill_s"] = time.monotonic() - started
 
