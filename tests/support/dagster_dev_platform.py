@@ -293,7 +293,9 @@ def run_operations(platform: DevPlatform) -> None:
         "--from", DAYS[1], "--to", DAYS[-1], "--noprompt",
     )  # fmt: skip
     facts["backfill_cli_output"] = out
-    backfill_runs = platform.wait_for_runs(len(DAYS) - 1, timeout=300, has_tag="dagster/backfill", pipelineName="ingestion_job")
+    backfill_runs = platform.wait_for_runs(
+        len(DAYS) - 1, timeout=300, has_tag="dagster/backfill", pipelineName="ingestion_job"
+    )
     facts["backfill_runs"] = backfill_runs
     facts["backfill_s"] = time.monotonic() - started
 
