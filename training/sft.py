@@ -14,9 +14,11 @@ The benchmarks (benchmarks/worker/) time the same pieces in the same order.
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import math
 import os
 import random
+import signal
 import sys
 import time
 import traceback
@@ -351,6 +353,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", required=True, help="training config file (JSON, or YAML with PyYAML)")
     parser.add_argument("--resume", action="store_true", help="continue from the newest valid checkpoint")
     args = parser.parse_args(argv)
+    if hasattr(signal, "SIGUSR1"):
+        # `kill -USR1 <rank pid>` prints every thread's stack to stderr (the run log) without stopping the rank:
+        # how to see where a rank that looks stuck is waiting.
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
     try:
         train(load_config(args.config), resume=args.resume)
     except BaseException:

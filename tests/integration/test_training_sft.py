@@ -16,6 +16,7 @@ from support.training_builders import (
     config_dict,
     make_base_model,
     make_shards,
+    run_torchrun,
     subprocess_env,
     torchrun_cmd,
     write_config,
@@ -100,6 +101,34 @@ def test_single_process_run_writes_a_loadable_model_and_summary(
 
 
 @pytest.mark.slow
+def test_sigusr1_prints_every_threads_stack_and_the_run_goes_on(base_model: Path, shards: Path, tmp_path: Path) -> None:
+    """What operations.md tells a user to do with a rank that looks stuck."""
+    out = tmp_path / "out"
+    cfg = config_dict(base_model, [shards], out, max_steps=200, log_every=1, checkpoint_every=1000, compile="off")
+    config = write_config(tmp_path / "cfg.json", cfg)
+    proc = subprocess.Popen(
+        [os.sys.executable, "-m", "training.sft", "--config", str(config)],
+        cwd=tmp_path,
+        env=subprocess_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        first = proc.stdout.readline()
+        while first and not first.startswith("step "):
+            first = proc.stdout.readline()
+        assert first.startswith("step "), "the run printed no step line"
+        proc.send_signal(signal.SIGUSR1)
+        _, err = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err[-3000:]
+    assert "(most recent call first)" in err and "training/sft.py" in err
+    assert json.loads((out / "summary.json").read_text())["steps"] == 200
+
+
+@pytest.mark.slow
 def test_failed_run_exits_nonzero_with_traceback(base_model: Path, tmp_path: Path) -> None:
     missing = tmp_path / "no-such-shards"
     config = write_config(tmp_path / "cfg.json", config_dict(base_model, [missing], tmp_path / "out"))
@@ -121,14 +150,7 @@ def test_one_failing_rank_fails_the_torchrun_job(base_model: Path, tmp_path: Pat
     """Rank 1 gets no data (1 conversation, 2 ranks) and raises; rank 0 is stopped, the job fails."""
     one = make_shards(tmp_path / "one", base_model, n=1)
     config = write_config(tmp_path / "cfg.json", config_dict(base_model, [one], tmp_path / "out"))
-    proc = subprocess.run(
-        torchrun_cmd(2, "--config", str(config)),
-        cwd=tmp_path,
-        env=subprocess_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = run_torchrun(2, "--config", str(config), cwd=tmp_path, env=subprocess_env(), timeout=300)
     assert proc.returncode != 0
     assert "[rank 1] training failed:\nTraceback (most recent call last)" in proc.stderr
     assert "rank 1 has no conversations to train on" in proc.stderr
@@ -164,9 +186,7 @@ def test_torchrun_under_dagster_pipes_reports_from_rank_zero_only(
 ) -> None:
     env, messages = _pipes_env(tmp_path)
     config = write_config(tmp_path / "cfg.json", config_dict(base_model, [shards], tmp_path / "out"))
-    proc = subprocess.run(
-        torchrun_cmd(2, "--config", str(config)), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
-    )
+    proc = run_torchrun(2, "--config", str(config), cwd=tmp_path, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     sent = [json.loads(line) for line in messages.read_text().splitlines()]
     methods = [m["method"] for m in sent]
@@ -211,9 +231,7 @@ def test_killed_rank_then_resume_gives_the_same_weights_as_an_uninterrupted_run(
     overrides = {"max_steps": 40, "checkpoint_every": 4, "log_every": 40, "micro_batch_rows": 1}
     ref_cfg = write_config(tmp_path / "ref.json", config_dict(base_model, [shards], tmp_path / "ref", **overrides))
     # Timeouts here are budgets for a loaded CI machine, not speed bounds (a run takes about 20 s alone).
-    ref = subprocess.run(
-        torchrun_cmd(2, "--config", str(ref_cfg)), cwd=REPO, env=env, capture_output=True, text=True, timeout=300
-    )
+    ref = run_torchrun(2, "--config", str(ref_cfg), cwd=REPO, env=env, timeout=300)
     assert ref.returncode == 0, ref.stderr[-3000:]
 
     out = tmp_path / "crash"
@@ -239,14 +257,7 @@ def test_killed_rank_then_resume_gives_the_same_weights_as_an_uninterrupted_run(
     assert victim is not None and proc.returncode != 0, output[-3000:]
     assert not (out / "summary.json").exists(), "the run finished before the kill; make it longer"
 
-    resumed = subprocess.run(
-        torchrun_cmd(2, "--config", str(cfg), "--resume"),
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    resumed = run_torchrun(2, "--config", str(cfg), "--resume", cwd=REPO, env=env, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resumed from" in resumed.stdout, resumed.stdout
     summary = json.loads((out / "summary.json").read_text())

@@ -1,13 +1,13 @@
-"""Builders shared by the training tests: a tiny base model, random shard dirs, configs, subprocess env.
-
-(Named test_* so it sits with the files it serves; it holds no tests itself.)
-"""
+"""Builders shared by the training tests: a tiny base model, random shard dirs, configs, subprocess env."""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -138,3 +138,32 @@ def torchrun_cmd(nproc: int, *args: str) -> list[str]:
         "training.sft",
         *args,
     ]
+
+
+def run_torchrun(nproc: int, *args: str, env: dict[str, str], cwd: Path, timeout: float) -> subprocess.CompletedProcess:
+    """torchrun of training.sft, like subprocess.run(capture_output=True, text=True); past `timeout`, each rank
+    prints its threads' stacks (training.sft registers SIGUSR1 with faulthandler) before the tree is killed, and the
+    test fails with them, so a hang shows where it waits."""
+    from support.processes import descendants
+
+    cmd = torchrun_cmd(nproc, *args)
+    proc = subprocess.Popen(
+        cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        for pid in descendants(proc.pid):
+            try:
+                if b"training.sft" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    os.kill(pid, signal.SIGUSR1)
+            except OSError:
+                pass
+        time.sleep(2.0)
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        raise AssertionError(
+            f"{' '.join(cmd)} did not exit within {timeout:.0f}s; its output and the ranks' stacks:\n"
+            f"{out[-3000:]}\n{err[-12000:]}"
+        ) from None
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
