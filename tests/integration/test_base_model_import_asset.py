@@ -7,10 +7,9 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-import torch
 from dagster._core.storage.defs_state.base import set_defs_state_storage
 from support.masking_fixtures import tokenizer_for
-from transformers import Qwen3Config, Qwen3ForCausalLM
+from support.model_dirs import save_model_dir
 
 from assets.models import BaseModelConfig, base_model
 from core.vocab import padded_size
@@ -26,20 +25,7 @@ def _no_stale_defs_state_storage():
 
 def _qwen3_dir(out: Path) -> Path:
     tokenizer = copy.deepcopy(tokenizer_for("chatml"))
-    torch.manual_seed(0)
-    config = Qwen3Config(
-        vocab_size=padded_size(len(tokenizer)),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=16,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    Qwen3ForCausalLM(config).save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
+    return save_model_dir(out, "qwen3", rows=padded_size(len(tokenizer)), tokenizer=tokenizer)
 
 
 @pytest.mark.slow

@@ -11,54 +11,18 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 from support.masking_fixtures import tokenizer_for
+from support.model_dirs import save_model_dir
 from transformers import (
     AutoTokenizer,
-    Gemma3ForCausalLM,
-    Gemma3TextConfig,
     GenerationConfig,
-    LlamaConfig,
     LlamaForCausalLM,
-    Qwen3Config,
     Qwen3ForCausalLM,
-    Qwen3MoeConfig,
-    Qwen3MoeForCausalLM,
 )
 
 from core.base_model import import_local_model, read_model_card
 from core.model_checks import PROBES, supported_architectures
 from core.vocab import add_tokens, padded_size, save_vocab_padding
-
-
-def _save_model_dir(out: Path, kind: str, template: str = "chatml", rows: int | None = None, tokenizer=None) -> Path:
-    """A save_pretrained directory of a tiny `kind` model whose embedding has `rows` rows (default: the tokenizer's)."""
-    tokenizer = tokenizer if tokenizer is not None else copy.deepcopy(tokenizer_for(template))
-    common = dict(
-        vocab_size=rows or len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=128,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    torch.manual_seed(0)
-    builders = {
-        "llama": lambda: LlamaForCausalLM(LlamaConfig(**common)),
-        "qwen3": lambda: Qwen3ForCausalLM(Qwen3Config(head_dim=16, **common)),
-        "gemma3": lambda: Gemma3ForCausalLM(Gemma3TextConfig(head_dim=16, sliding_window=16, **common)),
-        "qwen3_moe": lambda: Qwen3MoeForCausalLM(
-            Qwen3MoeConfig(head_dim=16, num_experts=2, num_experts_per_tok=1, moe_intermediate_size=32, **common)
-        ),
-    }
-    model = builders[kind]()
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
 
 
 def _import(src: Path, tmp_path: Path) -> dict:
@@ -85,7 +49,7 @@ def test_import_reports_family_template_end_of_turn_and_padding(
 ) -> None:
     tokenizer = copy.deepcopy(tokenizer_for(template))
     rows = padded_size(len(tokenizer))
-    src = _save_model_dir(tmp_path / kind, kind, template, rows=rows, tokenizer=tokenizer)
+    src = save_model_dir(tmp_path / kind, kind, template, rows=rows, tokenizer=tokenizer)
     card = _import(src, tmp_path)
     classes = {"llama": "Llama", "qwen3": "Qwen3", "gemma3": "Gemma3", "qwen3_moe": "Qwen3Moe"}
     assert card["family"] == kind and card["architecture"] == f"{classes[kind]}ForCausalLM"
@@ -109,7 +73,7 @@ def test_import_reports_family_template_end_of_turn_and_padding(
 
 def test_import_reads_the_padding_recorded_when_tokens_were_added(tmp_path: Path) -> None:
     tokenizer = copy.deepcopy(tokenizer_for("chatml"))
-    src = _save_model_dir(tmp_path / "grown", "qwen3", tokenizer=tokenizer)
+    src = save_model_dir(tmp_path / "grown", "qwen3", tokenizer=tokenizer)
     model = Qwen3ForCausalLM.from_pretrained(src)
     padding = add_tokens(model, tokenizer, ["<item_1>", "<item_2>"], special=True)
     model.save_pretrained(src)
@@ -122,7 +86,7 @@ def test_import_reads_the_padding_recorded_when_tokens_were_added(tmp_path: Path
 
 
 def test_an_unsupported_architecture_is_named_with_the_supported_ones(tmp_path: Path) -> None:
-    src = _save_model_dir(tmp_path / "other", "llama")
+    src = save_model_dir(tmp_path / "other", "llama")
     config = json.loads((src / "config.json").read_text())
     config["architectures"] = ["MistralForCausalLM"]
     (src / "config.json").write_text(json.dumps(config))
@@ -146,7 +110,7 @@ def _with_template(src: Path, template: str) -> None:
 
 
 def test_a_template_that_refuses_a_system_message_is_refused(tmp_path: Path) -> None:
-    src = _save_model_dir(tmp_path / "nosys", "llama")
+    src = save_model_dir(tmp_path / "nosys", "llama")
     _with_template(
         src,
         "{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
@@ -158,7 +122,7 @@ def test_a_template_that_refuses_a_system_message_is_refused(tmp_path: Path) -> 
 
 
 def test_a_missing_chat_template_says_where_one_goes(tmp_path: Path) -> None:
-    src = _save_model_dir(tmp_path / "base", "llama")
+    src = save_model_dir(tmp_path / "base", "llama")
     _with_template(src, "")
     config = json.loads((src / "tokenizer_config.json").read_text())
     config.pop("chat_template", None)
@@ -168,7 +132,7 @@ def test_a_missing_chat_template_says_where_one_goes(tmp_path: Path) -> None:
 
 
 def test_a_template_without_an_end_of_turn_token_is_imported_with_a_warning(tmp_path: Path) -> None:
-    src = _save_model_dir(tmp_path / "plain", "llama")
+    src = save_model_dir(tmp_path / "plain", "llama")
     _with_template(
         src,
         "{% for m in messages %}{{ m['role'] + ': ' + m['content'] + '\\n' }}{% endfor %}"
@@ -180,7 +144,7 @@ def test_a_template_without_an_end_of_turn_token_is_imported_with_a_warning(tmp_
 
 
 def test_an_end_of_turn_token_that_does_not_stop_generation_is_a_warning(tmp_path: Path) -> None:
-    src = _save_model_dir(tmp_path / "nostop", "llama")
+    src = save_model_dir(tmp_path / "nostop", "llama")
     generation = GenerationConfig.from_pretrained(src)
     generation.eos_token_id = 0
     generation.save_pretrained(src)
@@ -195,7 +159,7 @@ def test_an_end_of_turn_token_that_does_not_stop_generation_is_a_warning(tmp_pat
 
 def test_a_tokenizer_larger_than_the_embedding_is_refused(tmp_path: Path) -> None:
     tokenizer = copy.deepcopy(tokenizer_for("chatml"))
-    src = _save_model_dir(tmp_path / "short", "llama", tokenizer=tokenizer)
+    src = save_model_dir(tmp_path / "short", "llama", tokenizer=tokenizer)
     tokenizer.add_tokens(["<item_1>"])
     tokenizer.save_pretrained(src)
     with pytest.raises(ValueError, match="without resizing the model"):
@@ -206,7 +170,7 @@ def test_special_tokens_past_the_embedding_are_tolerated_while_the_template_neve
     """Some releases ship a multimodal placeholder (an image token) one id past the text model's rows."""
     tokenizer = copy.deepcopy(tokenizer_for("chatml"))
     rows = len(tokenizer)
-    src = _save_model_dir(tmp_path / "extra", "llama", tokenizer=tokenizer)
+    src = save_model_dir(tmp_path / "extra", "llama", tokenizer=tokenizer)
     tokenizer.add_tokens(["<image_soft_token>"], special_tokens=True)
     tokenizer.save_pretrained(src)
     card = _import(src, tmp_path)
@@ -237,7 +201,7 @@ QWEN3_SHAPE = (
 
 
 def test_a_template_that_inserts_reasoning_before_the_reply_still_shows_its_end_of_turn(tmp_path: Path) -> None:
-    src = _save_model_dir(tmp_path / "qwen3_shape", "qwen3")
+    src = save_model_dir(tmp_path / "qwen3_shape", "qwen3")
     _with_template(src, QWEN3_SHAPE)
     card = _import(src, tmp_path)
     assert card["end_of_turn"]["token"] == "<|im_end|>" and card["end_of_turn"]["stops_generation"]
@@ -248,7 +212,7 @@ def test_a_template_that_inserts_reasoning_before_the_reply_still_shows_its_end_
 
 def test_a_stale_padding_record_is_refused(tmp_path: Path) -> None:
     tokenizer = copy.deepcopy(tokenizer_for("chatml"))
-    src = _save_model_dir(tmp_path / "stale", "llama", tokenizer=tokenizer)
+    src = save_model_dir(tmp_path / "stale", "llama", tokenizer=tokenizer)
     model = LlamaForCausalLM.from_pretrained(src)
     save_vocab_padding(src, add_tokens(model, tokenizer, ["<item_1>"]))
     model.save_pretrained(src)  # the tokenizer with <item_1> is never saved

@@ -12,9 +12,9 @@ import copy
 from pathlib import Path
 
 import pytest
-import torch
 from support.masking_fixtures import conversations, tokenizer_for
-from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
+from support.model_dirs import save_model_dir
+from transformers import AutoTokenizer
 
 from core.base_model import import_local_model
 from core.masking import encode_batch
@@ -57,24 +57,7 @@ def thinking_tokenizer():
 
 @pytest.fixture(scope="module")
 def qwen3_dir(thinking_tokenizer, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("qwen3-thinking")
-    config = Qwen3Config(
-        vocab_size=len(thinking_tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=16,
-        max_position_embeddings=128,
-        bos_token_id=thinking_tokenizer.bos_token_id,
-        eos_token_id=thinking_tokenizer.eos_token_id,
-        pad_token_id=thinking_tokenizer.pad_token_id,
-    )
-    torch.manual_seed(0)
-    Qwen3ForCausalLM(config).save_pretrained(out)
-    thinking_tokenizer.save_pretrained(out)
-    return out
+    return save_model_dir(tmp_path_factory.mktemp("qwen3-thinking"), "qwen3", tokenizer=thinking_tokenizer)
 
 
 def _prompt(tokenizer, **kwargs) -> str:
