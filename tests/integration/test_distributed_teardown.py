@@ -4,11 +4,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from support.training_builders import REPO, subprocess_env
 
 ROUNDS = 10
 
 
+@pytest.mark.slow
 def test_ddp_ranks_exit_after_the_group_is_destroyed(tmp_path: Path) -> None:
     script = REPO / "tests" / "support" / "teardown_rounds.py"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(script)]
