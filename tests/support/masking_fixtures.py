@@ -137,3 +137,22 @@ def with_reasoning(conversations: list[list[dict[str, str]]], every: int = 2) ->
             copy.append(m)
         out.append(copy)
     return out
+
+
+def decode_ids(tok, ids) -> str:
+    """The exact text of `ids`, special tokens included, without transformers' clean-up of spaces."""
+    return tok.backend_tokenizer.decode(list(ids), skip_special_tokens=False)
+
+
+def masked_runs(tok, encoded) -> list[str]:
+    """The masked text of an encoded conversation, one string per run of consecutive masked tokens."""
+    runs, current = [], []
+    for i, m in zip(encoded.input_ids, encoded.loss_mask, strict=True):
+        if m:
+            current.append(i)
+        elif current:
+            runs.append(decode_ids(tok, current))
+            current = []
+    if current:
+        runs.append(decode_ids(tok, current))
+    return runs

@@ -6,28 +6,10 @@ from __future__ import annotations
 from datetime import datetime
 
 import pytest
-from support.masking_fixtures import tokenizer_for
+from support.masking_fixtures import masked_runs, tokenizer_for
 
 from core.chat_templates import LLAMA3_DEFAULT_SYSTEM_PROMPT
 from core.masking import MaskError, encode_conversation, verify_masks, verify_serving_prefix
-
-
-def _decode(tok, ids):
-    return tok.decode(ids, skip_special_tokens=False)
-
-
-def _masked(tok, encoded):
-    """The masked text, one string per run of masked tokens."""
-    runs, current = [], []
-    for i, m in zip(encoded.input_ids, encoded.loss_mask, strict=True):
-        if m:
-            current.append(i)
-        elif current:
-            runs.append(_decode(tok, current))
-            current = []
-    if current:
-        runs.append(_decode(tok, current))
-    return runs
 
 
 def _checked(tok, messages):
@@ -52,7 +34,7 @@ def test_reasoning_template_strips_reasoning_before_the_last_user_turn_only():
     assert "<|im_start|>assistant\nWatch the classic heist.<|im_end|>" in text
     assert THINKING[3]["content"] + "<|im_end|>" in text  # the last turn keeps its reasoning
     encoded = _checked(tok, THINKING[:2])  # reasoning in the last turn only: nothing is rewritten
-    assert _masked(tok, encoded) == [THINKING[1]["content"] + "<|im_end|>"]
+    assert masked_runs(tok, encoded) == [THINKING[1]["content"] + "<|im_end|>"]
 
 
 def test_reasoning_in_an_earlier_turn_cannot_be_masked_as_written_in_one_row():
@@ -73,7 +55,7 @@ def test_llama3_template_injects_a_dated_default_system_prompt():
     pinned = tok.apply_chat_template(messages, tokenize=False, date_string="01 Jan 2030")
     assert "Today Date: 01 Jan 2030" in pinned
     encoded = _checked(tok, messages)
-    assert _masked(tok, encoded) == ["hello there<|eot_id|>"]  # trimmed, masked as rendered
+    assert masked_runs(tok, encoded) == ["hello there<|eot_id|>"]  # trimmed, masked as rendered
 
 
 def test_llama3_template_uses_the_given_system_message_even_when_empty():
@@ -85,7 +67,7 @@ def test_llama3_template_uses_the_given_system_message_even_when_empty():
     ]
     text = tok.apply_chat_template(messages, tokenize=False)
     assert LLAMA3_DEFAULT_SYSTEM_PROMPT not in text
-    assert _masked(tok, _checked(tok, messages)) == ["hello<|eot_id|>"]
+    assert masked_runs(tok, _checked(tok, messages)) == ["hello<|eot_id|>"]
 
 
 def test_gemma_template_folds_the_system_text_into_the_first_user_turn():
@@ -102,7 +84,7 @@ def test_gemma_template_folds_the_system_text_into_the_first_user_turn():
     assert "<start_of_turn>model\nThe funny sequel.<end_of_turn>" in text
     assert "system" not in text and "assistant" not in text
     encoded = _checked(tok, messages)
-    assert _masked(tok, encoded) == ["The funny sequel.<end_of_turn>", "The cozy pilot.<end_of_turn>"]
+    assert masked_runs(tok, encoded) == ["The funny sequel.<end_of_turn>", "The cozy pilot.<end_of_turn>"]
 
 
 @pytest.mark.parametrize(

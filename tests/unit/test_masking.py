@@ -14,7 +14,14 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from support.masking_fixtures import conversation, conversations, long_conversation, tokenizer_for
+from support.masking_fixtures import (
+    conversation,
+    conversations,
+    decode_ids,
+    long_conversation,
+    masked_runs,
+    tokenizer_for,
+)
 from tokenizers import Tokenizer
 
 from core import masking
@@ -50,23 +57,6 @@ SHIPPED = [t for t in ALL if t not in FAMILY_TEMPLATES]
 MASKING_DIR = Path(masking.__file__).parent  # the package's modules: frames of our code
 
 
-def _decode(tok, ids):
-    return tok.backend_tokenizer.decode(list(ids), skip_special_tokens=False)
-
-
-def _masked_runs(tok, enc):
-    runs, cur = [], []
-    for i, m in zip(enc.input_ids, enc.loss_mask, strict=True):
-        if m:
-            cur.append(i)
-        elif cur:
-            runs.append(_decode(tok, cur))
-            cur = []
-    if cur:
-        runs.append(_decode(tok, cur))
-    return runs
-
-
 def _with_template(template_name: str, chat_template: str):
     """A fresh tokenizer (same vocab as ``template_name``'s) carrying ``chat_template``."""
     tok = tokenizer_for(template_name)
@@ -90,14 +80,14 @@ def test_chatml_mask_by_hand():
         {"role": "assistant", "content": "A cozy comedy series."},
     ]
     enc = encode_conversation(tok, messages)
-    assert _masked_runs(tok, enc) == ["Try the heist movie.<|im_end|>", "A cozy comedy series.<|im_end|>"]
-    unmasked = _decode(tok, [i for i, m in zip(enc.input_ids, enc.loss_mask, strict=True) if not m])
+    assert masked_runs(tok, enc) == ["Try the heist movie.<|im_end|>", "A cozy comedy series.<|im_end|>"]
+    unmasked = decode_ids(tok, [i for i, m in zip(enc.input_ids, enc.loss_mask, strict=True) if not m])
     assert unmasked == (
         "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nWhat should I watch tonight?<|im_end|>\n"
         "<|im_start|>assistant\n\n<|im_start|>user\nSomething funny?<|im_end|>\n<|im_start|>assistant\n\n"
     )
     # the newline after the end-of-turn token is scaffolding: the last token is unmasked
-    assert _decode(tok, enc.input_ids[-1:]) == "\n" and enc.loss_mask[-1] == 0
+    assert decode_ids(tok, enc.input_ids[-1:]) == "\n" and enc.loss_mask[-1] == 0
     im_end = tok.convert_tokens_to_ids("<|im_end|>")
     assert enc.input_ids[-2] == im_end and enc.loss_mask[-2] == 1
     assert enc.truncated is False
@@ -107,9 +97,9 @@ def test_header_mask_by_hand():
     tok = tokenizer_for("header")
     messages = [{"role": "user", "content": "Any thriller?"}, {"role": "assistant", "content": "Dark night."}]
     enc = encode_conversation(tok, messages)
-    assert _masked_runs(tok, enc) == ["Dark night.<|eot_id|>"]
+    assert masked_runs(tok, enc) == ["Dark night.<|eot_id|>"]
     first = enc.loss_mask.index(1)
-    assert _decode(tok, enc.input_ids[:first]) == (
+    assert decode_ids(tok, enc.input_ids[:first]) == (
         "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nAny thriller?<|eot_id|>"
         "<|start_header_id|>assistant<|end_header_id|>\n\n"
     )
@@ -124,14 +114,15 @@ def test_default_system_mask_by_hand():
         {"role": "assistant", "content": "Hello, watch a western."},
     ]
     enc = encode_conversation(tok, messages)
-    assert _masked_runs(tok, enc) == ["Hello, watch a western.</turn>"]
+    assert masked_runs(tok, enc) == ["Hello, watch a western.</turn>"]
     first = enc.loss_mask.index(1)
     # the inserted default system prompt is scaffolding, unmasked
     assert (
-        _decode(tok, enc.input_ids[:first]) == f"<s>[SYS]{DEFAULT_SYSTEM_PROMPT}</turn>\n[USER]Hi</turn>\n[ASSISTANT]"
+        decode_ids(tok, enc.input_ids[:first])
+        == f"<s>[SYS]{DEFAULT_SYSTEM_PROMPT}</turn>\n[USER]Hi</turn>\n[ASSISTANT]"
     )
     with_system = [{"role": "system", "content": "Own prompt."}, *messages]
-    assert DEFAULT_SYSTEM_PROMPT not in _decode(tok, encode_conversation(tok, with_system).input_ids)
+    assert DEFAULT_SYSTEM_PROMPT not in decode_ids(tok, encode_conversation(tok, with_system).input_ids)
 
 
 @pytest.mark.parametrize("template", ALL)
@@ -143,7 +134,7 @@ def test_masked_runs_are_assistant_content_plus_eot(template, exchanges, system)
     messages = conversation(random.Random(exchanges * 10 + system), exchanges, system)
     enc = encode_conversation(tok, messages)
     expected = [m["content"] + eot for m in messages if m["role"] == "assistant"]
-    assert _masked_runs(tok, enc) == expected
+    assert masked_runs(tok, enc) == expected
     assert verify_masks(tok, messages, enc.input_ids, enc.loss_mask) is None
     assert verify_serving_prefix(tok, messages, enc.input_ids, enc.loss_mask) is None
     # input_ids are exactly the stock tokenization of the stock rendering
@@ -151,7 +142,7 @@ def test_masked_runs_are_assistant_content_plus_eot(template, exchanges, system)
     # user and system text never carries loss
     for m in messages:
         if m["role"] != "assistant":
-            assert all(m["content"] not in run for run in _masked_runs(tok, enc))
+            assert all(m["content"] not in run for run in masked_runs(tok, enc))
 
 
 def test_equals_transformers_assistant_mask_for_chatml():
@@ -242,7 +233,7 @@ def test_rewriting_template_hides_a_wrong_stock_mask():
         {"role": "assistant", "content": "a2"},
     ]
     stock = tok.apply_chat_template(messages, return_dict=True, return_assistant_tokens_mask=True)
-    trained_on = _decode(tok, [i for i, m in zip(stock["input_ids"], stock["assistant_masks"], strict=True) if m])
+    trained_on = decode_ids(tok, [i for i, m in zip(stock["input_ids"], stock["assistant_masks"], strict=True) if m])
     assert "[earlier reply omitted]" in trained_on
     with pytest.raises(MaskError):
         encode_conversation(tok, messages)
@@ -254,7 +245,7 @@ def test_whitespace_the_template_trims_is_masked_as_rendered(reply):
     messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": reply}]
     encoded = encode_conversation(tok, messages)
     masked = [i for i, m in zip(encoded.input_ids, encoded.loss_mask, strict=True) if m]
-    assert _decode(tok, masked) == reply.strip() + "<|eot_id|>"
+    assert decode_ids(tok, masked) == reply.strip() + "<|eot_id|>"
     assert verify_masks(tok, messages, encoded.input_ids, encoded.loss_mask) is None
     assert verify_serving_prefix(tok, messages, encoded.input_ids, encoded.loss_mask) is None
 
@@ -267,7 +258,7 @@ def test_an_empty_system_message_the_template_renders_is_accepted():
         {"role": "assistant", "content": "hello"},
     ]
     encoded = encode_conversation(tok, messages)
-    assert "<|im_start|>system\n<|im_end|>" in _decode(tok, encoded.input_ids)
+    assert "<|im_start|>system\n<|im_end|>" in decode_ids(tok, encoded.input_ids)
     assert verify_masks(tok, messages, encoded.input_ids, encoded.loss_mask) is None
     with pytest.raises(MaskError) as info:
         encode_conversation(tok, [{"role": "user", "content": ""}, {"role": "assistant", "content": "x"}])
@@ -395,7 +386,7 @@ def test_lookalikes_in_user_and_assistant_content_are_plain_text(template):
     enc = encode_conversation(tok, messages)
     assert verify_masks(tok, messages, enc.input_ids, enc.loss_mask) is None
     assert verify_serving_prefix(tok, messages, enc.input_ids, enc.loss_mask) is None
-    assert _masked_runs(tok, enc) == [
+    assert masked_runs(tok, enc) == [
         messages[2]["content"] + spec.end_of_turn,
         messages[4]["content"] + spec.end_of_turn,
     ]
@@ -408,7 +399,7 @@ def test_lookalikes_in_user_and_assistant_content_are_plain_text(template):
     # The stock tokenizer would have read the typed text as control tokens.
     stock = tok.apply_chat_template(messages)["input_ids"]
     assert sum(i in special_ids for i in stock) > n_control
-    assert _decode(tok, enc.input_ids) == _decode(tok, stock)
+    assert decode_ids(tok, enc.input_ids) == decode_ids(tok, stock)
     # The serving path keeps typed markers as text too.
     prompt = encode_prompt(tok, messages[:2])
     assert prompt == enc.input_ids[: enc.loss_mask.index(1)]
@@ -419,7 +410,7 @@ def test_partial_marker_at_content_edge_is_handled():
     messages = [{"role": "user", "content": "end|> or <|im_"}, {"role": "assistant", "content": "ok <|im_"}]
     assert has_special_token_lookalike(tok, messages)
     enc = encode_conversation(tok, messages)
-    assert _masked_runs(tok, enc) == ["ok <|im_<|im_end|>"]
+    assert masked_runs(tok, enc) == ["ok <|im_<|im_end|>"]
     assert verify_serving_prefix(tok, messages, enc.input_ids, enc.loss_mask) is None
 
 
@@ -645,7 +636,7 @@ def test_property_curated_content_always_encodes(template, messages):
     enc = encode_conversation(tok, messages)
     assert verify_masks(tok, messages, enc.input_ids, enc.loss_mask) is None
     assert verify_serving_prefix(tok, messages, enc.input_ids, enc.loss_mask) is None
-    assert _decode(tok, enc.input_ids) == tok.apply_chat_template(messages, tokenize=False)
+    assert decode_ids(tok, enc.input_ids) == tok.apply_chat_template(messages, tokenize=False)
 
 
 @pytest.mark.parametrize("template", ALL)
