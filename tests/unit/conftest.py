@@ -1,4 +1,5 @@
-"""Fixtures shared by the unit tests of evaluation/: one tiny model, built per test module that asks for it."""
+"""Fixtures shared by the unit tests, each built once per test module that asks for it: a tiny model for
+evaluation/, and a saved tiny model of every family."""
 
 from pathlib import Path
 from typing import Any
@@ -6,7 +7,10 @@ from typing import Any
 import pytest
 import torch
 from support.evaluation_fixtures import save_tiny_eval_model
+from support.training_builders import TEXTS, TINY
 from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from core.model_families import FAMILIES, save_family_model
 
 
 @pytest.fixture(scope="module")
@@ -22,3 +26,13 @@ def model(model_dir: Path) -> Any:
 @pytest.fixture(scope="module")
 def tokenizer(model_dir: Path) -> Any:
     return AutoTokenizer.from_pretrained(model_dir)
+
+
+@pytest.fixture(scope="module")
+def family_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """name -> a save_pretrained directory of that family's tiny preset (core.model_families)."""
+    dirs = {}
+    for name in FAMILIES:
+        dirs[name] = tmp_path_factory.mktemp(name)
+        save_family_model(dirs[name], TEXTS, TINY, name)
+    return dirs

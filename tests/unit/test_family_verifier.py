@@ -7,21 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from support.training_builders import TEXTS, TINY
 from transformers.models.gemma3.modeling_gemma3 import eager_attention_forward
 
-from core.model_families import FAMILIES, GEMMA3_SLIDING_WINDOW, save_family_model
+from core.model_families import FAMILIES, GEMMA3_SLIDING_WINDOW
 from training import attention
 from training.family_verifier import LOGIT_TOLERANCE, ROWS, main, verify
-
-
-@pytest.fixture(scope="module")
-def family_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    dirs = {}
-    for name in FAMILIES:
-        dirs[name] = tmp_path_factory.mktemp(name)
-        save_family_model(dirs[name], TEXTS, TINY, name)
-    return dirs
 
 
 @pytest.mark.slow  # a verification takes a few seconds per family

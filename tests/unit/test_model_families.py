@@ -18,15 +18,6 @@ def tokenizer():
     return build_preset_tokenizer(TEXTS, TINY)
 
 
-@pytest.fixture(scope="module")
-def family_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    dirs = {}
-    for name in FAMILIES:
-        dirs[name] = tmp_path_factory.mktemp(name)
-        save_family_model(dirs[name], TEXTS, TINY, name)
-    return dirs
-
-
 def test_the_four_families() -> None:
     assert set(FAMILIES) == {"llama", "qwen3", "gemma3", "qwen3_moe"}
     for entry in FAMILIES.values():
