@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 from support.masking_fixtures import tokenizer_for
-from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM
+from support.model_dirs import tiny_model
+from transformers import AutoModelForCausalLM
 
 from core.vocab import (
     PAD_MULTIPLE,
@@ -22,21 +23,7 @@ from core.vocab import (
 
 
 def _tiny(kind: str, vocab_size: int, *, tied: bool) -> torch.nn.Module:
-    common = dict(
-        vocab_size=vocab_size,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=128,
-        tie_word_embeddings=tied,
-        use_cache=False,
-    )
-    torch.manual_seed(0)
-    if kind == "llama":
-        return LlamaForCausalLM(LlamaConfig(**common)).eval()
-    return Qwen3ForCausalLM(Qwen3Config(head_dim=16, **common)).eval()
+    return tiny_model(kind, vocab_size, tie_word_embeddings=tied, use_cache=False).eval()
 
 
 def _tokenizer():
