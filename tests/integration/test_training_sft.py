@@ -11,6 +11,7 @@ import polars as pl
 import pytest
 import torch
 from safetensors.torch import load_file
+from support.processes import training_ranks
 from support.training_builders import (
     REPO,
     config_dict,
@@ -206,23 +207,6 @@ def test_torchrun_under_dagster_pipes_reports_from_rank_zero_only(
     assert proc.stdout.count("step 6/6 loss") == 1  # stdout lines from rank 0 only
 
 
-def _child_with_rank(parent: int, rank: int) -> int | None:
-    """Pid of the torchrun worker (a descendant of `parent`) whose environment has RANK=rank."""
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            environ = (entry / "environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        is_worker = b"training.sft" in (entry / "cmdline").read_bytes()
-        if ppid == parent and f"RANK={rank}".encode() in environ and is_worker:
-            return int(entry.name)
-    return None
-
-
 @pytest.mark.slow
 def test_killed_rank_then_resume_gives_the_same_weights_as_an_uninterrupted_run(
     base_model: Path, shards: Path, tmp_path: Path
@@ -250,7 +234,7 @@ def test_killed_rank_then_resume_gives_the_same_weights_as_an_uninterrupted_run(
     while time.monotonic() < deadline and proc.poll() is None and not first.is_dir():
         time.sleep(0.01)
     if proc.poll() is None:
-        victim = _child_with_rank(proc.pid, 1)
+        victim = training_ranks(proc.pid).get(1)
         assert victim is not None, "could not find the rank-1 worker"
         os.kill(victim, signal.SIGKILL)
     output, _ = proc.communicate(timeout=120)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -17,6 +18,7 @@ import polars as pl
 from core.base_model import TinyModelPreset, save_preset
 from core.shards import write_shard_directory
 from core.tokenizer_training import tokenizer_fingerprint
+from support.processes import training_ranks
 
 REPO = Path(__file__).resolve().parents[2]
 TEXTS = [f"Member {i} watched The Silent Harbor ({1990 + i % 30}) and liked drama {i % 7}." for i in range(200)]
@@ -144,8 +146,6 @@ def run_torchrun(nproc: int, *args: str, env: dict[str, str], cwd: Path, timeout
     """torchrun of training.sft, like subprocess.run(capture_output=True, text=True); past `timeout`, each rank
     prints its threads' stacks (training.sft registers SIGUSR1 with faulthandler) before the tree is killed, and the
     test fails with them, so a hang shows where it waits."""
-    from support.processes import descendants
-
     cmd = torchrun_cmd(nproc, *args)
     proc = subprocess.Popen(
         cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
@@ -153,12 +153,9 @@ def run_torchrun(nproc: int, *args: str, env: dict[str, str], cwd: Path, timeout
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        for pid in descendants(proc.pid):
-            try:
-                if b"training.sft" in Path(f"/proc/{pid}/cmdline").read_bytes():
-                    os.kill(pid, signal.SIGUSR1)
-            except OSError:
-                pass
+        for pid in training_ranks(proc.pid).values():
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGUSR1)
         time.sleep(2.0)
         os.killpg(proc.pid, signal.SIGKILL)
         out, err = proc.communicate()
