@@ -73,8 +73,8 @@ def ours(
     """Per-conversation logits of the packed forward, and the gradients of the trainer's summed token loss
     (the MoE router's auxiliary loss left out: transformers' per-conversation forward has no packed equivalent)."""
     batch = pack_rows(rows, pad_id)
-    with torch.no_grad():
-        logits = forward_logits(model, batch)
+    # In grad mode, as the loss below: compiled layers then trace one graph each, not one per grad mode.
+    logits = forward_logits(model, batch).detach()
     pieces = []
     for r, conversations in enumerate(rows):
         cursor = 0

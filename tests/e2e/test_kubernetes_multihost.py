@@ -70,7 +70,7 @@ def test_two_nodes_train_lose_a_node_and_resume_from_the_checkpoint(lost_node: i
         base = make_base_model(artifacts / "base_model" / "v1")
         shards = make_shards(artifacts / "tokenized_shards" / "2026-01-01" / "v1", base, n=240)
         output_dir = artifacts / "trained_checkpoint" / ".tmp-run-multihost"
-        # compile off: each pod's /tmp is its own, so every pod start would compile cold (about a minute here)
+        # config_dict leaves compile off: each pod's /tmp is its own, so every pod would compile cold
         train_config = config_dict(
             base,
             [shards],
@@ -78,7 +78,6 @@ def test_two_nodes_train_lose_a_node_and_resume_from_the_checkpoint(lost_node: i
             max_steps=MAX_STEPS,
             checkpoint_every=CHECKPOINT_EVERY,
             log_every=20,
-            compile="off",
         )
         launcher = NetnsLauncher(
             namespace="training",

@@ -28,8 +28,8 @@ def test_family_trains_and_its_checkpoint_generates(
     save_family_model(base, TEXTS, TINY, name)
     # Conversations longer than Gemma3's window, so its sliding layers take the windowed path in training.
     shards = make_shards(tmp_path / "shards", base, n=24, min_len=8, max_len=2 * GEMMA3_SLIDING_WINDOW)
-    out = tmp_path / "out"  # compiled layers are checked by test_family_verifier.py (compile takes minutes here)
-    cfg = config_dict(base, [shards], out, max_steps=3, checkpoint_every=10, compile="off")
+    out = tmp_path / "out"  # compiled layers are checked by test_family_verifier.py
+    cfg = config_dict(base, [shards], out, max_steps=3, checkpoint_every=10)
     summary = train(TrainConfig.from_dict(cfg))
     assert summary["steps"] == 3 and math.isfinite(summary["final_loss"])
 

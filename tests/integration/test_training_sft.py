@@ -73,7 +73,8 @@ def test_single_process_run_writes_a_loadable_model_and_summary(
     shard_dir = _counting_shards(tmp_path / "shards", base_model)
     out = tmp_path / "out"
     cfg = config_dict(
-        base_model, [shard_dir], out, max_steps=30, lr=3e-3, log_every=10, checkpoint_every=100, pack_buffer_rows=40
+        base_model, [shard_dir], out, max_steps=30, lr=3e-3, log_every=10, checkpoint_every=100, pack_buffer_rows=40,
+        compile="auto",
     )
     summary = train(TrainConfig.from_dict(cfg))
 
@@ -105,7 +106,7 @@ def test_single_process_run_writes_a_loadable_model_and_summary(
 def test_sigusr1_prints_every_threads_stack_and_the_run_goes_on(base_model: Path, shards: Path, tmp_path: Path) -> None:
     """What operations.md tells a user to do with a rank that looks stuck."""
     out = tmp_path / "out"
-    cfg = config_dict(base_model, [shards], out, max_steps=200, log_every=1, checkpoint_every=1000, compile="off")
+    cfg = config_dict(base_model, [shards], out, max_steps=200, log_every=1, checkpoint_every=1000)
     config = write_config(tmp_path / "cfg.json", cfg)
     proc = subprocess.Popen(
         [os.sys.executable, "-m", "training.sft", "--config", str(config)],

@@ -40,7 +40,7 @@ def test_moe_run_reports_expert_counts_and_the_chunked_loss(tmp_path: Path) -> N
     real = len(AutoTokenizer.from_pretrained(base))
     shards = make_shards(tmp_path / "shards", base, n=24)
     out = tmp_path / "out"
-    cfg = config_dict(base, [shards], out, max_steps=3, checkpoint_every=10, compile="off", loss_chunking="on")
+    cfg = config_dict(base, [shards], out, max_steps=3, checkpoint_every=10, loss_chunking="on")
     summary = train(TrainConfig.from_dict(cfg))
 
     assert summary["loss"] == {"chunked": True, "real_vocab_size": real}

@@ -49,6 +49,7 @@ TINY_RETRAIN = {
                 "checkpoint_every": 3,
                 "log_every": 2,
                 "lr": 3e-3,
+                "extra_json": '{"compile": "off"}',  # this story is about runs and sensors, not inductor
             }
         },
         "eval_report": {"config": {"generation_cases": 6, "max_new_tokens": 16, "batch_size": 8}},

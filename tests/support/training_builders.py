@@ -93,6 +93,8 @@ def make_shards(
 
 
 def config_dict(base_model: Path, shard_dirs: list[Path], output_dir: Path, **overrides: Any) -> dict[str, Any]:
+    """A tiny run's TrainConfig dict. Compile is off: inductor costs 13-27 s per process here, more than the run;
+    tests about compiled layers pass compile="auto" (and tests/unit/test_training_compilation.py)."""
     cfg = {
         "base_model_dir": str(base_model),
         "shard_dirs": [str(d) for d in shard_dirs],
@@ -111,6 +113,7 @@ def config_dict(base_model: Path, shard_dirs: list[Path], output_dir: Path, **ov
         "deterministic": True,
         "cpu_threads": 1,
         "peak_flops": 1e10,
+        "compile": "off",
     }
     cfg.update(overrides)
     return cfg
