@@ -73,7 +73,14 @@ def test_single_process_run_writes_a_loadable_model_and_summary(
     shard_dir = _counting_shards(tmp_path / "shards", base_model)
     out = tmp_path / "out"
     cfg = config_dict(
-        base_model, [shard_dir], out, max_steps=30, lr=3e-3, log_every=10, checkpoint_every=100, pack_buffer_rows=40,
+        base_model,
+        [shard_dir],
+        out,
+        max_steps=30,
+        lr=3e-3,
+        log_every=10,
+        checkpoint_every=100,
+        pack_buffer_rows=40,
         compile="auto",
     )
     summary = train(TrainConfig.from_dict(cfg))
