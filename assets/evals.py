@@ -19,19 +19,12 @@ from core.champion import (
 )
 from core.eval_report import build_report_json, write_report
 from core.fingerprints import files_fingerprint
-from evaluation import (
-    SuiteInputs,
-    SuiteSettings,
-    TitleMatcher,
-    evaluate_model,
-    heldout_rows,
-    hits,
-    recommendation_prompts,
-    run_suite,
-)
+from evaluation import SuiteInputs, SuiteSettings, TitleMatcher, heldout_rows, hits, recommendation_prompts
 from resources.artifacts import ArtifactStore, leftovers_metadata
 from resources.warehouse import DuckDBWarehouse
 
+# evaluate_model and run_suite (torch, transformers) are imported in the steps that run them, not when the
+# code location loads.
 # The suite's defaults are SuiteSettings' own, so the run config and a suite run outside Dagster cannot disagree.
 _SUITE_DEFAULTS = SuiteSettings()
 
@@ -103,6 +96,8 @@ def champion_measurer(
     """Evaluates a champion promoted during this eval on the same held-out data, so the gate compares models."""
 
     def measure(champion: ChampionRecord) -> dict | None:
+        from evaluation import evaluate_model
+
         champion_dir = Path(champion.checkpoint)
         context.log.warning(f"champion changed to {champion.version} during this evaluation; evaluating it too")
         if not champion_dir.is_dir():
@@ -148,6 +143,8 @@ def eval_report(
         champion_dir = None
     inputs = suite_inputs(checkpoint, warehouse, champion_dir)
     settings = suite_settings(config)
+    from evaluation import run_suite
+
     results = run_suite(inputs, settings)
     model, base = results["model"], results["base_model"]
     recommendation = {

@@ -4,14 +4,12 @@ from datetime import date
 from typing import Literal
 
 import dagster as dg
-from transformers import AutoTokenizer
 
 from assets.conversations import curated_conversations, curated_fingerprint
 from assets.metadata import counts_by, reason_metadata
 from assets.models import base_model
 from assets.partitions import daily_partitions
 from core.shards import read_manifest, verify_checksums, write_shard_directory
-from core.tokenize_partition import audit_masks, audit_serving, length_stats, tokenize_conversations
 from core.tokenizer_training import tokenizer_fingerprint
 from resources.artifacts import ArtifactStore
 from resources.warehouse import DuckDBWarehouse
@@ -67,6 +65,11 @@ def tokenized_shards(
     warehouse: DuckDBWarehouse,
     artifacts: ArtifactStore,
 ) -> dg.MaterializeResult:
+    # Imported in the step, not at load: the code location and the ingestion runs never need transformers.
+    from transformers import AutoTokenizer
+
+    from core.tokenize_partition import audit_masks, audit_serving, length_stats, tokenize_conversations
+
     day = date.fromisoformat(context.partition_key)
     model_dir = artifacts.require_latest("base_model")
     tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)

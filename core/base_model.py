@@ -16,16 +16,17 @@ import shutil
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-
-import torch
-from transformers import AutoConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
-from transformers.utils import logging as hf_logging
+from typing import TYPE_CHECKING
 
 from core.chat_templates import TEMPLATES
-from core.model_checks import check_architecture, check_model_dir, load_chat_tokenizer, warnings_for
 from core.template_defaults import TemplateValue, validate_defaults, write_template_defaults
 from core.tokenizer_training import tokenizer_fingerprint, train_bpe_tokenizer
-from core.vocab import suppress_padding_in_dir
+
+# torch and transformers are imported inside the functions that build or check a model: the Dagster code
+# location (and every run worker it starts) imports this module for TinyModelPreset, and must not pay for them.
+if TYPE_CHECKING:
+    import torch
+    from transformers import LlamaForCausalLM, PreTrainedTokenizerBase
 
 MODEL_CARD = "base_model.json"
 
@@ -54,6 +55,9 @@ def build_preset_tokenizer(texts: Iterable[str], preset: TinyModelPreset) -> Pre
 
 def build_preset_model(tokenizer: PreTrainedTokenizerBase, preset: TinyModelPreset) -> LlamaForCausalLM:
     """Initialise the tiny model deterministically from `preset.seed`."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=preset.hidden_size,
@@ -86,6 +90,8 @@ def save_preset(out_dir: Path, texts: Iterable[str], preset: TinyModelPreset) ->
     """Train the tokenizer, build the model and save both to `out_dir`; returns the model card."""
     tokenizer = build_preset_tokenizer(texts, preset)
     model = build_preset_model(tokenizer, preset)
+    from transformers.utils import logging as hf_logging
+
     hf_logging.disable_progress_bar()  # keep Dagster's run logs free of progress bars
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
@@ -175,6 +181,11 @@ def import_local_model(src: Path, out_dir: Path, template_defaults: Mapping[str,
             f"BASE_MODEL_PATH={src} is not a Hugging Face model directory (no config.json); "
             "point it at a folder written by save_pretrained (or by huggingface-cli download)"
         )
+    from transformers import AutoConfig
+
+    from core.model_checks import check_architecture, check_model_dir, load_chat_tokenizer, warnings_for
+    from core.vocab import suppress_padding_in_dir
+
     config = AutoConfig.from_pretrained(src, local_files_only=True)
     family = check_architecture(config, src)
     defaults = validate_defaults(template_defaults or {})

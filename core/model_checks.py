@@ -48,7 +48,7 @@ def supported_architectures() -> dict[str, str]:
     # Imported here: core.model_families builds on core.base_model, which imports this module.
     from core.model_families import FAMILIES
 
-    return {entry.model_class.__name__: name for name, entry in FAMILIES.items()}
+    return {entry.architecture: name for name, entry in FAMILIES.items()}
 
 
 def check_architecture(config: Any, src: Path) -> str:

@@ -16,23 +16,7 @@ import json
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
-
-import torch
-from transformers import (
-    Gemma3ForCausalLM,
-    Gemma3TextConfig,
-    LlamaConfig,
-    LlamaForCausalLM,
-    PretrainedConfig,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-    Qwen3Config,
-    Qwen3ForCausalLM,
-    Qwen3MoeConfig,
-    Qwen3MoeForCausalLM,
-)
-from transformers.utils import logging as hf_logging
+from typing import TYPE_CHECKING, Any
 
 from core.base_model import (
     MODEL_CARD,
@@ -43,6 +27,18 @@ from core.base_model import (
     save_preset,
 )
 from core.tokenizer_training import tokenizer_fingerprint
+
+# The Dagster code location imports this module for the family names: torch and transformers' model classes
+# are imported only when a model is built.
+if TYPE_CHECKING:
+    from transformers import (
+        Gemma3TextConfig,
+        PretrainedConfig,
+        PreTrainedModel,
+        PreTrainedTokenizerBase,
+        Qwen3Config,
+        Qwen3MoeConfig,
+    )
 
 DEFAULT_FAMILY = "llama"
 # Gemma3's sliding layers see this many tokens back (itself included); short enough that chat rows of the
@@ -59,11 +55,16 @@ class ModelFamily:
     """One family: the transformers classes it is built from and what it exercises beyond the Llama preset."""
 
     name: str
-    config_class: type[PretrainedConfig]
-    model_class: type[PreTrainedModel]
+    architecture: str  # the transformers model class, as config.json's "architectures" names it
     features: tuple[str, ...]
     # None: the preset's own builder (core.base_model.build_preset_model), so "llama" stays byte-identical.
     build_config: Callable[[PreTrainedTokenizerBase, TinyModelPreset], PretrainedConfig] | None
+
+    @property
+    def model_class(self) -> type[PreTrainedModel]:
+        import transformers
+
+        return getattr(transformers, self.architecture)
 
 
 def _head_dim(preset: TinyModelPreset) -> int:
@@ -89,6 +90,8 @@ def _common(tokenizer: PreTrainedTokenizerBase, preset: TinyModelPreset) -> dict
 
 
 def _qwen3_config(tokenizer: PreTrainedTokenizerBase, preset: TinyModelPreset) -> Qwen3Config:
+    from transformers import Qwen3Config
+
     return Qwen3Config(
         **_common(tokenizer, preset),
         intermediate_size=preset.intermediate_size,
@@ -97,6 +100,8 @@ def _qwen3_config(tokenizer: PreTrainedTokenizerBase, preset: TinyModelPreset) -
 
 
 def _gemma3_config(tokenizer: PreTrainedTokenizerBase, preset: TinyModelPreset) -> Gemma3TextConfig:
+    from transformers import Gemma3TextConfig
+
     layer_types = [
         "full_attention" if (i + 1) % GEMMA3_GLOBAL_EVERY == 0 else "sliding_attention"
         for i in range(preset.num_hidden_layers)
@@ -116,6 +121,8 @@ def _gemma3_config(tokenizer: PreTrainedTokenizerBase, preset: TinyModelPreset) 
 
 
 def _qwen3_moe_config(tokenizer: PreTrainedTokenizerBase, preset: TinyModelPreset) -> Qwen3MoeConfig:
+    from transformers import Qwen3MoeConfig
+
     return Qwen3MoeConfig(
         **_common(tokenizer, preset),
         intermediate_size=preset.intermediate_size,
@@ -131,18 +138,16 @@ def _qwen3_moe_config(tokenizer: PreTrainedTokenizerBase, preset: TinyModelPrese
 FAMILIES: dict[str, ModelFamily] = {
     entry.name: entry
     for entry in (
-        ModelFamily("llama", LlamaConfig, LlamaForCausalLM, ("the built-in preset (GQA, RoPE, SiLU MLP)",), None),
+        ModelFamily("llama", "LlamaForCausalLM", ("the built-in preset (GQA, RoPE, SiLU MLP)",), None),
         ModelFamily(
             "qwen3",
-            Qwen3Config,
-            Qwen3ForCausalLM,
+            "Qwen3ForCausalLM",
             ("per-head RMSNorm of queries and keys (q_norm, k_norm)",),
             _qwen3_config,
         ),
         ModelFamily(
             "gemma3",
-            Gemma3TextConfig,
-            Gemma3ForCausalLM,
+            "Gemma3ForCausalLM",
             (
                 f"sliding-window layers ({GEMMA3_SLIDING_WINDOW} tokens) between global layers "
                 f"(one layer in {GEMMA3_GLOBAL_EVERY} global)",
@@ -154,8 +159,7 @@ FAMILIES: dict[str, ModelFamily] = {
         ),
         ModelFamily(
             "qwen3_moe",
-            Qwen3MoeConfig,
-            Qwen3MoeForCausalLM,
+            "Qwen3MoeForCausalLM",
             (
                 f"a routed mixture of {MOE_EXPERTS} experts, top-{MOE_EXPERTS_PER_TOKEN} per token, in every layer",
                 "per-head RMSNorm of queries and keys",
@@ -178,6 +182,8 @@ def build_family_model(tokenizer: PreTrainedTokenizerBase, preset: TinyModelPres
     chosen = family(name)
     if chosen.build_config is None:
         return build_preset_model(tokenizer, preset)
+    import torch
+
     config = chosen.build_config(tokenizer, preset)
     generator_state = torch.random.get_rng_state()
     try:
@@ -198,6 +204,8 @@ def save_family_model(out_dir: Path, texts: Iterable[str], preset: TinyModelPres
         return save_preset(out_dir, texts, preset)
     tokenizer = build_preset_tokenizer(texts, preset)
     model = build_family_model(tokenizer, preset, name)
+    from transformers.utils import logging as hf_logging
+
     hf_logging.disable_progress_bar()  # keep Dagster's run logs free of progress bars
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
@@ -207,7 +215,7 @@ def save_family_model(out_dir: Path, texts: Iterable[str], preset: TinyModelPres
         "preset": asdict(preset),
         "parameters": count_parameters(model),
         "vocab_size": len(tokenizer),
-        "architecture": chosen.model_class.__name__,
+        "architecture": chosen.architecture,
         "tokenizer_fingerprint": tokenizer_fingerprint(out_dir),
     }
     (out_dir / MODEL_CARD).write_text(json.dumps(card, indent=2, sort_keys=True))

@@ -16,11 +16,12 @@ import hashlib
 import json
 from collections.abc import Iterable
 from pathlib import Path
-
-from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import PreTrainedTokenizerFast
+from typing import TYPE_CHECKING
 
 from core.chat_templates import TemplateSpec
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerFast
 
 # Pre-tokenization split, applied before the byte-level mapping. Unlike GPT-2's regex it
 # has no look-ahead, so a run of newlines is one piece whatever follows it: a prompt
@@ -59,6 +60,10 @@ def train_bpe_tokenizer(
             f"vocab_size={vocab_size} is too small for template {spec.name!r}: it needs at least "
             f"{n_fixed} (256 byte symbols + {len(spec.special_tokens)} special tokens); raise vocab_size"
         )
+    # Imported here: the Dagster code location imports this module for tokenizer_fingerprint alone.
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.Sequence(
         [

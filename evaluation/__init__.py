@@ -7,45 +7,56 @@ served a held-out member's history (``evaluate_recommendations``), next to a pop
 
 Depends on ``core``, torch and transformers only, never on ``dagster`` or ``training``: the eval asset
 calls these functions, and so can a notebook or a trainer pod.
+
+The names below are loaded on first use (PEP 562), so importing one light piece (``SuiteSettings``, the
+title matcher) does not import torch and transformers: the Dagster code location imports this package when
+it loads, and the UI, the sensors and every ingestion run would otherwise wait for them.
 """
 
-from evaluation.baselines import evaluate_popularity, popularity_baseline, popularity_ranking
-from evaluation.generation import encode_prompts, end_of_turn_ids, evaluate_recommendations, generate_greedy
-from evaluation.heldout import HELDOUT_SPLITS, heldout_rows
-from evaluation.loss import LossTotals, evaluate_loss_by, loss_summary, masked_loss
-from evaluation.models import load_for_eval
-from evaluation.recommendation import RecoCase, hit_at_k, recommendation_prompts
-from evaluation.skips import EVAL_SKIP_REASONS, Skipped
-from evaluation.suite import SuiteInputs, SuiteSettings, evaluate_model, hits, run_suite
-from evaluation.titles import TitleMatch, TitleMatcher, match_titles, normalize_title
+from importlib import import_module
+from typing import Any
 
-__all__ = [
-    "EVAL_SKIP_REASONS",
-    "HELDOUT_SPLITS",
-    "LossTotals",
-    "RecoCase",
-    "Skipped",
-    "SuiteInputs",
-    "SuiteSettings",
-    "TitleMatch",
-    "TitleMatcher",
-    "encode_prompts",
-    "end_of_turn_ids",
-    "evaluate_loss_by",
-    "evaluate_model",
-    "evaluate_popularity",
-    "evaluate_recommendations",
-    "generate_greedy",
-    "heldout_rows",
-    "hit_at_k",
-    "hits",
-    "load_for_eval",
-    "loss_summary",
-    "masked_loss",
-    "match_titles",
-    "normalize_title",
-    "popularity_baseline",
-    "popularity_ranking",
-    "recommendation_prompts",
-    "run_suite",
-]
+_EXPORTS = {
+    "EVAL_SKIP_REASONS": "evaluation.skips",
+    "HELDOUT_SPLITS": "evaluation.heldout",
+    "LossTotals": "evaluation.loss",
+    "RecoCase": "evaluation.recommendation",
+    "Skipped": "evaluation.skips",
+    "SuiteInputs": "evaluation.settings",
+    "SuiteSettings": "evaluation.settings",
+    "TitleMatch": "evaluation.titles",
+    "TitleMatcher": "evaluation.titles",
+    "encode_prompts": "evaluation.generation",
+    "end_of_turn_ids": "evaluation.generation",
+    "evaluate_loss_by": "evaluation.loss",
+    "evaluate_model": "evaluation.suite",
+    "evaluate_popularity": "evaluation.baselines",
+    "evaluate_recommendations": "evaluation.generation",
+    "generate_greedy": "evaluation.generation",
+    "heldout_rows": "evaluation.heldout",
+    "hit_at_k": "evaluation.recommendation",
+    "hits": "evaluation.recommendation",
+    "load_for_eval": "evaluation.models",
+    "loss_summary": "evaluation.loss",
+    "masked_loss": "evaluation.loss",
+    "match_titles": "evaluation.titles",
+    "normalize_title": "evaluation.titles",
+    "popularity_baseline": "evaluation.baselines",
+    "popularity_ranking": "evaluation.baselines",
+    "recommendation_prompts": "evaluation.recommendation",
+    "run_suite": "evaluation.suite",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -6,7 +6,6 @@ same suite can run in a trainer pod.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,35 +19,8 @@ from evaluation.heldout import HELDOUT_SPLITS, heldout_rows
 from evaluation.loss import evaluate_loss_by
 from evaluation.models import load_for_eval
 from evaluation.recommendation import RecoCase, recommendation_prompts
+from evaluation.settings import SuiteInputs, SuiteSettings
 from evaluation.titles import TitleMatcher
-
-
-@dataclass(frozen=True)
-class SuiteSettings:
-    """How much of the held-out data each model answers, and how it is batched.
-
-    The single home of these defaults: the eval asset's run config (``assets.evals.EvalConfig``) takes its
-    defaults from here, so a notebook, a trainer pod and a Dagster run evaluate alike unless told otherwise.
-    """
-
-    generation_cases: int = 200  # held-out recommendation prompts generated per model
-    max_new_tokens: int = 64
-    batch_size: int = 16
-    batch_tokens: int = 8192
-    device: str = "cpu"
-
-
-@dataclass
-class SuiteInputs:
-    """Everything one suite run reads, gathered by the caller (the eval asset reads it from the warehouse)."""
-
-    checkpoint_dir: Path
-    base_model_dir: Path
-    shard_dirs: list[Path]
-    conversations: pl.DataFrame  # curated.conversations rows of the shard days
-    catalog: pl.DataFrame  # raw.catalog
-    train_events: pl.DataFrame  # raw.interactions of the shard days (popularity baseline)
-    champion_dir: Path | None = None
 
 
 def evaluate_model(
@@ -93,8 +65,3 @@ def run_suite(inputs: SuiteInputs, settings: SuiteSettings) -> dict[str, Any]:
     if inputs.champion_dir is not None and inputs.champion_dir.is_dir():
         results["champion"] = evaluate_model(inputs.champion_dir, rows, cases, matcher, settings)
     return results
-
-
-def hits(reco: dict[str, Any]) -> dict[str, Any]:
-    """The report's per-system summary: hit rates and how many cases they are over, without the bulky lists."""
-    return {"hit@1": reco["hit@1"], "hit@5": reco["hit@5"], "n": reco["n"]}

@@ -162,3 +162,20 @@ def test_sensor_intervals_and_the_cron_are_read_when_the_definitions_load(tmp_pa
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["45", "90", "30", "4", "*", "*", "*"]
+
+
+def test_the_code_location_loads_without_the_model_libraries(tmp_path: Path) -> None:
+    """The webserver's code server, each sensor tick and every run worker import the definitions: an ingestion
+    run or a UI reload must not wait for torch and transformers (they load in the steps that use them)."""
+    script = (
+        "import sys\n"
+        "import dagster_project.definitions\n"
+        "print(' '.join(m for m in ('torch', 'transformers', 'tokenizers', 'safetensors', 'matplotlib')"
+        " if m in sys.modules) or 'none')\n"
+    )
+    env = {**os.environ, "PLATFORM_HOME": str(tmp_path)}
+    proc = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["none"], f"imported when the code location loads: {proc.stdout}"

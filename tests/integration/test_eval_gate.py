@@ -13,6 +13,7 @@ import polars as pl
 import pytest
 
 import assets.evals as evals
+import evaluation
 from core.atomic_io import new_version_id
 from core.champion import current_champion, new_record, promote, read_champions
 from evaluation import SuiteInputs, SuiteSettings
@@ -70,8 +71,9 @@ def test_a_champion_promoted_during_the_eval_is_evaluated_and_compared(
         return _model_results(1.70, 0.40)
 
     monkeypatch.setattr(evals, "suite_inputs", fake_inputs)
-    monkeypatch.setattr(evals, "run_suite", fake_suite)
-    monkeypatch.setattr(evals, "evaluate_model", fake_evaluate_model, raising=False)
+    # The asset imports these two from the evaluation package in its step (the package loads them lazily).
+    monkeypatch.setattr(evaluation, "run_suite", fake_suite)
+    monkeypatch.setattr(evaluation, "evaluate_model", fake_evaluate_model)
     monkeypatch.setattr(evals, "TitleMatcher", lambda catalog: None, raising=False)
     monkeypatch.setattr(evals, "recommendation_prompts", lambda heldout, matcher: ([], []), raising=False)
     monkeypatch.setattr(evals, "heldout_rows", lambda shards, conversations: pl.DataFrame(), raising=False)
