@@ -6,6 +6,7 @@ separate processes at the same time. Each text (content_hash) must still land on
 
 import json
 import multiprocessing
+import shutil
 import sys
 from datetime import date
 from pathlib import Path
@@ -45,10 +46,11 @@ def _resources(home: Path) -> dict:
     }
 
 
-@pytest.fixture
-def home(tmp_path: Path) -> Path:
-    """raw.catalog and raw.interactions for DAYS, and the same partner file dropped on every day."""
-    resources = _resources(tmp_path)
+@pytest.fixture(scope="module")
+def ingested(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """raw.catalog and raw.interactions for DAYS, and the same partner file dropped on every day (built once)."""
+    root = tmp_path_factory.mktemp("ingested")
+    resources = _resources(root)
     instance = dg.DagsterInstance.ephemeral()
     assets = [raw_catalog, raw_interactions]
     assert dg.materialize(assets, selection=["raw_catalog"], resources=resources, instance=instance).success
@@ -56,8 +58,15 @@ def home(tmp_path: Path) -> Path:
         assert dg.materialize(
             assets, selection=["raw_interactions"], partition_key=day, resources=resources, instance=instance
         ).success
-        folder = tmp_path / "landing" / "conversations" / f"day={day}"
+        folder = root / "landing" / "conversations" / f"day={day}"
         (folder / "shared.jsonl").write_text("".join(json.dumps(c) + "\n" for c in SHARED))
+    return root
+
+
+@pytest.fixture
+def home(ingested: Path, tmp_path: Path) -> Path:
+    """A copy of the ingested home of this test's own: tests curate, break and rewrite it."""
+    shutil.copytree(ingested, tmp_path, dirs_exist_ok=True)
     return tmp_path
 
 
