@@ -23,8 +23,6 @@ from evaluation import SuiteInputs, SuiteSettings, TitleMatcher, heldout_rows, h
 from resources.artifacts import ArtifactStore, leftovers_metadata
 from resources.warehouse import DuckDBWarehouse
 
-# evaluate_model and run_suite (torch, transformers) are imported in the steps that run them, not when the
-# code location loads.
 # The suite's defaults are SuiteSettings' own, so the run config and a suite run outside Dagster cannot disagree.
 _SUITE_DEFAULTS = SuiteSettings()
 
@@ -134,6 +132,9 @@ def champion_measurer(
 def eval_report(
     context: dg.AssetExecutionContext, config: EvalConfig, artifacts: ArtifactStore, warehouse: DuckDBWarehouse
 ) -> dg.MaterializeResult:
+    # run_suite and evaluate_model load torch and transformers: imported by the step, not with the code location.
+    from evaluation import run_suite
+
     checkpoint = artifacts.require_latest("trained_checkpoint")
     registry = champion_registry(artifacts)
     champion = current_champion(registry)
@@ -143,8 +144,6 @@ def eval_report(
         champion_dir = None
     inputs = suite_inputs(checkpoint, warehouse, champion_dir)
     settings = suite_settings(config)
-    from evaluation import run_suite
-
     results = run_suite(inputs, settings)
     model, base = results["model"], results["base_model"]
     recommendation = {

@@ -88,10 +88,10 @@ def count_parameters(model: torch.nn.Module) -> int:
 
 def save_preset(out_dir: Path, texts: Iterable[str], preset: TinyModelPreset) -> dict:
     """Train the tokenizer, build the model and save both to `out_dir`; returns the model card."""
-    tokenizer = build_preset_tokenizer(texts, preset)
-    model = build_preset_model(tokenizer, preset)
     from transformers.utils import logging as hf_logging
 
+    tokenizer = build_preset_tokenizer(texts, preset)
+    model = build_preset_model(tokenizer, preset)
     hf_logging.disable_progress_bar()  # keep Dagster's run logs free of progress bars
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)

@@ -52,7 +52,7 @@ MOE_EXPERTS_PER_TOKEN = 2
 
 @dataclass(frozen=True)
 class ModelFamily:
-    """One family: the transformers classes it is built from and what it exercises beyond the Llama preset."""
+    """One family: the transformers model class it is built as and what it exercises beyond the Llama preset."""
 
     name: str
     architecture: str  # the transformers model class, as config.json's "architectures" names it
@@ -202,10 +202,10 @@ def save_family_model(out_dir: Path, texts: Iterable[str], preset: TinyModelPres
     chosen = family(name)
     if chosen.build_config is None:
         return save_preset(out_dir, texts, preset)
-    tokenizer = build_preset_tokenizer(texts, preset)
-    model = build_family_model(tokenizer, preset, name)
     from transformers.utils import logging as hf_logging
 
+    tokenizer = build_preset_tokenizer(texts, preset)
+    model = build_family_model(tokenizer, preset, name)
     hf_logging.disable_progress_bar()  # keep Dagster's run logs free of progress bars
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)

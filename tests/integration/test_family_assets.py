@@ -5,7 +5,7 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from support.training_builders import TINY_MODEL
+from support.training_builders import NO_COMPILE_EXTRA_JSON, TINY_MODEL
 from transformers import AutoModelForCausalLM
 
 from core.eval_report import validate_report_json
@@ -15,11 +15,10 @@ pytestmark = pytest.mark.slow
 
 DAY = "2026-01-01"
 FAST_EVAL = {"generation_cases": 4, "max_new_tokens": 8, "batch_size": 4}
-# compile off: inductor would compile each family in both trainer processes, minutes on a small CI machine;
-# compiled layers are checked against transformers by tests/unit/test_family_verifier.py.
+# Compiled layers of each family are checked against transformers by tests/unit/test_family_verifier.py.
 TRAIN = {
     "max_steps": 3, "seq_len": 128, "micro_batch_rows": 2, "grad_accum_steps": 1, "warmup_steps": 1,
-    "extra_json": '{"compile": "off"}',
+    "extra_json": NO_COMPILE_EXTRA_JSON,
 }  # fmt: skip
 
 

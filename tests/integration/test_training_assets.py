@@ -5,7 +5,7 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from support.training_builders import TINY_MODEL
+from support.training_builders import NO_COMPILE_EXTRA_JSON, TINY_MODEL
 from transformers import AutoModelForCausalLM
 
 from core.champion import read_champions
@@ -109,7 +109,7 @@ def test_train_evaluate_promote_then_block_a_regression(platform) -> None:
 
     # A run that barely trains is a regression: the blocking check fails and the champion stays.
     # (The first run kept the default, compiled layers on both ranks; this one need not pay for inductor again.)
-    barely = _train_config(max_steps=1, lr=1e-7, warmup_steps=0, extra_json='{"compile": "off"}')
+    barely = _train_config(max_steps=1, lr=1e-7, warmup_steps=0, extra_json=NO_COMPILE_EXTRA_JSON)
     worse = run(["trained_checkpoint", "eval_report"], config={"trained_checkpoint": barely, "eval_report": FAST_EVAL})
     assert not worse.success
     assert _checks(worse)["no_regression_vs_champion"] is False

@@ -31,7 +31,7 @@ from typing import Any
 
 import pytest
 
-from support.training_builders import TINY_MODEL
+from support.training_builders import NO_COMPILE_EXTRA_JSON, TINY_MODEL
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -49,7 +49,7 @@ TINY_RETRAIN = {
                 "checkpoint_every": 3,
                 "log_every": 2,
                 "lr": 3e-3,
-                "extra_json": '{"compile": "off"}',  # this story is about runs and sensors, not inductor
+                "extra_json": NO_COMPILE_EXTRA_JSON,  # this story is about runs and sensors, not inductor
             }
         },
         "eval_report": {"config": {"generation_cases": 6, "max_new_tokens": 16, "batch_size": 8}},

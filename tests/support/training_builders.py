@@ -31,6 +31,9 @@ TINY_MODEL = {
     "num_attention_heads": 2,
     "num_key_value_heads": 1,
 }
+# trained_checkpoint's `extra_json` for asset runs whose subject is not compiled layers: inductor compiling each
+# trainer process costs more than a tiny run (config_dict below leaves compile off for the same reason).
+NO_COMPILE_EXTRA_JSON = '{"compile": "off"}'
 TINY = TinyModelPreset(
     vocab_size=400,
     hidden_size=64,
@@ -93,7 +96,7 @@ def make_shards(
 
 
 def config_dict(base_model: Path, shard_dirs: list[Path], output_dir: Path, **overrides: Any) -> dict[str, Any]:
-    """A tiny run's TrainConfig dict. Compile is off: inductor costs 13-27 s per process here, more than the run;
+    """A tiny run's TrainConfig dict. Compile is off: inductor compiling the layers costs more than the run;
     tests about compiled layers pass compile="auto" (and tests/unit/test_training_compilation.py)."""
     cfg = {
         "base_model_dir": str(base_model),

@@ -38,7 +38,7 @@ def test_auto_compiles_on_cpu_only_where_verified(tmp_path: Path, monkeypatch: p
     assert compile_on is False and "no C++ compiler" in why
 
 
-@pytest.mark.slow  # inductor compiles forward and backward of each layer: ~25 s here
+@pytest.mark.slow  # inductor compiles the forward and backward of each layer
 def test_compiled_layers_match_eager_loss_and_gradients(tmp_path: Path) -> None:
     base = make_base_model(tmp_path / "base")
     eager = AutoModelForCausalLM.from_pretrained(base, attn_implementation=PACKED_SDPA, dtype=torch.float32).train()
