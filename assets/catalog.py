@@ -14,13 +14,13 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 
-from assets.metadata import counts_by, markdown_table, reason_metadata
+from assets.metadata import commit_metadata, counts_by, markdown_table, reason_metadata
 from assets.partitions import daily_partitions
 from core import ingest, schemas
 from core.fingerprints import files_fingerprint
 from core.landing_files import IgnoredFile, glob_ignored, list_day_folder
 from resources.landing import LandingArea
-from resources.warehouse import DuckDBWarehouse
+from resources.warehouse import Warehouse
 
 
 @contextmanager
@@ -76,9 +76,7 @@ def schema_check(asset: str, name: str, df: pl.DataFrame, contract: dict[str, pl
         dg.AssetCheckSpec("unique_title_ids", asset="raw_catalog", description="title_id is a key"),
     ],
 )
-def raw_catalog(
-    context: dg.AssetExecutionContext, warehouse: DuckDBWarehouse, landing: LandingArea
-) -> dg.MaterializeResult:
+def raw_catalog(context: dg.AssetExecutionContext, warehouse: Warehouse, landing: LandingArea) -> dg.MaterializeResult:
     with permanent_input_errors("raw_catalog cannot read its input"):
         paths = landing.catalog_paths(context.log)
         frame, rejects = ingest.read_tables_with_rejects(
@@ -86,11 +84,12 @@ def raw_catalog(
         )
         catalog, quarantine = ingest.ingest_catalog(frame, landing.catalog_mapping_obj(), read_rejects=rejects)
     # One transaction: a reader never sees the new catalog with the old quarantine, or the reverse.
-    warehouse.replace_tables(
+    commit = warehouse.replace_tables(
         [
             ("raw.catalog", catalog, "TRUE", []),
             ("raw.quarantine", quarantine, "source = 'catalog'", []),
-        ]
+        ],
+        message="raw_catalog",
     )
     stored = warehouse.read_table("raw.catalog")
     duplicates = stored.height - stored["title_id"].n_unique()
@@ -108,6 +107,7 @@ def raw_catalog(
             "kinds": dg.MetadataValue.json(counts_by(stored, "kind")),
             **reason_metadata("quarantined", counts_by(quarantine, "reason")),
             "preview": markdown_table(stored.select("title_id", "title", "kind", "year", "genres")),
+            **commit_metadata(commit),
         },
         check_results=[
             schema_check("raw_catalog", "catalog_schema", stored, schemas.CATALOG_SCHEMA),
@@ -137,7 +137,7 @@ def raw_catalog(
     ],
 )
 def raw_interactions(
-    context: dg.AssetExecutionContext, warehouse: DuckDBWarehouse, landing: LandingArea
+    context: dg.AssetExecutionContext, warehouse: Warehouse, landing: LandingArea
 ) -> dg.MaterializeResult:
     day = date.fromisoformat(context.partition_key)
     with permanent_input_errors(f"raw_interactions {day} has no input it can read"):
@@ -158,7 +158,7 @@ def raw_interactions(
             known,
             per_day_files=per_day,
             landing_root=landing.root,
-            index_dir=Path(warehouse.path).parent / "interaction-index",
+            index_dir=Path(landing.root).parent / "interaction-index",
         )
     events, quarantine, stats = load.rows, load.quarantine, load.stats
     dated = quarantine.filter(pl.col("day").is_not_null())
@@ -171,7 +171,7 @@ def raw_interactions(
         undated = quarantine.filter(pl.col("day").is_null())
         writes.append(("raw.quarantine", undated, "source = 'interactions' AND day IS NULL", []))
     # All in one transaction: the day's events never appear without their quarantine rows, or the reverse.
-    warehouse.replace_tables(writes)
+    commit = warehouse.replace_tables(writes, message=f"raw_interactions {day}")
     ignored = interaction_ignored(landing, day)
     stored = warehouse.read_table("raw.interactions", "day = ?", [day])
     unknown = warehouse.query(
@@ -192,6 +192,7 @@ def raw_interactions(
             **{f"ingest/{k}": v for k, v in stats.items()},
             **reason_metadata("quarantined", counts_by(quarantine, "reason")),
             "ignored_files": dg.MetadataValue.json([i.as_dict() for i in ignored]),
+            **commit_metadata(commit),
         },
         check_results=[
             schema_check("raw_interactions", "interactions_schema", stored, schemas.INTERACTIONS_SCHEMA),

@@ -2,19 +2,22 @@
 
 Cross-day dedup: a text (content_hash) is kept on one day only, the first day to commit it. The final
 check against the hashes curated on *other* days and the write of both tables happen in one warehouse
-transaction, which excludes every other writer (DuckDB's file lock across processes), so the result does
-not depend on how days are launched (sensor runs, a UI backfill, several `dagster asset materialize`).
+transaction that no concurrent writer of curated.conversations commits past unseen (DuckDB's file lock; on
+DuckLake a serialize key, so that one of two concurrent days runs its check again), so the result does not
+depend on how days are launched (sensor runs, a UI backfill, several `dagster asset materialize`, parallel pods).
 """
 
 import json
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
+import duckdb
 import polars as pl
 
 from assets.catalog import raw_catalog, raw_interactions, schema_check
-from assets.metadata import counts_by, markdown_table, reason_metadata
+from assets.metadata import commit_metadata, counts_by, markdown_table, reason_metadata
 from assets.partitions import daily_partitions
 from core import schemas
 from core.conversation_builder import BuilderConfig, build_conversations
@@ -22,7 +25,7 @@ from core.curation import CurationConfig, curate, parse_external_jsonl
 from core.fingerprints import frame_fingerprint
 from core.landing_files import IgnoredFile, LandingFileRefused, describe_ignored, open_landing_file
 from resources.landing import LandingArea
-from resources.warehouse import DuckDBWarehouse, fetch, replace_in
+from resources.warehouse import Warehouse, fetch, replace_in
 
 # Content hashes another day already holds. `day <> ?`, not `day < ?`: days run concurrently and in any order,
 # and the first to commit a text keeps it; re-running a day is stable because its own rows never count.
@@ -98,7 +101,7 @@ def curated_fingerprint(df: pl.DataFrame) -> str:
 def curated_conversations(
     context: dg.AssetExecutionContext,
     config: CurationRunConfig,
-    warehouse: DuckDBWarehouse,
+    warehouse: Warehouse,
     landing: LandingArea,
 ) -> dg.MaterializeResult:
     day = date.fromisoformat(context.partition_key)
@@ -125,24 +128,33 @@ def curated_conversations(
     # Curate against a snapshot first (no lock held while the CPU-heavy rules run) ...
     snapshot = warehouse.query(SEEN_ELSEWHERE_SQL, [day])["content_hash"]
     curated, rejected, stats = curate(candidates, day, cfg, seen_hashes=snapshot)
-    with warehouse.transaction() as con:
-        # ... then check again where no other writer can commit until we do. Another day that committed one of
+
+    def commit_day(con: duckdb.DuckDBPyConnection) -> tuple[pl.DataFrame, dict[str, Any], int]:
+        # ... then check again where no concurrent writer can commit unseen (the file's lock; on DuckLake the
+        # serialize key makes one of two concurrent writers run this again). Another day that committed one of
         # our hashes meanwhile wins it; a hash another day gave up meanwhile (it was re-curated) is ours to keep.
         # Either way curate again against what is committed now (rare: only real overlaps between running days).
         seen_now = fetch(con, SEEN_ELSEWHERE_SQL, [day])["content_hash"]
         raced = int(curated["content_hash"].is_in(seen_now.implode()).sum())
         released = int((~snapshot.is_in(seen_now.implode())).sum())
+        kept, rejects, day_stats = curated, rejected, stats
         if raced or released:
             context.log.info(
                 f"while {day} was curated, other days committed {raced} of its texts and gave up {released} "
                 "texts it had seen; curating again against the committed hashes"
             )
-            curated, rejected, stats = curate(candidates, day, cfg, seen_hashes=seen_now)
-        quarantine = pl.concat(
-            [schemas.conform(q, schemas.CONVERSATION_QUARANTINE_SCHEMA) for q in [*parse_rejects, rejected]]
+            kept, rejects, day_stats = curate(candidates, day, cfg, seen_hashes=seen_now)
+        day_quarantine = pl.concat(
+            [schemas.conform(q, schemas.CONVERSATION_QUARANTINE_SCHEMA) for q in [*parse_rejects, rejects]]
         )
-        replace_in(con, "curated.conversations", curated, "day = ?", [day])
-        replace_in(con, "curated.quarantine", quarantine, "day = ?", [day])
+        replace_in(con, "curated.conversations", kept, "day = ?", [day])
+        replace_in(con, "curated.quarantine", day_quarantine, "day = ?", [day])
+        return day_quarantine, day_stats, raced
+
+    commit = warehouse.run_transaction(
+        commit_day, serialize="curated.conversations", message=f"curated_conversations {day}"
+    )
+    quarantine, final_stats, raced = commit.value
 
     stored = warehouse.read_table("curated.conversations", "day = ?", [day])
     leaking = warehouse.query(
@@ -162,7 +174,7 @@ def curated_conversations(
             "by_split": dg.MetadataValue.json(counts_by(stored, "split")),
             "messages_per_conversation_mean": float(turns.mean() or 0.0),
             "quarantine_rate": rate,
-            "curation_stats": dg.MetadataValue.json(stats),
+            "curation_stats": dg.MetadataValue.json(final_stats),
             "data_version": curated_fingerprint(stored),
             **reason_metadata("quarantined", counts_by(quarantine, "reason")),
             "sample": dg.MetadataValue.md(
@@ -171,6 +183,7 @@ def curated_conversations(
             "quarantine_preview": markdown_table(quarantine.select("conversation_id", "reason", "detail")),
             "ignored_files": dg.MetadataValue.json([i.as_dict() for i in ignored]),
             "cross_day_race_rows": raced,
+            **commit_metadata(commit),
         },
         check_results=[
             schema_check("curated_conversations", "conversations_schema", stored, schemas.CONVERSATIONS_SCHEMA),

@@ -21,7 +21,7 @@ from core.eval_report import build_report_json, write_report
 from core.fingerprints import files_fingerprint
 from evaluation import SuiteInputs, SuiteSettings, TitleMatcher, heldout_rows, hits, recommendation_prompts
 from resources.artifacts import ArtifactStore, leftovers_metadata
-from resources.warehouse import DuckDBWarehouse
+from resources.warehouse import Warehouse
 
 # The suite's defaults are SuiteSettings' own, so the run config and a suite run outside Dagster cannot disagree.
 _SUITE_DEFAULTS = SuiteSettings()
@@ -59,7 +59,7 @@ def read_lineage(checkpoint: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def suite_inputs(checkpoint: Path, warehouse: DuckDBWarehouse, champion_dir: Path | None) -> SuiteInputs:
+def suite_inputs(checkpoint: Path, warehouse: Warehouse, champion_dir: Path | None) -> SuiteInputs:
     lineage = read_lineage(checkpoint)
     shard_dirs = [Path(p) for p in lineage["shards"]]
     days = sorted({p.parent.name for p in shard_dirs})
@@ -130,7 +130,7 @@ def champion_measurer(
     ],
 )
 def eval_report(
-    context: dg.AssetExecutionContext, config: EvalConfig, artifacts: ArtifactStore, warehouse: DuckDBWarehouse
+    context: dg.AssetExecutionContext, config: EvalConfig, artifacts: ArtifactStore, warehouse: Warehouse
 ) -> dg.MaterializeResult:
     # run_suite and evaluate_model load torch and transformers: imported by the step, not with the code location.
     from evaluation import run_suite

@@ -9,6 +9,8 @@ from typing import Any
 import dagster as dg
 import polars as pl
 
+from resources.warehouse import Commit
+
 
 def counts_by(df: pl.DataFrame, column: str) -> dict[str, int]:
     if df.height == 0:
@@ -34,6 +36,15 @@ def reason_metadata(prefix: str, counts: dict[str, int]) -> dict[str, Any]:
     meta: dict[str, Any] = {f"{prefix}/{reason}": dg.MetadataValue.int(n) for reason, n in counts.items()}
     meta[f"{prefix}_by_reason"] = dg.MetadataValue.json(counts)
     meta[f"{prefix}_total"] = dg.MetadataValue.int(sum(counts.values()))
+    return meta
+
+
+def commit_metadata(commit: Commit[Any]) -> dict[str, Any]:
+    """Which warehouse snapshot a write committed (DuckLake: read it back with time travel) and how many times it
+    ran again after losing a commit conflict to a concurrent writer."""
+    meta: dict[str, Any] = {"warehouse/commit_retries": dg.MetadataValue.int(commit.retries)}
+    if commit.snapshot is not None:
+        meta["warehouse/snapshot"] = dg.MetadataValue.int(commit.snapshot)
     return meta
 
 

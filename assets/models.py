@@ -11,7 +11,7 @@ from core.base_model import TinyModelPreset, import_local_model
 from core.model_families import DEFAULT_FAMILY, FAMILIES, save_family_model
 from core.settings import load_settings
 from resources.artifacts import ArtifactStore, leftovers_metadata
-from resources.warehouse import DuckDBWarehouse
+from resources.warehouse import Warehouse
 
 _PRESET = TinyModelPreset()
 # The fields of BaseModelConfig that are not TinyModelPreset's knobs.
@@ -57,7 +57,7 @@ class BaseModelConfig(dg.Config):
         return TinyModelPreset(**self.model_dump(exclude=set(NOT_PRESET_KNOBS)))
 
 
-def training_texts(warehouse: DuckDBWarehouse) -> list[str]:
+def training_texts(warehouse: Warehouse) -> list[str]:
     """Message contents of the train split only, so validation/test text never shapes the vocabulary."""
     rows = warehouse.query(
         "SELECT m.content AS content FROM curated.conversations, UNNEST(messages) AS t(m) "
@@ -78,7 +78,7 @@ def training_texts(warehouse: DuckDBWarehouse) -> list[str]:
 def base_model(
     context: dg.AssetExecutionContext,
     config: BaseModelConfig,
-    warehouse: DuckDBWarehouse,
+    warehouse: Warehouse,
     artifacts: ArtifactStore,
 ) -> dg.MaterializeResult:
     leftovers: list[Leftover] = []

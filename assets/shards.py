@@ -12,7 +12,7 @@ from assets.partitions import daily_partitions
 from core.shards import read_manifest, verify_checksums, write_shard_directory
 from core.tokenizer_training import tokenizer_fingerprint
 from resources.artifacts import ArtifactStore
-from resources.warehouse import DuckDBWarehouse
+from resources.warehouse import Warehouse
 
 
 class TokenizeConfig(dg.Config):
@@ -62,7 +62,7 @@ def _check(name: str, passed: bool, **metadata: object) -> dg.AssetCheckResult:
 def tokenized_shards(
     context: dg.AssetExecutionContext,
     config: TokenizeConfig,
-    warehouse: DuckDBWarehouse,
+    warehouse: Warehouse,
     artifacts: ArtifactStore,
 ) -> dg.MaterializeResult:
     # Imported in the step, not at load: the code location and the ingestion runs never need transformers.

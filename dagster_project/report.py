@@ -6,11 +6,11 @@ import json
 
 from core.settings import PlatformSettings
 from resources.artifacts import ArtifactStore
-from resources.warehouse import DuckDBWarehouse
+from resources.warehouse import Warehouse
 
 
 def print_summary(settings: PlatformSettings, days: list[str]) -> None:
-    wh = DuckDBWarehouse(path=str(settings.warehouse_path))
+    wh = Warehouse(path=str(settings.warehouse_path))
     store = ArtifactStore(root=str(settings.artifacts_dir))
     print("\nrows per layer:")
     for table in (

@@ -15,7 +15,7 @@ from core.settings import PlatformSettings, artifact_cleanup_hours, env_var_as_i
 from resources.artifacts import ArtifactStore
 from resources.landing import LandingArea
 from resources.launchers import LocalTorchrunLauncher, TrainingLauncher
-from resources.warehouse import DuckDBWarehouse
+from resources.warehouse import Warehouse
 
 
 def from_env(name: str, value: str) -> str:
@@ -46,7 +46,7 @@ def build_launcher(settings: PlatformSettings) -> TrainingLauncher:
 def build_resources(settings: PlatformSettings) -> dict[str, Any]:
     return {
         "trainer": build_launcher(settings),
-        "warehouse": DuckDBWarehouse(path=str(settings.warehouse_path)),
+        "warehouse": Warehouse(path=str(settings.warehouse_path)),
         "artifacts": ArtifactStore(root=str(settings.artifacts_dir), **artifact_cleanup_hours()),
         "landing": LandingArea(
             root=str(settings.landing_dir),

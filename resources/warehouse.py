@@ -1,14 +1,13 @@
-"""The DuckDB warehouse: raw and curated tables with idempotent partition writes.
+"""The warehouse: raw and curated tables with idempotent partition writes, on a DuckDB file or a DuckLake.
 
-DuckDB allows one writing process per database file, and Dagster runs steps in
-separate processes, so every operation opens a short-lived connection and
-retries while another process holds the lock.
+The DuckDB file allows one writing process at a time, and Dagster runs steps in separate processes, so every
+operation opens a short-lived connection and retries while another process holds the lock. That lock is also
+what makes read-check-write transactions safe across processes: while one holds its read-write connection no
+other process can open the file. Threads of one process share DuckDB's database instance (and so do not contend
+for the file lock); a per-file lock in this module serializes them the same way.
 
-That lock is also what makes read-check-write sequences safe across processes:
-while `transaction()` holds its read-write connection no other process can open
-the file, so what the transaction reads stays true until it commits. Threads of
-one process share DuckDB's database instance (and so do not contend for the file
-lock); a per-file lock in this module serializes them the same way.
+A DuckLake (resources/ducklake.py) takes many writers at once. Its transactions are optimistic: a commit that
+conflicts with a concurrent one fails, and `Warehouse.run_transaction` runs the transaction again.
 """
 
 from __future__ import annotations
@@ -17,17 +16,21 @@ import os
 import random
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, NamedTuple, TypeVar
 
 import dagster as dg
 import duckdb
 import polars as pl
 
 from core import schemas
+from resources import ducklake
+
+T = TypeVar("T")
 
 TABLES: dict[str, dict[str, pl.DataType]] = {
     "raw.catalog": schemas.CATALOG_SCHEMA,
@@ -36,6 +39,9 @@ TABLES: dict[str, dict[str, pl.DataType]] = {
     "curated.conversations": schemas.CONVERSATIONS_SCHEMA,
     "curated.quarantine": schemas.CONVERSATION_QUARANTINE_SCHEMA,
 }
+
+# Keys of `Warehouse.run_transaction(serialize=...)`: one row each in meta.write_claims.
+SERIALIZE_KEYS = ("curated.conversations",)
 
 
 def duckdb_type(dtype: pl.DataType) -> str:
@@ -93,15 +99,23 @@ def fetch(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any] = ()) 
 
 
 def _ensure_tables_on(con: duckdb.DuckDBPyConnection) -> None:
-    """`DuckDBWarehouse.ensure_tables` on an open read-write connection (one catalog query for every column)."""
-    con.execute("CREATE SCHEMA IF NOT EXISTS raw")
-    con.execute("CREATE SCHEMA IF NOT EXISTS curated")
+    """`Warehouse.ensure_tables` on an open read-write connection (one catalog query for every column)."""
+    for schema_name in ("raw", "curated", "meta"):
+        con.execute(f"CREATE SCHEMA IF NOT EXISTS {schema_name}")
     for table, schema in TABLES.items():
         con.execute(create_table_sql(table, schema))
+    con.execute("CREATE TABLE IF NOT EXISTS meta.write_claims (key VARCHAR, claims BIGINT)")
+    for key in SERIALIZE_KEYS:
+        con.execute(
+            "INSERT INTO meta.write_claims SELECT $1, 0 "
+            "WHERE NOT EXISTS (SELECT 1 FROM meta.write_claims WHERE key = $1)",
+            [key],
+        )
     have = {
         f"{schema_name}.{table_name}.{column}"
         for schema_name, table_name, column in con.execute(
-            "SELECT schema_name, table_name, column_name FROM duckdb_columns() WHERE schema_name IN ('raw', 'curated')"
+            "SELECT schema_name, table_name, column_name FROM duckdb_columns() "
+            "WHERE database_name = current_database() AND schema_name IN ('raw', 'curated')"
         ).fetchall()
     }
     for table, schema in TABLES.items():
@@ -126,20 +140,71 @@ def _is_lock_error(exc: Exception) -> bool:
     return "lock" in text and ("conflicting" in text or "could not set" in text)
 
 
-class DuckDBWarehouse(dg.ConfigurableResource):
-    """The embedded warehouse (`PLATFORM_HOME/warehouse.duckdb` by default)."""
+class Commit(NamedTuple, Generic[T]):
+    """What a committed transaction returned, the snapshot it wrote (DuckLake; None on the file) and how many
+    times it ran again after losing a commit conflict."""
 
-    path: str
+    value: T
+    snapshot: int | None
+    retries: int
+
+
+class Warehouse(dg.ConfigurableResource):
+    """The warehouse: the embedded DuckDB file (`backend="duckdb"`, the default) or a DuckLake whose catalog is a
+    PostgreSQL database and whose data are Parquet files under `ducklake_data_path` (`backend="ducklake"`).
+
+    Both hold the same tables under the same contracts; assets call the same methods on either.
+    """
+
+    backend: str = "duckdb"
+    path: str = ""  # the DuckDB file (backend "duckdb")
+    ducklake_catalog: str = ""  # libpq conninfo of the catalog database (backend "ducklake")
+    ducklake_data_path: str = ""  # a directory or an object-store URL for the Parquet files (backend "ducklake")
     lock_timeout_s: float = 300.0
+    commit_attempts: int = 12  # DuckLake: runs of one transaction that lost commit conflicts, before giving up
+
+    def describe(self) -> str:
+        """Where the data live, for messages and metadata (no password)."""
+        if self.backend == "ducklake":
+            return f"DuckLake (catalog {ducklake.redact(self.ducklake_catalog)}, data {self.ducklake_data_path})"
+        return self.path
+
+    def _check(self) -> None:
+        if self.backend == "duckdb":
+            if not self.path:
+                raise ValueError(
+                    "the duckdb warehouse needs a path (WAREHOUSE_PATH, default PLATFORM_HOME/warehouse.duckdb)"
+                )
+        elif self.backend == "ducklake":
+            if not self.ducklake_catalog or not self.ducklake_data_path:
+                raise ValueError(
+                    "WAREHOUSE_BACKEND=ducklake needs DUCKLAKE_CATALOG (a PostgreSQL conninfo such as "
+                    "'dbname=lake host=127.0.0.1 port=5432 user=platform') and DUCKLAKE_DATA_PATH "
+                    "(a directory or s3:// URL for the Parquet files); see docs/warehouse.md"
+                )
+        else:
+            raise ValueError(f"WAREHOUSE_BACKEND={self.backend!r} is not available: use 'duckdb' or 'ducklake'")
 
     @contextmanager
     def connect(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A connection whose default catalog holds the warehouse's schemas (`raw`, `curated`)."""
+        self._check()
+        if self.backend == "ducklake":
+            cursor = ducklake.lake_root(self.ducklake_catalog, self.ducklake_data_path).cursor()
+            try:
+                cursor.execute(f"USE {ducklake.LAKE}")
+                yield cursor
+            finally:
+                cursor.close()
+            return
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         deadline = time.monotonic() + self.lock_timeout_s
         delay = 0.05
         while True:
             try:
-                con = duckdb.connect(self.path, read_only=read_only and Path(self.path).exists())
+                con = duckdb.connect(
+                    self.path, read_only=read_only and Path(self.path).exists(), config=dict(ducklake.OFFLINE_CONFIG)
+                )
                 break
             except duckdb.IOException as exc:
                 if not _is_lock_error(exc) or time.monotonic() > deadline:
@@ -155,28 +220,68 @@ class DuckDBWarehouse(dg.ConfigurableResource):
         """Create missing schemas and tables, and add the columns the contracts gained since a table was created.
 
         A warehouse written by an older version keeps working: its tables get the new columns (NULL in old rows)
-        instead of failing the first insert that names them.
+        instead of failing the first insert that names them. A lake is checked once per process.
         """
+        if self.backend == "ducklake":
+            key = (os.getpid(), self.ducklake_catalog, self.ducklake_data_path)
+            if key in _ENSURED_LAKES:
+                return
+            self._run(_ensure_tables_on, serialize=None, message="ensure tables")
+            _ENSURED_LAKES.add(key)
+            return
         with self.connect() as con:
             _ensure_tables_on(con)
 
-    @contextmanager
-    def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        """A read-write connection inside one transaction: committed when the block ends, rolled back on error.
+    def run_transaction(
+        self, work: Callable[[duckdb.DuckDBPyConnection], T], *, serialize: str | None = None, message: str = ""
+    ) -> Commit[T]:
+        """Run `work(con)` inside one transaction: committed when it returns, rolled back if it raises.
 
-        Nothing else writes the database while the block runs (other processes wait for DuckDB's file lock, other
-        threads for this process's lock), so a block may read, decide and write as one step.
+        `work` may read, decide and write as one step. On the DuckDB file no other writer runs meanwhile (other
+        processes wait for its file lock, other threads for this process's lock). On DuckLake writers run at
+        once; a commit that loses a conflict is rolled back and `work` runs again on the new snapshot, so it
+        must not have effects outside the transaction. Writers whose decisions depend on what other writers
+        committed (curation's cross-day dedup reads every other day) name a `serialize` key: two concurrent
+        transactions with the same key always conflict, so one of them runs again and sees the other's rows.
         """
-        with _process_lock(self.path), self.connect() as con:
-            _ensure_tables_on(con)
-            con.execute("BEGIN TRANSACTION")
-            try:
-                yield con
-                con.execute("COMMIT")
-            except BaseException:
-                with suppress(duckdb.Error):  # a failed statement may already have ended the transaction
-                    con.execute("ROLLBACK")
-                raise
+        self.ensure_tables()
+        return self._run(work, serialize=serialize, message=message)
+
+    def _run(self, work: Callable[[duckdb.DuckDBPyConnection], T], *, serialize: str | None, message: str) -> Commit[T]:
+        self._check()
+        if self.backend == "duckdb":
+            with _process_lock(self.path), self.connect() as con:
+                _ensure_tables_on(con)
+                return Commit(_in_transaction(con, work, None, None), None, 0)
+        delay = 0.05
+        for attempt in range(self.commit_attempts):
+            token = uuid.uuid4().hex
+            with self.connect() as con:
+                try:
+                    value = _in_transaction(con, work, serialize, (message, token))
+                except duckdb.Error as exc:
+                    if not ducklake.is_conflict(exc) or attempt + 1 == self.commit_attempts:
+                        if ducklake.is_conflict(exc):
+                            raise RuntimeError(
+                                f"{message or 'a warehouse transaction'} lost {self.commit_attempts} commit conflicts "
+                                f"in a row on {self.describe()}; too many writers change the same tables at once. "
+                                "Run fewer days at a time (the run queue's tag limits) or raise commit_attempts."
+                            ) from exc
+                        raise
+                else:
+                    return Commit(value, _snapshot_of(con, token), attempt)
+            time.sleep(delay * (0.5 + random.random()))  # jitter: writers that collided retry apart
+            delay = min(delay * 2, 3.0)
+        raise AssertionError("unreachable")
+
+    def snapshot(self) -> int | None:
+        """The lake's latest snapshot id (None on the DuckDB file, which keeps no history)."""
+        if self.backend != "ducklake":
+            return None
+        self.ensure_tables()
+        with self.connect() as con:
+            row = con.execute(f"SELECT id FROM ducklake_current_snapshot('{ducklake.LAKE}')").fetchone()
+        return int(row[0]) if row else None
 
     def query(self, sql: str, params: Sequence[Any] | None = None) -> pl.DataFrame:
         self.ensure_tables()
@@ -189,30 +294,85 @@ class DuckDBWarehouse(dg.ConfigurableResource):
 
         This is what makes loading a partition twice give the same table, not duplicates.
         """
-        return self.replace_tables([(table, df, where, params)])[table]
+        return self.replace_tables([(table, df, where, params)]).value[table]
 
-    def replace_tables(self, writes: Sequence[tuple[str, pl.DataFrame, str, Sequence[Any]]]) -> dict[str, int]:
+    def replace_tables(
+        self, writes: Sequence[tuple[str, pl.DataFrame, str, Sequence[Any]]], message: str = ""
+    ) -> Commit[dict[str, int]]:
         """Several `replace_rows` (table, frame, where, params) in ONE transaction: all of them or none.
 
         E.g. a partition's data rows and its quarantine rows, so no reader ever sees one without the other.
         Frames are checked against their contracts before the database is touched.
         """
         frames = [(table, schemas.conform(df, TABLES[table]), where, params) for table, df, where, params in writes]
-        counts: dict[str, int] = {}
-        with self.transaction() as con:
+
+        def write(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
+            counts: dict[str, int] = {}
             for table, frame, where, params in frames:
                 counts[table] = counts.get(table, 0) + _delete_insert(con, table, frame, where, params)
-        return counts
+            return counts
+
+        return self.run_transaction(write, message=message or "replace " + ", ".join(t for t, *_ in writes))
 
     def replace_partition(self, table: str, df: pl.DataFrame, day: date) -> int:
         return self.replace_rows(table, df, "day = ?", [day])
 
     def replace_partitions(self, frames: Mapping[str, pl.DataFrame], day: date) -> dict[str, int]:
         """Replace `day`'s rows of several tables in one transaction."""
-        return self.replace_tables([(table, df, "day = ?", [day]) for table, df in frames.items()])
+        return self.replace_tables([(table, df, "day = ?", [day]) for table, df in frames.items()]).value
 
-    def read_table(self, table: str, where: str = "TRUE", params: Sequence[Any] = ()) -> pl.DataFrame:
+    def read_table(
+        self, table: str, where: str = "TRUE", params: Sequence[Any] = (), snapshot: int | None = None
+    ) -> pl.DataFrame:
+        """`table`'s rows matching `where`; as of DuckLake `snapshot` when given (time travel)."""
         schema = TABLES[table]
         cols = ", ".join(schema)
-        df = self.query(f"SELECT {cols} FROM {table} WHERE {where}", params)
+        if snapshot is not None and self.backend != "ducklake":
+            raise ValueError(
+                f"reading {table} as of snapshot {snapshot} needs the ducklake backend; {self.path} has no history"
+            )
+        at = f" AT (VERSION => {int(snapshot)})" if snapshot is not None else ""
+        df = self.query(f"SELECT {cols} FROM {table}{at} WHERE {where}", params)
         return schemas.conform(df, schema) if df.height else schemas.empty_frame(schema)
+
+
+_ENSURED_LAKES: set[tuple[int, str, str]] = set()
+
+
+def _in_transaction(
+    con: duckdb.DuckDBPyConnection,
+    work: Callable[[duckdb.DuckDBPyConnection], T],
+    serialize: str | None,
+    commit_message: tuple[str, str] | None,
+) -> T:
+    con.execute("BEGIN TRANSACTION")
+    try:
+        if serialize is not None and commit_message is not None:  # the DuckDB file is serialized by its lock
+            _claim(con, serialize)
+        value = work(con)
+        if commit_message is not None:
+            message, token = commit_message
+            con.execute(
+                f"CALL {ducklake.LAKE}.set_commit_message('catalog-posttrain', ?, extra_info => ?)", [message, token]
+            )
+        con.execute("COMMIT")
+        return value
+    except BaseException:
+        with suppress(duckdb.Error):  # a failed statement or commit may already have ended the transaction
+            con.execute("ROLLBACK")
+        raise
+
+
+def _claim(con: duckdb.DuckDBPyConnection, key: str) -> None:
+    """Touch `key`'s row of meta.write_claims: DuckLake fails the later of two concurrent commits that both
+    delete from one table, so two transactions that claim the same key never both commit unseen by each other."""
+    if key not in SERIALIZE_KEYS:
+        raise ValueError(f"serialize={key!r} is not one of the warehouse's SERIALIZE_KEYS {SERIALIZE_KEYS}")
+    con.execute("UPDATE meta.write_claims SET claims = claims + 1 WHERE key = ?", [key])
+
+
+def _snapshot_of(con: duckdb.DuckDBPyConnection, token: str) -> int | None:
+    row = con.execute(
+        f"SELECT max(snapshot_id) FROM {ducklake.LAKE}.snapshots() WHERE commit_extra_info = ?", [token]
+    ).fetchone()
+    return int(row[0]) if row and row[0] is not None else None

@@ -1,9 +1,17 @@
 """Fixtures shared by every test group (unit/, integration/, e2e/); helpers they import live in support/."""
 
+from __future__ import annotations
+
 from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import torch
+
+if TYPE_CHECKING:
+    from core.local_postgres import LocalPostgres
+    from resources.warehouse import Warehouse
 
 
 @pytest.fixture
@@ -38,3 +46,41 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
             return "dagster dev session" if path in SHARED_DEV_SESSION else path
 
     return ByFileSharingTheDevSession(config, log)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[LocalPostgres]:
+    """One throwaway PostgreSQL per test worker (Debian's binaries on 127.0.0.1), for the DuckLake tests."""
+    import shutil
+    import tempfile
+
+    from core.local_postgres import LocalPostgres, PostgresUnavailable, free_port
+
+    # Not under pytest's tmp_path: as root the server runs as `postgres`, which cannot enter /tmp/pytest-of-root.
+    root = Path(tempfile.mkdtemp(prefix="platform-test-postgres-"))
+    try:
+        server = LocalPostgres(root, free_port(), fsync=False).start()
+    except PostgresUnavailable as exc:
+        shutil.rmtree(root, ignore_errors=True)
+        pytest.skip(f"DuckLake tests need a local PostgreSQL: {exc}")
+    yield server
+    server.stop()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def lake_warehouse(postgres_server: LocalPostgres, tmp_path: Path) -> Iterator[Warehouse]:
+    """A Warehouse on a new, empty DuckLake: its own catalog database and data directory."""
+    from support.lake import new_lake_warehouse
+
+    yield from new_lake_warehouse(postgres_server, tmp_path / "lake")
+
+
+@pytest.fixture(params=["duckdb", "ducklake"])
+def any_warehouse(request: pytest.FixtureRequest, tmp_path: Path) -> Warehouse:
+    """The same test on both warehouse backends."""
+    if request.param == "ducklake":
+        return request.getfixturevalue("lake_warehouse")
+    from resources.warehouse import Warehouse
+
+    return Warehouse(path=str(tmp_path / "w.duckdb"))

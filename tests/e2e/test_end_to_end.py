@@ -11,7 +11,7 @@ import pytest
 
 from core.shards import read_manifest, read_split, verify_checksums
 from core.tokenizer_training import tokenizer_fingerprint
-from resources.warehouse import DuckDBWarehouse
+from resources.warehouse import Warehouse
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -54,7 +54,7 @@ def test_synthetic_demo_materializes_the_data_half(tmp_path: Path) -> None:
     out = run_demo(home, SMALL)
     assert "rows per layer" in out
 
-    wh = DuckDBWarehouse(path=str(home / "warehouse.duckdb"))
+    wh = Warehouse(path=str(home / "warehouse.duckdb"))
     assert wh.query("SELECT count(*) AS n FROM raw.catalog")["n"][0] > 250
     per_day = wh.query("SELECT day, count(*) AS n FROM raw.interactions GROUP BY day ORDER BY day")
     assert per_day.height == 2
@@ -155,7 +155,7 @@ def test_bring_your_own_files_through_the_assets(tmp_path: Path) -> None:
     }
     home = tmp_path / "home"
     run_demo(home, env)
-    wh = DuckDBWarehouse(path=str(home / "warehouse.duckdb"))
+    wh = Warehouse(path=str(home / "warehouse.duckdb"))
     catalog = wh.read_table("raw.catalog")
     assert catalog.height == 120
     row = catalog.filter(catalog["title_id"] == "7").row(0, named=True)

@@ -14,7 +14,7 @@ from support.model_dirs import save_model_dir
 from assets.models import BaseModelConfig, base_model
 from core.vocab import padded_size
 from resources.artifacts import ArtifactStore
-from resources.warehouse import DuckDBWarehouse
+from resources.warehouse import Warehouse
 
 
 @pytest.fixture(autouse=True)
@@ -34,7 +34,7 @@ def test_import_findings_reach_the_asset_metadata(tmp_path: Path) -> None:
     result = dg.materialize(
         [base_model],
         resources={
-            "warehouse": DuckDBWarehouse(path=str(tmp_path / "w.duckdb")),
+            "warehouse": Warehouse(path=str(tmp_path / "w.duckdb")),
             "artifacts": ArtifactStore(root=str(tmp_path / "artifacts")),
         },
         run_config=dg.RunConfig(

@@ -19,7 +19,7 @@ import dagster as dg
 import pytest
 
 from core.shards import read_manifest, verify_checksums
-from resources.warehouse import DuckDBWarehouse
+from resources.warehouse import Warehouse
 
 REPO = Path(__file__).resolve().parents[2]
 DOC = REPO / "docs" / "bring-your-own-data.md"
@@ -109,7 +109,7 @@ def test_documented_recipe_ingests_movielens_shaped_files(tmp_path: Path) -> Non
     out = proc.stdout
     assert f"your interaction data covers {DAYS[0]}..{DAYS[-1]}" in out
 
-    wh = DuckDBWarehouse(path=str(home / "warehouse.duckdb"))
+    wh = Warehouse(path=str(home / "warehouse.duckdb"))
     assert wh.query("SELECT count(*) AS n FROM raw.catalog")["n"][0] == TITLES
     stored = dict(wh.query("SELECT day::VARCHAR, count(*) FROM raw.interactions GROUP BY 1").rows())
     assert stored == per_day

@@ -19,7 +19,7 @@ from dagster._core.storage.defs_state.base import set_defs_state_storage
 from assets.catalog import raw_catalog, raw_interactions
 from assets.conversations import CurationRunConfig, curated_conversations
 from resources.landing import LandingArea
-from resources.warehouse import TABLES, DuckDBWarehouse, create_table_sql
+from resources.warehouse import TABLES, Warehouse, create_table_sql
 
 DAYS = ["2026-01-01", "2026-01-02", "2026-01-03"]
 SHARED = [
@@ -41,7 +41,7 @@ def _no_stale_defs_state_storage():
 
 def _resources(home: Path) -> dict:
     return {
-        "warehouse": DuckDBWarehouse(path=str(home / "w.duckdb"), lock_timeout_s=120),
+        "warehouse": Warehouse(path=str(home / "w.duckdb"), lock_timeout_s=120),
         "landing": LandingArea(root=str(home / "landing"), synthetic_titles=60, synthetic_members=80),
     }
 
@@ -109,7 +109,7 @@ def _curate_in_child(home: str, day: str, barrier, out: str) -> None:
 
 
 def _duplicated_hashes(home: Path) -> list[tuple]:
-    wh = DuckDBWarehouse(path=str(home / "w.duckdb"))
+    wh = Warehouse(path=str(home / "w.duckdb"))
     return wh.query(
         "SELECT content_hash, list(DISTINCT day ORDER BY day) AS days FROM curated.conversations "
         "GROUP BY content_hash HAVING count(*) > 1"
@@ -118,7 +118,7 @@ def _duplicated_hashes(home: Path) -> list[tuple]:
 
 def _shared_rows(home: Path) -> list[tuple]:
     """(day, first user message) of the partner conversations that were kept."""
-    wh = DuckDBWarehouse(path=str(home / "w.duckdb"))
+    wh = Warehouse(path=str(home / "w.duckdb"))
     rows = wh.query("SELECT day, messages FROM curated.conversations WHERE kind = 'external'").rows()
     return sorted((d, m[0]["content"]) for d, m in rows if m[0]["content"].startswith("Partner question"))
 
@@ -142,7 +142,7 @@ def test_days_curated_at_the_same_time_in_separate_processes_keep_each_text_once
     kept = _shared_rows(home)
     # Every partner conversation is kept exactly once, on some day, and quarantined on the other two.
     assert sorted(text for _, text in kept) == sorted(c["messages"][0]["content"] for c in SHARED)
-    wh = DuckDBWarehouse(path=str(home / "w.duckdb"))
+    wh = Warehouse(path=str(home / "w.duckdb"))
     dup_reasons = wh.query(
         "SELECT count(*) AS n FROM curated.quarantine WHERE reason = 'duplicate_of_earlier_day' "
         "AND payload LIKE '%Partner question number%'"
@@ -169,7 +169,7 @@ def test_a_failed_quarantine_write_leaves_the_days_conversations_as_they_were(ho
     """Data rows and quarantine rows of a day are one transaction: a reader never sees one without the other."""
     day = DAYS[0]
     assert _curate(home, day).success
-    wh = DuckDBWarehouse(path=str(home / "w.duckdb"))
+    wh = Warehouse(path=str(home / "w.duckdb"))
     before = wh.query("SELECT content_hash FROM curated.conversations ORDER BY 1")["content_hash"].to_list()
     late = {"messages": [{"role": "user", "content": "A late partner line"}, {"role": "assistant", "content": "ok"}]}
     (home / "landing" / "conversations" / f"day={day}" / "late.jsonl").write_text(json.dumps(late) + "\n")
@@ -215,7 +215,7 @@ def _latin1_drop(home: Path, day: str) -> None:
 
 
 def _kept_questions(home: Path, day: str) -> list[str]:
-    wh = DuckDBWarehouse(path=str(home / "w.duckdb"))
+    wh = Warehouse(path=str(home / "w.duckdb"))
     rows = wh.query("SELECT messages FROM curated.conversations WHERE kind = 'external' AND day = ?", [day])
     return sorted(
         m[0]["content"] for m in rows["messages"].to_list() if "?" in m[0]["content"] or "ASCII" in m[0]["content"]
@@ -228,7 +228,7 @@ def test_a_latin1_drop_is_quarantined_as_utf8_and_read_exactly_with_its_encoding
     assert _curate(home, day).success  # default utf-8: the two lines with é/è are encoding_error, the rest is kept
     assert "Plain ASCII line" in _kept_questions(home, day)
     assert not any("Jos" in q for q in _kept_questions(home, day))
-    wh = DuckDBWarehouse(path=str(home / "w.duckdb"))
+    wh = Warehouse(path=str(home / "w.duckdb"))
     bad = wh.query("SELECT detail FROM curated.quarantine WHERE reason = 'encoding_error' AND day = ?", [day])
     assert sorted(d.split(": ")[0] for d in bad["detail"].to_list()) == [
         "partner-latin1.jsonl:1",

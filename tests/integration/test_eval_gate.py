@@ -18,7 +18,7 @@ from core.atomic_io import new_version_id
 from core.champion import current_champion, new_record, promote, read_champions
 from evaluation import SuiteInputs, SuiteSettings
 from resources.artifacts import ArtifactStore
-from resources.warehouse import DuckDBWarehouse
+from resources.warehouse import Warehouse
 
 
 def _model_results(loss: float, hit5: float) -> dict[str, Any]:
@@ -81,7 +81,7 @@ def test_a_champion_promoted_during_the_eval_is_evaluated_and_compared(
         [evals.eval_report],
         resources={
             "artifacts": ArtifactStore(root=str(root)),
-            "warehouse": DuckDBWarehouse(path=str(tmp_path / "warehouse.duckdb")),
+            "warehouse": Warehouse(path=str(tmp_path / "warehouse.duckdb")),
         },
         instance=dg.DagsterInstance.ephemeral(),
         raise_on_error=False,

@@ -20,7 +20,7 @@ from core.landing_files import LandingFileRefused, list_day_folder, open_landing
 from dagster_project.sensors import decide_landing, landing_sensor, scan_landing
 from resources.artifacts import ArtifactStore
 from resources.landing import LandingArea
-from resources.warehouse import DuckDBWarehouse
+from resources.warehouse import Warehouse
 
 DAY = "2026-01-01"
 SECRET = "root:x:0:0:secret-line-that-must-never-be-read:/root:/bin/bash"
@@ -255,7 +255,7 @@ def _materialize_day(home: Path, landing: LandingArea) -> tuple[dg.ExecuteInProc
     from assets.conversations import curated_conversations
 
     assets = [raw_catalog, raw_interactions, curated_conversations]
-    resources = {"warehouse": DuckDBWarehouse(path=str(home / "w.duckdb")), "landing": landing}
+    resources = {"warehouse": Warehouse(path=str(home / "w.duckdb")), "landing": landing}
     instance = dg.DagsterInstance.ephemeral()
     assert dg.materialize(assets, selection=["raw_catalog"], resources=resources, instance=instance).success
     result = dg.materialize(
@@ -291,7 +291,7 @@ def test_curation_never_follows_a_symlink_or_opens_a_fifo_and_reports_what_it_ig
     warned = "\n".join(_warnings(instance, result.run_id))
     assert "partner.jsonl (symlink)" in warned and "pipe.jsonl (not_regular_file)" in warned
 
-    wh = DuckDBWarehouse(path=str(home / "w.duckdb"))
+    wh = Warehouse(path=str(home / "w.duckdb"))
     quarantine = wh.read_table("curated.quarantine")
     assert not any("secret-line" in (p or "") for p in quarantine["payload"].to_list())
     external = wh.query("SELECT messages FROM curated.conversations WHERE kind = 'external'")

@@ -15,7 +15,7 @@ from dagster._core.storage.defs_state.base import set_defs_state_storage
 from assets.catalog import raw_catalog, raw_interactions
 from assets.conversations import curated_conversations
 from resources.landing import LandingArea
-from resources.warehouse import TABLES, DuckDBWarehouse, create_table_sql
+from resources.warehouse import TABLES, Warehouse, create_table_sql
 
 DAY = "2026-01-01"
 ASSETS = [raw_catalog, raw_interactions, curated_conversations]
@@ -48,7 +48,7 @@ def _files_landing(home: Path, **kw: str) -> LandingArea:
 
 
 def _run(home: Path, landing: LandingArea, selection: list[str], partition: str | None = None):
-    resources = {"warehouse": DuckDBWarehouse(path=str(home / "w.duckdb")), "landing": landing}
+    resources = {"warehouse": Warehouse(path=str(home / "w.duckdb")), "landing": landing}
     return dg.materialize(
         ASSETS,
         selection=selection,
@@ -85,7 +85,7 @@ def test_bad_lines_are_quarantined_with_file_and_line_and_the_day_still_loads(
     result = _run(tmp_path, landing, ["raw_interactions"], DAY)
     assert result.success
 
-    wh = DuckDBWarehouse(path=str(tmp_path / "w.duckdb"))
+    wh = Warehouse(path=str(tmp_path / "w.duckdb"))
     assert set(wh.read_table("raw.interactions")["member_id"]) == kept
     q = wh.read_table("raw.quarantine", "source = 'interactions'")
     expected = {f"{events}:5": "ragged_row"}
@@ -125,13 +125,13 @@ def test_the_turn_cap_reaches_curation_from_the_run_config(tmp_path: Path) -> No
     landing = _files_landing(tmp_path)
     assert _run(tmp_path, landing, ["raw_catalog"]).success
     assert _run(tmp_path, landing, ["raw_interactions"], DAY).success
-    resources = {"warehouse": DuckDBWarehouse(path=str(tmp_path / "w.duckdb")), "landing": landing}
+    resources = {"warehouse": Warehouse(path=str(tmp_path / "w.duckdb")), "landing": landing}
     config = {"ops": {"curated_conversations": {"config": {"max_turns": 10}}}}
     result = dg.materialize(
         ASSETS, selection=["curated_conversations"], partition_key=DAY, resources=resources, run_config=config
     )
     assert result.success
-    q = DuckDBWarehouse(path=str(tmp_path / "w.duckdb")).read_table("curated.quarantine")
+    q = Warehouse(path=str(tmp_path / "w.duckdb")).read_table("curated.quarantine")
     assert q.filter(q["reason"] == "too_many_turns")["detail"].to_list() == [
         "conversation has 12 messages, over max_turns=10; split it into shorter conversations"
     ]
@@ -147,7 +147,7 @@ def test_a_missing_files_setting_is_a_permanent_error(tmp_path: Path) -> None:
 # ------------------------------------------------------------------ one transaction per asset write
 
 
-def _refuse_every_raw_quarantine_row(wh: DuckDBWarehouse) -> None:
+def _refuse_every_raw_quarantine_row(wh: Warehouse) -> None:
     """Recreate raw.quarantine so the database itself rejects every row: a failure mid-transaction."""
     with wh.connect() as con:
         con.execute("DROP TABLE raw.quarantine")
@@ -159,7 +159,7 @@ def test_a_failed_quarantine_write_leaves_the_catalog_as_it_was(tmp_path: Path) 
     (tmp_path / "titles.csv").write_text(TITLES)
     landing = _files_landing(tmp_path)
     assert _run(tmp_path, landing, ["raw_catalog"]).success
-    wh = DuckDBWarehouse(path=str(tmp_path / "w.duckdb"))
+    wh = Warehouse(path=str(tmp_path / "w.duckdb"))
     before = wh.read_table("raw.catalog")["title_id"].sort().to_list()
     (tmp_path / "titles.csv").write_text(TITLES + "T4,Brazil\n,no id\n")  # a new title, and a row to quarantine
     _refuse_every_raw_quarantine_row(wh)
@@ -178,7 +178,7 @@ def test_a_failed_quarantine_write_leaves_the_days_events_as_they_were(tmp_path:
     landing = LandingArea(**{**landing.model_dump(), "interaction_files": str(tmp_path / pattern)})
     assert _run(tmp_path, landing, ["raw_catalog"]).success
     assert _run(tmp_path, landing, ["raw_interactions"], DAY).success
-    wh = DuckDBWarehouse(path=str(tmp_path / "w.duckdb"))
+    wh = Warehouse(path=str(tmp_path / "w.duckdb"))
     before = wh.read_table("raw.interactions")["member_id"].sort().to_list()
     # A new event, and one quarantine row: dated with a per-day file, undated (day NULL) with a many-day glob.
     events.write_text(EVENTS.split("\n", 1)[0] + "\ndee,T2,2026-01-01T13:00:00Z,play\nbad,T2,not a time,play\n")
@@ -249,7 +249,7 @@ def test_an_events_file_swapped_for_a_symlink_after_listing_fails_once_and_is_no
         return paths, per_day
 
     monkeypatch.setattr(LandingArea, "interaction_paths", list_then_swap)
-    wh = DuckDBWarehouse(path=str(tmp_path / "w.duckdb"))
+    wh = Warehouse(path=str(tmp_path / "w.duckdb"))
     with pytest.raises(dg.Failure) as failure:
         raw_interactions(dg.build_asset_context(partition_key=DAY), warehouse=wh, landing=landing)
     assert "events.parquet: it became a symbolic link" in failure.value.description

@@ -22,7 +22,7 @@ from core.atomic_io import new_version_id
 from core.shards import FORMAT_VERSION
 from resources.artifacts import ArtifactStore
 from resources.launchers import LaunchResult, TrainingLauncher
-from resources.warehouse import DuckDBWarehouse
+from resources.warehouse import Warehouse
 from training.config import TrainConfig
 
 
@@ -241,7 +241,7 @@ def test_tokenized_shards_without_base_model_fails_once(tmp_path: Path) -> None:
         partition_key="2026-01-01",
         resources={
             "artifacts": ArtifactStore(root=str(tmp_path / "artifacts")),
-            "warehouse": DuckDBWarehouse(path=str(tmp_path / "warehouse.duckdb")),
+            "warehouse": Warehouse(path=str(tmp_path / "warehouse.duckdb")),
         },
         instance=dg.DagsterInstance.ephemeral(),
         raise_on_error=False,

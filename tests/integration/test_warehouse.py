@@ -7,7 +7,7 @@ import polars as pl
 import pytest
 
 from core import schemas
-from resources.warehouse import TABLES, DuckDBWarehouse, create_table_sql, duckdb_type
+from resources.warehouse import TABLES, Warehouse, create_table_sql, duckdb_type, replace_in
 
 
 def _events(day: dt.date, n: int) -> pl.DataFrame:
@@ -24,8 +24,8 @@ def _events(day: dt.date, n: int) -> pl.DataFrame:
     )
 
 
-def test_loading_a_partition_twice_gives_the_same_table(tmp_path: Path) -> None:
-    wh = DuckDBWarehouse(path=str(tmp_path / "w.duckdb"))
+def test_loading_a_partition_twice_gives_the_same_table(any_warehouse: Warehouse) -> None:
+    wh = any_warehouse
     d1, d2 = dt.date(2026, 1, 1), dt.date(2026, 1, 2)
     wh.replace_partition("raw.interactions", _events(d1, 3), d1)
     wh.replace_partition("raw.interactions", _events(d2, 2), d2)
@@ -34,8 +34,8 @@ def test_loading_a_partition_twice_gives_the_same_table(tmp_path: Path) -> None:
     assert counts.rows() == [(d1, 3), (d2, 2)]
 
 
-def test_failed_write_rolls_back(tmp_path: Path) -> None:
-    wh = DuckDBWarehouse(path=str(tmp_path / "w.duckdb"))
+def test_failed_write_rolls_back(any_warehouse: Warehouse) -> None:
+    wh = any_warehouse
     d1 = dt.date(2026, 1, 1)
     wh.replace_partition("raw.interactions", _events(d1, 3), d1)
     with pytest.raises(ValueError, match="missing contract columns"):
@@ -43,8 +43,8 @@ def test_failed_write_rolls_back(tmp_path: Path) -> None:
     assert wh.query("SELECT count(*) AS n FROM raw.interactions")["n"][0] == 3
 
 
-def test_round_trip_keeps_contract_dtypes(tmp_path: Path) -> None:
-    wh = DuckDBWarehouse(path=str(tmp_path / "w.duckdb"))
+def test_round_trip_keeps_contract_dtypes(any_warehouse: Warehouse) -> None:
+    wh = any_warehouse
     d1 = dt.date(2026, 1, 1)
     wh.replace_partition("raw.interactions", _events(d1, 2), d1)
     assert dict(wh.read_table("raw.interactions").schema) == schemas.INTERACTIONS_SCHEMA
@@ -57,7 +57,7 @@ def test_writer_waits_for_a_lock_held_by_another_process(tmp_path: Path) -> None
     import sys
 
     db = tmp_path / "w.duckdb"
-    wh = DuckDBWarehouse(path=str(db), lock_timeout_s=30)
+    wh = Warehouse(path=str(db), lock_timeout_s=30)
     wh.ensure_tables()
     holder = subprocess.Popen(
         [
@@ -106,7 +106,7 @@ def _quarantine_rows(day: dt.date, reasons: list[str]) -> pl.DataFrame:
     )
 
 
-def _refuse_quarantine_reason(wh: DuckDBWarehouse, reason: str) -> None:
+def _refuse_quarantine_reason(wh: Warehouse, reason: str) -> None:
     """Recreate curated.quarantine so the database itself rejects rows with `reason` (a failure mid-transaction)."""
     wh.ensure_tables()
     with wh.connect() as con:
@@ -116,7 +116,7 @@ def _refuse_quarantine_reason(wh: DuckDBWarehouse, reason: str) -> None:
 
 
 def test_a_partitions_data_and_quarantine_rows_are_replaced_together_or_not_at_all(tmp_path: Path) -> None:
-    wh = DuckDBWarehouse(path=str(tmp_path / "w.duckdb"))
+    wh = Warehouse(path=str(tmp_path / "w.duckdb"))
     d1 = dt.date(2026, 1, 1)
     wh.replace_partitions(
         {
@@ -145,8 +145,8 @@ def test_a_partitions_data_and_quarantine_rows_are_replaced_together_or_not_at_a
     assert wh.read_table("curated.quarantine").height == 0
 
 
-def test_a_contract_violation_is_reported_before_anything_is_written(tmp_path: Path) -> None:
-    wh = DuckDBWarehouse(path=str(tmp_path / "w.duckdb"))
+def test_a_contract_violation_is_reported_before_anything_is_written(any_warehouse: Warehouse) -> None:
+    wh = any_warehouse
     d1 = dt.date(2026, 1, 1)
     wh.replace_partitions({"curated.conversations": _conversation_rows(d1, ["a"])}, d1)
     with pytest.raises(ValueError, match="missing contract columns"):
@@ -158,6 +158,22 @@ def test_a_contract_violation_is_reported_before_anything_is_written(tmp_path: P
             d1,
         )
     assert wh.read_table("curated.conversations")["conversation_id"].to_list() == ["a"]
+
+
+def test_a_transaction_that_fails_after_writing_leaves_nothing_behind(any_warehouse: Warehouse) -> None:
+    wh = any_warehouse
+    d1 = dt.date(2026, 1, 1)
+    wh.replace_partition("raw.interactions", _events(d1, 3), d1)
+
+    def write_then_fail(con: duckdb.DuckDBPyConnection) -> None:
+        replace_in(con, "raw.interactions", _events(d1, 1), "day = ?", [d1])
+        replace_in(con, "curated.conversations", _conversation_rows(d1, ["a"]), "day = ?", [d1])
+        raise RuntimeError("the step failed after its writes")
+
+    with pytest.raises(RuntimeError, match="after its writes"):
+        wh.run_transaction(write_then_fail)
+    assert wh.read_table("raw.interactions").height == 3
+    assert wh.read_table("curated.conversations").height == 0
 
 
 # --------------------------------------------------------------------------------- older warehouse files
@@ -180,7 +196,7 @@ def test_tables_created_by_an_older_version_gain_the_new_contract_columns(tmp_pa
 
     grown = {**old_contract, "payload_chars": pl.Int64, "payload_truncated": pl.Boolean}
     monkeypatch.setitem(TABLES, "raw.quarantine", grown)
-    wh = DuckDBWarehouse(path=str(db))
+    wh = Warehouse(path=str(db))
     wh.ensure_tables()
     wh.replace_rows(
         "raw.quarantine",
@@ -215,7 +231,7 @@ def test_a_warehouse_written_before_payload_caps_takes_capped_quarantine_rows(tm
     con.execute("INSERT INTO curated.quarantine VALUES (NULL, DATE '2026-01-01', 'bad_schema', 'old', '{}')")
     con.close()
 
-    wh = DuckDBWarehouse(path=str(db))
+    wh = Warehouse(path=str(db))
     d2 = dt.date(2026, 1, 2)
     huge = "x" * (schemas.QUARANTINE_PAYLOAD_MAX_CHARS + 10)
     wh.replace_partitions(

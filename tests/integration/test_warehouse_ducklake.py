@@ -1,0 +1,154 @@
+"""The DuckLake backend: snapshots and time travel, and writers that run at once and still commit correctly."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+from collections.abc import Callable
+
+import duckdb
+import polars as pl
+import pytest
+
+from core import schemas
+from resources import ducklake
+from resources.warehouse import Commit, Warehouse, fetch, replace_in
+
+D1, D2 = dt.date(2026, 1, 1), dt.date(2026, 1, 2)
+
+
+def _events(day: dt.date, members: list[str]) -> pl.DataFrame:
+    n = len(members)
+    return pl.DataFrame(
+        {
+            "member_id": members,
+            "title_id": ["t1"] * n,
+            "ts": [dt.datetime.combine(day, dt.time(12), tzinfo=dt.UTC)] * n,
+            "event": ["play"] * n,
+            "value": [None] * n,
+            "day": [day] * n,
+        },
+        schema=schemas.INTERACTIONS_SCHEMA,
+    )
+
+
+def test_each_write_records_its_snapshot_and_an_old_snapshot_reads_back_as_it_was(lake_warehouse: Warehouse) -> None:
+    wh = lake_warehouse
+    first = wh.replace_tables([("raw.interactions", _events(D1, ["a", "b"]), "day = ?", [D1])], message="day 1")
+    second = wh.replace_tables([("raw.interactions", _events(D1, ["c"]), "day = ?", [D1])], message="day 1 again")
+    assert first.snapshot is not None and second.snapshot is not None and second.snapshot > first.snapshot
+    assert wh.snapshot() == second.snapshot
+
+    as_it_was = wh.read_table("raw.interactions", "day = ?", [D1], snapshot=first.snapshot)
+    assert sorted(as_it_was["member_id"].to_list()) == ["a", "b"]
+    assert wh.read_table("raw.interactions")["member_id"].to_list() == ["c"]
+    messages = wh.query(
+        "SELECT commit_message FROM lake.snapshots() WHERE snapshot_id IN (?, ?) ORDER BY snapshot_id",
+        [first.snapshot, second.snapshot],
+    )["commit_message"].to_list()
+    assert messages == ["day 1", "day 1 again"]
+
+
+def test_the_duckdb_file_has_no_snapshots_to_read(tmp_path) -> None:
+    wh = Warehouse(path=str(tmp_path / "w.duckdb"))
+    assert wh.replace_tables([("raw.interactions", _events(D1, ["a"]), "day = ?", [D1])]).snapshot is None
+    with pytest.raises(ValueError, match="needs the ducklake backend"):
+        wh.read_table("raw.interactions", snapshot=1)
+
+
+def _race(wh: Warehouse, works: list[Callable[[duckdb.DuckDBPyConnection], None]], **kwargs) -> list[Commit]:
+    """Run each work in its own thread so that every first attempt has written before any of them commits."""
+    barrier = threading.Barrier(len(works))
+    commits: list[Commit] = [None] * len(works)  # type: ignore[list-item]
+    errors: list[BaseException] = []
+
+    def run(i: int) -> None:
+        attempts = 0
+
+        def gated(con: duckdb.DuckDBPyConnection) -> None:
+            nonlocal attempts
+            works[i](con)
+            attempts += 1
+            if attempts == 1:
+                barrier.wait(timeout=60)
+
+        try:
+            commits[i] = wh.run_transaction(gated, **kwargs)
+        except BaseException as exc:  # reported below, with the thread's commits
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(works))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors, errors
+    return commits
+
+
+def test_writers_replacing_different_days_at_once_both_commit_after_a_retry(lake_warehouse: Warehouse) -> None:
+    wh = lake_warehouse
+    wh.replace_partition("raw.interactions", _events(D1, ["old1"]), D1)
+    wh.replace_partition("raw.interactions", _events(D2, ["old2"]), D2)
+
+    def replace(day: dt.date, member: str) -> Callable[[duckdb.DuckDBPyConnection], None]:
+        return lambda con: replace_in(con, "raw.interactions", _events(day, [member]), "day = ?", [day]) and None
+
+    commits = _race(wh, [replace(D1, "new1"), replace(D2, "new2")])
+    # Both deleted from raw.interactions: DuckLake failed the later commit, which ran again on the new snapshot.
+    assert sorted(c.retries for c in commits) == [0, 1]
+    rows = wh.query("SELECT day, member_id FROM raw.interactions ORDER BY day").rows()
+    assert rows == [(D1, "new1"), (D2, "new2")]
+
+
+def _insert_if_unseen(day: dt.date) -> Callable[[duckdb.DuckDBPyConnection], None]:
+    """Read-check-write: member m1 belongs to one day only, the first to commit it (like curation's dedup)."""
+
+    def work(con: duckdb.DuckDBPyConnection) -> None:
+        seen = fetch(con, "SELECT count(*) AS n FROM raw.interactions WHERE member_id = 'm1' AND day <> ?", [day])
+        if seen["n"][0] == 0:
+            replace_in(con, "raw.interactions", _events(day, ["m1"]), "day = ?", [day])
+
+    return work
+
+
+def test_read_check_write_transactions_with_a_serialize_key_never_both_commit_unseen(
+    lake_warehouse: Warehouse,
+) -> None:
+    commits = _race(lake_warehouse, [_insert_if_unseen(D1), _insert_if_unseen(D2)], serialize="curated.conversations")
+    assert sorted(c.retries for c in commits) == [0, 1]
+    assert lake_warehouse.query("SELECT count(*) AS n FROM raw.interactions WHERE member_id = 'm1'")["n"][0] == 1
+
+
+def test_without_the_key_insert_only_writers_do_not_see_each_other(lake_warehouse: Warehouse) -> None:
+    """Why curation names a serialize key: DuckLake lets two inserting transactions both commit."""
+    commits = _race(lake_warehouse, [_insert_if_unseen(D1), _insert_if_unseen(D2)])
+    assert [c.retries for c in commits] == [0, 0]
+    assert lake_warehouse.query("SELECT count(*) AS n FROM raw.interactions WHERE member_id = 'm1'")["n"][0] == 2
+
+
+def test_an_unknown_serialize_key_is_refused(lake_warehouse: Warehouse) -> None:
+    with pytest.raises(ValueError, match="SERIALIZE_KEYS"):
+        lake_warehouse.run_transaction(lambda con: None, serialize="raw.nothing")
+
+
+def test_a_backend_without_its_settings_names_what_is_missing() -> None:
+    with pytest.raises(ValueError, match="DUCKLAKE_CATALOG"):
+        Warehouse(backend="ducklake").query("SELECT 1")
+    with pytest.raises(ValueError, match="use 'duckdb' or 'ducklake'"):
+        Warehouse(backend="sqlite", path="x").query("SELECT 1")
+
+
+def test_an_extension_built_for_another_duckdb_is_named(monkeypatch) -> None:
+    monkeypatch.setattr(duckdb, "__version__", "0.0.1")
+    with pytest.raises(RuntimeError, match=r"no ducklake extension for duckdb 0\.0\.1 \(it has \['v1\.5\.5'\]\)"):
+        ducklake.extension_file("duckdb_extension_ducklake", "ducklake", "duckdb-extension-ducklake")
+
+
+def test_an_unreachable_catalog_says_what_to_check(tmp_path) -> None:
+    from core.local_postgres import free_port
+
+    catalog = f"dbname=lake host=127.0.0.1 port={free_port()} user=platform password=secret connect_timeout=2"
+    with pytest.raises(RuntimeError, match="PostgreSQL is reachable") as raised:
+        Warehouse(backend="ducklake", ducklake_catalog=catalog, ducklake_data_path=str(tmp_path)).query("SELECT 1")
+    assert "secret" not in str(raised.value)
