@@ -111,7 +111,7 @@ def curated_conversations(
     if catalog.height == 0:
         # Permanent until someone materializes raw_catalog: retrying would only fail the same way twice more.
         raise dg.Failure(
-            description=f"raw.catalog in {warehouse.path} is empty: materialize raw_catalog first, then this day",
+            description=f"raw.catalog in {warehouse.describe()} is empty: materialize raw_catalog first, then this day",
             allow_retries=False,
         )
     if interactions.height == 0:

@@ -109,6 +109,11 @@ class PlatformSettings:
     catalog_encoding: str = "utf-8"
     interaction_encoding: str = "utf-8"
     conversation_encoding: str = "utf-8"
+    # The warehouse: "duckdb" (the file PLATFORM_HOME/warehouse.duckdb) or "ducklake" (a PostgreSQL catalog and
+    # Parquet files under the data path; docs/warehouse.md).
+    warehouse_backend: str = "duckdb"
+    ducklake_catalog: str = ""  # libpq conninfo; the password is better given as PGPASSWORD
+    ducklake_data_path: str = ""  # directory or object-store URL; default PLATFORM_HOME/lake
 
     @property
     def dagster_home(self) -> Path:
@@ -155,7 +160,33 @@ def load_settings() -> PlatformSettings:
         catalog_encoding=_env_encoding("CATALOG_ENCODING"),
         interaction_encoding=_env_encoding("INTERACTION_ENCODING"),
         conversation_encoding=_env_encoding("CONVERSATION_ENCODING"),
+        **_warehouse_settings(home),
     )
+
+
+WAREHOUSE_BACKENDS = ("duckdb", "ducklake")
+
+
+def _warehouse_settings(home: Path) -> dict[str, str]:
+    """WAREHOUSE_BACKEND, DUCKLAKE_CATALOG and DUCKLAKE_DATA_PATH, checked together so that a DuckLake without a
+    catalog fails the code location with the variable's name instead of every step that opens the warehouse."""
+    backend = _env("WAREHOUSE_BACKEND", "duckdb")
+    if backend not in WAREHOUSE_BACKENDS:
+        raise ValueError(
+            f"WAREHOUSE_BACKEND={backend!r} is not supported: use 'duckdb' (one file, one writer at a time) or "
+            "'ducklake' (PostgreSQL catalog + Parquet, many writers; docs/warehouse.md)"
+        )
+    catalog = _env("DUCKLAKE_CATALOG", "")
+    if backend == "ducklake" and not catalog:
+        raise ValueError(
+            "WAREHOUSE_BACKEND=ducklake needs DUCKLAKE_CATALOG, the catalog database's libpq conninfo, e.g. "
+            "'dbname=lake host=127.0.0.1 port=5433 user=platform' (make dev-team starts one; docs/warehouse.md)"
+        )
+    return {
+        "warehouse_backend": backend,
+        "ducklake_catalog": catalog,
+        "ducklake_data_path": _env("DUCKLAKE_DATA_PATH", str(home / "lake")),
+    }
 
 
 def _env_encoding(name: str) -> str:

@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 
 from core.settings import PlatformSettings
+from dagster_project.resources import build_warehouse
 from resources.artifacts import ArtifactStore
-from resources.warehouse import Warehouse
 
 
 def print_summary(settings: PlatformSettings, days: list[str]) -> None:
-    wh = Warehouse(path=str(settings.warehouse_path))
+    wh = build_warehouse(settings)
     store = ArtifactStore(root=str(settings.artifacts_dir))
     print("\nrows per layer:")
     for table in (

@@ -43,10 +43,20 @@ def build_launcher(settings: PlatformSettings) -> TrainingLauncher:
     )
 
 
+def build_warehouse(settings: PlatformSettings) -> Warehouse:
+    if settings.warehouse_backend == "ducklake":
+        return Warehouse(
+            backend="ducklake",
+            ducklake_catalog=from_env("DUCKLAKE_CATALOG", settings.ducklake_catalog),
+            ducklake_data_path=from_env("DUCKLAKE_DATA_PATH", settings.ducklake_data_path),
+        )
+    return Warehouse(path=str(settings.warehouse_path))
+
+
 def build_resources(settings: PlatformSettings) -> dict[str, Any]:
     return {
         "trainer": build_launcher(settings),
-        "warehouse": Warehouse(path=str(settings.warehouse_path)),
+        "warehouse": build_warehouse(settings),
         "artifacts": ArtifactStore(root=str(settings.artifacts_dir), **artifact_cleanup_hours()),
         "landing": LandingArea(
             root=str(settings.landing_dir),

@@ -173,7 +173,7 @@ class Warehouse(dg.ConfigurableResource):
         if self.backend == "duckdb":
             if not self.path:
                 raise ValueError(
-                    "the duckdb warehouse needs a path (WAREHOUSE_PATH, default PLATFORM_HOME/warehouse.duckdb)"
+                    "the duckdb warehouse needs the path of its file (PLATFORM_HOME/warehouse.duckdb in a deployment)"
                 )
         elif self.backend == "ducklake":
             if not self.ducklake_catalog or not self.ducklake_data_path:

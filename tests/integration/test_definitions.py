@@ -179,3 +179,18 @@ def test_the_code_location_loads_without_the_model_libraries(tmp_path: Path) -> 
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["none"], f"imported when the code location loads: {proc.stdout}"
+
+
+def test_the_ducklake_backend_is_a_setting_and_its_catalog_stays_an_env_var(monkeypatch, tmp_path) -> None:
+    """The UI shows DUCKLAKE_CATALOG by name: the conninfo may hold a password."""
+    from core.settings import load_settings
+    from dagster_project.resources import build_warehouse
+
+    monkeypatch.setenv("PLATFORM_HOME", str(tmp_path))
+    monkeypatch.setenv("WAREHOUSE_BACKEND", "ducklake")
+    monkeypatch.setenv("DUCKLAKE_CATALOG", "dbname=lake host=127.0.0.1 user=platform password=x")
+    monkeypatch.delenv("DUCKLAKE_DATA_PATH", raising=False)
+    warehouse = build_warehouse(load_settings())
+    assert warehouse.backend == "ducklake"
+    assert warehouse.ducklake_data_path == str(tmp_path.resolve() / "lake")
+    assert "DUCKLAKE_CATALOG" in repr(warehouse.ducklake_catalog)

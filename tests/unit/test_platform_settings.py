@@ -86,3 +86,21 @@ def test_the_dagster_side_reads_settings_only_through_core_settings() -> None:
             rel = path.relative_to(REPO).as_posix()
             found |= {(rel, name) for name in _READ.findall(path.read_text())}
     assert found - _ALLOWED == set()
+
+
+def test_warehouse_backend_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("PLATFORM_HOME", str(tmp_path))
+    for name in ("WAREHOUSE_BACKEND", "DUCKLAKE_CATALOG", "DUCKLAKE_DATA_PATH"):
+        monkeypatch.delenv(name, raising=False)
+    assert settings.load_settings().warehouse_backend == "duckdb"
+
+    monkeypatch.setenv("WAREHOUSE_BACKEND", "ducklake")
+    with pytest.raises(ValueError, match="needs DUCKLAKE_CATALOG"):
+        settings.load_settings()
+    monkeypatch.setenv("DUCKLAKE_CATALOG", "dbname=lake host=127.0.0.1 port=5433 user=platform")
+    loaded = settings.load_settings()
+    assert loaded.ducklake_data_path == str(tmp_path.resolve() / "lake")
+
+    monkeypatch.setenv("WAREHOUSE_BACKEND", "postgres")
+    with pytest.raises(ValueError, match="WAREHOUSE_BACKEND='postgres' is not supported"):
+        settings.load_settings()
