@@ -22,6 +22,7 @@ from core.fingerprints import files_fingerprint
 from evaluation import SuiteInputs, SuiteSettings, TitleMatcher, heldout_rows, hits, recommendation_prompts
 from resources.artifacts import ArtifactStore, leftovers_metadata
 from resources.warehouse import Warehouse
+from resources.warehouse_history import conversations_as_trained
 
 # The suite's defaults are SuiteSettings' own, so the run config and a suite run outside Dagster cannot disagree.
 _SUITE_DEFAULTS = SuiteSettings()
@@ -64,7 +65,8 @@ def suite_inputs(checkpoint: Path, warehouse: Warehouse, champion_dir: Path | No
     shard_dirs = [Path(p) for p in lineage["shards"]]
     days = sorted({p.parent.name for p in shard_dirs})
     day_filter = pl.col("day").cast(pl.String).is_in(days)
-    conversations = warehouse.read_table("curated.conversations").filter(day_filter)
+    # The checkpoint's own data: each day as of the snapshot its shards read (DuckLake), even if re-curated since.
+    conversations = conversations_as_trained(warehouse, lineage)
     heldout_members = conversations.filter(pl.col("split") != "train")["member_id"].drop_nulls().unique()
     # Popularity is learned from the same days, without the held-out members' own events.
     events = warehouse.read_table("raw.interactions").filter(

@@ -74,7 +74,10 @@ def tokenized_shards(
     model_dir = artifacts.require_latest("base_model")
     tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
     fingerprint = tokenizer_fingerprint(model_dir)
-    curated = warehouse.read_table("curated.conversations", "day = ?", [day])
+    # Read as of one snapshot and record it: a checkpoint trained on these shards can read its data back as it
+    # was (DuckLake time travel) after the day is curated again. The DuckDB file keeps no history (None).
+    snapshot = warehouse.snapshot()
+    curated = warehouse.read_table("curated.conversations", "day = ?", [day], snapshot=snapshot)
     if curated.height == 0:
         context.log.warning(f"curated.conversations has no rows for {day}; writing empty shards")
     result = tokenize_conversations(
@@ -103,6 +106,7 @@ def tokenized_shards(
                 "conversations_by_outcome": result.counts,
                 "quarantined": counts_by(result.quarantine, "reason"),
                 "truncated": result.truncated,
+                "warehouse_snapshot": snapshot,
             },
         )
     out_dir = artifacts.version_path("tokenized_shards", version, context.partition_key)
@@ -142,6 +146,7 @@ def tokenized_shards(
             "tokenizer_fingerprint": fingerprint,
             "base_model": dg.MetadataValue.path(str(model_dir)),
             "source_data_version": source_version,
+            **({"warehouse/snapshot_read": dg.MetadataValue.int(snapshot)} if snapshot is not None else {}),
             **length_stats(result.rows),
             **reason_metadata("quarantined", counts_by(result.quarantine, "reason")),
         },

@@ -12,6 +12,7 @@ from assets.shards import tokenized_shards
 from core.eval_report import plot_loss_curve
 from core.shards import read_manifest
 from core.tokenizer_training import tokenizer_fingerprint
+from core.warehouse_lineage import shard_snapshots
 from resources.artifacts import ArtifactStore, leftovers_metadata
 from resources.launchers import TrainingLauncher
 from training.config import ConfigError, TrainConfig
@@ -178,12 +179,16 @@ def trained_checkpoint(
     )
     result = trainer.launch(context, train_config, staging)
     summary = result.summary
+    manifests = {str(p.parent.name): read_manifest(p) for p in shard_dirs}
+    snapshots = shard_snapshots(manifests)
     # Everything the version holds is written before it is published: versions are immutable.
     (staging / "lineage.json").write_text(
         json.dumps(
             {
                 "base_model": str(base_dir),
                 "shards": [str(p) for p in shard_dirs],
+                # day -> the warehouse snapshot its shards were read at (DuckLake; empty on the DuckDB file)
+                "warehouse_snapshots": snapshots,
                 "dagster_run_id": context.run.run_id,
                 "root_run_id": lineage,
             },
@@ -192,7 +197,6 @@ def trained_checkpoint(
     )
     plot = plot_loss_curve(staging / "loss_curve.png", summary.get("loss_curve", []))
     version, path = artifacts.publish("trained_checkpoint", staging)
-    manifests = {str(p.parent.name): read_manifest(p) for p in shard_dirs}
     # What rank 0 reported through Pipes (data fingerprints, weights hash, conversation counts), then ours.
     reported = {k: v for k, v in result.reported_metadata.items() if k != "loss_curve"}
     return dg.MaterializeResult(
@@ -202,6 +206,7 @@ def trained_checkpoint(
             "version": version,
             "base_model": dg.MetadataValue.path(str(base_dir)),
             "shard_versions": dg.MetadataValue.json({p.parent.name: p.name for p in shard_dirs}),
+            "warehouse_snapshots": dg.MetadataValue.json(snapshots),
             "train_conversations": sum(m["splits"]["train"]["conversations"] for m in manifests.values()),
             "tokenizer_fingerprint": tokenizer_fingerprint(base_dir),
             "world_size": trainer.world_size,

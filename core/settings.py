@@ -351,3 +351,20 @@ def kubernetes_launcher_config(settings: PlatformSettings) -> dict[str, object]:
         "kubeconfig": _env("K8S_KUBECONFIG", ""),
         "kube_context": _env("K8S_CONTEXT", ""),
     }
+
+
+# ---- warehouse maintenance ------------------------------------------------------------------------------------
+
+
+def warehouse_snapshot_retention_hours() -> float:
+    """DUCKLAKE_SNAPSHOT_RETENTION_HOURS: DuckLake snapshots younger than this are never expired (default 7 days).
+
+    Older ones go too unless a live lineage record (shards, checkpoints) names them."""
+    raw = _env("DUCKLAKE_SNAPSHOT_RETENTION_HOURS", "168")
+    try:
+        hours = float(raw)
+    except ValueError as exc:
+        raise ValueError(f"environment variable DUCKLAKE_SNAPSHOT_RETENTION_HOURS={raw!r} must be a number") from exc
+    if hours < 0:
+        raise ValueError(f"environment variable DUCKLAKE_SNAPSHOT_RETENTION_HOURS={raw!r} must be >= 0")
+    return hours

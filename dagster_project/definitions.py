@@ -12,6 +12,7 @@ from assets.shards import tokenized_shards
 from assets.training import trained_checkpoint
 from core.settings import load_settings
 from dagster_project.jobs import ALL_JOBS
+from dagster_project.maintenance import warehouse_maintenance_job
 from dagster_project.resources import build_resources
 from dagster_project.schedules import SCHEDULES
 from dagster_project.sensors import SENSORS
@@ -28,7 +29,7 @@ ASSETS = [
 
 defs = dg.Definitions(
     assets=ASSETS,
-    jobs=ALL_JOBS,
+    jobs=[*ALL_JOBS, warehouse_maintenance_job],
     sensors=SENSORS,
     schedules=SCHEDULES,
     resources=build_resources(load_settings()),
