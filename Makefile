@@ -7,7 +7,7 @@ PLATFORM_HOME ?= $(CURDIR)/var
 export PLATFORM_HOME
 export DAGSTER_HOME ?= $(PLATFORM_HOME)/dagster
 
-.PHONY: install demo ingest test test-fast lint format dev drop-day backfill clean-var bench
+.PHONY: install demo ingest test test-fast lint format dev dev-team dev-team-stop drop-day backfill clean-var bench
 
 # torch==2.13.0 first and explicitly: it is the CPU build on local disk; a looser
 # requirement would pull a multi-GB CUDA build.
@@ -52,6 +52,15 @@ format: install
 dev: install
 	$(PY) -m dagster_project.instance
 	$(VENV)/bin/dagster dev -w workspace.yaml
+
+# The team set-up on this machine: PostgreSQL (Debian's package) for the DuckLake catalog and Dagster's storage,
+# Parquet under TEAM_HOME/lake, several day runs at once (docs/warehouse.md). PostgreSQL outlives dagster dev.
+TEAM_HOME ?= $(CURDIR)/var/team
+dev-team: install
+	PLATFORM_HOME=$(TEAM_HOME) DAGSTER_HOME=$(TEAM_HOME)/dagster $(PY) -m dagster_project.team_dev
+
+dev-team-stop: install
+	$(PY) -m core.local_postgres stop --dir $(TEAM_HOME)/postgres
 
 # Drop the next synthetic day into the landing area (what a daily upstream export would do), with the same
 # synthetic world as the assets (SYNTHETIC_* and PLATFORM_PARTITION_START, defaults as in core/settings.py).

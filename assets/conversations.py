@@ -25,11 +25,7 @@ from core.curation import CurationConfig, curate, parse_external_jsonl
 from core.fingerprints import frame_fingerprint
 from core.landing_files import IgnoredFile, LandingFileRefused, describe_ignored, open_landing_file
 from resources.landing import LandingArea
-from resources.warehouse import Warehouse, fetch, replace_in
-
-# Content hashes another day already holds. `day <> ?`, not `day < ?`: days run concurrently and in any order,
-# and the first to commit a text keeps it; re-running a day is stable because its own rows never count.
-SEEN_ELSEWHERE_SQL = "SELECT DISTINCT content_hash FROM curated.conversations WHERE day <> ?"
+from resources.warehouse import SEEN_ELSEWHERE_SQL, Warehouse, fetch, replace_in
 
 
 class CurationRunConfig(dg.Config):

@@ -20,9 +20,17 @@ import time
 from pathlib import Path
 
 from benchmarks.harness import REPO, machine_description, markdown_table, run_worker, write_result
-from benchmarks.suite import Sizes, bench_data_prep, bench_multiprocess, bench_scale, bench_training, summary_rows
+from benchmarks.suite import (
+    Sizes,
+    bench_data_prep,
+    bench_multiprocess,
+    bench_scale,
+    bench_training,
+    bench_warehouse,
+    summary_rows,
+)
 
-NAMES = ("data_prep", "training", "scale", "multiprocess")
+NAMES = ("data_prep", "training", "scale", "multiprocess", "warehouse")
 GPU_MODEL = {  # ~100M parameters with the preset tokenizer's vocabulary
     "hidden_size": 768,
     "intermediate_size": 2560,
@@ -153,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
             )
         elif name == "scale":
             payload, md = bench_scale(sizes, inputs / "model", work / "scale")
+        elif name == "warehouse":
+            payload, md = bench_warehouse(sizes, inputs / "model", work / "warehouse")
         else:
             payload, md = bench_multiprocess(sizes, inputs / "model", shards, work / "multi")
         payload["seconds"] = time.perf_counter() - t0

@@ -368,3 +368,43 @@ def warehouse_snapshot_retention_hours() -> float:
     if hours < 0:
         raise ValueError(f"environment variable DUCKLAKE_SNAPSHOT_RETENTION_HOURS={raw!r} must be >= 0")
     return hours
+
+
+# ---- the team set-up on one machine (make dev-team) -------------------------------------------------------------
+
+
+def team_postgres_port() -> int:
+    """TEAM_POSTGRES_PORT: where `make dev-team` runs its PostgreSQL on 127.0.0.1 (default 5433)."""
+    return _env_int_at_least("TEAM_POSTGRES_PORT", 5433, 1)
+
+
+def ingestion_concurrency() -> int:
+    """INGESTION_CONCURRENCY: ingestion runs (days) at once on a DuckLake warehouse (`make dev-team`; default 4)."""
+    return _env_int_at_least("INGESTION_CONCURRENCY", 4, 1)
+
+
+# ---- object storage (s3:// URLs) ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ObjectStoreSettings:
+    """Credentials and endpoint for s3:// URLs: the standard AWS variables, read here because DuckDB's httpfs
+    (a DuckLake data path on S3) is given them explicitly; fsspec's s3fs reads the same ones.
+
+    AWS_ENDPOINT_URL points at an S3-compatible server (MinIO, Ceph, a local test server) instead of AWS."""
+
+    key_id: str
+    secret: str
+    session_token: str
+    region: str
+    endpoint_url: str
+
+
+def object_store_settings() -> ObjectStoreSettings:
+    return ObjectStoreSettings(
+        key_id=_env("AWS_ACCESS_KEY_ID", ""),
+        secret=_env("AWS_SECRET_ACCESS_KEY", ""),
+        session_token=_env("AWS_SESSION_TOKEN", ""),
+        region=_env("AWS_REGION", _env("AWS_DEFAULT_REGION", "us-east-1")),
+        endpoint_url=_env("AWS_ENDPOINT_URL", ""),
+    )

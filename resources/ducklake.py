@@ -17,8 +17,11 @@ import os
 import re
 import threading
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import duckdb
+
+from core.settings import ObjectStoreSettings, object_store_settings
 
 LAKE = "lake"  # the catalog name the lake is attached under on every connection
 
@@ -29,6 +32,7 @@ _EXTENSIONS = (
     ("duckdb_extension_postgres_scanner", "postgres_scanner", "duckdb-extension-postgres-scanner"),
     ("duckdb_extension_ducklake", "ducklake", "duckdb-extension-ducklake"),
 )
+_HTTPFS = ("duckdb_extension_httpfs", "httpfs", "duckdb-extension-httpfs")
 
 
 def extension_file(module: str, name: str, distribution: str) -> Path:
@@ -62,14 +66,42 @@ def local_data_path(data_path: str) -> bool:
     return "://" not in data_path
 
 
+def _sql_text(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def s3_secret_sql(store: ObjectStoreSettings) -> str:
+    """DuckDB secret for s3:// data paths from the AWS_* settings (an S3-compatible endpoint when one is set)."""
+    options = ["TYPE s3", f"REGION {_sql_text(store.region)}"]
+    if store.key_id:
+        options += [f"KEY_ID {_sql_text(store.key_id)}", f"SECRET {_sql_text(store.secret)}"]
+    if store.session_token:
+        options.append(f"SESSION_TOKEN {_sql_text(store.session_token)}")
+    if store.endpoint_url:
+        endpoint = urlsplit(store.endpoint_url)
+        if not endpoint.netloc:
+            raise ValueError(f"AWS_ENDPOINT_URL={store.endpoint_url!r} must be a URL such as http://127.0.0.1:9000")
+        options += [
+            f"ENDPOINT {_sql_text(endpoint.netloc)}",
+            "URL_STYLE 'path'",  # what S3-compatible servers serve; AWS itself needs no endpoint
+            f"USE_SSL {'true' if endpoint.scheme == 'https' else 'false'}",
+        ]
+    return f"CREATE OR REPLACE SECRET platform_s3 ({', '.join(options)})"
+
+
 def open_lake(catalog: str, data_path: str) -> duckdb.DuckDBPyConnection:
     """A fresh in-memory DuckDB with the extensions loaded and the lake attached."""
     if local_data_path(data_path):
         Path(data_path).mkdir(parents=True, exist_ok=True)
+    elif not data_path.startswith("s3://"):
+        raise ValueError(f"DUCKLAKE_DATA_PATH={data_path!r}: use a directory or an s3:// URL")
     con = duckdb.connect(config=dict(OFFLINE_CONFIG))
     try:
         for module, name, distribution in _EXTENSIONS:
             con.execute(f"LOAD '{extension_file(module, name, distribution)}'")
+        if data_path.startswith("s3://"):
+            con.execute(f"LOAD '{extension_file(*_HTTPFS)}'")
+            con.execute(s3_secret_sql(object_store_settings()))
         con.execute(attach_sql(catalog, data_path))
     except duckdb.Error as exc:
         con.close()

@@ -40,6 +40,11 @@ TABLES: dict[str, dict[str, pl.DataType]] = {
     "curated.quarantine": schemas.CONVERSATION_QUARANTINE_SCHEMA,
 }
 
+# Content hashes another day already holds (curation's cross-day dedup). `day <> ?`, not `day < ?`: days run
+# concurrently and in any order, and the first to commit a text keeps it; re-running a day is stable because its
+# own rows never count.
+SEEN_ELSEWHERE_SQL = "SELECT DISTINCT content_hash FROM curated.conversations WHERE day <> ?"
+
 # Keys of `Warehouse.run_transaction(serialize=...)`: one row each in meta.write_claims.
 SERIALIZE_KEYS = ("curated.conversations",)
 

@@ -84,3 +84,27 @@ def any_warehouse(request: pytest.FixtureRequest, tmp_path: Path) -> Warehouse:
     from resources.warehouse import Warehouse
 
     return Warehouse(path=str(tmp_path / "w.duckdb"))
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """A local S3-compatible server (moto) per test worker; tests make their own buckets."""
+    from support.s3 import moto_server
+
+    with moto_server() as endpoint:
+        yield endpoint
+
+
+@pytest.fixture
+def s3_env(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The AWS_* settings pointing at the local server; returns its endpoint."""
+    from support.s3 import ACCESS_KEY, REGION, SECRET_KEY
+
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+        "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+        "AWS_REGION": REGION,
+        "AWS_ENDPOINT_URL": s3_endpoint,
+    }.items():
+        monkeypatch.setenv(name, value)
+    return s3_endpoint

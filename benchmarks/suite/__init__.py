@@ -1,9 +1,10 @@
-"""The four benchmarks. Each returns (payload for JSON, Markdown section).
+"""The five benchmarks. Each returns (payload for JSON, Markdown section).
 
 1. data preparation: our tokenized_shards path vs TRL SFTTrainer's dataset preparation;
 2. training throughput on CPU: ours packed vs TRL padded vs TRL packed (bfd, padding-free, sdpa);
 3. scale: curation + tokenization of many generated conversations, partition by partition;
-4. multi-process: `torchrun` 2 processes vs 1 process on the same training work.
+4. multi-process: `torchrun` 2 processes vs 1 process on the same training work;
+5. the warehouse: the data half with the warehouse in the loop, DuckDB file vs DuckLake, 1/2/4 day writers.
 
 One module per benchmark (``data_prep``, ``training``, ``scale``, ``multiprocess``), with
 benchmark 2's FLOPs accounting in ``mfu`` and its Markdown in ``training_report``;
@@ -19,6 +20,7 @@ from benchmarks.suite.sizes import Sizes
 from benchmarks.suite.summary import summary_rows
 from benchmarks.suite.training import bench_training
 from benchmarks.suite.training_report import profile_shares, training_markdown
+from benchmarks.suite.warehouse import bench_warehouse
 
 __all__ = [
     "WIDTH_SWEEP",
@@ -27,6 +29,7 @@ __all__ = [
     "bench_multiprocess",
     "bench_scale",
     "bench_training",
+    "bench_warehouse",
     "fmt",
     "model_flops_per_second",
     "profile_shares",

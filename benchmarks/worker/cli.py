@@ -12,6 +12,7 @@ from benchmarks.worker.our_side import prep_ours, train_ours
 from benchmarks.worker.scale import scale
 from benchmarks.worker.steps import summarize_steps
 from benchmarks.worker.trl_side import prep_trl, train_trl
+from benchmarks.worker.warehouse import warehouse_days
 
 
 def _emit(result: dict[str, Any]) -> None:
@@ -62,6 +63,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--model", type=Path, required=True)
     p.add_argument("--seed", type=int, default=7)
+    p = sub.add_parser("warehouse-days")
+    p.add_argument("--warehouse", required=True, help="the Warehouse resource as JSON")
+    p.add_argument("--days", type=Path, nargs="+", required=True, help="candidate parquet files, one per day")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--model", type=Path, required=True)
     args = parser.parse_args(argv)
 
     if args.command == "prep-ours":
@@ -89,4 +95,6 @@ def main(argv: list[str] | None = None) -> int:
         _emit({"flops": flops, "peak_flops": matmul_peak_flops("cpu", "fp32", threads=args.threads)["flops"]})
     elif args.command == "scale":
         _emit(scale(args.n, args.per_day, args.out, args.seed, args.model))
+    elif args.command == "warehouse-days":
+        _emit(warehouse_days(args.warehouse, args.days, args.out, args.model))
     return 0

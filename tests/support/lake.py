@@ -11,7 +11,7 @@ from resources import ducklake
 from resources.warehouse import Warehouse
 
 
-def new_lake_warehouse(server: LocalPostgres, data_path: Path) -> Iterator[Warehouse]:
+def new_lake_warehouse(server: LocalPostgres, data_path: Path | str) -> Iterator[Warehouse]:
     """A Warehouse on a new catalog database; this process's attachment is closed afterwards."""
     catalog = server.create_database(f"lake_{uuid.uuid4().hex[:12]}")
     warehouse = Warehouse(backend="ducklake", ducklake_catalog=catalog, ducklake_data_path=str(data_path))
