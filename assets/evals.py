@@ -49,8 +49,20 @@ def suite_settings(config: EvalConfig) -> SuiteSettings:
     )
 
 
-def champion_registry(artifacts: ArtifactStore) -> Path:
+def champion_registry(artifacts: ArtifactStore) -> Path | str:
+    """The champion registry beside the artifacts: a directory, or a prefix of the artifacts' object store."""
+    if artifacts.remote is not None:
+        return f"{artifacts.root.rstrip('/')}/champion"
     return Path(artifacts.root) / "champion"
+
+
+def champion_checkpoint_dir(artifacts: ArtifactStore, recorded: str) -> Path:
+    """The champion's checkpoint directory here: as recorded, or, on an object store, fetched by its version name
+    (the recorded path is the promoting machine's cache)."""
+    path = Path(recorded)
+    if artifacts.remote is not None and not path.is_dir() and path.name in artifacts.version_ids("trained_checkpoint"):
+        return artifacts.fetch("trained_checkpoint", path.name)
+    return path
 
 
 def read_lineage(checkpoint: Path) -> dict:
@@ -140,7 +152,7 @@ def eval_report(
     checkpoint = artifacts.require_latest("trained_checkpoint")
     registry = champion_registry(artifacts)
     champion = current_champion(registry)
-    champion_dir = Path(champion.checkpoint) if champion else None
+    champion_dir = champion_checkpoint_dir(artifacts, champion.checkpoint) if champion else None
     if champion_dir is not None and not champion_dir.is_dir():
         context.log.warning(f"champion {champion.version} points at missing {champion_dir}; comparing without it")
         champion_dir = None

@@ -71,13 +71,11 @@ def config_failure(message: str) -> dg.Failure:
 
 def latest_shard_dirs(artifacts: ArtifactStore, window_days: int = 0) -> list[Path]:
     """The newest version of every materialized tokenized_shards partition (optionally the last N days)."""
-    root = artifacts.asset_dir("tokenized_shards")
-    found = root.iterdir() if root.is_dir() else iter(())
-    days = sorted(p.name for p in found if p.is_dir() and artifacts.latest("tokenized_shards", p.name))
+    days = artifacts.partitions("tokenized_shards")
     if not days:
         raise dg.Failure(
-            description=f"no tokenized_shards partition is materialized yet under {root}: run the ingestion job "
-            "(or materialize tokenized_shards for at least one day) first",
+            description=f"no tokenized_shards partition is materialized yet under {artifacts.root}: run the ingestion "
+            "job (or materialize tokenized_shards for at least one day) first",
             allow_retries=False,
         )
     if window_days:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import socket
 import time
@@ -34,6 +35,9 @@ TMP_PREFIX = ".tmp-"
 # Resumable work directories (ArtifactStore.staging_dir): owned by a run lineage, never by one process.
 STAGING_PREFIX = f"{TMP_PREFIX}run-"
 OWNER_SUFFIX = ".owner"
+
+
+VERSION_ID_RE = re.compile(r"^\d{8}T\d{12}Z-[0-9a-f]{6}$")
 
 
 def new_version_id(now: datetime | None = None) -> str:

@@ -7,10 +7,11 @@ record. A corrupt or foreign file is reported and skipped, never fatal (a bad wr
 not block every later eval).
 
 Promotion is a compare-and-swap (``promote``): a record names the champion it
-replaced (``previous``), and it is committed by creating the claim file
-``<registry>/.successors/<previous>`` with ``link()``, which fails when the name
-exists - atomic on local filesystems and on NFS, across processes and hosts, with no
-lock to go stale. Each champion can therefore be replaced once; a candidate that
+replaced (``previous``), and it is committed by creating the claim
+``<registry>/.successors/<previous>`` only if that name is free (``link()`` in a
+directory, atomic on local filesystems and on NFS; a conditional write on an object
+store; core/champion_storage.py), across processes and hosts, with no lock to go stale.
+Each champion can therefore be replaced once; a candidate that
 was compared with a champion someone else already replaced gets ``ChampionChanged``
 and is compared again with the new one (``promote_if_better``, bounded attempts).
 The claim holds the whole record, so a crash after it leaves a complete record.
@@ -26,19 +27,17 @@ anything; the records carry an ``eval_set`` fingerprint so a mismatch is reporte
 
 from __future__ import annotations
 
-import errno
 import json
 import math
-import os
 import re
-import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from core.atomic_io import TMP_PREFIX, atomic_write_bytes, fsync_dir, new_version_id
+from core.atomic_io import new_version_id
+from core.champion_storage import DirectoryRegistry, RegistryStorage, registry_storage
 
 RECORD_FORMAT = 1
 SUCCESSORS = ".successors"  # <registry>/.successors/<replaced version>: the commit point of a promotion
@@ -118,60 +117,56 @@ class PromotionConflict(RuntimeError):
     """The champion kept changing while a candidate was being compared; the caller should evaluate again later."""
 
 
-def _load_record(path: Path) -> ChampionRecord:
-    return ChampionRecord.from_json(json.loads(path.read_text(encoding="utf-8")))
+def _parse_record(data: bytes) -> ChampionRecord:
+    return ChampionRecord.from_json(json.loads(data.decode("utf-8")))
 
 
 def _claim_name(previous: str | None) -> str:
     return previous or FIRST
 
 
-def _registry_state(registry: Path) -> tuple[list[ChampionRecord], list[RegistryProblem], set[str]]:
+Registry = Path | str | RegistryStorage  # a directory, an s3:// URL, or a storage object
+
+
+def _registry_state(registry: Registry) -> tuple[list[ChampionRecord], list[RegistryProblem], set[str]]:
     """Valid records (oldest first), problems, and the names of the champions already replaced (claimed)."""
-    registry = Path(registry)
-    if not registry.is_dir():
-        return [], [], set()
+    storage = registry_storage(registry)
     by_version: dict[str, ChampionRecord] = {}
     problems: list[RegistryProblem] = []
-    claims_dir = registry / SUCCESSORS
     claimed: set[str] = set()
     # Claims first: a claim is the committed record, even when a crash kept its <version>.json from appearing.
-    for path in sorted(claims_dir.iterdir()) if claims_dir.is_dir() else []:
-        if path.name.startswith(TMP_PREFIX) or not path.is_file():
-            continue
-        claimed.add(path.name)
+    for name in storage.names(SUCCESSORS):
+        where = storage.where(f"{SUCCESSORS}/{name}")
+        claimed.add(name)
         try:
-            record = _load_record(path)
+            record = _parse_record(storage.read(f"{SUCCESSORS}/{name}"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError, ValueError) as exc:
-            problems.append(RegistryProblem(str(path), f"unreadable successor claim: {exc}"))
+            problems.append(RegistryProblem(where, f"unreadable successor claim: {exc}"))
             continue
-        if _claim_name(record.previous) != path.name:
-            problems.append(
-                RegistryProblem(str(path), f"claim names {path.name!r} but the record replaced {record.previous!r}")
-            )
+        if _claim_name(record.previous) != name:
+            problems.append(RegistryProblem(where, f"claim names {name!r} but the record replaced {record.previous!r}"))
             continue
         by_version[record.version] = record
-    for path in sorted(registry.iterdir()):
-        if path.name.startswith(TMP_PREFIX) or path.suffix != ".json" or not path.is_file():
+    for name in storage.names():
+        if not name.endswith(".json"):
             continue
+        where = storage.where(name)
         try:
-            record = _load_record(path)
+            record = _parse_record(storage.read(name))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError, ValueError) as exc:
-            problems.append(RegistryProblem(str(path), f"unreadable champion record: {exc}"))
+            problems.append(RegistryProblem(where, f"unreadable champion record: {exc}"))
             continue
-        if record.version != path.stem:
-            problems.append(
-                RegistryProblem(str(path), f"record says version {record.version!r} but the file is {path.name}")
-            )
+        if f"{record.version}.json" != name:
+            problems.append(RegistryProblem(where, f"record says version {record.version!r} but the file is {name}"))
             continue
         known = by_version.setdefault(record.version, record)
         if known != record:
-            problems.append(RegistryProblem(str(path), f"differs from the committed claim of {record.version}"))
+            problems.append(RegistryProblem(where, f"differs from the committed claim of {record.version}"))
     records = sorted(by_version.values(), key=lambda r: (r.promoted_at, r.version))
     return records, problems, claimed
 
 
-def read_champions(registry: Path) -> tuple[list[ChampionRecord], list[RegistryProblem]]:
+def read_champions(registry: Registry) -> tuple[list[ChampionRecord], list[RegistryProblem]]:
     """Every valid record, oldest first (by promoted_at, then version), and the files that are not valid."""
     records, problems, _ = _registry_state(registry)
     return records, problems
@@ -182,40 +177,15 @@ def _current(records: list[ChampionRecord], claimed: set[str]) -> ChampionRecord
     return live[-1] if live else None
 
 
-def current_champion(registry: Path) -> ChampionRecord | None:
+def current_champion(registry: Registry) -> ChampionRecord | None:
     """The champion now: the newest valid record not replaced by a later one (None before the first promotion)."""
     records, _, claimed = _registry_state(registry)
     return _current(records, claimed)
 
 
-def _link_exclusive(src: Path, dst: Path, data: bytes) -> bool:
-    """Create `dst` with `src`'s bytes only if the name is free; False when it already exists.
-
-    link() is the atomic create-if-absent that works on NFS too; a retransmitted NFS link whose first try
-    succeeded reports EEXIST, hence the same-file check. Filesystems without hard links get O_CREAT|O_EXCL.
-    """
-    try:
-        os.link(src, dst)
-        return True
-    except FileExistsError:
-        return os.path.samefile(src, dst)
-    except OSError as exc:
-        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK, errno.ENOSYS):
-            raise
-    try:
-        fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    except FileExistsError:
-        return False
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    return True
-
-
-def promote(registry: Path, record: ChampionRecord) -> Path:
-    """Make ``record`` the champion if ``record.previous`` still is; returns ``<registry>/<version>.json``.
+def promote(registry: Registry, record: ChampionRecord) -> Path | str:
+    """Make ``record`` the champion if ``record.previous`` still is; returns where ``<version>.json`` is (a
+    Path in a directory registry, a URL on an object store).
 
     Raises ChampionChanged when the champion is no longer ``record.previous`` (compare again with
     ``exc.current``), FileExistsError when the version exists (records are immutable).
@@ -227,31 +197,27 @@ def promote(registry: Path, record: ChampionRecord) -> Path:
         )
     if record.previous is not None and not _VERSION_RE.match(record.previous):
         raise ValueError(f"champion record previous={record.previous!r} is not a champion version")
-    registry = Path(registry)
-    final = registry / f"{record.version}.json"
-    records, _, claimed = _registry_state(registry)
-    if final.exists() or any(r.version == record.version for r in records):
-        raise FileExistsError(f"champion record {final} already exists; records are immutable, use a new version")
+    storage = registry_storage(registry)
+    final = f"{record.version}.json"
+    records, _, claimed = _registry_state(storage)
+    if final in storage.names() or any(r.version == record.version for r in records):
+        raise FileExistsError(
+            f"champion record {storage.where(final)} already exists; records are immutable, use a new version"
+        )
     current = _current(records, claimed)
     if (current.version if current else None) != record.previous:
         raise ChampionChanged(record.previous, current)
-    claims = registry / SUCCESSORS
-    claims.mkdir(parents=True, exist_ok=True)
     data = (json.dumps(record.to_json(), indent=2, sort_keys=True) + "\n").encode("utf-8")
-    staging = registry / f"{TMP_PREFIX}{record.version}.json-{uuid.uuid4().hex[:8]}"
-    atomic_write_bytes(staging, data)
-    try:
-        # The commit point: only one promotion can ever replace a given champion.
-        if not _link_exclusive(staging, claims / _claim_name(record.previous), data):
-            raise ChampionChanged(record.previous, current_champion(registry))
-        fsync_dir(claims)
-        # The readable history name; the claim already holds the record if we die before this.
-        if not _link_exclusive(staging, final, data):
-            raise FileExistsError(f"champion record {final} appeared during promotion; the claim holds the record")
-    finally:
-        staging.unlink(missing_ok=True)
-    fsync_dir(registry)
-    return final
+    # The commit point: only one promotion can ever replace a given champion.
+    if not storage.create(f"{SUCCESSORS}/{_claim_name(record.previous)}", data):
+        raise ChampionChanged(record.previous, current_champion(storage))
+    # The readable history name; the claim already holds the record if we die before this.
+    if not storage.create(final, data):
+        raise FileExistsError(
+            f"champion record {storage.where(final)} appeared during promotion; the claim holds the record"
+        )
+    where = storage.where(final)
+    return Path(where) if isinstance(storage, DirectoryRegistry) else where
 
 
 def new_record(
@@ -395,7 +361,7 @@ class GateOutcome:
 
 
 def promote_if_better(
-    registry: Path,
+    registry: Registry,
     *,
     candidate: dict[str, Any],
     checkpoint: str | Path,

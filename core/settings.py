@@ -114,6 +114,9 @@ class PlatformSettings:
     warehouse_backend: str = "duckdb"
     ducklake_catalog: str = ""  # libpq conninfo; the password is better given as PGPASSWORD
     ducklake_data_path: str = ""  # directory or object-store URL; default PLATFORM_HOME/lake
+    # The artifacts on an object store (s3://bucket/prefix) instead of PLATFORM_HOME/artifacts; versions are read
+    # from local copies under PLATFORM_HOME/artifact-cache.
+    artifacts_url: str = ""
 
     @property
     def dagster_home(self) -> Path:
@@ -130,6 +133,10 @@ class PlatformSettings:
     @property
     def artifacts_dir(self) -> Path:
         return self.home / "artifacts"
+
+    @property
+    def artifact_cache_dir(self) -> Path:
+        return self.home / "artifact-cache"
 
 
 def load_settings() -> PlatformSettings:
@@ -161,7 +168,15 @@ def load_settings() -> PlatformSettings:
         interaction_encoding=_env_encoding("INTERACTION_ENCODING"),
         conversation_encoding=_env_encoding("CONVERSATION_ENCODING"),
         **_warehouse_settings(home),
+        artifacts_url=_artifacts_url(),
     )
+
+
+def _artifacts_url() -> str:
+    url = _env("ARTIFACTS_URL", "")
+    if url and not url.startswith("s3://"):
+        raise ValueError(f"ARTIFACTS_URL={url!r} must be an s3://bucket/prefix URL (unset: PLATFORM_HOME/artifacts)")
+    return url
 
 
 WAREHOUSE_BACKENDS = ("duckdb", "ducklake")

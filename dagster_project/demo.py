@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     from dagster_project.day_range import check_days, days_between
     from dagster_project.materialize import Runner, StepFailed, materialize_days
     from dagster_project.report import print_summary
-    from resources.artifacts import ArtifactStore
+    from dagster_project.resources import build_artifacts
 
     settings = load_settings()
     try:
@@ -76,9 +76,7 @@ def main(argv: list[str] | None = None) -> None:
     runner = Runner(dg.DagsterInstance.get(), defs)
     print(f"PLATFORM_HOME={settings.home}  days={days[0]}..{days[-1]}")
     try:
-        outcome = materialize_days(
-            runner, days, ArtifactStore(root=str(settings.artifacts_dir)), rebuild_base_model=True, keep_going=False
-        )
+        outcome = materialize_days(runner, days, build_artifacts(settings), rebuild_base_model=True, keep_going=False)
         training = None
         if not args.skip_training:
             print("  train + evaluate")

@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     from core.settings import load_settings
     from dagster_project.day_range import check_days, days_between
     from dagster_project.materialize import Runner, StepFailed, materialize_days
-    from resources.artifacts import ArtifactStore
+    from dagster_project.resources import build_artifacts
 
     settings = load_settings()
     try:
@@ -62,9 +62,7 @@ def main(argv: list[str] | None = None) -> int:
 
     runner = Runner(dg.DagsterInstance.get(), defs)
     try:
-        outcome = materialize_days(
-            runner, days, ArtifactStore(root=str(settings.artifacts_dir)), rebuild_base_model=False, keep_going=True
-        )
+        outcome = materialize_days(runner, days, build_artifacts(settings), rebuild_base_model=False, keep_going=True)
     except StepFailed as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

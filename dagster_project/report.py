@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 
 from core.settings import PlatformSettings
-from dagster_project.resources import build_warehouse
-from resources.artifacts import ArtifactStore
+from dagster_project.resources import build_artifacts, build_warehouse
 
 
 def print_summary(settings: PlatformSettings, days: list[str]) -> None:
     wh = build_warehouse(settings)
-    store = ArtifactStore(root=str(settings.artifacts_dir))
+    store = build_artifacts(settings)
     print("\nrows per layer:")
     for table in (
         "raw.catalog",

@@ -53,11 +53,19 @@ def build_warehouse(settings: PlatformSettings) -> Warehouse:
     return Warehouse(path=str(settings.warehouse_path))
 
 
+def build_artifacts(settings: PlatformSettings) -> ArtifactStore:
+    return ArtifactStore(
+        root=settings.artifacts_url or str(settings.artifacts_dir),
+        cache_dir=str(settings.artifact_cache_dir),
+        **artifact_cleanup_hours(),
+    )
+
+
 def build_resources(settings: PlatformSettings) -> dict[str, Any]:
     return {
         "trainer": build_launcher(settings),
         "warehouse": build_warehouse(settings),
-        "artifacts": ArtifactStore(root=str(settings.artifacts_dir), **artifact_cleanup_hours()),
+        "artifacts": build_artifacts(settings),
         "landing": LandingArea(
             root=str(settings.landing_dir),
             source=settings.data_source,

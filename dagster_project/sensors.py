@@ -292,7 +292,7 @@ def landing_sensor(
 class TrainingDelta:
     """Shard versions a new training run would see that the newest checkpoint did not."""
 
-    checkpoint: Path | None
+    checkpoint: str | None  # the newest trained_checkpoint version
     current: dict[str, str]  # day -> newest shard version
     new: dict[str, str]  # day -> version, the subset of `current` that counts as new
     new_loss_tokens: int  # train-split loss tokens of the new versions
@@ -304,34 +304,32 @@ class TrainingDelta:
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _used_shards(checkpoint: Path | None) -> dict[str, str]:
-    if checkpoint is None:
+def _used_shards(artifacts: ArtifactStore, checkpoint: str | None) -> dict[str, str]:
+    """day -> shard version the checkpoint trained on (from its lineage.json, read without fetching the model)."""
+    text = artifacts.read_text("trained_checkpoint", checkpoint, "lineage.json") if checkpoint else None
+    if text is None:
         return {}
-    lineage_path = checkpoint / "lineage.json"
-    if not lineage_path.is_file():
-        return {}
-    lineage = json.loads(lineage_path.read_text())
+    lineage = json.loads(text)
     return {Path(p).parent.name: Path(p).name for p in lineage.get("shards", [])}
 
 
 def training_delta(artifacts: ArtifactStore) -> TrainingDelta:
-    checkpoint = artifacts.latest("trained_checkpoint")
-    used = _used_shards(checkpoint)
+    # Version ids and small files only: a sensor tick never downloads a checkpoint or shards.
+    checkpoints = artifacts.version_ids("trained_checkpoint")
+    checkpoint = checkpoints[-1] if checkpoints else None
+    used = _used_shards(artifacts, checkpoint)
     newest_used = max(used.values(), default="")
     current: dict[str, str] = {}
-    root = artifacts.asset_dir("tokenized_shards")
-    if root.is_dir():
-        for day_dir in sorted(p for p in root.iterdir() if p.is_dir() and _DAY_DIR.match(f"day={p.name}")):
-            latest = artifacts.latest("tokenized_shards", day_dir.name)
-            if latest is not None:
-                current[day_dir.name] = latest.name
+    for day in artifacts.partitions("tokenized_shards"):
+        if _DAY_DIR.match(f"day={day}"):
+            current[day] = artifacts.version_ids("tokenized_shards", day)[-1]
     # Version ids are sortable UTC timestamps: "newer than the newest version the checkpoint used" leaves out
     # old days that a windowed run (window_days) chose not to train on.
     new = {day: v for day, v in current.items() if used.get(day) != v and v > newest_used}
     loss_tokens = 0
     for day, version in new.items():
-        manifest = json.loads((root / day / version / "manifest.json").read_text())
-        loss_tokens += int(manifest["splits"].get("train", {}).get("loss_tokens", 0))
+        manifest = json.loads(artifacts.read_text("tokenized_shards", version, "manifest.json", day) or "{}")
+        loss_tokens += int(manifest.get("splits", {}).get("train", {}).get("loss_tokens", 0))
     return TrainingDelta(checkpoint=checkpoint, current=current, new=new, new_loss_tokens=loss_tokens)
 
 
@@ -369,7 +367,7 @@ def retraining_sensor(context: dg.SensorEvaluationContext, artifacts: ArtifactSt
         return dg.SensorResult(skip_reason=busy_reason(running))
     delta = training_delta(artifacts)
     threshold = retrain_min_new_loss_tokens()
-    since = f"since {delta.checkpoint.name}" if delta.checkpoint else "(no trained_checkpoint yet)"
+    since = f"since {delta.checkpoint}" if delta.checkpoint else "(no trained_checkpoint yet)"
     if delta.new_loss_tokens < threshold:
         return dg.SensorResult(
             skip_reason=(

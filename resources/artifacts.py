@@ -1,9 +1,16 @@
-"""The artifact store: versioned, immutable directories per asset (and partition)."""
+"""The artifact store: versioned, immutable directories per asset (and partition), on a local (or shared)
+filesystem or on an object store.
+
+With an object-store root (`s3://bucket/prefix`) every version is written locally first, uploaded, and published
+by its marker object (core/object_store.py); readers fetch a published version into `cache_dir` once and use the
+local copy, so the assets and the trainer keep working with directories either way.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
 
 import dagster as dg
@@ -19,16 +26,18 @@ from core.atomic_io import (
     sweep_staging_dirs,
     sweep_stale_temp_dirs,
 )
+from core.object_store import VersionStore, is_url
 
 
 class ArtifactStore(dg.ConfigurableResource):
-    """Local-filesystem artifact store rooted at `root` (PLATFORM_HOME/artifacts by default).
+    """Artifact store rooted at `root` (PLATFORM_HOME/artifacts by default, or ARTIFACTS_URL).
 
-    Layout: `<root>/<asset>/[<partition>/]<version>/`. A team deployment points
-    `root` at a shared volume (a ReadWriteMany PVC or a mounted bucket).
+    Layout: `<root>/<asset>/[<partition>/]<version>/`. `root` is a directory (a shared volume in a team
+    deployment) or an object-store URL, whose versions are copied into `cache_dir` to be read.
     """
 
     root: str
+    cache_dir: str = ""  # local copies of published versions (object-store roots only)
     # A temporary directory whose owner runs on another host (or left no owner marker) is removed once nothing in
     # it changed for this long; one whose owner process on this host is gone is removed at once.
     temp_dir_max_age_hours: float = 24.0
@@ -36,9 +45,27 @@ class ArtifactStore(dg.ConfigurableResource):
     # then a re-execution of the failed run may still resume from its checkpoints.
     staging_retention_hours: float = 72.0
 
+    @property
+    def remote(self) -> VersionStore | None:
+        """The object store holding the published versions, or None for a directory root."""
+        if not is_url(self.root):
+            return None
+        if not self.cache_dir:
+            raise ValueError(f"the artifact store at {self.root} needs a local cache_dir for the versions it reads")
+        return VersionStore(self.root.rstrip("/"))
+
+    @property
+    def local_root(self) -> Path:
+        """Where versions live as directories: `root` itself, or the cache of an object-store root."""
+        return Path(self.cache_dir) if is_url(self.root) else Path(self.root)
+
     def asset_dir(self, asset: str, partition: str | None = None) -> Path:
-        base = Path(self.root) / asset
+        base = self.local_root / asset
         return base / partition if partition else base
+
+    @staticmethod
+    def _key(asset: str, partition: str | None, version: str | None = None) -> str:
+        return "/".join(part for part in (asset, partition, version) if part)
 
     def clean_stale_temp_dirs(self, asset: str, partition: str | None = None) -> list[Leftover]:
         """Remove crashed writers' temporary directories of this asset (partition); logged, never raises."""
@@ -49,6 +76,16 @@ class ArtifactStore(dg.ConfigurableResource):
         except OSError as exc:  # a cleanup problem must never fail the write that triggered it
             dg.get_dagster_logger().warning(f"could not sweep temporary directories of {asset}: {exc}")
             return []
+        remote = self.remote
+        if remote is not None:  # uploads that crashed before their marker: never readable, only in the way
+            age = timedelta(hours=self.temp_dir_max_age_hours)
+            try:
+                found += [
+                    Leftover(f"{remote.url}/{key}", "unpublished_upload", f"no marker and untouched for {age}")
+                    for key in remote.sweep_unpublished(self._key(asset, partition), age)
+                ]
+            except Exception as exc:  # the object store's own errors too: a sweep never fails the write
+                dg.get_dagster_logger().warning(f"could not sweep unpublished uploads of {asset}: {exc}")
         _log_leftovers(found)
         return found
 
@@ -84,8 +121,11 @@ class ArtifactStore(dg.ConfigurableResource):
             leftovers.extend(found)
         version = new_version_id()
         final = self.asset_dir(asset, partition) / version
+        remote = self.remote
         with atomic_directory(final) as tmp:
             yield version, tmp
+            if remote is not None:  # published before the local copy appears: a reader never gets ahead of it
+                remote.upload(tmp, self._key(asset, partition, version))
 
     def staging_path(self, asset: str, key: str) -> Path:
         """Where `staging_dir` puts the work directory of `key` (nothing is created)."""
@@ -105,6 +145,9 @@ class ArtifactStore(dg.ConfigurableResource):
         version = new_version_id()
         final = self.asset_dir(asset) / version
         fsync_tree(staging)
+        remote = self.remote
+        if remote is not None:
+            remote.upload(staging, self._key(asset, None, version))
         staging.rename(final)
         fsync_dir(final.parent)
         return version, final
@@ -112,12 +155,47 @@ class ArtifactStore(dg.ConfigurableResource):
     def version_path(self, asset: str, version: str, partition: str | None = None) -> Path:
         return self.asset_dir(asset, partition) / version
 
+    def version_ids(self, asset: str, partition: str | None = None) -> list[str]:
+        """Published versions, oldest first (version names sort by time)."""
+        remote = self.remote
+        if remote is None:
+            return [p.name for p in list_versions(self.asset_dir(asset, partition))]
+        return remote.published(self._key(asset, partition))
+
+    def fetch(self, asset: str, version: str, partition: str | None = None) -> Path:
+        """The local directory of a published version (downloaded into the cache once, for an object store)."""
+        path = self.version_path(asset, version, partition)
+        remote = self.remote
+        return path if remote is None else remote.fetch(self._key(asset, partition, version), path)
+
+    def read_text(self, asset: str, version: str, name: str, partition: str | None = None) -> str | None:
+        """One small file of a version (a manifest, lineage.json) without fetching the rest; None if absent."""
+        remote = self.remote
+        if remote is None:
+            path = self.version_path(asset, version, partition) / name
+            return path.read_text() if path.is_file() else None
+        try:
+            return remote.read_bytes(f"{self._key(asset, partition, version)}/{name}").decode()
+        except FileNotFoundError:
+            return None
+
+    def partitions(self, asset: str) -> list[str]:
+        """Partitions of `asset` with at least one published version."""
+        remote = self.remote
+        if remote is None:
+            base = self.asset_dir(asset)
+            names = sorted(p.name for p in base.iterdir() if p.is_dir()) if base.is_dir() else []
+        else:
+            names = remote.children(asset)
+        return [name for name in names if not name.startswith(".") and self.version_ids(asset, name)]
+
     def versions(self, asset: str, partition: str | None = None) -> list[Path]:
-        return list_versions(self.asset_dir(asset, partition))
+        """Local directories of every published version (an object store's are all fetched: prefer version_ids)."""
+        return [self.fetch(asset, v, partition) for v in self.version_ids(asset, partition)]
 
     def latest(self, asset: str, partition: str | None = None) -> Path | None:
-        found = self.versions(asset, partition)
-        return found[-1] if found else None
+        found = self.version_ids(asset, partition)
+        return self.fetch(asset, found[-1], partition) if found else None
 
     def require_latest(self, asset: str, partition: str | None = None) -> Path:
         found = self.latest(asset, partition)

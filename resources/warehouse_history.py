@@ -15,7 +15,7 @@ from typing import Any
 
 import polars as pl
 
-from core.shards import read_manifest
+from core.shards import MANIFEST
 from core.warehouse_lineage import lineage_snapshots, shard_snapshots, snapshots_to_expire
 from resources import ducklake
 from resources.artifacts import ArtifactStore
@@ -39,16 +39,15 @@ def conversations_as_trained(warehouse: Warehouse, lineage: dict[str, Any]) -> p
 def live_lineage_snapshots(artifacts: ArtifactStore) -> dict[int, list[str]]:
     """snapshot -> the artifact versions whose lineage names it (every published shard and checkpoint version)."""
     pinned: dict[int, list[str]] = {}
-    shards_root = Path(artifacts.asset_dir("tokenized_shards"))
-    for day_dir in sorted(p for p in shards_root.glob("*") if p.is_dir()):
-        for version in artifacts.versions("tokenized_shards", day_dir.name):
-            for n in shard_snapshots({day_dir.name: read_manifest(version)}).values():
-                pinned.setdefault(n, []).append(str(version))
-    for version in artifacts.versions("trained_checkpoint"):
-        lineage_file = version / "lineage.json"
-        if lineage_file.is_file():
-            for n in lineage_snapshots(json.loads(lineage_file.read_text())).values():
-                pinned.setdefault(n, []).append(str(version))
+    for day in artifacts.partitions("tokenized_shards"):
+        for version in artifacts.version_ids("tokenized_shards", day):
+            manifest = json.loads(artifacts.read_text("tokenized_shards", version, MANIFEST, day) or "{}")
+            for n in shard_snapshots({day: manifest}).values():
+                pinned.setdefault(n, []).append(str(artifacts.version_path("tokenized_shards", version, day)))
+    for version in artifacts.version_ids("trained_checkpoint"):
+        lineage = json.loads(artifacts.read_text("trained_checkpoint", version, "lineage.json") or "{}")
+        for n in lineage_snapshots(lineage).values():
+            pinned.setdefault(n, []).append(str(artifacts.version_path("trained_checkpoint", version)))
     return pinned
 
 
