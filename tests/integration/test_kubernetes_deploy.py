@@ -102,7 +102,8 @@ def test_the_training_launcher_role_grants_exactly_the_calls_it_makes() -> None:
 def test_names_referenced_across_files_exist() -> None:
     config_maps, claims = set(by_kind("ConfigMap")), set(by_kind("PersistentVolumeClaim"))
     accounts, services = set(by_kind("ServiceAccount")), set(by_kind("Service"))
-    user_secrets = {"dagster-postgresql"}  # created by the user (40-postgres.yaml says how); never committed
+    # created by the user (40-postgres.yaml and 30-config.yaml say how); never committed
+    user_secrets = {"dagster-postgresql", "catalog-posttrain-warehouse"}
     assert not by_kind("Secret"), "no secret values in deploy/"
     for _where, doc in documents():
         for w, pod in pod_templates(doc):
@@ -123,6 +124,7 @@ def test_names_referenced_across_files_exist() -> None:
     cfg = instance["run_launcher"]["config"]
     assert cfg["instance_config_map"] in config_maps and set(cfg["env_config_maps"]) <= config_maps
     assert cfg["postgres_password_secret"] in user_secrets
+    assert set(cfg["env_secrets"]) <= user_secrets
     assert instance["storage"]["postgres"]["postgres_db"]["hostname"] in services
     for volume in cfg["run_k8s_config"]["pod_spec_config"]["volumes"]:
         if "persistentVolumeClaim" in volume:
@@ -350,3 +352,18 @@ def test_absurd_deadlines_from_the_environment_are_refused(monkeypatch: pytest.M
     launcher = trainer_launcher(monkeypatch, env)
     with pytest.raises(Exception, match=r"\(K8S_ACTIVE_DEADLINE_SECONDS\) must be between 60 and 604800"):
         launcher.job_spec("sft-abc12345-xyz01", "/platform/artifacts/x/c.json").job()
+
+
+def test_the_deployment_warehouse_is_a_ducklake_whose_catalog_database_postgres_creates(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No warehouse file on a shared volume: the catalog is a database of the platform's PostgreSQL."""
+    env = by_kind("ConfigMap")["catalog-posttrain-env"]["data"]
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    settings = load_settings()
+    assert settings.warehouse_backend == "ducklake" and settings.ducklake_data_path.startswith("s3://")
+    conninfo = dict(part.split("=", 1) for part in settings.ducklake_catalog.split())
+    assert conninfo["host"] in by_kind("Service") and "password" not in conninfo  # PGPASSWORD from the Secret
+    init = by_kind("ConfigMap")["catalog-posttrain-postgresql-init"]["data"]
+    assert any(f"CREATE DATABASE {conninfo['dbname']} " in sql for sql in init.values())
