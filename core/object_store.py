@@ -82,19 +82,26 @@ class VersionStore:
         """Upload every file under `local_dir` to `key/`, then create the marker; returns the marker.
 
         Raises FileExistsError if `key` is already published (versions are immutable)."""
+        files = {
+            path.relative_to(local_dir).as_posix(): path
+            for path in sorted(p for p in Path(local_dir).rglob("*") if p.is_file())
+        }
+        return self.upload_files(files, key)
+
+    def upload_files(self, files: dict[str, Path], key: str) -> dict[str, Any]:
+        """Upload `files` (name under the version -> local file) to `key/`, then create the marker."""
         import obstore
 
         if self.marker(key) is not None:
             raise FileExistsError(f"{self.url}/{key} is already published; versions are immutable")
-        files: dict[str, dict[str, Any]] = {}
-        for path in sorted(p for p in Path(local_dir).rglob("*") if p.is_file()):
-            rel = path.relative_to(local_dir).as_posix()
+        listed: dict[str, dict[str, Any]] = {}
+        for rel, path in sorted(files.items()):
             if rel == MARKER:
                 continue
             with path.open("rb") as f:
                 obstore.put(self._store, f"{key}/{rel}", f)
-            files[rel] = {"size": path.stat().st_size, "sha256": _sha256(path)}
-        marker = {"format": MARKER_FORMAT, "published_at": datetime.now(UTC).isoformat(), "files": files}
+            listed[rel] = {"size": path.stat().st_size, "sha256": _sha256(path)}
+        marker = {"format": MARKER_FORMAT, "published_at": datetime.now(UTC).isoformat(), "files": listed}
         try:
             obstore.put(self._store, f"{key}/{MARKER}", json.dumps(marker, indent=1).encode(), mode="create")
         except Exception as exc:  # obstore's AlreadyExistsError: another writer published the same key

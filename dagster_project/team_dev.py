@@ -52,7 +52,8 @@ def prepare() -> dict[str, str]:
     server.create_database(DAGSTER_DATABASE)
     home = dagster_home()
     home.mkdir(parents=True, exist_ok=True)
-    url = f"postgresql://{SUPERUSER}@{server.host}:{server.port}/{DAGSTER_DATABASE}"
+    # psycopg2, the driver dagster-postgres installs (SQLAlchemy 2.1 would otherwise pick psycopg 3).
+    url = f"postgresql+psycopg2://{SUPERUSER}@{server.host}:{server.port}/{DAGSTER_DATABASE}"
     config = team_instance_config(yaml.safe_load(INSTANCE_TEMPLATE.read_text()), url, ingestion_concurrency())
     (home / "dagster.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     env = {

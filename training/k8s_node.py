@@ -27,7 +27,9 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
+from training.artifact_sync import ArtifactSync
 from training.torchrun_logs import last_traceback, parse_root_cause
 
 # The Job's podFailurePolicy (resources.kubernetes.objects) reads these; they are defined here only.
@@ -155,6 +157,19 @@ def run(argv: Sequence[str]) -> tuple[int, str]:
     return code, "".join(err_tail)
 
 
+CONFIG_KEY_ENV = "POSTTRAIN_ARTIFACT_SYNC_CONFIG"  # where the launcher published this launch's config
+
+
+def config_argument(command: Sequence[str]) -> str:
+    """The trainer's --config path in the torchrun command."""
+    for i, arg in enumerate(command):
+        if arg == "--config" and i + 1 < len(command):
+            return command[i + 1]
+        if arg.startswith("--config="):
+            return arg.split("=", 1)[1]
+    raise ValueError(f"no --config in the trainer command {' '.join(command)}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--wait-for", required=True, help="pod 0's DNS name (the rendezvous host)")
@@ -176,6 +191,15 @@ def main(argv: list[str] | None = None) -> int:
         )
         return DNS_TIMEOUT_EXIT_CODE
     log(f"pod {pod} (index {index}): {args.wait_for} -> {address} after {time.monotonic() - started:.1f}s")
+    sync = ArtifactSync.from_env()
+    if sync is not None:
+        pulled = time.monotonic()
+        try:
+            sync.pull_inputs(os.environ[CONFIG_KEY_ENV], Path(config_argument(command)))
+        except (OSError, RuntimeError) as exc:  # the store unreachable or throttling: a new pod may succeed
+            log(f"could not fetch the inputs from {sync.store.url}: {exc}; exit {PEER_LOST_EXIT_CODE} to retry")
+            return PEER_LOST_EXIT_CODE
+        log(f"fetched the config, base model, shards and newest checkpoint in {time.monotonic() - pulled:.1f}s")
     code, output = run(command)
     verdict = classify(code, output)
     if verdict.kind == "ok":

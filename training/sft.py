@@ -31,6 +31,7 @@ import torch
 
 from core.atomic_io import sha256_file
 from core.tokenizer_training import tokenizer_fingerprint
+from training.artifact_sync import ArtifactSync
 from training.attention import attention_notes, resolve_attn
 from training.checkpoint import find_resume_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
 from training.config import ConfigError, TrainConfig, load_config
@@ -190,6 +191,8 @@ class SFTRecipe:
         self.state = TrainerState()
         self.throughput = Throughput()
         self.attention_notes: list[str] = []
+        # Pods without a shared volume publish checkpoints and the result to the object store (rank 0).
+        self.sync = ArtifactSync.from_env() if ctx.is_main else None
 
     def setup(self, resume: bool) -> None:
         """Model, data, optimizer and schedule; with `resume`, restored from the newest valid checkpoint."""
@@ -293,7 +296,7 @@ class SFTRecipe:
         )
 
     def save_checkpoint(self) -> None:
-        save_checkpoint(
+        saved = save_checkpoint(
             self.ctx,
             self.output_dir,
             self.state.step,
@@ -304,6 +307,8 @@ class SFTRecipe:
             self.state.to_checkpoint(self.cfg),
             self.cfg.keep_checkpoints,
         )
+        if self.sync is not None:
+            self.sync.push_checkpoint(saved)
 
     def finish(self) -> dict[str, Any] | None:
         """Write the final model, then (rank 0) summary.json and its report; returns the summary on rank 0."""
@@ -326,6 +331,8 @@ class SFTRecipe:
         weights = sha256_file(self.output_dir / "model.safetensors")
         summary = build_summary(self.cfg, self.ctx, self.state, self.throughput, packing, facts, weights)
         write_summary(self.output_dir, summary)
+        if self.sync is not None:
+            self.sync.push_result(self.output_dir)
         self.reporter.final(summary, pipes_metadata(summary, self.output_dir), data_version=weights[:16])
         return summary
 

@@ -36,7 +36,7 @@ def test_runs_of_the_team_instance_are_stored_in_postgres_and_write_the_lake(
     from resources.landing import LandingArea
 
     postgres_server.create_database("dagster_team_test")
-    url = f"postgresql://{SUPERUSER}@{postgres_server.host}:{postgres_server.port}/dagster_team_test"
+    url = f"postgresql+psycopg2://{SUPERUSER}@{postgres_server.host}:{postgres_server.port}/dagster_team_test"
     home = tmp_path / "dagster"
     home.mkdir()
     config = team_instance_config(_template(), url, ingestion_runs=4)
