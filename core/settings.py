@@ -351,7 +351,13 @@ def kubernetes_launcher_config(settings: PlatformSettings) -> dict[str, object]:
         "memory": _env("K8S_MEMORY", "16Gi"),
         "shm_size": _env("K8S_SHM_SIZE", "2Gi"),
         "artifacts_pvc": _env("K8S_ARTIFACTS_PVC", "catalog-posttrain-artifacts"),
-        "artifacts_mount_path": _env("K8S_ARTIFACTS_MOUNT_PATH", str(settings.artifacts_dir)),
+        # With ARTIFACTS_URL the pods mirror the run worker's artifact cache instead of mounting the PVC.
+        "artifacts_mount_path": _env(
+            "K8S_ARTIFACTS_MOUNT_PATH",
+            str(settings.artifact_cache_dir if settings.artifacts_url else settings.artifacts_dir),
+        ),
+        "artifacts_url": settings.artifacts_url,
+        "artifacts_scratch_size": _env("K8S_ARTIFACTS_SCRATCH_SIZE", "200Gi"),
         "service_account": _env("K8S_SERVICE_ACCOUNT", ""),
         "node_selector": _env_json("K8S_NODE_SELECTOR", "{}", dict),
         "tolerations": _env_json("K8S_TOLERATIONS", "[]", list),

@@ -21,6 +21,7 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 
+from core.object_store import VersionStore
 from core.settings import K8S_DEFAULT_NAMESPACE
 from resources.kubernetes.api import (
     API_CONNECT_TIMEOUT_S,
@@ -40,6 +41,7 @@ from resources.kubernetes.pipes import PodLogMessageReader
 from resources.kubernetes.validation import K8sConfigError
 from resources.kubernetes.watch import JobOutcome, JobWatcher
 from resources.launchers import LaunchResult, TrainingLauncher, collect_result, write_train_config
+from training.artifact_sync import ArtifactSync
 
 _SUFFIX = string.ascii_lowercase + string.digits
 
@@ -61,7 +63,10 @@ class KubernetesTrainingLauncher(TrainingLauncher):
 
     The artifact volume (`artifacts_pvc`, a ReadWriteMany PVC) must be mounted at
     `artifacts_mount_path` both in the Dagster run's pod and in the trainer pods: the training
-    config, the base model, the shards and the output directory must all be under it.
+    config, the base model, the shards and the output directory must all be under it. With
+    `artifacts_url` (artifacts on an object store) the pods mount no PVC: they fetch the config, base model,
+    shards and newest checkpoint from the store and publish checkpoints and the result to it
+    (training/artifact_sync.py); the run worker copies the result back into its output directory.
     """
 
     namespace: str = K8S_DEFAULT_NAMESPACE
@@ -77,6 +82,10 @@ class KubernetesTrainingLauncher(TrainingLauncher):
     tmp_size: str = "10Gi"
     artifacts_pvc: str = "catalog-posttrain-artifacts"
     artifacts_mount_path: str = "/platform/artifacts"
+    # With artifacts on an object store (ARTIFACTS_URL) no PVC is mounted: artifacts_mount_path is the run worker's
+    # artifact cache, and every trainer pod mirrors what it needs under the same path in an emptyDir this large.
+    artifacts_url: str = ""
+    artifacts_scratch_size: str = "200Gi"
     service_account: str = ""
     node_selector: dict[str, str] = Field(default_factory=dict)
     tolerations: list[dict[str, str]] = Field(default_factory=list)
@@ -112,6 +121,7 @@ class KubernetesTrainingLauncher(TrainingLauncher):
         config_path: str,
         labels: dict[str, str] | None = None,
         annotations: dict[str, str] | None = None,
+        config_key: str = "",
     ) -> TrainingJobSpec:
         return TrainingJobSpec(
             name=name,
@@ -127,6 +137,9 @@ class KubernetesTrainingLauncher(TrainingLauncher):
             tmp_size=self.tmp_size,
             artifacts_pvc=self.artifacts_pvc,
             artifacts_mount_path=self.artifacts_mount_path,
+            artifacts_url=self.artifacts_url,
+            artifacts_scratch_size=self.artifacts_scratch_size,
+            config_key=config_key,
             image_pull_policy=self.image_pull_policy,
             image_pull_secrets=tuple(self.image_pull_secrets),
             service_account=self.service_account,
@@ -175,21 +188,29 @@ class KubernetesTrainingLauncher(TrainingLauncher):
         paths.update({f"shard_dirs[{i}]": p for i, p in enumerate(train_config.get("shard_dirs") or [])})
         for key, value in paths.items():
             if value and not Path(value).resolve().is_relative_to(mount.resolve()):
+                shared = f"mirrored from {self.artifacts_url}" if self.artifacts_url else f"PVC {self.artifacts_pvc}"
                 raise dg.Failure(
-                    f"{key}={value} is not on the shared artifact volume mounted at {mount} "
-                    f"(PVC {self.artifacts_pvc}): trainer pods could not read or write it. Mount the PVC there "
-                    "in the Dagster run's pod and set PLATFORM_HOME so artifacts live under it "
-                    "(K8S_ARTIFACTS_MOUNT_PATH must match)."
+                    f"{key}={value} is not under {mount}, the artifact path the trainer pods share ({shared}): "
+                    "trainer pods could not read or write it. Set PLATFORM_HOME so the artifacts (or, with "
+                    "ARTIFACTS_URL, their cache) live under it, or K8S_ARTIFACTS_MOUNT_PATH to where they are."
                 )
 
     # ---- launch -------------------------------------------------------------------------------
+    def artifact_sync(self) -> ArtifactSync | None:
+        """The object-store mirror the pods use (None with the shared volume)."""
+        if not self.artifacts_url:
+            return None
+        return ArtifactSync(VersionStore(self.artifacts_url.rstrip("/")), Path(self.artifacts_mount_path))
+
     def launch(self, context: dg.AssetExecutionContext, train_config: dict[str, Any], output_dir: Path) -> LaunchResult:
         self._check_paths(train_config, output_dir)
         config_path = write_train_config(train_config, output_dir)
+        sync = self.artifact_sync()
+        config_key = sync.push_config(config_path) if sync is not None else ""
         name = job_name_for(context.run.run_id)
         lineage, labels, annotations = self._run_metadata(context, output_dir)
         try:
-            spec = self.job_spec(name, str(config_path), labels, annotations)
+            spec = self.job_spec(name, str(config_path), labels, annotations, config_key=config_key)
             service, job = spec.service(), spec.job()
         except K8sConfigError as exc:
             raise dg.Failure(f"KubernetesTrainingLauncher configuration: {exc}") from exc
@@ -226,6 +247,11 @@ class KubernetesTrainingLauncher(TrainingLauncher):
                     "condition": outcome.describe(),
                     **report.metadata(),
                 },
+            )
+        if sync is not None and sync.pull_result(output_dir) is None:
+            raise dg.Failure(
+                description=f"training Job {name} succeeded but published no result under "
+                f"{sync.store.url}/{sync.key(output_dir)}: was the trainer image built from this code?"
             )
         return collect_result(session, output_dir)
 

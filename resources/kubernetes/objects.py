@@ -31,7 +31,9 @@ from resources.kubernetes.names import APP, COMPLETION_INDEX_ANNOTATION, CONTAIN
 from resources.kubernetes.validation import validate_job_spec
 
 # The exit code of `training.k8s_node` (the container's entry point) that the podFailurePolicy counts.
-from training.k8s_node import PEER_LOST_EXIT_CODE
+from training.artifact_sync import ROOT_ENV as SYNC_ROOT_ENV
+from training.artifact_sync import URL_ENV as SYNC_URL_ENV
+from training.k8s_node import CONFIG_KEY_ENV, PEER_LOST_EXIT_CODE
 
 
 def cpu_count(quantity: str) -> float:
@@ -48,7 +50,7 @@ class TrainingJobSpec:
     image: str
     nodes: int
     procs_per_node: int
-    config_path: str  # train_config.json on the shared artifact volume
+    config_path: str  # train_config.json on the shared artifact volume (or its local mirror, with artifacts_url)
     gpus_per_node: int = 0
     cpu: str = "4"
     memory: str = "16Gi"
@@ -56,6 +58,11 @@ class TrainingJobSpec:
     tmp_size: str = "10Gi"  # /tmp emptyDir (HOME, torchrun logs): the root filesystem is read-only
     artifacts_pvc: str = "catalog-posttrain-artifacts"
     artifacts_mount_path: str = "/platform/artifacts"
+    # Artifacts on an object store instead of the PVC: each pod mirrors what it needs into an emptyDir of this size
+    # at artifacts_mount_path (training/artifact_sync.py); config_key is where this launch's config was published.
+    artifacts_url: str = ""
+    artifacts_scratch_size: str = "200Gi"
+    config_key: str = ""
     image_pull_policy: str = "IfNotPresent"
     image_pull_secrets: tuple[str, ...] = ()
     service_account: str = ""  # empty: the namespace's default account (its token is never mounted)
@@ -194,11 +201,22 @@ class TrainingJobSpec:
             {"name": "POSTTRAIN_KERNEL_CACHE", "value": "/tmp/posttrain-kernels"},
             {"name": "HF_HUB_OFFLINE", "value": "1"},
         ]
+        if self.artifacts_url:
+            env += [
+                {"name": SYNC_URL_ENV, "value": self.artifacts_url},
+                {"name": SYNC_ROOT_ENV, "value": self.artifacts_mount_path},
+                {"name": CONFIG_KEY_ENV, "value": self.config_key},
+            ]
         env += [{"name": k, "value": v} for k, v in sorted(self.env.items())]
         for name, ref in sorted(self.secret_env.items()):
             secret, _, key = ref.partition("/")
             env.append({"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}})
         return env
+
+    def _artifacts_volume(self) -> dict[str, Any]:
+        if self.artifacts_url:
+            return {"name": "artifacts", "emptyDir": {"sizeLimit": self.artifacts_scratch_size}}
+        return {"name": "artifacts", "persistentVolumeClaim": {"claimName": self.artifacts_pvc}}
 
     def resources(self) -> dict[str, dict[str, str]]:
         amounts = {"cpu": self.cpu, "memory": self.memory}
@@ -249,7 +267,7 @@ class TrainingJobSpec:
             },
             "containers": [container],
             "volumes": [
-                {"name": "artifacts", "persistentVolumeClaim": {"claimName": self.artifacts_pvc}},
+                self._artifacts_volume(),
                 {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": self.shm_size}},
                 {"name": "tmp", "emptyDir": tmp},
             ],

@@ -132,10 +132,23 @@ def _check_quantities_and_volume(spec: TrainingJobSpec) -> None:
             raise K8sConfigError(f"{what}={value!r} is not a Kubernetes quantity (e.g. '8', '500m', '32Gi')")
     if spec.tmp_size and not _QUANTITY.match(spec.tmp_size):
         raise K8sConfigError(f"tmp_size={spec.tmp_size!r} is not a Kubernetes quantity (e.g. '10Gi')")
-    if not spec.artifacts_pvc:
+    if spec.artifacts_url:
+        if not spec.artifacts_url.startswith("s3://"):
+            raise K8sConfigError(
+                f"artifacts_url={spec.artifacts_url!r} must be an s3://bucket/prefix URL (ARTIFACTS_URL)"
+            )
+        if not spec.config_key:
+            raise K8sConfigError(
+                "artifacts_url is set but config_key is empty: the launcher publishes the config first"
+            )
+        if not _QUANTITY.match(spec.artifacts_scratch_size):
+            raise K8sConfigError(
+                f"artifacts_scratch_size={spec.artifacts_scratch_size!r} is not a Kubernetes quantity (e.g. '200Gi')"
+            )
+    elif not spec.artifacts_pvc:
         raise K8sConfigError(
             "artifacts_pvc is empty: training needs a shared ReadWriteMany volume for its checkpoints "
-            "(K8S_ARTIFACTS_PVC)"
+            "(K8S_ARTIFACTS_PVC), or artifacts on an object store (ARTIFACTS_URL)"
         )
     if not spec.artifacts_mount_path.startswith("/"):
         raise K8sConfigError(f"artifacts_mount_path {spec.artifacts_mount_path!r} must be an absolute path")

@@ -691,7 +691,9 @@ def test_a_refused_job_names_the_rbac_fix(tmp_path: Path) -> None:
 
 def test_paths_off_the_shared_volume_are_refused_before_anything_is_created(tmp_path: Path) -> None:
     launcher = KubernetesTrainingLauncher(image="i", artifacts_mount_path=str(tmp_path / "pvc"))
-    with pytest.raises(dg.Failure, match=r"base_model_dir=/elsewhere/base is not on the shared artifact volume"):
+    with pytest.raises(
+        dg.Failure, match=r"base_model_dir=/elsewhere/base is not under .*pvc, the artifact path the trainer pods share"
+    ):
         launcher._check_paths({"base_model_dir": "/elsewhere/base", "shard_dirs": []}, tmp_path / "pvc" / "out")
 
 

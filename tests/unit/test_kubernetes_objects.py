@@ -363,3 +363,27 @@ def test_training_launcher_kubernetes_is_configuration_only(monkeypatch: pytest.
     monkeypatch.setenv("K8S_NODE_SELECTOR", "pool=gpu")
     with pytest.raises(ValueError, match="K8S_NODE_SELECTOR"):
         build_launcher(load_settings())
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_pods_of_an_object_store_deployment_mount_no_volume_claim_and_know_where_to_sync(version: str) -> None:
+    """With ARTIFACTS_URL the artifacts path is an emptyDir mirror; the pods are told the store and the config."""
+    from training.artifact_sync import ROOT_ENV, URL_ENV
+    from training.k8s_node import CONFIG_KEY_ENV
+
+    job = spec(
+        artifacts_url="s3://team/platform", config_key="trained_checkpoint/.tmp-run-x/config-1", gpus_per_node=1
+    ).job()
+    validate_strict(job, version)
+    pod = job["spec"]["template"]["spec"]
+    assert restricted_violations(pod) == []
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["artifacts"] == {"name": "artifacts", "emptyDir": {"sizeLimit": "200Gi"}}
+    assert not any("persistentVolumeClaim" in v for v in pod["volumes"])
+    env = {e["name"]: e.get("value") for e in container_of(job)["env"]}
+    assert env[URL_ENV] == "s3://team/platform" and env[ROOT_ENV] == MOUNT
+    assert env[CONFIG_KEY_ENV] == "trained_checkpoint/.tmp-run-x/config-1"
+    with pytest.raises(K8sConfigError, match="config_key is empty"):
+        spec(artifacts_url="s3://team/platform").job()
+    with pytest.raises(K8sConfigError, match="must be an s3://bucket/prefix URL"):
+        spec(artifacts_url="gs://team/platform", config_key="k").job()
