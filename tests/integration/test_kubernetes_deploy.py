@@ -115,7 +115,10 @@ def test_names_referenced_across_files_exist() -> None:
                     assert volume["persistentVolumeClaim"]["claimName"] in claims, w
             for c in pod["containers"]:
                 for source in c.get("envFrom", []):
-                    assert source["configMapRef"]["name"] in config_maps, w
+                    if "secretRef" in source:
+                        assert source["secretRef"]["name"] in user_secrets, w
+                    else:
+                        assert source["configMapRef"]["name"] in config_maps, w
                 for e in c.get("env", []):
                     ref = e.get("valueFrom", {}).get("secretKeyRef")
                     if ref:
@@ -142,16 +145,25 @@ def test_the_platform_settings_configmap_yields_valid_trainer_objects(monkeypatc
     settings = load_settings()
     launcher = KubernetesTrainingLauncher(**kubernetes_launcher_config(settings))
     assert launcher.service_account in by_kind("ServiceAccount")
-    assert launcher.artifacts_pvc in by_kind("PersistentVolumeClaim")
-    assert Path(launcher.artifacts_mount_path) == settings.artifacts_dir  # same path in run workers and trainers
-    job = launcher.job_spec("sft-abc12345-xyz01", f"{launcher.artifacts_mount_path}/x/train_config.json").job()
+    # Artifacts on the object store: trainer pods mirror the run workers' artifact cache, at the same path.
+    assert launcher.artifacts_url == settings.artifacts_url and launcher.artifacts_url.startswith("s3://")
+    assert Path(launcher.artifacts_mount_path) == settings.artifact_cache_dir
+    secret_env = launcher.secret_env
+    assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} <= set(secret_env)
+    assert {ref.split("/")[0] for ref in secret_env.values()} == {"catalog-posttrain-warehouse"}
+    job = launcher.job_spec(
+        "sft-abc12345-xyz01", f"{launcher.artifacts_mount_path}/x/train_config.json", config_key="x/config-1"
+    ).job()
     for version in K8S_VERSIONS:
         validate_strict(job, version)
     assert restricted_violations(job["spec"]["template"]["spec"]) == []
-    # the run workers mount the artifacts claim at that same path
+    # the run workers mount a local cache (not a shared claim) at that same path
     instance = yaml.safe_load(by_kind("ConfigMap")["dagster-instance"]["data"]["dagster.yaml"])
-    mounts = instance["run_launcher"]["config"]["run_k8s_config"]["container_config"]["volumeMounts"]
-    assert {"name": "artifacts", "mountPath": launcher.artifacts_mount_path} in mounts
+    run = instance["run_launcher"]["config"]["run_k8s_config"]
+    mounts = {m["name"]: m["mountPath"] for m in run["container_config"]["volumeMounts"]}
+    volumes = {v["name"]: v for v in run["pod_spec_config"]["volumes"]}
+    [cache] = [name for name, path in mounts.items() if path == launcher.artifacts_mount_path]
+    assert "emptyDir" in volumes[cache]
 
 
 def test_dockerfile_builds_the_image_the_manifests_expect() -> None:
@@ -188,7 +200,11 @@ def test_a_training_job_holds_its_nodes_for_at_most_a_day_by_default(monkeypatch
     monkeypatch.setenv("K8S_IMAGE", "registry.example.com/catalog-posttrain:0.1.0")
     assert kubernetes_launcher_config(load_settings())["active_deadline_seconds"] <= 86400  # the settings default
     assert KubernetesTrainingLauncher().active_deadline_seconds <= 86400
-    job = trainer_launcher(monkeypatch).job_spec("sft-abc12345-xyz01", "/platform/artifacts/x/train_config.json").job()
+    job = (
+        trainer_launcher(monkeypatch)
+        .job_spec("sft-abc12345-xyz01", "/platform/artifact-cache/x/train_config.json", config_key="x/config-1")
+        .job()
+    )
     assert job["spec"]["activeDeadlineSeconds"] <= 86400
 
 
@@ -305,7 +321,11 @@ def test_run_workers_and_trainers_have_limits_and_a_read_only_root_with_every_wr
     run = launcher["run_k8s_config"]
     run_container = {"name": "run-worker", **run["container_config"]}
     run_pod = {**run["pod_spec_config"], "containers": [run_container]}
-    trainer_pod = trainer_launcher(monkeypatch).job_spec("sft-abc12345-xyz01", "/platform/artifacts/x/c.json").job()
+    trainer_pod = (
+        trainer_launcher(monkeypatch)
+        .job_spec("sft-abc12345-xyz01", "/platform/artifact-cache/x/c.json", config_key="x/config-1")
+        .job()
+    )
     trainer_pod = trainer_pod["spec"]["template"]["spec"]
     pods = [("run worker", run_pod, env), ("trainer", trainer_pod, {})]
     pods += [(f"Deployment/{n}", d["spec"]["template"]["spec"], env) for n, d in by_kind("Deployment").items()]
@@ -343,7 +363,11 @@ def test_one_substitution_pins_every_image_of_ours_by_digest(monkeypatch: pytest
         for version in K8S_VERSIONS:
             validate_strict(doc, version)
     env = next(d for d in docs if d["metadata"]["name"] == "catalog-posttrain-env")["data"]
-    job = trainer_launcher(monkeypatch, env).job_spec("sft-abc12345-xyz01", "/platform/artifacts/x/c.json").job()
+    job = (
+        trainer_launcher(monkeypatch, env)
+        .job_spec("sft-abc12345-xyz01", "/platform/artifact-cache/x/c.json", config_key="x/config-1")
+        .job()
+    )
     assert job["spec"]["template"]["spec"]["containers"][0]["image"] == pinned
 
 
@@ -351,7 +375,7 @@ def test_absurd_deadlines_from_the_environment_are_refused(monkeypatch: pytest.M
     env = {**platform_env(), "K8S_ACTIVE_DEADLINE_SECONDS": str(ACTIVE_DEADLINE_MAX_S + 1)}
     launcher = trainer_launcher(monkeypatch, env)
     with pytest.raises(Exception, match=r"\(K8S_ACTIVE_DEADLINE_SECONDS\) must be between 60 and 604800"):
-        launcher.job_spec("sft-abc12345-xyz01", "/platform/artifacts/x/c.json").job()
+        launcher.job_spec("sft-abc12345-xyz01", "/platform/artifact-cache/x/c.json", config_key="x/config-1").job()
 
 
 def test_the_deployment_warehouse_is_a_ducklake_whose_catalog_database_postgres_creates(

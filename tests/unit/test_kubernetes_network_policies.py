@@ -147,7 +147,9 @@ def _pods(monkeypatch: pytest.MonkeyPatch) -> dict[str, Endpoint]:
     run_labels = launcher["run_k8s_config"].get("pod_template_spec_metadata", {}).get("labels", {})
     out["run-worker"] = Endpoint("run-worker", launcher["job_namespace"], {**DAGSTER_K8S_LABELS, **run_labels})
     trainer = trainer_launcher(monkeypatch, platform_env())
-    template = trainer.job_spec("sft-abc12345-xyz01", "/platform/artifacts/x/c.json").job()["spec"]["template"]
+    template = trainer.job_spec(
+        "sft-abc12345-xyz01", "/platform/artifact-cache/x/c.json", config_key="x/config-1"
+    ).job()["spec"]["template"]
     out["trainer"] = Endpoint("sft-abc12345-xyz01-0", trainer.namespace, template["metadata"]["labels"])
     # Not ours: an authenticating proxy (labelled as 50-dagster.yaml says), cluster DNS, strangers, the internet.
     out["proxy"] = Endpoint("oauth2-proxy", "auth", {"catalog-posttrain/webserver-access": "true"})
@@ -209,12 +211,14 @@ ALLOWED = [
     ("trainer", "kube-dns", 53, "UDP"),
     ("trainer", "kube-dns", 53, "TCP"),
     ("run-worker", "internet", 443, "TCP"),  # the API server (address differs per cluster): egress stays open
+    ("trainer", "internet", 443, "TCP"),  # the object store the artifacts live on (narrow it to the store's range)
 ]
 DENIED = [
     ("trainer", "postgresql", 5432, "TCP"),
     ("trainer", "code", 3030, "TCP"),
     ("trainer", "webserver", 3000, "TCP"),
-    ("trainer", "internet", 443, "TCP"),  # a model or data file cannot call out
+    ("trainer", "internet", 80, "TCP"),  # nothing but the object store's HTTPS
+    ("trainer", "internet", 22, "TCP"),
     ("run-worker", "code", 3030, "TCP"),  # run workers load the code from the image
     ("run-worker", "trainer", 29500, "TCP"),
     ("webserver", "trainer", 29500, "TCP"),
