@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import importlib
 import os
+import random
 import re
 import threading
+import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -89,28 +91,42 @@ def s3_secret_sql(store: ObjectStoreSettings) -> str:
     return f"CREATE OR REPLACE SECRET platform_s3 ({', '.join(options)})"
 
 
+ATTACH_ATTEMPTS = 6
+
+
+def _lost_initialization_race(exc: duckdb.Error) -> bool:
+    """Two processes that attach a new catalog at once both create its metadata tables; one loses."""
+    text = str(exc)
+    return "Failed to initialize DuckLake" in text and ("already exists" in text or "duplicate key" in text)
+
+
 def open_lake(catalog: str, data_path: str) -> duckdb.DuckDBPyConnection:
     """A fresh in-memory DuckDB with the extensions loaded and the lake attached."""
     if local_data_path(data_path):
         Path(data_path).mkdir(parents=True, exist_ok=True)
     elif not data_path.startswith("s3://"):
         raise ValueError(f"DUCKLAKE_DATA_PATH={data_path!r}: use a directory or an s3:// URL")
-    con = duckdb.connect(config=dict(OFFLINE_CONFIG))
-    try:
-        for module, name, distribution in _EXTENSIONS:
-            con.execute(f"LOAD '{extension_file(module, name, distribution)}'")
-        if data_path.startswith("s3://"):
-            con.execute(f"LOAD '{extension_file(*_HTTPFS)}'")
-            con.execute(s3_secret_sql(object_store_settings()))
-        con.execute(attach_sql(catalog, data_path))
-    except duckdb.Error as exc:
-        con.close()
-        raise RuntimeError(
-            f"cannot attach the DuckLake catalog {redact(catalog)!r} with data path {data_path!r}: {redact(str(exc))}. "
-            "Check that PostgreSQL is reachable and the database exists (make dev-team starts one locally), and "
-            "that the data path is the one this catalog was created with."
-        ) from exc
-    return con
+    for attempt in range(ATTACH_ATTEMPTS):
+        con = duckdb.connect(config=dict(OFFLINE_CONFIG))
+        try:
+            for module, name, distribution in _EXTENSIONS:
+                con.execute(f"LOAD '{extension_file(module, name, distribution)}'")
+            if data_path.startswith("s3://"):
+                con.execute(f"LOAD '{extension_file(*_HTTPFS)}'")
+                con.execute(s3_secret_sql(object_store_settings()))
+            con.execute(attach_sql(catalog, data_path))
+            return con
+        except duckdb.Error as exc:
+            con.close()
+            if _lost_initialization_race(exc) and attempt + 1 < ATTACH_ATTEMPTS:
+                time.sleep(0.1 * (attempt + 1) * (0.5 + random.random()))  # the winner finishes creating them
+                continue
+            raise RuntimeError(
+                f"cannot attach the DuckLake catalog {redact(catalog)!r} with data path {data_path!r}: "
+                f"{redact(str(exc))}. Check that PostgreSQL is reachable and the database exists (make dev-team "
+                "starts one locally), and that the data path is the one this catalog was created with."
+            ) from exc
+    raise AssertionError("unreachable")
 
 
 _LAKES: dict[tuple[int, str, str], duckdb.DuckDBPyConnection] = {}

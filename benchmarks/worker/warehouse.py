@@ -54,8 +54,10 @@ def warehouse_days(warehouse_json: str, day_files: list[Path], out: Path, model:
         t4 = time.perf_counter()
         tokenized = tokenize_conversations(tokenizer, stored, day, max_length=2048)
         t5 = time.perf_counter()
+        day_dir = out / f"day={day.isoformat()}"
+        day_dir.mkdir(parents=True, exist_ok=True)
         manifest = write_shard_directory(
-            out / f"day={day.isoformat()}",
+            day_dir,
             tokenized.rows,
             partition=day.isoformat(),
             tokenizer_fingerprint="benchmark",

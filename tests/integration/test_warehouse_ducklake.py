@@ -184,3 +184,28 @@ def test_the_s3_secret_follows_the_endpoint_setting() -> None:
     assert "ENDPOINT 'minio.internal:9000'" in sql and "USE_SSL true" in sql and "URL_STYLE 'path'" in sql
     aws = ducklake.s3_secret_sql(ObjectStoreSettings("", "", "", "us-east-1", ""))
     assert "ENDPOINT" not in aws and "KEY_ID" not in aws
+
+
+def _attach_and_write(warehouse_json: str, day: str, barrier) -> None:
+    wh = Warehouse.model_validate_json(warehouse_json)
+    barrier.wait(timeout=120)
+    d = dt.date.fromisoformat(day)
+    wh.replace_partition("raw.interactions", _events(d, [f"m-{day}"]), d)
+
+
+def test_processes_that_first_open_a_new_catalog_at_the_same_time_all_succeed(lake_warehouse: Warehouse) -> None:
+    """The first attach creates DuckLake's metadata tables; several day runs starting on a new lake race for it."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    days = [f"2026-01-0{i}" for i in range(1, 5)]
+    barrier = ctx.Barrier(len(days))
+    procs = [
+        ctx.Process(target=_attach_and_write, args=(lake_warehouse.model_dump_json(), day, barrier)) for day in days
+    ]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=300)
+    assert [p.exitcode for p in procs] == [0] * len(days)
+    assert lake_warehouse.query("SELECT count(*) AS n FROM raw.interactions")["n"][0] == len(days)
