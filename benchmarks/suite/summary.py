@@ -65,4 +65,15 @@ def summary_rows(results: dict[str, dict[str, Any]]) -> list[list[Any]]:
     if "multiprocess" in results:
         r = results["multiprocess"]
         rows.append(["4. 2 processes / 1 process (tokens/s)", f"{r['ratio_2_vs_1']:.2f}x", "reported", "-"])
+    if "warehouse" in results:
+        r = results["warehouse"]
+        rows.append(
+            [
+                "5. data half: DuckLake / DuckDB file (wall time)",
+                f"{r['ducklake_over_file_wall']:.2f}x",
+                "reported",
+                "-",
+            ]
+        )
+        rows.append(["5. DuckLake: 2 writers vs 1 (speed-up)", f"{r['two_writers_speedup']:.2f}x", "reported", "-"])
     return rows

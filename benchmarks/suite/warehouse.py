@@ -96,7 +96,7 @@ def bench_warehouse(sizes: Sizes, model: Path, work: Path) -> tuple[dict[str, An
     file_side, lake1 = sides["duckdb file, 1 writer"], sides["DuckLake, 1 writer"]
     lake2 = sides["DuckLake, 2 writers"]
     payload = {
-        "conversations": n,
+        "candidate_conversations": n,
         "days": len(days),
         "sides": sides,
         "ducklake_over_file_wall": lake1["wall_seconds"] / file_side["wall_seconds"],
@@ -122,9 +122,10 @@ def bench_warehouse(sizes: Sizes, model: Path, work: Path) -> tuple[dict[str, An
          "curate+tokenize+write s", "commit retries / commits", "peak RSS MiB (one writer)"],
         rows,
     )  # fmt: skip
+    curated = file_side["conversations"]
     md = (
-        f"## 5. The warehouse: the data half of {n:,} conversations ({len(days)} days) on the DuckDB file and on "
-        f"DuckLake\n\n{table}\n\n"
+        f"## 5. The warehouse: the data half of {n:,} candidate conversations ({curated:,} kept by curation, "
+        f"{len(days)} days) on the DuckDB file and on DuckLake\n\n{table}\n\n"
         f"- **DuckLake / DuckDB file, 1 writer, wall time: {payload['ducklake_over_file_wall']:.2f}x** (same days, "
         "same work; DuckLake's catalog is a local PostgreSQL 15, its data path a local directory).\n"
         f"- **DuckLake, 2 concurrent writers vs 1: {payload['two_writers_speedup']:.2f}x faster** in wall time on "
