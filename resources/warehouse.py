@@ -249,7 +249,8 @@ class Warehouse(dg.ConfigurableResource):
         committed (curation's cross-day dedup reads every other day) name a `serialize` key: two concurrent
         transactions with the same key always conflict, so one of them runs again and sees the other's rows.
         """
-        self.ensure_tables()
+        if self.backend == "ducklake":
+            self.ensure_tables()  # the file's transactions ensure them on their own connection (in _run)
         return self._run(work, serialize=serialize, message=message)
 
     def _run(self, work: Callable[[duckdb.DuckDBPyConnection], T], *, serialize: str | None, message: str) -> Commit[T]:

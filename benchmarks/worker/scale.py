@@ -4,10 +4,27 @@ from __future__ import annotations
 
 import math
 import time
+from datetime import date
 from pathlib import Path
 from typing import Any
 
 from benchmarks.harness import current_rss_mib
+
+
+def write_day_shards(out: Path, day: date, tokenized: Any) -> dict[str, Any]:
+    """One day's shard directory under `out` (what tokenized_shards writes); returns its manifest."""
+    from core.shards import write_shard_directory
+
+    day_dir = out / f"day={day.isoformat()}"
+    day_dir.mkdir(parents=True, exist_ok=True)
+    return write_shard_directory(
+        day_dir,
+        tokenized.rows,
+        partition=day.isoformat(),
+        tokenizer_fingerprint="benchmark",
+        source_data_version="benchmark",
+        quarantine=tokenized.quarantine,
+    )
 
 
 def scale(n: int, per_day: int, out: Path, seed: int, model: Path) -> dict[str, Any]:
@@ -22,7 +39,6 @@ def scale(n: int, per_day: int, out: Path, seed: int, model: Path) -> dict[str, 
 
     from benchmarks.workload import _CONVERSATIONS_PER_MEMBER_DAY, iter_candidate_days
     from core.curation import CurationConfig, curate
-    from core.shards import write_shard_directory
     from core.tokenize_partition import tokenize_conversations
 
     tokenizer = AutoTokenizer.from_pretrained(model, local_files_only=True)
@@ -44,16 +60,7 @@ def scale(n: int, per_day: int, out: Path, seed: int, model: Path) -> dict[str, 
         t2 = time.perf_counter()
         tokenized = tokenize_conversations(tokenizer, curated, item.day, max_length=2048)
         t3 = time.perf_counter()
-        day_dir = out / f"day={item.day.isoformat()}"
-        day_dir.mkdir(parents=True, exist_ok=True)
-        manifest = write_shard_directory(
-            day_dir,
-            tokenized.rows,
-            partition=item.day.isoformat(),
-            tokenizer_fingerprint="benchmark",
-            source_data_version="benchmark",
-            quarantine=tokenized.quarantine,
-        )
+        manifest = write_day_shards(out, item.day, tokenized)
         t4 = time.perf_counter()
         timing["generate"] += t1 - t0
         timing["curate"] += t2 - t1

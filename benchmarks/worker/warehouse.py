@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks.worker.scale import write_day_shards
+
 
 def warehouse_days(warehouse_json: str, day_files: list[Path], out: Path, model: Path) -> dict[str, Any]:
     import polars as pl
@@ -18,7 +20,6 @@ def warehouse_days(warehouse_json: str, day_files: list[Path], out: Path, model:
 
     from core import schemas
     from core.curation import CurationConfig, curate
-    from core.shards import write_shard_directory
     from core.tokenize_partition import tokenize_conversations
     from resources.warehouse import SEEN_ELSEWHERE_SQL, Warehouse, fetch, replace_in
 
@@ -54,16 +55,7 @@ def warehouse_days(warehouse_json: str, day_files: list[Path], out: Path, model:
         t4 = time.perf_counter()
         tokenized = tokenize_conversations(tokenizer, stored, day, max_length=2048)
         t5 = time.perf_counter()
-        day_dir = out / f"day={day.isoformat()}"
-        day_dir.mkdir(parents=True, exist_ok=True)
-        manifest = write_shard_directory(
-            day_dir,
-            tokenized.rows,
-            partition=day.isoformat(),
-            tokenizer_fingerprint="benchmark",
-            source_data_version="benchmark",
-            quarantine=tokenized.quarantine,
-        )
+        manifest = write_day_shards(out, day, tokenized)
         t6 = time.perf_counter()
         for key, seconds in zip(timing, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4, t6 - t5), strict=True):
             timing[key] += seconds

@@ -5,31 +5,18 @@ from pathlib import Path
 import duckdb
 import polars as pl
 import pytest
+from support.warehouse_rows import conversation_rows, events
 
 from core import schemas
 from resources.warehouse import TABLES, Warehouse, create_table_sql, duckdb_type, replace_in
 
 
-def _events(day: dt.date, n: int) -> pl.DataFrame:
-    return pl.DataFrame(
-        {
-            "member_id": [f"m{i}" for i in range(n)],
-            "title_id": ["t1"] * n,
-            "ts": [dt.datetime.combine(day, dt.time(12), tzinfo=dt.UTC)] * n,
-            "event": ["play"] * n,
-            "value": [None] * n,
-            "day": [day] * n,
-        },
-        schema=schemas.INTERACTIONS_SCHEMA,
-    )
-
-
 def test_loading_a_partition_twice_gives_the_same_table(any_warehouse: Warehouse) -> None:
     wh = any_warehouse
     d1, d2 = dt.date(2026, 1, 1), dt.date(2026, 1, 2)
-    wh.replace_partition("raw.interactions", _events(d1, 3), d1)
-    wh.replace_partition("raw.interactions", _events(d2, 2), d2)
-    wh.replace_partition("raw.interactions", _events(d1, 3), d1)
+    wh.replace_partition("raw.interactions", events(d1, 3), d1)
+    wh.replace_partition("raw.interactions", events(d2, 2), d2)
+    wh.replace_partition("raw.interactions", events(d1, 3), d1)
     counts = wh.query("SELECT day, count(*) AS n FROM raw.interactions GROUP BY day ORDER BY day")
     assert counts.rows() == [(d1, 3), (d2, 2)]
 
@@ -37,16 +24,16 @@ def test_loading_a_partition_twice_gives_the_same_table(any_warehouse: Warehouse
 def test_failed_write_rolls_back(any_warehouse: Warehouse) -> None:
     wh = any_warehouse
     d1 = dt.date(2026, 1, 1)
-    wh.replace_partition("raw.interactions", _events(d1, 3), d1)
+    wh.replace_partition("raw.interactions", events(d1, 3), d1)
     with pytest.raises(ValueError, match="missing contract columns"):
-        wh.replace_partition("raw.interactions", _events(d1, 1).drop("event"), d1)
+        wh.replace_partition("raw.interactions", events(d1, 1).drop("event"), d1)
     assert wh.query("SELECT count(*) AS n FROM raw.interactions")["n"][0] == 3
 
 
 def test_round_trip_keeps_contract_dtypes(any_warehouse: Warehouse) -> None:
     wh = any_warehouse
     d1 = dt.date(2026, 1, 1)
-    wh.replace_partition("raw.interactions", _events(d1, 2), d1)
+    wh.replace_partition("raw.interactions", events(d1, 2), d1)
     assert dict(wh.read_table("raw.interactions").schema) == schemas.INTERACTIONS_SCHEMA
     assert dict(wh.read_table("curated.conversations").schema) == schemas.CONVERSATIONS_SCHEMA
 
@@ -71,27 +58,13 @@ def test_writer_waits_for_a_lock_held_by_another_process(tmp_path: Path) -> None
     assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
     done = threading.Event()
     d1 = dt.date(2026, 1, 1)
-    wh.replace_partition("raw.interactions", _events(d1, 1), d1)
+    wh.replace_partition("raw.interactions", events(d1, 1), d1)
     done.set()
     holder.wait(timeout=30)
     assert wh.query("SELECT count(*) AS n FROM raw.interactions")["n"][0] == 1
 
 
 # ------------------------------------------------------------------------- several tables, one transaction
-
-
-def _conversation_rows(day: dt.date, ids: list[str]) -> pl.DataFrame:
-    return pl.DataFrame(
-        {
-            "conversation_id": ids,
-            "day": [day] * len(ids),
-            "kind": ["external"] * len(ids),
-            "member_id": [None] * len(ids),
-            "messages": [[{"role": "user", "content": i}, {"role": "assistant", "content": "ok"}] for i in ids],
-            "content_hash": [f"h-{i}" for i in ids],
-            "split": ["train"] * len(ids),
-        }
-    )
 
 
 def _quarantine_rows(day: dt.date, reasons: list[str]) -> pl.DataFrame:
@@ -120,7 +93,7 @@ def test_a_partitions_data_and_quarantine_rows_are_replaced_together_or_not_at_a
     d1 = dt.date(2026, 1, 1)
     wh.replace_partitions(
         {
-            "curated.conversations": _conversation_rows(d1, ["a", "b"]),
+            "curated.conversations": conversation_rows(d1, ["a", "b"]),
             "curated.quarantine": _quarantine_rows(d1, ["x"]),
         },
         d1,
@@ -129,7 +102,7 @@ def test_a_partitions_data_and_quarantine_rows_are_replaced_together_or_not_at_a
     with pytest.raises(duckdb.ConstraintException):
         wh.replace_partitions(
             {
-                "curated.conversations": _conversation_rows(d1, ["c"]),
+                "curated.conversations": conversation_rows(d1, ["c"]),
                 "curated.quarantine": _quarantine_rows(d1, ["refused"]),
             },
             d1,
@@ -138,7 +111,7 @@ def test_a_partitions_data_and_quarantine_rows_are_replaced_together_or_not_at_a
     assert sorted(wh.read_table("curated.conversations")["conversation_id"].to_list()) == ["a", "b"]
 
     counts = wh.replace_partitions(
-        {"curated.conversations": _conversation_rows(d1, ["c"]), "curated.quarantine": _quarantine_rows(d1, [])}, d1
+        {"curated.conversations": conversation_rows(d1, ["c"]), "curated.quarantine": _quarantine_rows(d1, [])}, d1
     )
     assert counts == {"curated.conversations": 1, "curated.quarantine": 0}
     assert wh.read_table("curated.conversations")["conversation_id"].to_list() == ["c"]
@@ -148,11 +121,11 @@ def test_a_partitions_data_and_quarantine_rows_are_replaced_together_or_not_at_a
 def test_a_contract_violation_is_reported_before_anything_is_written(any_warehouse: Warehouse) -> None:
     wh = any_warehouse
     d1 = dt.date(2026, 1, 1)
-    wh.replace_partitions({"curated.conversations": _conversation_rows(d1, ["a"])}, d1)
+    wh.replace_partitions({"curated.conversations": conversation_rows(d1, ["a"])}, d1)
     with pytest.raises(ValueError, match="missing contract columns"):
         wh.replace_partitions(
             {
-                "curated.conversations": _conversation_rows(d1, ["b"]),
+                "curated.conversations": conversation_rows(d1, ["b"]),
                 "curated.quarantine": _quarantine_rows(d1, ["x"]).drop("reason"),
             },
             d1,
@@ -163,11 +136,11 @@ def test_a_contract_violation_is_reported_before_anything_is_written(any_warehou
 def test_a_transaction_that_fails_after_writing_leaves_nothing_behind(any_warehouse: Warehouse) -> None:
     wh = any_warehouse
     d1 = dt.date(2026, 1, 1)
-    wh.replace_partition("raw.interactions", _events(d1, 3), d1)
+    wh.replace_partition("raw.interactions", events(d1, 3), d1)
 
     def write_then_fail(con: duckdb.DuckDBPyConnection) -> None:
-        replace_in(con, "raw.interactions", _events(d1, 1), "day = ?", [d1])
-        replace_in(con, "curated.conversations", _conversation_rows(d1, ["a"]), "day = ?", [d1])
+        replace_in(con, "raw.interactions", events(d1, 1), "day = ?", [d1])
+        replace_in(con, "curated.conversations", conversation_rows(d1, ["a"]), "day = ?", [d1])
         raise RuntimeError("the step failed after its writes")
 
     with pytest.raises(RuntimeError, match="after its writes"):

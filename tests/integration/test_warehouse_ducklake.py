@@ -7,35 +7,19 @@ import threading
 from collections.abc import Callable
 
 import duckdb
-import polars as pl
 import pytest
+from support.warehouse_rows import events
 
-from core import schemas
 from resources import ducklake
 from resources.warehouse import Commit, Warehouse, fetch, replace_in
 
 D1, D2 = dt.date(2026, 1, 1), dt.date(2026, 1, 2)
 
 
-def _events(day: dt.date, members: list[str]) -> pl.DataFrame:
-    n = len(members)
-    return pl.DataFrame(
-        {
-            "member_id": members,
-            "title_id": ["t1"] * n,
-            "ts": [dt.datetime.combine(day, dt.time(12), tzinfo=dt.UTC)] * n,
-            "event": ["play"] * n,
-            "value": [None] * n,
-            "day": [day] * n,
-        },
-        schema=schemas.INTERACTIONS_SCHEMA,
-    )
-
-
 def test_each_write_records_its_snapshot_and_an_old_snapshot_reads_back_as_it_was(lake_warehouse: Warehouse) -> None:
     wh = lake_warehouse
-    first = wh.replace_tables([("raw.interactions", _events(D1, ["a", "b"]), "day = ?", [D1])], message="day 1")
-    second = wh.replace_tables([("raw.interactions", _events(D1, ["c"]), "day = ?", [D1])], message="day 1 again")
+    first = wh.replace_tables([("raw.interactions", events(D1, ["a", "b"]), "day = ?", [D1])], message="day 1")
+    second = wh.replace_tables([("raw.interactions", events(D1, ["c"]), "day = ?", [D1])], message="day 1 again")
     assert first.snapshot is not None and second.snapshot is not None and second.snapshot > first.snapshot
     assert wh.snapshot() == second.snapshot
 
@@ -51,7 +35,7 @@ def test_each_write_records_its_snapshot_and_an_old_snapshot_reads_back_as_it_wa
 
 def test_the_duckdb_file_has_no_snapshots_to_read(tmp_path) -> None:
     wh = Warehouse(path=str(tmp_path / "w.duckdb"))
-    assert wh.replace_tables([("raw.interactions", _events(D1, ["a"]), "day = ?", [D1])]).snapshot is None
+    assert wh.replace_tables([("raw.interactions", events(D1, ["a"]), "day = ?", [D1])]).snapshot is None
     with pytest.raises(ValueError, match="needs the ducklake backend"):
         wh.read_table("raw.interactions", snapshot=1)
 
@@ -88,11 +72,11 @@ def _race(wh: Warehouse, works: list[Callable[[duckdb.DuckDBPyConnection], None]
 
 def test_writers_replacing_different_days_at_once_both_commit_after_a_retry(lake_warehouse: Warehouse) -> None:
     wh = lake_warehouse
-    wh.replace_partition("raw.interactions", _events(D1, ["old1"]), D1)
-    wh.replace_partition("raw.interactions", _events(D2, ["old2"]), D2)
+    wh.replace_partition("raw.interactions", events(D1, ["old1"]), D1)
+    wh.replace_partition("raw.interactions", events(D2, ["old2"]), D2)
 
     def replace(day: dt.date, member: str) -> Callable[[duckdb.DuckDBPyConnection], None]:
-        return lambda con: replace_in(con, "raw.interactions", _events(day, [member]), "day = ?", [day]) and None
+        return lambda con: replace_in(con, "raw.interactions", events(day, [member]), "day = ?", [day]) and None
 
     commits = _race(wh, [replace(D1, "new1"), replace(D2, "new2")])
     # Both deleted from raw.interactions: DuckLake failed the later commit, which ran again on the new snapshot.
@@ -107,7 +91,7 @@ def _insert_if_unseen(day: dt.date) -> Callable[[duckdb.DuckDBPyConnection], Non
     def work(con: duckdb.DuckDBPyConnection) -> None:
         seen = fetch(con, "SELECT count(*) AS n FROM raw.interactions WHERE member_id = 'm1' AND day <> ?", [day])
         if seen["n"][0] == 0:
-            replace_in(con, "raw.interactions", _events(day, ["m1"]), "day = ?", [day])
+            replace_in(con, "raw.interactions", events(day, ["m1"]), "day = ?", [day])
 
     return work
 
@@ -167,8 +151,8 @@ def test_a_lake_whose_data_path_is_on_s3_writes_parquet_objects_and_time_travels
     lakes = new_lake_warehouse(postgres_server, f"s3://{bucket}/warehouse/")
     wh = next(lakes)
     members = [f"m{i}" for i in range(50)]  # past the inlining limit: the rows go to a Parquet object
-    first = wh.replace_tables([("raw.interactions", _events(D1, members), "day = ?", [D1])])
-    wh.replace_tables([("raw.interactions", _events(D1, ["x"]), "day = ?", [D1])])
+    first = wh.replace_tables([("raw.interactions", events(D1, members), "day = ?", [D1])])
+    wh.replace_tables([("raw.interactions", events(D1, ["x"]), "day = ?", [D1])])
     assert wh.read_table("raw.interactions", snapshot=first.snapshot).height == 50
     assert wh.read_table("raw.interactions")["member_id"].to_list() == ["x"]
     keys = [o["Key"] for o in client(s3_env).list_objects_v2(Bucket=bucket).get("Contents", [])]
@@ -190,7 +174,7 @@ def _attach_and_write(warehouse_json: str, day: str, barrier) -> None:
     wh = Warehouse.model_validate_json(warehouse_json)
     barrier.wait(timeout=120)
     d = dt.date.fromisoformat(day)
-    wh.replace_partition("raw.interactions", _events(d, [f"m-{day}"]), d)
+    wh.replace_partition("raw.interactions", events(d, [f"m-{day}"]), d)
 
 
 def test_processes_that_first_open_a_new_catalog_at_the_same_time_all_succeed(lake_warehouse: Warehouse) -> None:

@@ -7,8 +7,8 @@ import json
 from datetime import timedelta
 from pathlib import Path
 
-import polars as pl
 import pytest
+from support.warehouse_rows import conversation_rows
 
 from resources.artifacts import ArtifactStore
 from resources.warehouse import Warehouse
@@ -17,22 +17,8 @@ from resources.warehouse_history import conversations_as_trained, expire_snapsho
 DAY = dt.date(2026, 1, 3)
 
 
-def _conversations(ids: list[str]) -> pl.DataFrame:
-    return pl.DataFrame(
-        {
-            "conversation_id": ids,
-            "day": [DAY] * len(ids),
-            "kind": ["external"] * len(ids),
-            "member_id": [None] * len(ids),
-            "messages": [[{"role": "user", "content": i}, {"role": "assistant", "content": "ok"}] for i in ids],
-            "content_hash": [f"h-{i}" for i in ids],
-            "split": ["train"] * len(ids),
-        }
-    )
-
-
 def _curate(wh: Warehouse, ids: list[str]) -> int:
-    commit = wh.replace_tables([("curated.conversations", _conversations(ids), "day = ?", [DAY])])
+    commit = wh.replace_tables([("curated.conversations", conversation_rows(DAY, ids), "day = ?", [DAY])])
     assert commit.snapshot is not None
     return commit.snapshot
 
