@@ -193,3 +193,31 @@ def test_processes_that_first_open_a_new_catalog_at_the_same_time_all_succeed(la
         p.join(timeout=300)
     assert [p.exitcode for p in procs] == [0] * len(days)
     assert lake_warehouse.query("SELECT count(*) AS n FROM raw.interactions")["n"][0] == len(days)
+
+
+def test_a_writer_that_keeps_losing_conflicts_gives_up_with_a_clear_error(lake_warehouse: Warehouse) -> None:
+    wh = lake_warehouse
+    wh.replace_partition("raw.interactions", events(D1, ["old1"]), D1)
+    wh.replace_partition("raw.interactions", events(D2, ["old2"]), D2)
+    impatient = wh.model_copy(update={"commit_attempts": 1})
+    barrier = threading.Barrier(2)
+    outcomes: list[object] = []
+
+    def replace(day: dt.date) -> None:
+        def work(con: duckdb.DuckDBPyConnection) -> None:
+            replace_in(con, "raw.interactions", events(day, ["new"]), "day = ?", [day])
+            barrier.wait(timeout=60)
+
+        try:
+            outcomes.append(impatient.run_transaction(work, message=f"replace {day}"))
+        except RuntimeError as exc:
+            outcomes.append(exc)
+
+    threads = [threading.Thread(target=replace, args=(d,)) for d in (D1, D2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    errors = [o for o in outcomes if isinstance(o, RuntimeError)]
+    assert len(outcomes) == 2 and len(errors) == 1
+    assert "lost 1 commit conflicts in a row" in str(errors[0]) and "Run fewer days at a time" in str(errors[0])
