@@ -29,6 +29,8 @@ def build_launcher(settings: PlatformSettings) -> TrainingLauncher:
             nnodes=settings.training_nnodes,
             nproc_per_node=settings.training_nproc_per_node,
             max_wall_clock_s=training_max_wall_clock_seconds(),
+            artifacts_url=settings.artifacts_url,
+            artifacts_root=str(settings.artifact_cache_dir) if settings.artifacts_url else "",
         )
     if settings.training_launcher == "kubernetes":
         from core.settings import kubernetes_launcher_config

@@ -27,7 +27,12 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 
+from core.object_store import VersionStore
 from core.settings import DEFAULT_TRAINING_MAX_WALL_CLOCK_S
+from training.artifact_sync import RESULT_ENV as SYNC_RESULT_ENV
+from training.artifact_sync import ROOT_ENV as SYNC_ROOT_ENV
+from training.artifact_sync import URL_ENV as SYNC_URL_ENV
+from training.artifact_sync import ArtifactSync
 from training.torchrun_logs import diagnose
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -88,10 +93,25 @@ class LocalTorchrunLauncher(TrainingLauncher):
     # Wall-clock budget of one launch (all agents, from start to exit); 0 = none. Past it the trainers are stopped
     # (SIGTERM, grace, SIGKILL) and the step fails without a step retry: the checkpoints stay for a re-execution.
     max_wall_clock_s: float = DEFAULT_MAX_WALL_CLOCK_S
+    # Artifacts on an object store (ARTIFACTS_URL): rank 0 publishes every checkpoint there and a launch fetches
+    # the newest published one first, so a run retried on another machine (a new run worker pod) resumes.
+    artifacts_url: str = ""
+    artifacts_root: str = ""  # the local mirror of artifacts_url (the artifact cache)
 
     @property
     def world_size(self) -> int:
         return self.nnodes * self.nproc_per_node
+
+    def artifact_env(self, output_dir: Path, log: Any) -> dict[str, str]:
+        """With artifacts on an object store: fetch the run's newest published checkpoint, and the trainer's
+        environment for publishing the next ones (the result is published by the asset, as a version)."""
+        if not self.artifacts_url:
+            return {}
+        sync = ArtifactSync(VersionStore(self.artifacts_url.rstrip("/")), Path(self.artifacts_root))
+        fetched = sync.pull_checkpoint(output_dir)
+        if fetched is not None:
+            log.info(f"fetched checkpoint {fetched.name} of this run from {self.artifacts_url} to resume from")
+        return {SYNC_URL_ENV: self.artifacts_url, SYNC_ROOT_ENV: self.artifacts_root, SYNC_RESULT_ENV: "0"}
 
     def commands(self, config_path: Path, log_dir: Path, port: int) -> list[list[str]]:
         """One torchrun command per node (agent)."""
@@ -117,6 +137,7 @@ class LocalTorchrunLauncher(TrainingLauncher):
             **os.environ,
             "OMP_NUM_THREADS": str(self.threads_per_process),
             "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])),
+            **self.artifact_env(output_dir, context.log),
             **self.extra_env,
         }
         context.log.info(f"launching {self.nnodes} node(s) x {self.nproc_per_node} process(es): {commands[0]}")

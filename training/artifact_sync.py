@@ -26,6 +26,7 @@ from core.object_store import VersionStore
 
 URL_ENV = "POSTTRAIN_ARTIFACT_SYNC_URL"
 ROOT_ENV = "POSTTRAIN_ARTIFACT_SYNC_ROOT"
+RESULT_ENV = "POSTTRAIN_ARTIFACT_SYNC_RESULT"  # "0": the launcher publishes the result itself (local launcher)
 CONFIG = "config"  # <output key>/config-<launch>/train_config.json
 RESULT = "result"  # <output key>/result-<id>/: the final model and summary.json
 CHECKPOINTS = "checkpoints"  # <output key>/checkpoints/step-N/ (the layout of training/checkpoint.py)
@@ -35,6 +36,7 @@ CHECKPOINTS = "checkpoints"  # <output key>/checkpoints/step-N/ (the layout of t
 class ArtifactSync:
     store: VersionStore
     root: Path
+    publish_result: bool = True
 
     @classmethod
     def from_env(cls) -> ArtifactSync | None:
@@ -44,7 +46,7 @@ class ArtifactSync:
             return None
         if not root:
             raise RuntimeError(f"{URL_ENV} is set but {ROOT_ENV} is not: the launcher sets both")
-        return cls(VersionStore(url.rstrip("/")), Path(root))
+        return cls(VersionStore(url.rstrip("/")), Path(root), os.environ.get(RESULT_ENV, "1") != "0")
 
     def key(self, path: Path | str) -> str:
         """The object key of a local path under the root."""
@@ -86,13 +88,20 @@ class ArtifactSync:
         config = json.loads(config_path.read_text())
         for path in [config["base_model_dir"], *config["shard_dirs"]]:
             self.store.fetch(self.key(path), Path(path))
-        output = Path(config["output_dir"])
-        prefix = f"{self.key(output)}/{CHECKPOINTS}"
+        self.pull_checkpoint(Path(config["output_dir"]))
+
+    def pull_checkpoint(self, output_dir: Path) -> Path | None:
+        """The newest checkpoint the run published, fetched unless a checkpoint as new is already here."""
+        prefix = f"{self.key(output_dir)}/{CHECKPOINTS}"
         published = self.store.published(prefix)
-        if published:
-            newest = published[-1]
-            self.store.fetch(f"{prefix}/{newest}", output / CHECKPOINTS / newest)
-            print(f"artifact sync: resuming material: {self.store.url}/{prefix}/{newest}", file=sys.stderr)
+        local = output_dir / CHECKPOINTS
+        have = sorted(p.name for p in local.iterdir() if p.is_dir()) if local.is_dir() else []
+        if not published or (have and have[-1] >= published[-1]):  # step-N names sort by step
+            return None
+        newest = published[-1]
+        fetched = self.store.fetch(f"{prefix}/{newest}", local / newest)
+        print(f"artifact sync: fetched checkpoint {self.store.url}/{prefix}/{newest}", file=sys.stderr)
+        return fetched
 
     def push_checkpoint(self, checkpoint: Path) -> None:
         """Publish a complete checkpoint directory (rank 0, after save_checkpoint renamed it into place)."""

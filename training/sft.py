@@ -331,7 +331,7 @@ class SFTRecipe:
         weights = sha256_file(self.output_dir / "model.safetensors")
         summary = build_summary(self.cfg, self.ctx, self.state, self.throughput, packing, facts, weights)
         write_summary(self.output_dir, summary)
-        if self.sync is not None:
+        if self.sync is not None and self.sync.publish_result:
             self.sync.push_result(self.output_dir)
         self.reporter.final(summary, pipes_metadata(summary, self.output_dir), data_version=weights[:16])
         return summary
