@@ -1,0 +1,87 @@
+"""Ranking candidate titles by the model's log-likelihood of each as the assistant's answer to a prompt.
+
+A candidate's score is the sum of the log-probabilities of its answer tokens (the tokens training would put a
+loss on: the answer and the end-of-turn token), given the prompt as served. Scoring reads the model's own
+distribution instead of its one greedy answer, so every system is judged on the same candidate set.
+
+The prompt is run once; its key/value cache is repeated across a batch of candidates, which then only pay for
+their own few tokens. Candidates are right-padded: with causal attention a padded position never affects an
+earlier one, and padded positions are left out of the sum, so the scores equal scoring each candidate alone
+(tests hold this against the plain full-sequence computation).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+from core.masking import encode_conversation, encode_prompt
+from evaluation.models import model_device
+
+
+def answer_tokens(
+    tokenizer: Any, prompt_messages: Sequence[Mapping[str, str]], answer: str, prompt_ids: Sequence[int]
+) -> list[int]:
+    """The loss-masked tokens of `answer` after the served prompt (the answer and its end-of-turn token)."""
+    encoded = encode_conversation(tokenizer, [*map(dict, prompt_messages), {"role": "assistant", "content": answer}])
+    n = len(prompt_ids)
+    if list(encoded.input_ids[:n]) != list(prompt_ids):
+        raise ValueError(
+            "the rendered conversation does not start with the served prompt (train/serve skew in the chat "
+            "template): candidate scores would not be what the model sees at serving time"
+        )
+    return [tid for tid, m in zip(encoded.input_ids[n:], encoded.loss_mask[n:], strict=True) if m]
+
+
+@torch.no_grad()
+def score_candidates(
+    model: Any,
+    tokenizer: Any,
+    prompt_messages: Sequence[Mapping[str, str]],
+    answers: Sequence[str],
+    *,
+    batch_size: int = 64,
+) -> list[float]:
+    """Log-likelihood of each answer as the assistant's reply to `prompt_messages` (higher is likelier)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if not answers:
+        return []
+    device = model_device(model)
+    prompt_ids = encode_prompt(tokenizer, [dict(m) for m in prompt_messages])
+    completions = [answer_tokens(tokenizer, prompt_messages, a, prompt_ids) for a in answers]
+    prompt = torch.tensor([prompt_ids], device=device)
+    out = model(input_ids=prompt, use_cache=True)
+    first_logprobs = torch.log_softmax(out.logits[0, -1].float(), dim=-1)  # predicts each answer's first token
+    cache = out.past_key_values
+    start = len(prompt_ids)
+    scores: list[float] = []
+    for at in range(0, len(completions), batch_size):
+        batch = completions[at : at + batch_size]
+        width = max(len(c) for c in batch)
+        ids = torch.zeros((len(batch), width), dtype=torch.long, device=device)
+        keep = torch.zeros((len(batch), width), dtype=torch.bool, device=device)
+        for row, tokens in enumerate(batch):
+            ids[row, : len(tokens)] = torch.tensor(tokens, device=device)
+            keep[row, : len(tokens)] = True
+        batch_cache = copy.deepcopy(cache)
+        batch_cache.batch_repeat_interleave(len(batch))
+        positions = torch.arange(start, start + width, device=device).expand(len(batch), width)
+        logits = model(input_ids=ids, past_key_values=batch_cache, position_ids=positions, use_cache=True).logits
+        logprobs = torch.log_softmax(logits.float(), dim=-1)
+        # Token i of an answer is predicted at position i - 1; token 0 by the prompt's last position.
+        token_lp = torch.empty((len(batch), width), device=device)
+        token_lp[:, 0] = first_logprobs[ids[:, 0]]
+        if width > 1:
+            token_lp[:, 1:] = logprobs[:, :-1].gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+        scores.extend((token_lp * keep).sum(dim=1).tolist())
+    return scores
+
+
+def rank_candidates(scores: Sequence[float], candidates: Sequence[str]) -> list[str]:
+    """Candidates by score, best first (ties in the given order, so every system breaks them the same way)."""
+    order = sorted(range(len(candidates)), key=lambda i: -scores[i])
+    return [candidates[i] for i in order]

@@ -1,0 +1,48 @@
+"""Candidate scoring with a shared prompt cache equals scoring each candidate alone."""
+
+from typing import Any
+
+import pytest
+import torch
+
+from core.masking import encode_prompt
+from evaluation.candidate_scoring import answer_tokens, rank_candidates, score_candidates
+
+PROMPT = [
+    {"role": "system", "content": "You recommend titles from the catalog."},
+    {"role": "user", "content": "I watched The Silent Harbor (1991). What next?"},
+]
+ANSWERS = ["The Silent Harbor (1995)", "Drama 3", "Member 12 watched", "x", "The Silent Harbor (1990) and more"]
+
+
+@torch.no_grad()
+def _alone(model: Any, tokenizer: Any, answer: str) -> float:
+    """The plain computation: the whole conversation in one forward pass, no cache, no padding."""
+    prompt_ids = encode_prompt(tokenizer, PROMPT)
+    tokens = answer_tokens(tokenizer, PROMPT, answer, prompt_ids)
+    ids = torch.tensor([prompt_ids + tokens])
+    logprobs = torch.log_softmax(model(input_ids=ids).logits[0].float(), dim=-1)
+    n = len(prompt_ids)
+    return sum(float(logprobs[n + i - 1, t]) for i, t in enumerate(tokens))
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, 64])
+def test_batched_scores_with_a_shared_prompt_equal_scoring_each_alone(
+    model: Any, tokenizer: Any, batch_size: int
+) -> None:
+    scores = score_candidates(model, tokenizer, PROMPT, ANSWERS, batch_size=batch_size)
+    expected = [_alone(model, tokenizer, a) for a in ANSWERS]
+    assert scores == pytest.approx(expected, abs=1e-4)
+    assert all(s < 0 for s in scores)
+
+
+def test_answer_tokens_are_the_answer_and_its_end_of_turn(tokenizer: Any) -> None:
+    prompt_ids = encode_prompt(tokenizer, PROMPT)
+    tokens = answer_tokens(tokenizer, PROMPT, "Drama 3", prompt_ids)
+    assert tokenizer.decode(tokens[:-1]).strip() == "Drama 3"
+    assert tokens[-1] in tokenizer.added_tokens_decoder  # the template's end-of-turn token is scored too
+
+
+def test_ranking_is_by_score_with_ties_in_the_given_order() -> None:
+    assert rank_candidates([-3.0, -1.0, -1.0, -9.0], ["a", "b", "c", "d"]) == ["b", "c", "a", "d"]
+    assert score_candidates(None, None, PROMPT, []) == []
