@@ -8,6 +8,7 @@ depend on how days are launched (sensor runs, a UI backfill, several `dagster as
 """
 
 import json
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,51 @@ from core.fingerprints import frame_fingerprint
 from core.landing_files import IgnoredFile, LandingFileRefused, describe_ignored, open_landing_file
 from resources.landing import LandingArea
 from resources.warehouse import SEEN_ELSEWHERE_SQL, Warehouse, fetch, replace_in
+
+CURATION_ATTEMPTS = 5  # curate-then-commit rounds before a day curates inside its transaction
+
+
+class StaleHashes(Exception):
+    """Other days changed the committed hashes since this day curated: curate again against `seen_now`."""
+
+    def __init__(self, seen_now: pl.Series, raced: int, released: int) -> None:
+        super().__init__(f"{raced} texts taken and {released} given up by other days")
+        self.seen_now, self.raced, self.released = seen_now, raced, released
+
+
+def _commit_day(
+    day: date,
+    candidates: pl.DataFrame,
+    cfg: CurationConfig,
+    curated: pl.DataFrame,
+    rejected: pl.DataFrame,
+    stats: dict[str, Any],
+    seen: pl.Series,
+    parse_rejects: list[pl.DataFrame],
+    *,
+    inside: bool,
+) -> Callable[[duckdb.DuckDBPyConnection], tuple[pl.DataFrame, dict[str, Any], int]]:
+    """The day's transaction: check the hashes it curated against, then write its rows and quarantine.
+
+    Stale hashes raise StaleHashes (nothing written), unless `inside`: then it curates again here."""
+
+    def commit_day(con: duckdb.DuckDBPyConnection) -> tuple[pl.DataFrame, dict[str, Any], int]:
+        seen_now = fetch(con, SEEN_ELSEWHERE_SQL, [day])["content_hash"]
+        raced = int(curated["content_hash"].is_in(seen_now.implode()).sum())
+        released = int((~seen.is_in(seen_now.implode())).sum())
+        kept, rejects, day_stats = curated, rejected, stats
+        if raced or released:
+            if not inside:
+                raise StaleHashes(seen_now, raced, released)
+            kept, rejects, day_stats = curate(candidates, day, cfg, seen_hashes=seen_now)
+        day_quarantine = pl.concat(
+            [schemas.conform(q, schemas.CONVERSATION_QUARANTINE_SCHEMA) for q in [*parse_rejects, rejects]]
+        )
+        replace_in(con, "curated.conversations", kept, "day = ?", [day])
+        replace_in(con, "curated.quarantine", day_quarantine, "day = ?", [day])
+        return day_quarantine, day_stats, raced
+
+    return commit_day
 
 
 class CurationRunConfig(dg.Config):
@@ -121,36 +167,33 @@ def curated_conversations(
             "(README 'Landing area' lists the reasons)"
         )
     candidates = pl.concat([generated, *external], how="vertical_relaxed")
-    # Curate against a snapshot first (no lock held while the CPU-heavy rules run) ...
-    snapshot = warehouse.query(SEEN_ELSEWHERE_SQL, [day])["content_hash"]
-    curated, rejected, stats = curate(candidates, day, cfg, seen_hashes=snapshot)
-
-    def commit_day(con: duckdb.DuckDBPyConnection) -> tuple[pl.DataFrame, dict[str, Any], int]:
-        # ... then check again where no concurrent writer can commit unseen (the file's lock; on DuckLake the
-        # serialize key makes one of two concurrent writers run this again). Another day that committed one of
-        # our hashes meanwhile wins it; a hash another day gave up meanwhile (it was re-curated) is ours to keep.
-        # Either way curate again against what is committed now (rare: only real overlaps between running days).
-        seen_now = fetch(con, SEEN_ELSEWHERE_SQL, [day])["content_hash"]
-        raced = int(curated["content_hash"].is_in(seen_now.implode()).sum())
-        released = int((~snapshot.is_in(seen_now.implode())).sum())
-        kept, rejects, day_stats = curated, rejected, stats
-        if raced or released:
-            context.log.info(
-                f"while {day} was curated, other days committed {raced} of its texts and gave up {released} "
-                "texts it had seen; curating again against the committed hashes"
-            )
-            kept, rejects, day_stats = curate(candidates, day, cfg, seen_hashes=seen_now)
-        day_quarantine = pl.concat(
-            [schemas.conform(q, schemas.CONVERSATION_QUARANTINE_SCHEMA) for q in [*parse_rejects, rejects]]
+    # Curate against a snapshot of what other days hold (no lock held, no transaction open while the CPU-heavy
+    # rules run), then commit only if that snapshot is still what is committed (checked inside the transaction,
+    # where no concurrent writer commits unseen: the file's lock; on DuckLake the serialize key). When another day
+    # committed one of our texts (it wins it) or gave one up (it is ours to keep) meanwhile, curate again outside
+    # the transaction against the new hashes and retry: a transaction stays a short check-and-write, which keeps
+    # concurrent days from conflicting with each other's long ones. The last attempt curates inside instead, so
+    # even a day that keeps losing the race finishes.
+    seen = warehouse.query(SEEN_ELSEWHERE_SQL, [day])["content_hash"]
+    raced_total = 0
+    for attempt in range(CURATION_ATTEMPTS):
+        curated, rejected, stats = curate(candidates, day, cfg, seen_hashes=seen)
+        commit_day = _commit_day(
+            day, candidates, cfg, curated, rejected, stats, seen, parse_rejects, inside=attempt + 1 == CURATION_ATTEMPTS
         )
-        replace_in(con, "curated.conversations", kept, "day = ?", [day])
-        replace_in(con, "curated.quarantine", day_quarantine, "day = ?", [day])
-        return day_quarantine, day_stats, raced
-
-    commit = warehouse.run_transaction(
-        commit_day, serialize="curated.conversations", message=f"curated_conversations {day}"
-    )
+        try:
+            commit = warehouse.run_transaction(
+                commit_day, serialize="curated.conversations", message=f"curated_conversations {day}"
+            )
+            break
+        except StaleHashes as stale:
+            context.log.info(
+                f"while {day} was curated, other days committed {stale.raced} of its texts and gave up "
+                f"{stale.released} texts it had seen; curating again against the committed hashes"
+            )
+            seen, raced_total = stale.seen_now, raced_total + stale.raced
     quarantine, final_stats, raced = commit.value
+    raced += raced_total
 
     stored = warehouse.read_table("curated.conversations", "day = ?", [day])
     leaking = warehouse.query(

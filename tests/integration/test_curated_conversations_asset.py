@@ -269,10 +269,15 @@ def test_encoding_settings_reach_the_landing_resource_and_a_typo_names_the_varia
         LandingArea(root=str(tmp_path), conversation_encoding="utf-16")
 
 
-def test_a_text_another_day_gives_up_during_curation_is_kept_not_lost(home: Path, monkeypatch) -> None:
+@pytest.mark.parametrize("attempts", [1, 5], ids=["curated-again-inside-the-transaction", "curated-again-outside"])
+def test_a_text_another_day_gives_up_during_curation_is_kept_not_lost(home: Path, monkeypatch, attempts: int) -> None:
     """Day 2 holds the partner texts; while day 1 is being curated, day 2 is re-curated without them (its partner
-    file was withdrawn). Day 1 saw them as taken in its snapshot, but must keep them: otherwise no day has them."""
+    file was withdrawn). Day 1 saw them as taken in its snapshot, but must keep them: otherwise no day has them.
+    Day 1 notices inside its transaction and curates again, outside it (then commits) or, on its last attempt,
+    inside it."""
     import assets.conversations as conversations
+
+    monkeypatch.setattr(conversations, "CURATION_ATTEMPTS", attempts)
 
     assert _curate(home, DAYS[1]).success
     real_curate = conversations.curate
