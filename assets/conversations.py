@@ -8,13 +8,10 @@ depend on how days are launched (sensor runs, a UI backfill, several `dagster as
 """
 
 import json
-from collections.abc import Callable
 from datetime import date
 from pathlib import Path
-from typing import Any
 
 import dagster as dg
-import duckdb
 import polars as pl
 
 from assets.catalog import raw_catalog, raw_interactions, schema_check
@@ -22,56 +19,12 @@ from assets.metadata import commit_metadata, counts_by, markdown_table, reason_m
 from assets.partitions import daily_partitions
 from core import schemas
 from core.conversation_builder import BuilderConfig, build_conversations
-from core.curation import CurationConfig, curate, parse_external_jsonl
+from core.curation import CurationConfig, parse_external_jsonl
 from core.fingerprints import frame_fingerprint
 from core.landing_files import IgnoredFile, LandingFileRefused, describe_ignored, open_landing_file
+from resources.curation_commit import curate_and_commit
 from resources.landing import LandingArea
-from resources.warehouse import SEEN_ELSEWHERE_SQL, Warehouse, fetch, replace_in
-
-CURATION_ATTEMPTS = 5  # curate-then-commit rounds before a day curates inside its transaction
-
-
-class StaleHashes(Exception):
-    """Other days changed the committed hashes since this day curated: curate again against `seen_now`."""
-
-    def __init__(self, seen_now: pl.Series, raced: int, released: int) -> None:
-        super().__init__(f"{raced} texts taken and {released} given up by other days")
-        self.seen_now, self.raced, self.released = seen_now, raced, released
-
-
-def _commit_day(
-    day: date,
-    candidates: pl.DataFrame,
-    cfg: CurationConfig,
-    curated: pl.DataFrame,
-    rejected: pl.DataFrame,
-    stats: dict[str, Any],
-    seen: pl.Series,
-    parse_rejects: list[pl.DataFrame],
-    *,
-    inside: bool,
-) -> Callable[[duckdb.DuckDBPyConnection], tuple[pl.DataFrame, dict[str, Any], int]]:
-    """The day's transaction: check the hashes it curated against, then write its rows and quarantine.
-
-    Stale hashes raise StaleHashes (nothing written), unless `inside`: then it curates again here."""
-
-    def commit_day(con: duckdb.DuckDBPyConnection) -> tuple[pl.DataFrame, dict[str, Any], int]:
-        seen_now = fetch(con, SEEN_ELSEWHERE_SQL, [day])["content_hash"]
-        raced = int(curated["content_hash"].is_in(seen_now.implode()).sum())
-        released = int((~seen.is_in(seen_now.implode())).sum())
-        kept, rejects, day_stats = curated, rejected, stats
-        if raced or released:
-            if not inside:
-                raise StaleHashes(seen_now, raced, released)
-            kept, rejects, day_stats = curate(candidates, day, cfg, seen_hashes=seen_now)
-        day_quarantine = pl.concat(
-            [schemas.conform(q, schemas.CONVERSATION_QUARANTINE_SCHEMA) for q in [*parse_rejects, rejects]]
-        )
-        replace_in(con, "curated.conversations", kept, "day = ?", [day])
-        replace_in(con, "curated.quarantine", day_quarantine, "day = ?", [day])
-        return day_quarantine, day_stats, raced
-
-    return commit_day
+from resources.warehouse import Warehouse
 
 
 class CurationRunConfig(dg.Config):
@@ -167,33 +120,8 @@ def curated_conversations(
             "(README 'Landing area' lists the reasons)"
         )
     candidates = pl.concat([generated, *external], how="vertical_relaxed")
-    # Curate against a snapshot of what other days hold (no lock held, no transaction open while the CPU-heavy
-    # rules run), then commit only if that snapshot is still what is committed (checked inside the transaction,
-    # where no concurrent writer commits unseen: the file's lock; on DuckLake the serialize key). When another day
-    # committed one of our texts (it wins it) or gave one up (it is ours to keep) meanwhile, curate again outside
-    # the transaction against the new hashes and retry: a transaction stays a short check-and-write, which keeps
-    # concurrent days from conflicting with each other's long ones. The last attempt curates inside instead, so
-    # even a day that keeps losing the race finishes.
-    seen = warehouse.query(SEEN_ELSEWHERE_SQL, [day])["content_hash"]
-    raced_total = 0
-    for attempt in range(CURATION_ATTEMPTS):
-        curated, rejected, stats = curate(candidates, day, cfg, seen_hashes=seen)
-        commit_day = _commit_day(
-            day, candidates, cfg, curated, rejected, stats, seen, parse_rejects, inside=attempt + 1 == CURATION_ATTEMPTS
-        )
-        try:
-            commit = warehouse.run_transaction(
-                commit_day, serialize="curated.conversations", message=f"curated_conversations {day}"
-            )
-            break
-        except StaleHashes as stale:
-            context.log.info(
-                f"while {day} was curated, other days committed {stale.raced} of its texts and gave up "
-                f"{stale.released} texts it had seen; curating again against the committed hashes"
-            )
-            seen, raced_total = stale.seen_now, raced_total + stale.raced
-    quarantine, final_stats, raced = commit.value
-    raced += raced_total
+    done = curate_and_commit(warehouse, day, candidates, cfg, parse_rejects, log=context.log.info)
+    quarantine, final_stats, raced, commit = done.quarantine, done.stats, done.raced, done.commit
 
     stored = warehouse.read_table("curated.conversations", "day = ?", [day])
     leaking = warehouse.query(

@@ -68,6 +68,7 @@ def _side(warehouse: dict[str, Any], writers: int, days: list[Path], model: Path
         "tokens": sum(r["tokens"] for r in runs),
         "conversations_per_second": conversations / wall,
         "commit_retries": sum(r["commit_retries"] for r in runs),
+        "recurations": sum(r["recurations"] for r in runs),
         "commits": sum(r["days"] for r in runs),
         "peak_rss_mib": max(r["peak_rss_mib"] for r in runs),
         # The machine is shared: the 1-minute load average around the side says how much else ran.
@@ -121,19 +122,19 @@ def warehouse_markdown(payload: dict[str, Any]) -> str:
             f"{s['conversations']:,}",
             s["wall_seconds"],
             s["conversations_per_second"],
-            s["read_seen_seconds"],
+            s["curate_seconds"],
             s["commit_seconds"],
             s["read_day_seconds"],
-            s["curate_seconds"] + s["tokenize_seconds"] + s["write_seconds"],
-            f"{s['commit_retries']} / {s['commits']}",
+            s["tokenize_seconds"] + s["write_seconds"],
+            f"{s['commit_retries']} / {s.get('recurations', '-')} / {s['commits']}",
             s["peak_rss_mib"],
             f"{s['load_average'][0]:.1f} -> {s['load_average'][1]:.1f}",
         ]
         for name, s in sides.items()
     ]
     table = markdown_table(
-        ["side", "conversations", "wall s", "conv/s", "read hashes s", "commit s", "read day s",
-         "curate+tokenize+write s", "commit retries / commits", "peak RSS MiB (one writer)", "load avg"],
+        ["side", "conversations", "wall s", "conv/s", "curate s", "commit s", "read day s", "tokenize+write s",
+         "commit retries / re-curations / commits", "peak RSS MiB (one writer)", "load avg"],
         rows,
     )  # fmt: skip
     curated = sides["duckdb file, 1 writer"]["conversations"]
@@ -149,8 +150,9 @@ def warehouse_markdown(payload: dict[str, Any]) -> str:
         f"- One run per side, the sides one after another (a side takes minutes), unlike benchmarks 1-4. Machine: "
         f"{machine['cpu_model']}, {machine['usable_cpus']} usable CPUs, shared: the load average column (1 minute, "
         "before -> after each side) says how much else ran.\n"
-        "- Seconds per phase are summed over writers (CPU-side time of each process, not wall). Commit retries: "
-        "transactions run again after a DuckLake commit conflict (curation's serialize key makes concurrent days "
-        "conflict on purpose, so the later one re-checks the committed hashes and, when they changed, curates "
-        "again inside the transaction, which is what makes 4 writers on 2 cores slower than 2).\n"
+        "- Seconds per phase are summed over writers (time in each process, not wall); curate s includes reading "
+        "the hashes other days hold, commit s the time inside transactions. Commit retries: transactions run again "
+        "after a DuckLake commit conflict (curation's serialize key makes concurrent days conflict on purpose); "
+        "re-curations: a day whose snapshot of other days' hashes went stale curates again outside its "
+        "transaction (resources/curation_commit.py).\n"
     )

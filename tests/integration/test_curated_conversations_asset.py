@@ -81,8 +81,9 @@ def _curate_in_child(home: str, day: str, barrier, out: str) -> None:
     and computed its result before any day writes, which is the worst interleaving separate processes can get.
     """
     import assets.conversations as conversations
+    import resources.curation_commit as curation_commit
 
-    real_curate = conversations.curate
+    real_curate = curation_commit.curate
     calls = []
 
     def curate_then_wait(*args, **kwargs):
@@ -92,7 +93,7 @@ def _curate_in_child(home: str, day: str, barrier, out: str) -> None:
             barrier.wait(timeout=300)
         return result
 
-    conversations.curate = curate_then_wait
+    curation_commit.curate = curate_then_wait
     with set_defs_state_storage(None):
         result = dg.materialize(
             [conversations.curated_conversations],
@@ -275,24 +276,23 @@ def test_a_text_another_day_gives_up_during_curation_is_kept_not_lost(home: Path
     file was withdrawn). Day 1 saw them as taken in its snapshot, but must keep them: otherwise no day has them.
     Day 1 notices inside its transaction and curates again, outside it (then commits) or, on its last attempt,
     inside it."""
-    import assets.conversations as conversations
+    import resources.curation_commit as curation_commit
 
-    monkeypatch.setattr(conversations, "CURATION_ATTEMPTS", attempts)
-
+    monkeypatch.setattr(curation_commit, "CURATION_ATTEMPTS", attempts)
     assert _curate(home, DAYS[1]).success
-    real_curate = conversations.curate
+    real_curate = curation_commit.curate
     calls = []
 
     def curate_while_day2_changes(*args, **kwargs):
         result = real_curate(*args, **kwargs)
         if not calls:
             (home / "landing" / "conversations" / f"day={DAYS[1]}" / "shared.jsonl").unlink()
-            monkeypatch.setattr(conversations, "curate", real_curate)
+            monkeypatch.setattr(curation_commit, "curate", real_curate)
             assert _curate(home, DAYS[1]).success  # day 2 commits without the partner texts
         calls.append(1)
         return result
 
-    monkeypatch.setattr(conversations, "curate", curate_while_day2_changes)
+    monkeypatch.setattr(curation_commit, "curate", curate_while_day2_changes)
     assert _curate(home, DAYS[0]).success
     assert {d for d, _ in _shared_rows(home)} == {date(2026, 1, 1)} and len(_shared_rows(home)) == len(SHARED)
     assert _duplicated_hashes(home) == []
