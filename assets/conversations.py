@@ -1,10 +1,8 @@
 """Curated layer: grounded multi-turn conversations per day, plus external JSONL drops.
 
-Cross-day dedup: a text (content_hash) is kept on one day only, the first day to commit it. The final
-check against the hashes curated on *other* days and the write of both tables happen in one warehouse
-transaction that no concurrent writer of curated.conversations commits past unseen (DuckDB's file lock; on
-DuckLake a serialize key, so that one of two concurrent days runs its check again), so the result does not
-depend on how days are launched (sensor runs, a UI backfill, several `dagster asset materialize`, parallel pods).
+Cross-day dedup: a text (content_hash) is kept on one day only, the first day to commit it, however days are
+launched (sensor runs, a UI backfill, several `dagster asset materialize`, parallel pods): see
+resources/curation_commit.py.
 """
 
 import json
