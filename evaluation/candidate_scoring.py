@@ -13,6 +13,7 @@ earlier one, and padded positions are left out of the sum, so the scores equal s
 from __future__ import annotations
 
 import copy
+import inspect
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -56,7 +57,8 @@ def score_candidates(
     prompt = torch.tensor([prompt_ids], device=device)
     out = model(input_ids=prompt, use_cache=True)
     first_logprobs = torch.log_softmax(out.logits[0, -1].float(), dim=-1)  # predicts each answer's first token
-    cache = out.past_key_values
+    cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
+    cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
     start = len(prompt_ids)
     scores: list[float] = []
     for at in range(0, len(completions), batch_size):
@@ -70,7 +72,8 @@ def score_candidates(
         batch_cache = copy.deepcopy(cache)
         batch_cache.batch_repeat_interleave(len(batch))
         positions = torch.arange(start, start + width, device=device).expand(len(batch), width)
-        logits = model(input_ids=ids, past_key_values=batch_cache, position_ids=positions, use_cache=True).logits
+        extra = {cache_arg: batch_cache}  # transformers renamed past_key_values to cache within 5.x
+        logits = model(input_ids=ids, position_ids=positions, use_cache=True, **extra).logits
         logprobs = torch.log_softmax(logits.float(), dim=-1)
         # Token i of an answer is predicted at position i - 1; token 0 by the prompt's last position.
         token_lp = torch.empty((len(batch), width), device=device)
