@@ -191,6 +191,22 @@ class VersionStore:
 
     # ---- clean-up -----------------------------------------------------------------------------------------------
 
+    def newest_change(self, prefix: str) -> datetime | None:
+        """When anything under `prefix/` was last written (None if nothing is there)."""
+        import obstore
+
+        times = [o["last_modified"] for chunk in obstore.list(self._store, prefix.rstrip("/") + "/") for o in chunk]
+        return max(times) if times else None
+
+    def delete_prefix(self, prefix: str) -> int:
+        """Delete every object under `prefix/`; returns how many."""
+        import obstore
+
+        paths = [o["path"] for chunk in obstore.list(self._store, prefix.rstrip("/") + "/") for o in chunk]
+        if paths:
+            obstore.delete(self._store, paths)
+        return len(paths)
+
     def sweep_unpublished(self, prefix: str, max_age: timedelta) -> list[str]:
         """Delete versions under `prefix/` that have no marker and no object newer than `max_age` (crashed uploads).
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
@@ -103,9 +103,34 @@ class ArtifactStore(dg.ConfigurableResource):
         except OSError as exc:
             dg.get_dagster_logger().warning(f"could not sweep staging directories of {asset}: {exc}")
             return []
+        removed += self._clean_remote_staging(asset, runs_finished, keep)
         _log_leftovers(removed)
         for entry in unknown:
             dg.get_dagster_logger().info(f"kept {entry.path}: {entry.detail}; remove it by hand if it is abandoned")
+        return removed
+
+    def _clean_remote_staging(
+        self, asset: str, runs_finished: Callable[[str], bool | None], keep: frozenset[str]
+    ) -> list[Leftover]:
+        """What trainer pods published under a run's staging prefix (checkpoints, config, result), once every run
+        of its lineage finished and nothing was written there for `staging_retention_hours`; never raises."""
+        remote = self.remote
+        if remote is None:
+            return []
+        removed: list[Leftover] = []
+        try:
+            for name in remote.children(asset):
+                key = name[len(STAGING_PREFIX) :]
+                if not name.startswith(STAGING_PREFIX) or key in keep or runs_finished(key) is not True:
+                    continue
+                newest = remote.newest_change(f"{asset}/{name}")
+                idle = datetime.now(UTC) - newest if newest else timedelta(0)
+                if newest is not None and idle >= timedelta(hours=self.staging_retention_hours):
+                    count = remote.delete_prefix(f"{asset}/{name}")
+                    detail = f"runs of {key} finished; idle for {idle.total_seconds() / 3600:.1f} h; {count} objects"
+                    removed.append(Leftover(f"{remote.url}/{asset}/{name}", "run_finished", detail))
+        except Exception as exc:  # the object store's own errors too: a sweep never fails the step
+            dg.get_dagster_logger().warning(f"could not sweep staging prefixes of {asset}: {exc}")
         return removed
 
     @contextmanager

@@ -143,3 +143,27 @@ def test_artifacts_url_is_a_setting(monkeypatch, tmp_path: Path) -> None:
     monkeypatch.setenv("ARTIFACTS_URL", "/mnt/artifacts")
     with pytest.raises(ValueError, match="must be an s3://bucket/prefix URL"):
         load_settings()
+
+
+def test_a_finished_runs_staging_prefix_on_the_store_is_swept_once_idle(
+    bucket: str, s3_env: str, tmp_path: Path
+) -> None:
+    """Trainer pods publish checkpoints under the run's staging prefix; they go once every run of it finished."""
+    store = _store(bucket, tmp_path / "cache")
+    remote = store.remote
+    assert remote is not None
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "model.safetensors").write_bytes(b"w")
+    for lineage in ("done", "running"):
+        remote.upload(tmp_path / "ckpt", f"trained_checkpoint/.tmp-run-{lineage}/checkpoints/step-00000004")
+
+    def finished(key: str) -> bool:
+        return key == "done"
+
+    assert store.clean_stale_staging_dirs("trained_checkpoint", finished) == []  # idle less than 72 h
+    young = ArtifactStore(root=store.root, cache_dir=store.cache_dir, staging_retention_hours=0.0)
+    assert young.clean_stale_staging_dirs("trained_checkpoint", finished, keep=frozenset({"done"})) == []
+    [swept] = young.clean_stale_staging_dirs("trained_checkpoint", finished)
+    assert swept.reason == "run_finished" and swept.path.endswith("/trained_checkpoint/.tmp-run-done")
+    keys = _keys(s3_env, bucket)
+    assert not any(".tmp-run-done/" in k for k in keys) and any(".tmp-run-running/" in k for k in keys)
