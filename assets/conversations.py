@@ -20,6 +20,7 @@ from core.conversation_builder import BuilderConfig, build_conversations
 from core.curation import CurationConfig, parse_external_jsonl
 from core.fingerprints import frame_fingerprint
 from core.landing_files import IgnoredFile, LandingFileRefused, describe_ignored, open_landing_file
+from core.settings import load_signal_thresholds
 from resources.curation_commit import curate_and_commit
 from resources.landing import LandingArea
 from resources.warehouse import Warehouse
@@ -46,7 +47,7 @@ def run_configs(config: CurationRunConfig) -> tuple[BuilderConfig, CurationConfi
     try:
         if not 0.0 <= config.quarantine_rate_max <= 1.0:
             raise ValueError(f"quarantine_rate_max={config.quarantine_rate_max} must be between 0 and 1 (a fraction)")
-        builder = BuilderConfig(seed=config.seed, max_exchanges=config.max_exchanges)
+        builder = BuilderConfig(seed=config.seed, max_exchanges=config.max_exchanges, signals=load_signal_thresholds())
         curation = CurationConfig(
             max_message_chars=config.max_message_chars,
             max_conversation_chars=config.max_conversation_chars,

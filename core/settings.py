@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
+from core.signals import SignalThresholds
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -44,6 +46,14 @@ def _env_int(name: str, default: int) -> int:
         return int(raw)
     except ValueError as exc:
         raise ValueError(f"environment variable {name}={raw!r} must be an integer") from exc
+
+
+def _env_float(name: str, default: float) -> float:
+    raw = _env(name, repr(default))
+    try:
+        return float(raw)
+    except ValueError as exc:
+        raise ValueError(f"environment variable {name}={raw!r} must be a number") from exc
 
 
 def _env_date(name: str, default: str) -> date:
@@ -137,6 +147,21 @@ class PlatformSettings:
     @property
     def artifact_cache_dir(self) -> Path:
         return self.home / "artifact-cache"
+
+
+def load_signal_thresholds() -> SignalThresholds:
+    """SIGNAL_NEGATIVE_RATING_MAX, SIGNAL_POSITIVE_RATING_MIN, SIGNAL_ABANDONED_BELOW, SIGNAL_FINISHED_FROM: where a
+    rating or a watched fraction becomes a negative or a strong positive signal (core/signals.py)."""
+    d = SignalThresholds()
+    try:
+        return SignalThresholds(
+            negative_rating_max=_env_float("SIGNAL_NEGATIVE_RATING_MAX", d.negative_rating_max),
+            positive_rating_min=_env_float("SIGNAL_POSITIVE_RATING_MIN", d.positive_rating_min),
+            abandoned_below=_env_float("SIGNAL_ABANDONED_BELOW", d.abandoned_below),
+            finished_from=_env_float("SIGNAL_FINISHED_FROM", d.finished_from),
+        )
+    except ValueError as exc:
+        raise ValueError(f"SIGNAL_* settings: {exc}") from exc
 
 
 def load_settings() -> PlatformSettings:

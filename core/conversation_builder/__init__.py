@@ -26,9 +26,9 @@ catalog), ``templating`` (per-row choices, templates, message lists, ids), ``ans
 """
 
 from core.conversation_builder.build import build_conversations
-from core.conversation_builder.catalog import WATCH_EVENTS
 from core.conversation_builder.config import CANDIDATE_SCHEMA, DEFAULT_SYSTEM_PROMPT, BuilderConfig
 from core.conversation_builder.recommendation import RECS_PER_ANSWER
+from core.signals import WATCH_EVENTS
 
 __all__ = [
     "CANDIDATE_SCHEMA",

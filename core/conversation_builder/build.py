@@ -12,6 +12,7 @@ from core.conversation_builder.recommendation import recommendations
 from core.conversation_builder.search import search
 from core.conversation_builder.title_qa import title_qa
 from core.schemas import INTERACTIONS_SCHEMA, conform
+from core.signals import drop_negative_watches
 
 
 def build_conversations(
@@ -26,6 +27,8 @@ def build_conversations(
     inter = conform(interactions, INTERACTIONS_SCHEMA).filter(
         (pl.col("day") == day) & pl.col("member_id").is_not_null() & pl.col("title_id").is_not_null()
     )
+    # A title the member rated low or abandoned is not a watch: no history, target or popularity counts it.
+    inter = drop_negative_watches(inter, cfg.signals)
     cat = Catalog(catalog, inter, cfg)
     parts = [
         recommendations(cat, inter, day, cfg),

@@ -6,15 +6,12 @@ import polars as pl
 
 from core.conversation_builder.config import BuilderConfig
 from core.schemas import CATALOG_SCHEMA, conform
+from core.signals import WATCH_EVENTS
 
 _STOPWORDS = (
     "the", "and", "for", "with", "from", "that", "this", "into", "your", "you", "are", "was",
     "not", "but", "all", "our", "his", "her", "its", "who", "what", "when", "how", "one", "out",
 )  # fmt: skip
-
-# A member who completed or rated a title watched it: rating-only sources (MovieLens-style
-# exports) then still yield watch histories and recommendation targets.
-WATCH_EVENTS = ("play", "complete", "rate")
 
 
 class Catalog:

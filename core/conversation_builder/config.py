@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import polars as pl
 
 from core.schemas import MESSAGES_DTYPE
+from core.signals import SignalThresholds
 
 DEFAULT_SYSTEM_PROMPT = (
     "You are the catalog assistant of a streaming service. Recommend, find and describe titles "
@@ -37,6 +38,8 @@ class BuilderConfig:
     search_results: int = 5
     max_synopsis_chars: int = 600
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    # Low ratings and abandons are not watches (core/signals.py).
+    signals: SignalThresholds = field(default_factory=SignalThresholds)
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_exchanges <= 4:

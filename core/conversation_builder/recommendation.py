@@ -12,7 +12,7 @@ from datetime import date
 import polars as pl
 
 from core.conversation_builder.answers import describe, year_or_kind
-from core.conversation_builder.catalog import WATCH_EVENTS, Catalog
+from core.conversation_builder.catalog import Catalog
 from core.conversation_builder.config import CANDIDATE_SCHEMA, BuilderConfig
 from core.conversation_builder.templating import (
     assemble,
@@ -24,6 +24,7 @@ from core.conversation_builder.templating import (
     row_hashes,
     system_flag,
 )
+from core.signals import WATCH_EVENTS
 
 _NO_GENRE = "\x00no-genre"  # index key for titles without genres: overall popularity
 RECS_PER_ANSWER = 3  # titles named in one recommendation answer
