@@ -3,6 +3,7 @@
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import polars as pl
@@ -17,15 +18,17 @@ from core.champion import (
     promote_if_better,
     promotion_metrics,
 )
-from core.eval_report import build_report_json, write_report
+from core.eval_report import RANKING_KEYS, build_report_json, write_report
 from core.fingerprints import files_fingerprint
-from evaluation import SuiteInputs, SuiteSettings, TitleMatcher, heldout_rows, hits, recommendation_prompts
+from core.settings import load_signal_thresholds
+from evaluation import SuiteInputs, SuiteSettings
 from resources.artifacts import ArtifactStore, leftovers_metadata
 from resources.warehouse import Warehouse
 from resources.warehouse_history import conversations_as_trained
 
 # The suite's defaults are SuiteSettings' own, so the run config and a suite run outside Dagster cannot disagree.
 _SUITE_DEFAULTS = SuiteSettings()
+HEADLINE_SPLIT = "test"  # the split report.json's top-level ranking numbers are over (evaluation.suite)
 
 
 class EvalConfig(dg.Config):
@@ -33,6 +36,14 @@ class EvalConfig(dg.Config):
     max_new_tokens: int = _SUITE_DEFAULTS.max_new_tokens
     batch_size: int = _SUITE_DEFAULTS.batch_size
     batch_tokens: int = _SUITE_DEFAULTS.batch_tokens
+    # Ranking: candidates per case (a catalog this small is ranked whole), how negatives are drawn
+    # ("popularity" or "uniform"), the fewest cases a metric is reported on, bootstrap resamples.
+    ranking_candidates: int = _SUITE_DEFAULTS.ranking_candidates
+    ranking_negatives: str = _SUITE_DEFAULTS.ranking_negatives
+    candidate_batch_size: int = _SUITE_DEFAULTS.candidate_batch_size
+    history_size: int = _SUITE_DEFAULTS.history_size
+    min_cases: int = _SUITE_DEFAULTS.min_cases
+    bootstrap_resamples: int = _SUITE_DEFAULTS.bootstrap_resamples
     loss_margin: float = 0.02  # relative: candidate validation loss may be at most 2% worse than the champion's
     hit_margin: float = 0.02  # absolute: candidate hit@5 may be at most 0.02 lower
     # A champion promoted by another eval while this one ran is evaluated too and compared again, at most this often.
@@ -40,13 +51,27 @@ class EvalConfig(dg.Config):
 
 
 def suite_settings(config: EvalConfig) -> SuiteSettings:
-    """The run config's suite fields as SuiteSettings; the rest (device) keeps SuiteSettings' defaults."""
-    return SuiteSettings(
-        generation_cases=config.generation_cases,
-        max_new_tokens=config.max_new_tokens,
-        batch_size=config.batch_size,
-        batch_tokens=config.batch_tokens,
-    )
+    """The run config's suite fields as SuiteSettings, the signal thresholds from the platform settings; the rest
+    (device, seed) keeps SuiteSettings' defaults. A bad value fails the step once, naming it."""
+    try:
+        return SuiteSettings(
+            generation_cases=config.generation_cases,
+            max_new_tokens=config.max_new_tokens,
+            batch_size=config.batch_size,
+            batch_tokens=config.batch_tokens,
+            ranking_candidates=config.ranking_candidates,
+            ranking_negatives=config.ranking_negatives,
+            candidate_batch_size=config.candidate_batch_size,
+            history_size=config.history_size,
+            min_cases=config.min_cases,
+            bootstrap_resamples=config.bootstrap_resamples,
+            signals=load_signal_thresholds(),
+        )
+    except ValueError as exc:
+        raise dg.Failure(
+            description=f"eval_report run config is invalid: {exc}. Fix it under ops.eval_report.config",
+            allow_retries=False,
+        ) from exc
 
 
 def champion_registry(artifacts: ArtifactStore) -> Path | str:
@@ -79,26 +104,58 @@ def suite_inputs(checkpoint: Path, warehouse: Warehouse, champion_dir: Path | No
     day_filter = pl.col("day").cast(pl.String).is_in(days)
     # The checkpoint's own data: each day as of the snapshot its shards read (DuckLake), even if re-curated since.
     conversations = conversations_as_trained(warehouse, lineage)
-    heldout_members = conversations.filter(pl.col("split") != "train")["member_id"].drop_nulls().unique()
-    # Popularity is learned from the same days, without the held-out members' own events.
-    events = warehouse.read_table("raw.interactions").filter(
-        day_filter & ~pl.col("member_id").is_in(heldout_members.implode())
-    )
+    # Every member's events of those days: the suite holds out members by split and teaches the baselines the rest.
+    events = warehouse.read_table("raw.interactions").filter(day_filter)
     return SuiteInputs(
         checkpoint_dir=checkpoint,
         base_model_dir=Path(lineage["base_model"]),
         shard_dirs=shard_dirs,
         conversations=conversations,
         catalog=warehouse.read_table("raw.catalog"),
-        train_events=events,
+        events=events,
         champion_dir=champion_dir,
     )
 
 
+def recommendation_metadata(report: dict) -> dict[str, Any]:
+    """The headline (test split) ranking numbers per system with n and intervals, the model's paired comparisons,
+    and the generation hit@k: one entry each, so the UI can plot them across materializations."""
+    out: dict[str, Any] = {}
+    for system, entry in report["recommendation"].items():
+        out[f"{system}/n"] = entry["n"]
+        for metric in RANKING_KEYS:
+            low, high = entry["ci"][metric]
+            if metric in entry["insufficient"]:
+                out[f"{system}/{metric}"] = f"insufficient (n = {entry['n']})"
+            else:
+                out[f"{system}/{metric}"] = entry[metric]
+                out[f"{system}/{metric}_ci"] = f"[{low:.3f}, {high:.3f}]" if low is not None else "—"
+    for baseline, diffs in report.get("comparisons", {}).get(HEADLINE_SPLIT, {}).items():
+        for metric in ("hit@5", "ndcg@10"):
+            d = diffs[metric]
+            out[f"model_beats/{baseline}/{metric}"] = "insufficient" if d["insufficient"] else bool(d["beats"])
+    for system, entry in report.get("generation", {}).items():
+        for key in ("hit@1", "hit@3"):
+            out[f"generation/{system}/{key}"] = entry.get(key)
+    if "seconds_per_1000" in report["recommendation"]["model"]:
+        out["eval_seconds_per_1000_candidates"] = round(report["recommendation"]["model"]["seconds_per_1000"], 3)
+    out["recommendation_cases"] = dg.MetadataValue.json(report.get("cases", {}))
+    return out
+
+
+def _ranking_extras(system: dict) -> dict:
+    """What report.json keeps of a system's ranking run besides the metrics: skips and the scoring cost."""
+    ranking = system["ranking"]
+    return {k: ranking[k] for k in ("skipped_by_reason", "seconds_per_1000") if k in ranking}
+
+
 def champion_metrics_of(results: dict) -> dict:
-    """Promotion metrics of a champion evaluated by the suite (its own eval_set is the candidate's data)."""
+    """Promotion metrics of a champion evaluated by the suite on the candidate's cases (its eval_set is theirs)."""
     return promotion_metrics(
-        {"splits": results["loss"]["splits"], "recommendation": {"model": hits(results["recommendation"])}}
+        {
+            "splits": results["systems"]["champion"]["loss"]["splits"],
+            "recommendation": {"model": results["recommendation"]["champion"]},
+        }
     )
 
 
@@ -108,18 +165,14 @@ def champion_measurer(
     """Evaluates a champion promoted during this eval on the same held-out data, so the gate compares models."""
 
     def measure(champion: ChampionRecord) -> dict | None:
-        from evaluation import evaluate_model
+        from evaluation.suite import evaluate_champion
 
         champion_dir = Path(champion.checkpoint)
         context.log.warning(f"champion changed to {champion.version} during this evaluation; evaluating it too")
         if not champion_dir.is_dir():
             context.log.warning(f"champion {champion.version} points at missing {champion_dir}; comparing without it")
             return None
-        matcher = TitleMatcher(inputs.catalog)
-        heldout = inputs.conversations.filter(pl.col("split").is_in(["validation", "test"]))
-        cases, _ = recommendation_prompts(heldout, matcher)
-        rows = heldout_rows(inputs.shard_dirs, inputs.conversations)
-        return champion_metrics_of(evaluate_model(champion_dir, rows, cases, matcher, settings))
+        return champion_metrics_of(evaluate_champion(inputs, settings, champion_dir))
 
     return measure
 
@@ -131,8 +184,9 @@ def champion_measurer(
     # A checkpoint materialized on its own (e.g. from the Launchpad) is evaluated and gated automatically.
     automation_condition=dg.AutomationCondition.eager(),
     description=(
-        "Held-out loss/perplexity (by split and kind), hit@1/hit@5 of generated recommendations vs the base model "
-        "and a popularity baseline, and the champion gate (artifacts/eval_report/<version>/)."
+        "Held-out loss/perplexity (by split and kind); ranking hit@1/5/10, NDCG@10 and MRR with n and bootstrap "
+        "intervals of the model, its base model, popularity and co-occurrence on the same held-out members and "
+        "candidates; hit@k of generated answers; the champion gate (artifacts/eval_report/<version>/)."
     ),
     check_specs=[
         dg.AssetCheckSpec(
@@ -159,14 +213,16 @@ def eval_report(
     inputs = suite_inputs(checkpoint, warehouse, champion_dir)
     settings = suite_settings(config)
     results = run_suite(inputs, settings)
-    model, base = results["model"], results["base_model"]
+    systems = results["systems"]
+    model, base = systems["model"], systems["base_model"]
     recommendation = {
-        "model": hits(model["recommendation"]),
-        "base_model": hits(base["recommendation"]),
-        "popularity": hits(results["popularity"]),
+        name: {**entry, **_ranking_extras(systems[name])}
+        for name, entry in results["recommendation"].items()
+        if name != "champion"
     }
+    generation = {name: systems[name]["generation"] for name in ("model", "base_model", "popularity")}
     candidate = promotion_metrics({"splits": model["loss"]["splits"], "recommendation": recommendation})
-    champion_metrics = champion_metrics_of(results["champion"]) if "champion" in results else None
+    champion_metrics = champion_metrics_of(results) if "champion" in systems else None
     summary = json.loads((checkpoint / "summary.json").read_text())
     eval_set = files_fingerprint([p / "manifest.json" for p in inputs.shard_dirs])
     leftovers = artifacts.clean_stale_temp_dirs("champion")  # promotions that died before their claim
@@ -193,6 +249,9 @@ def eval_report(
             checkpoint=str(checkpoint),
             splits=model["loss"]["splits"],
             recommendation=recommendation,
+            generation=generation,
+            comparisons=results["comparisons"],
+            cases=results["cases"],
             champion=outcome.champion.version if outcome.champion_metrics is not None and outcome.champion else None,
             promoted=decision.promoted,
             by_kind=model["loss"]["by_kind"],
@@ -200,14 +259,14 @@ def eval_report(
             champion_metrics=outcome.champion_metrics,
             base_model_splits=base["loss"]["splits"],
             eval_set=eval_set,
-            samples=len(model["recommendation"]["samples"]),
+            samples=len(model["generation"]["samples"]),
         )
         files = write_report(
             tmp,
             report,
             loss_curve=summary.get("loss_curve"),
             champion_report=outcome.champion_metrics,
-            samples=model["recommendation"]["samples"],
+            samples=model["generation"]["samples"],
         )
     out_dir = artifacts.version_path("eval_report", version)
     if decision.promoted:
@@ -225,7 +284,7 @@ def eval_report(
             "test_loss": test["loss"],
             "test_perplexity": test["perplexity"],
             "base_model_validation_loss": base["loss"]["splits"]["validation"]["loss"],
-            **{f"{system}/{k}": v for system, m in recommendation.items() for k, v in m.items()},
+            **recommendation_metadata(report),
             "champion": report["champion"] or "none",
             "promoted": decision.promoted,
             "champion_changed_during_eval": dg.MetadataValue.json(list(outcome.superseded_by)),

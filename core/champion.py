@@ -20,7 +20,8 @@ replaced, which is also the answer for registries written before claims existed.
 
 Promotion rule (``decide_promotion``): a candidate is promoted unless it is worse
 than the champion by more than a margin on validation loss (relative margin) or on
-the model's recommendation hit@5 (absolute margin). The first checkpoint is promoted.
+the model's ranking hit@5 on the validation cases (absolute margin); a hit@5 over too
+few cases is insufficient and not decided on. The first checkpoint is promoted.
 Both sides must be measured on the same held-out data for the comparison to mean
 anything; the records carry an ``eval_set`` fingerprint so a mismatch is reported.
 """
@@ -253,15 +254,23 @@ class Decision:
 
 
 def promotion_metrics(report: dict[str, Any]) -> dict[str, Any]:
-    """The numbers promotion compares, from an eval report (core.eval_report contract)."""
+    """The numbers promotion compares, from an eval report (core.eval_report contract).
+
+    Recommendation numbers are the model's ranking metrics on the validation split (test stays untouched by
+    model selection). A metric over too few cases is None with ``<metric>_insufficient`` set, and the gate
+    then does not decide on it.
+    """
     splits = report.get("splits", {})
     model = report.get("recommendation", {}).get("model", {})
+    validation = model.get("by_split", {}).get("validation", model)
+    insufficient = set(validation.get("insufficient", ()))
     return {
         LOSS_KEY: splits.get("validation", {}).get("loss"),
         "test_loss": splits.get("test", {}).get("loss"),
-        "hit@1": model.get("hit@1"),
-        HIT_KEY: model.get("hit@5"),
-        "hit_n": model.get("n"),
+        "hit@1": validation.get("hit@1"),
+        HIT_KEY: validation.get(HIT_KEY),
+        f"{HIT_KEY}_insufficient": HIT_KEY in insufficient,
+        "hit_n": validation.get("n"),
         "eval_set": report.get("eval_set"),
     }
 
@@ -314,7 +323,13 @@ def decide_promotion(
             )
         else:
             reasons.append(f"{LOSS_KEY} {c_loss:.4f} vs champion {ch_loss:.4f} ({rel:+.1%}, margin {loss_margin:.1%})")
-    if ch_hit is None:
+    short = [who for who, m in (("candidate", candidate), ("champion", champion)) if m.get(f"{HIT_KEY}_insufficient")]
+    if short:
+        reasons.append(
+            f"{HIT_KEY} not compared: too few held-out validation cases for the {' and '.join(short)} "
+            f"(n = {candidate.get('hit_n')}); the decision rests on {LOSS_KEY}"
+        )
+    elif ch_hit is None:
         reasons.append(f"champion has no {HIT_KEY}; hit rate not compared")
     elif c_hit is None:
         promoted = False

@@ -2,10 +2,12 @@
 
 ``report.json`` follows DESIGN.md's contract exactly (``checkpoint``;
 ``splits.<split>.loss|perplexity|loss_tokens`` for validation and test;
-``recommendation.<system>.hit@1|hit@5`` for model, base_model and popularity;
-``champion``; ``promoted``). Extra keys (per-kind losses, decision, deltas, counts)
-are added next to them, never in their place; ``validate_report_json`` checks the
-contract and is what tests and the asset check call.
+``recommendation.<system>`` for model, base_model, popularity and cooccurrence, each with
+``n`` and hit@1/5/10, NDCG@10 and MRR of ranking the same candidates, ``ci`` intervals beside
+them and ``insufficient`` listing a metric over too few cases, whose value is null, never 0.0;
+``champion``; ``promoted``). Extra keys (per-split numbers, paired comparisons, generation
+hit@k, per-kind losses, decision, deltas, counts) are added next to them, never in their place;
+``validate_report_json`` checks the contract and is what tests and the asset check call.
 
 Plots use matplotlib's object API with the Agg canvas (no pyplot, no global
 backend switch), so rendering is safe in a Dagster worker or a test process.
@@ -23,9 +25,10 @@ from typing import Any
 from core.champion import Decision, promotion_metrics
 
 CONTRACT_SPLITS = ("validation", "test")
-CONTRACT_SYSTEMS = ("model", "base_model", "popularity")
+CONTRACT_SYSTEMS = ("model", "base_model", "popularity", "cooccurrence")
 SPLIT_KEYS = ("loss", "perplexity", "loss_tokens")
-HIT_KEYS = ("hit@1", "hit@5")
+RANKING_KEYS = ("hit@1", "hit@5", "hit@10", "ndcg@10", "mrr")
+HIT_KEYS = ("hit@1", "hit@5")  # what the plots and the champion comparison show
 # Why a held-out row or case was left out of a metric (the ``evaluation`` package's skips): each comes with a detail
 # and is counted per code in the result's ``skipped_by_reason``, which report.json keeps (_SYSTEM_KEYS).
 EVAL_SKIP_REASONS: dict[str, str] = {
@@ -35,11 +38,14 @@ EVAL_SKIP_REASONS: dict[str, str] = {
     "tokenized for another model",
     "no_assistant_turn": "the recommendation conversation has no assistant turn, so there is no target",
     "no_target_title": "the first assistant turn names no title that matches the catalog",
+    "too_little_history": "the held-out member has fewer than two positive watches of catalog titles over the "
+    "evaluated days, so there is no history and target to build a recommendation case from",
     "prompt_error": "the chat template could not render the prompt (core.masking.MaskError)",
     "prompt_too_long": "the prompt plus max_new_tokens exceeds the model's max_position_embeddings",
 }
-# Per-system keys copied into report.json; bulky lists (samples, per-case results) stay out.
-_SYSTEM_KEYS = ("hit@1", "hit@5", "n", "by_split", "no_title_outputs", "mean_titles", "skipped_by_reason")
+# Per-system keys copied into report.json; bulky lists (ranks, samples, per-case results) stay out.
+_SYSTEM_KEYS = (*RANKING_KEYS, "n", "ci", "insufficient", "by_split", "skipped_by_reason", "seconds_per_1000")
+_GENERATION_KEYS = ("hit@1", "hit@3", "n", "by_split", "no_title_outputs", "mean_titles", "skipped_by_reason")
 _SPLIT_EXTRA = ("conversations",)
 
 
@@ -58,6 +64,9 @@ def build_report_json(
     decision: Decision | None = None,
     champion_metrics: dict[str, Any] | None = None,
     base_model_splits: dict[str, dict[str, Any]] | None = None,
+    generation: dict[str, dict[str, Any]] | None = None,
+    comparisons: dict[str, Any] | None = None,
+    cases: dict[str, Any] | None = None,
     eval_set: str | None = None,
     samples: int = 0,
     extra: dict[str, Any] | None = None,
@@ -65,9 +74,10 @@ def build_report_json(
     """The report.json object: contract keys first, then extras.
 
     ``splits`` and ``by_kind`` are ``evaluation.evaluate_loss_by``'s; each
-    ``recommendation[system]`` is an ``evaluate_recommendations`` / ``evaluate_popularity``
-    result (only scalar summaries are kept). Raises ValueError when a contract split or
-    system is missing, naming it.
+    ``recommendation[system]`` is a ranking summary of ``evaluation.run_suite`` (metrics, n,
+    ci, insufficient, by_split); ``generation[system]`` an ``evaluate_recommendations`` /
+    ``evaluate_popularity`` result (only scalar summaries are kept). Raises ValueError when a
+    contract split or system is missing, naming it.
     """
     missing_splits = [s for s in CONTRACT_SPLITS if s not in splits]
     missing_systems = [s for s in CONTRACT_SYSTEMS if s not in recommendation]
@@ -85,7 +95,7 @@ def build_report_json(
         "checkpoint": str(checkpoint),
         "splits": {name: split_entry(values) for name, values in splits.items()},
         "recommendation": {
-            name: {k: values.get(k) for k in _SYSTEM_KEYS if k in values or k in HIT_KEYS}
+            name: {k: values.get(k) for k in _SYSTEM_KEYS if k in values or k in RANKING_KEYS}
             for name, values in recommendation.items()
         },
         "champion": champion,
@@ -100,6 +110,14 @@ def build_report_json(
         report["champion_metrics"] = dict(champion_metrics)
     if base_model_splits is not None:
         report["base_model_splits"] = {name: split_entry(v) for name, v in base_model_splits.items()}
+    if generation is not None:
+        report["generation"] = {
+            name: {k: values[k] for k in _GENERATION_KEYS if k in values} for name, values in generation.items()
+        }
+    if comparisons is not None:
+        report["comparisons"] = comparisons
+    if cases is not None:
+        report["cases"] = cases
     if eval_set is not None:
         report["eval_set"] = eval_set
     report["samples"] = int(samples)
@@ -108,6 +126,34 @@ def build_report_json(
             raise ValueError(f"extra key {key!r} would replace a report key; rename it")
         report[key] = value
     return report
+
+
+def _ranking_problems(where: str, entry: dict[str, Any]) -> list[str]:
+    """A system's ranking numbers: n, each metric a number in [0, 1] or null exactly when insufficient, hit@k
+    rising with k."""
+    problems: list[str] = []
+    n = entry.get("n")
+    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+        problems.append(f"{where}.n: must be an integer >= 0, got {n!r}")
+    insufficient = entry.get("insufficient", [])
+    if not isinstance(insufficient, list):
+        return [*problems, f"{where}.insufficient: must be a list of metric names"]
+    for key in RANKING_KEYS:
+        if key not in entry:
+            problems.append(f"{where}.{key}: missing")
+            continue
+        value = entry[key]
+        if value is None:
+            if key not in insufficient:
+                problems.append(f"{where}.{key}: null but not marked insufficient (n = {n})")
+        elif key in insufficient:
+            problems.append(f"{where}.{key}: {value!r} although marked insufficient; an insufficient metric is null")
+        elif not _finite(value) or not 0.0 <= value <= 1.0:
+            problems.append(f"{where}.{key}: must be a number in [0, 1], got {value!r}")
+    hits = [entry.get(k) for k in ("hit@1", "hit@5", "hit@10")]
+    if all(_finite(h) for h in hits) and not hits[0] <= hits[1] + 1e-12 <= hits[2] + 2e-12:
+        problems.append(f"{where}: hit@1, hit@5, hit@10 = {hits} do not rise with k")
+    return problems
 
 
 def validate_report_json(obj: Any) -> list[str]:
@@ -157,19 +203,7 @@ def validate_report_json(obj: Any) -> list[str]:
         if not isinstance(entry, dict):
             problems.append(f"recommendation.{system}: missing")
             continue
-        for key in HIT_KEYS:
-            if key not in entry:
-                problems.append(f"recommendation.{system}.{key}: missing")
-                continue
-            value = entry[key]
-            if value is None:
-                if entry.get("n"):
-                    problems.append(f"recommendation.{system}.{key}: null although n = {entry.get('n')}")
-            elif not _finite(value) or not 0.0 <= value <= 1.0:
-                problems.append(f"recommendation.{system}.{key}: must be a number in [0, 1], got {value!r}")
-        h1, h5 = entry.get("hit@1"), entry.get("hit@5")
-        if _finite(h1) and _finite(h5) and h1 > h5 + 1e-12:
-            problems.append(f"recommendation.{system}: hit@1 {h1} > hit@5 {h5}")
+        problems += _ranking_problems(f"recommendation.{system}", entry)
     if "champion" not in obj:
         problems.append("champion: missing (a version string or null)")
     elif obj["champion"] is not None and (not isinstance(obj["champion"], str) or not obj["champion"]):
@@ -224,6 +258,83 @@ def _champion_numbers(champion_report: dict[str, Any] | None, report: dict[str, 
     return promotion_metrics(source) if "splits" in source else dict(source)
 
 
+def _estimate_cell(entry: dict[str, Any], key: str) -> str:
+    if key in entry.get("insufficient", []):
+        return "insufficient"
+    low, high = (entry.get("ci") or {}).get(key, [None, None])
+    interval = f" [{low:.3f}, {high:.3f}]" if _finite(low) and _finite(high) else ""
+    return f"{_fmt(entry.get(key), 3)}{interval}"
+
+
+def _verdict(difference: dict[str, Any]) -> str:
+    if difference.get("insufficient"):
+        return "insufficient"
+    low, high = difference.get("ci", [None, None])
+    value = f"{difference.get('difference'):+.3f} [{low:+.3f}, {high:+.3f}]" if _finite(low) else "—"
+    if difference.get("beats"):
+        return f"{value} **beats**"
+    return f"{value} worse" if _finite(high) and high < 0 else f"{value} no clear difference"
+
+
+def _ranking_markdown(report: dict[str, Any]) -> list[str]:
+    """Ranking metrics per split with intervals, then the model's paired differences with each baseline."""
+    lines = ["", "## Recommendation: ranking the next title watched", ""]
+    cases = report.get("cases") or {}
+    if cases:
+        cand = cases.get("candidates", {})
+        which = (
+            "the whole catalog"
+            if cand.get("whole_catalog")
+            else f"the target and {cand.get('size', 0) - 1} negatives drawn by {cand.get('negatives')} (the same "
+            "for every system)"
+        )
+        lines.append(
+            f"{_fmt(cases.get('n'))} held-out cases ({cases.get('construction', '')}); each system ranks {which} "
+            f"out of {_fmt(cand.get('catalog_titles'))} titles. Intervals: 95% bootstrap over cases; a metric over "
+            f"fewer than {cases.get('min_cases')} cases is insufficient. Skipped members: "
+            f"{cases.get('skipped_by_reason') or 'none'}."
+        )
+    metrics = ("hit@1", "hit@5", "hit@10", "ndcg@10", "mrr")
+    splits = sorted({s for e in report["recommendation"].values() for s in e.get("by_split", {})}, reverse=True)
+    for split in splits:
+        lines += ["", f"### {split}", "", "| system | " + " | ".join(metrics) + " | n |"]
+        lines.append("|---|" + "---:|" * (len(metrics) + 1))
+        for name, entry in report["recommendation"].items():
+            e = entry.get("by_split", {}).get(split)
+            if e is None:
+                continue
+            cells = " | ".join(_estimate_cell(e, k) for k in metrics)
+            lines.append(f"| {_cell(name)} | {cells} | {_fmt(e.get('n'))} |")
+    comparisons = report.get("comparisons") or {}
+    if comparisons:
+        lines += ["", "### Model minus baseline, paired over the same cases (95% interval)", ""]
+        lines += ["| split | baseline | hit@5 | ndcg@10 | mrr |", "|---|---|---|---|---|"]
+        for split, by_baseline in sorted(comparisons.items(), reverse=True):
+            for baseline, diff in by_baseline.items():
+                cells = " | ".join(_verdict(diff.get(k, {})) for k in ("hit@5", "ndcg@10", "mrr"))
+                lines.append(f"| {_cell(split)} | {_cell(baseline)} | {cells} |")
+    return lines
+
+
+def _generation_markdown(report: dict[str, Any]) -> list[str]:
+    generation = report.get("generation") or {}
+    if not generation:
+        return []
+    lines = ["", "## Recommendation: titles named in generated answers", ""]
+    lines += ["| system | hit@1 | hit@3 | cases | mean titles named |", "|---|---:|---:|---:|---:|"]
+    for name, entry in generation.items():
+        lines.append(
+            f"| {_cell(name)} | {_fmt(entry.get('hit@1'), 3)} | {_fmt(entry.get('hit@3'), 3)} | "
+            f"{_fmt(entry.get('n'))} | {_fmt(entry.get('mean_titles'), 2)} |"
+        )
+    lines += [
+        "",
+        "The model and base model answer each prompt greedily; the titles they name are matched to the catalog, and "
+        "k goes no higher than the titles an answer names. Popularity names the most watched titles not yet seen.",
+    ]
+    return lines
+
+
 def render_markdown(
     report: dict[str, Any],
     *,
@@ -263,18 +374,8 @@ def render_markdown(
                     f"{_fmt(entry.get('perplexity'), 2)} | {_fmt(entry.get('loss_tokens'))} | "
                     f"{_fmt(entry.get('conversations'))} |"
                 )
-    lines += ["", "## Recommendation: next title watched (hit@k)", ""]
-    lines += ["| system | hit@1 | hit@5 | cases |", "|---|---:|---:|---:|"]
-    for name, entry in report["recommendation"].items():
-        lines.append(
-            f"| {_cell(name)} | {_fmt(entry.get('hit@1'), 3)} | {_fmt(entry.get('hit@5'), 3)} | "
-            f"{_fmt(entry.get('n'))} |"
-        )
-    lines += [
-        "",
-        "The model and base model answer each held-out recommendation prompt greedily; the titles they name are "
-        "matched to the catalog. Popularity recommends the most watched titles the member has not seen.",
-    ]
+    lines += _ranking_markdown(report)
+    lines += _generation_markdown(report)
     lines += ["", "## Versus champion", ""]
     champ = _champion_numbers(champion_report, report)
     cand = promotion_metrics(report)
@@ -284,7 +385,8 @@ def render_markdown(
         lines += ["| metric | candidate | champion | delta |", "|---|---:|---:|---:|"]
         for key, digits in (("validation_loss", 4), ("test_loss", 4), ("hit@1", 3), ("hit@5", 3)):
             a, b = cand.get(key), champ.get(key)
-            lines.append(f"| {key} | {_fmt(a, digits)} | {_fmt(b, digits)} | {_delta(a, b, digits)} |")
+            label = f"{key} (validation ranking)" if key.startswith("hit@") else key
+            lines.append(f"| {label} | {_fmt(a, digits)} | {_fmt(b, digits)} | {_delta(a, b, digits)} |")
     decision = report.get("decision")
     lines += ["", f"**Decision: {'promoted' if report['promoted'] else 'not promoted'}.**"]
     if decision:
@@ -341,9 +443,10 @@ def plot_loss_curve(path: Path, loss_curve: Sequence[dict[str, Any]]) -> Path:
 
 
 def plot_metrics(path: Path, report: dict[str, Any], champion: dict[str, Any] | None) -> Path:
-    """Bars: validation loss, hit@1, hit@5 of the candidate vs the champion vs the baselines."""
+    """Bars: validation loss, and ranking hit@1 and hit@5 on the validation cases, of the candidate vs the
+    champion vs the baselines."""
     cand = promotion_metrics(report)
-    rec = report["recommendation"]
+    rec = {name: e.get("by_split", {}).get("validation", e) for name, e in report["recommendation"].items()}
     base_loss = (report.get("base_model_splits") or {}).get("validation", {}).get("loss")
     panels = [
         (
@@ -364,10 +467,17 @@ def plot_metrics(path: Path, report: dict[str, Any], champion: dict[str, Any] | 
                     ("champion", (champion or {}).get(key)),
                     ("base model", rec["base_model"].get(key)),
                     ("popularity", rec["popularity"].get(key)),
+                    ("co-occurrence", rec.get("cooccurrence", {}).get(key)),
                 ],
             )
         )
-    colors = {"candidate": "tab:blue", "champion": "tab:green", "base model": "tab:gray", "popularity": "tab:orange"}
+    colors = {
+        "candidate": "tab:blue",
+        "champion": "tab:green",
+        "base model": "tab:gray",
+        "popularity": "tab:orange",
+        "co-occurrence": "tab:purple",
+    }
     fig = _figure(11, 3.8)
     for k, (title, bars) in enumerate(panels, 1):
         ax = fig.add_subplot(1, len(panels), k)

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from core.masking import encode_conversation, encode_prompt
+from evaluation.generation import end_of_turn_ids
 from evaluation.models import model_device
 
 
@@ -37,6 +38,40 @@ def answer_tokens(
     return [tid for tid, m in zip(encoded.input_ids[n:], encoded.loss_mask[n:], strict=True) if m]
 
 
+def candidate_suffixes(
+    tokenizer: Any,
+    prompt_messages: Sequence[Mapping[str, str]],
+    answers: Sequence[str],
+    *,
+    answer_lead: str = "",
+    drop_ids: Sequence[int] = (),
+) -> tuple[list[int], list[list[int]]]:
+    """The shared context (served prompt and the tokens all answers start with) and each answer's own tokens.
+
+    With an ``answer_lead`` each answer is ``answer_lead + answer`` and the end-of-turn tokens (``drop_ids``) are
+    left off: the candidate is scored as the first item of a longer answer, where training put it, not as the
+    whole reply. Tokens every answer then shares (the lead) are moved into the context (at least one token stays
+    per answer), so they run once and a candidate's score is the log-probability of what distinguishes it given
+    the lead: comparable within one call only. Without a lead each whole answer is scored.
+    """
+    prompt_ids = encode_prompt(tokenizer, [dict(m) for m in prompt_messages])
+    drop = set(drop_ids)
+    full = []
+    for answer in answers:
+        tokens = answer_tokens(tokenizer, prompt_messages, answer_lead + answer, prompt_ids)
+        while answer_lead and tokens and tokens[-1] in drop:
+            tokens.pop()
+        if not tokens:
+            raise ValueError(f"answer {answer!r} has no tokens to score after the served prompt")
+        full.append(tokens)
+    shared = min(len(t) for t in full) - 1 if answer_lead else 0
+    for k in range(shared):
+        if any(t[k] != full[0][k] for t in full[1:]):
+            shared = k
+            break
+    return list(prompt_ids) + full[0][:shared], [t[shared:] for t in full]
+
+
 @torch.no_grad()
 def score_candidates(
     model: Any,
@@ -45,21 +80,28 @@ def score_candidates(
     answers: Sequence[str],
     *,
     batch_size: int = 64,
+    answer_lead: str = "",
 ) -> list[float]:
-    """Log-likelihood of each answer as the assistant's reply to `prompt_messages` (higher is likelier)."""
+    """Log-likelihood of each answer as the assistant's reply to `prompt_messages` (higher is likelier).
+
+    With ``answer_lead``, of each answer as the start of a reply that begins with the lead (see
+    candidate_suffixes); the scores then rank the answers against each other.
+    """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if not answers:
         return []
     device = model_device(model)
-    prompt_ids = encode_prompt(tokenizer, [dict(m) for m in prompt_messages])
-    completions = [answer_tokens(tokenizer, prompt_messages, a, prompt_ids) for a in answers]
-    prompt = torch.tensor([prompt_ids], device=device)
+    drop = end_of_turn_ids(tokenizer) if answer_lead else ()
+    context, completions = candidate_suffixes(
+        tokenizer, prompt_messages, answers, answer_lead=answer_lead, drop_ids=drop
+    )
+    prompt = torch.tensor([context], device=device)
     out = model(input_ids=prompt, use_cache=True)
     first_logprobs = torch.log_softmax(out.logits[0, -1].float(), dim=-1)  # predicts each answer's first token
     cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
     cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-    start = len(prompt_ids)
+    start = len(context)
     scores: list[float] = []
     for at in range(0, len(completions), batch_size):
         batch = completions[at : at + batch_size]

@@ -26,6 +26,15 @@ class CoOccurrence:
     neighbours: dict[str, dict[str, float]]
     popularity: tuple[str, ...]
 
+    def similarity(self, history: Sequence[str], candidates: Sequence[str]) -> list[float]:
+        """Each candidate's summed similarity to the titles of `history` (0.0 for one nobody co-watched)."""
+        totals = dict.fromkeys(candidates, 0.0)
+        for title in history:
+            for other, similarity in self.neighbours.get(title, {}).items():
+                if other in totals:
+                    totals[other] += similarity
+        return [totals[c] for c in candidates]
+
     def recommend(self, history: Sequence[str], k: int, exclude: Iterable[str] = ()) -> list[str]:
         """The `k` titles most similar to `history` (summed), then the most popular, none of `exclude`."""
         if k < 1:

@@ -79,7 +79,8 @@ class TitleMatcher:
             if title_id is None or title is None or title_id in self._display:
                 continue
             year = int(year) if year is not None else None
-            self._display[title_id] = f"{title} ({year})" if year is not None else title
+            shown = " ".join(title.split())  # as the conversation builder writes it
+            self._display[title_id] = f"{shown} ({year})" if year is not None else shown
             full = _title_words(title)
             key = tuple(w for w in full if w not in _ARTICLES)
             if not key:
@@ -90,6 +91,11 @@ class TitleMatcher:
 
     def __len__(self) -> int:
         return len(self._display)
+
+    @property
+    def title_ids(self) -> tuple[str, ...]:
+        """Every catalog title id, in catalog order."""
+        return tuple(self._display)
 
     def display(self, title_id: str) -> str:
         """``Title (Year)`` as the catalog has it (the id itself when unknown)."""

@@ -27,13 +27,15 @@ catalog), ``templating`` (per-row choices, templates, message lists, ids), ``ans
 
 from core.conversation_builder.build import build_conversations
 from core.conversation_builder.config import CANDIDATE_SCHEMA, DEFAULT_SYSTEM_PROMPT, BuilderConfig
-from core.conversation_builder.recommendation import RECS_PER_ANSWER
+from core.conversation_builder.recommendation import ANSWER_LEADS, RECS_PER_ANSWER, REQUESTS
 from core.signals import WATCH_EVENTS
 
 __all__ = [
+    "ANSWER_LEADS",
     "CANDIDATE_SCHEMA",
     "DEFAULT_SYSTEM_PROMPT",
     "RECS_PER_ANSWER",
+    "REQUESTS",
     "WATCH_EVENTS",
     "BuilderConfig",
     "build_conversations",

@@ -29,6 +29,18 @@ from core.signals import WATCH_EVENTS
 _NO_GENRE = "\x00no-genre"  # index key for titles without genres: overall popularity
 RECS_PER_ANSWER = 3  # titles named in one recommendation answer
 _MAX_LATER = 5  # later plays considered for follow-up recommendations
+# The member's request ({h}: their recent titles) and the lead line of the answer. Evaluation serves the first
+# request and scores candidates after the first lead (evaluation/heldout_cases.py), so these are shared.
+REQUESTS = (
+    "I just watched {h}. What should I watch next?",
+    "Here's what I've watched today: {h}. Can you recommend something?",
+    "My recent views: {h}. Any suggestions for what to watch next?",
+)
+ANSWER_LEADS = (
+    "Based on what you've watched, here's what I'd suggest:",
+    "You might enjoy these next:",
+    "Here are a few picks for you:",
+)
 
 
 def recommendations(cat: Catalog, inter: pl.DataFrame, day: date, cfg: BuilderConfig) -> pl.DataFrame:
@@ -78,26 +90,8 @@ def recommendations(cat: Catalog, inter: pl.DataFrame, day: date, cfg: BuilderCo
     has_more = pl.col("recs").list.len() > RECS_PER_ANSWER
 
     ht = pl.col("hist_text")
-    user1 = pick(
-        bits(h, 8, 3),
-        [
-            fmt("I just watched {h}. What should I watch next?", h=ht),
-            fmt("Here's what I've watched today: {h}. Can you recommend something?", h=ht),
-            fmt("My recent views: {h}. Any suggestions for what to watch next?", h=ht),
-        ],
-    )
-    asst1 = (
-        pick(
-            bits(h, 10, 3),
-            [
-                "Based on what you've watched, here's what I'd suggest:",
-                "You might enjoy these next:",
-                "Here are a few picks for you:",
-            ],
-        )
-        + pl.lit("\n")
-        + first
-    )
+    user1 = pick(bits(h, 8, len(REQUESTS)), [fmt(t, h=ht) for t in REQUESTS])
+    asst1 = pick(bits(h, 10, len(ANSWER_LEADS)), list(ANSWER_LEADS)) + pl.lit("\n") + first
     user2 = pick(
         bits(h, 12, 3),
         [

@@ -100,7 +100,11 @@ def test_train_evaluate_promote_then_block_a_regression(platform) -> None:
     assert validate_report_json(report) == []
     assert report["promoted"] is True and report["champion"] is None
     assert report["splits"]["validation"]["loss"] < report_meta["base_model_validation_loss"]
-    assert {"model", "base_model", "popularity"} <= set(report["recommendation"])
+    assert set(report["recommendation"]) == {"model", "base_model", "popularity", "cooccurrence"}
+    # Every system ranked the same held-out cases; the headline numbers are the test split's.
+    assert report["cases"]["n"] > 0
+    assert {e["n"] for e in report["recommendation"].values()} == {report["cases"]["by_split"]["test"]}
+    assert set(report["generation"]) == {"model", "base_model", "popularity"}
     for name in ("report.md", "loss_curve.png", "metrics_vs_champion.png"):
         assert (Path(report_meta["path"]) / name).is_file()
     assert _checks(first)["no_regression_vs_champion"] is True

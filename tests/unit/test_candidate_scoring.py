@@ -46,3 +46,29 @@ def test_answer_tokens_are_the_answer_and_its_end_of_turn(tokenizer: Any) -> Non
 def test_ranking_is_by_score_with_ties_in_the_given_order() -> None:
     assert rank_candidates([-3.0, -1.0, -1.0, -9.0], ["a", "b", "c", "d"]) == ["b", "c", "a", "d"]
     assert score_candidates(None, None, PROMPT, []) == []
+
+
+LEAD = "Here are a few picks for you:\n1. "
+
+
+@torch.no_grad()
+def _as_first_item(model: Any, tokenizer: Any, answer: str) -> float:
+    """log p(lead + answer) from one plain forward pass, end-of-turn left out."""
+    from evaluation.generation import end_of_turn_ids
+
+    prompt_ids = encode_prompt(tokenizer, PROMPT)
+    tokens = answer_tokens(tokenizer, PROMPT, LEAD + answer, prompt_ids)
+    while tokens[-1] in end_of_turn_ids(tokenizer):
+        tokens.pop()
+    logprobs = torch.log_softmax(model(input_ids=torch.tensor([prompt_ids + tokens])).logits[0].float(), dim=-1)
+    n = len(prompt_ids)
+    return sum(float(logprobs[n + i - 1, t]) for i, t in enumerate(tokens))
+
+
+def test_scores_after_a_lead_rank_like_the_whole_first_item(model: Any, tokenizer: Any) -> None:
+    """With a lead, scores leave out what every answer shares; differences between answers are exact."""
+    answers = ["The Silent Harbor (1995)", "Drama 3", "The Silent Harbor (1990)"]
+    scores = score_candidates(model, tokenizer, PROMPT, answers, batch_size=2, answer_lead=LEAD)
+    full = [_as_first_item(model, tokenizer, a) for a in answers]
+    assert [s - scores[0] for s in scores] == pytest.approx([f - full[0] for f in full], abs=1e-4)
+    assert all(s > f for s, f in zip(scores, full, strict=True))  # the shared lead's cost is left out

@@ -136,9 +136,12 @@ def test_newest_by_promotion_time_not_by_name(tmp_path: Path) -> None:
 
 
 def test_promotion_metrics_come_from_the_report_contract() -> None:
+    # The gate reads the validation split's ranking metrics; the top level (test) is not model selection's.
+    validation = {"hit@1": 0.2, "hit@5": 0.4, "n": 50, "insufficient": []}
+    test = {"hit@1": 0.9, "hit@5": 0.9, "n": 60, "insufficient": []}
     report = {
         "splits": {"validation": {"loss": 1.5}, "test": {"loss": 1.6}},
-        "recommendation": {"model": {"hit@1": 0.2, "hit@5": 0.4, "n": 50}},
+        "recommendation": {"model": {**test, "by_split": {"validation": validation, "test": test}}},
         "eval_set": "abc",
     }
     metrics = promotion_metrics(report)
@@ -147,12 +150,27 @@ def test_promotion_metrics_come_from_the_report_contract() -> None:
         "test_loss": 1.6,
         "hit@1": 0.2,
         "hit@5": 0.4,
+        "hit@5_insufficient": False,
         "hit_n": 50,
         "eval_set": "abc",
     }
     other = {**metrics, "eval_set": "xyz"}
     decision = decide_promotion(metrics, other)
     assert decision.promoted and any("different held-out data" in r for r in decision.reasons)
+
+
+def test_an_insufficient_hit_rate_is_not_decided_on() -> None:
+    """Too few validation cases: hit@5 is None and marked insufficient; the gate decides on the loss alone."""
+    champion = {"validation_loss": 1.5, "hit@5": 0.6, "hit@5_insufficient": False, "hit_n": 200}
+    candidate = {"validation_loss": 1.49, "hit@5": None, "hit@5_insufficient": True, "hit_n": 4}
+    decision = decide_promotion(candidate, champion)
+    assert decision.promoted
+    assert any("hit@5 not compared: too few held-out validation cases for the candidate" in r for r in decision.reasons)
+    # Missing (not insufficient) is still a refusal: the candidate was not measured at all.
+    assert not decide_promotion({**candidate, "hit@5_insufficient": False}, champion).promoted
+    # An insufficient champion cannot block a candidate either.
+    flipped = decide_promotion({**champion, "validation_loss": 1.49}, {**candidate, "validation_loss": 1.5})
+    assert flipped.promoted and any("for the champion" in r for r in flipped.reasons)
 
 
 # --------------------------------------------------------------------------------------

@@ -54,3 +54,9 @@ def test_bad_input_names_the_missing_columns() -> None:
         build_cooccurrence(pl.DataFrame({"title_id": ["A"]}))
     with pytest.raises(ValueError, match="k must be"):
         build_cooccurrence(EVENTS).recommend(["A"], k=0)
+
+
+def test_candidate_similarity_sums_over_history_and_is_zero_for_strangers() -> None:
+    model = build_cooccurrence(EVENTS)
+    got = model.similarity(["A", "C"], ["B", "D", "E"])
+    assert got == pytest.approx([2 / math.sqrt(6), 1 / math.sqrt(2), 0.0])

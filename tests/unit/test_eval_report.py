@@ -30,10 +30,32 @@ BY_KIND = {
     "validation": {"recommendation": _split(1.1, 3000), "title_qa": _split(1.4362, 2000)},
     "test": {"recommendation": _split(1.2, 2800), "title_qa": _split(1.55, 2000)},
 }
+RANKING = ("hit@1", "hit@5", "hit@10", "ndcg@10", "mrr")
+
+
+def _system(values: tuple[float, ...], n: int = 40, **extra: Any) -> dict[str, Any]:
+    """A system's ranking summary as run_suite gives it: the same numbers on both splits."""
+    entry = {**dict(zip(RANKING, values, strict=True)), "n": n, "insufficient": []}
+    entry["ci"] = {k: [max(0.0, v - 0.05), min(1.0, v + 0.05)] for k, v in zip(RANKING, values, strict=True)}
+    return {**entry, "by_split": {"validation": dict(entry), "test": dict(entry)}, **extra}
+
+
 RECOMMENDATION = {
-    "model": {"hit@1": 0.125, "hit@5": 0.375, "n": 40, "samples": [{"x": 1}], "per_case": [1, 2]},
-    "base_model": {"hit@1": 0.0, "hit@5": 0.025, "n": 40},
-    "popularity": {"hit@1": 0.05, "hit@5": 0.2, "n": 40},
+    "model": _system((0.125, 0.375, 0.5, 0.3, 0.25), ranks=[1, 2, 3]),
+    "base_model": _system((0.0, 0.025, 0.05, 0.02, 0.03)),
+    "popularity": _system((0.05, 0.2, 0.3, 0.15, 0.12)),
+    "cooccurrence": _system((0.075, 0.25, 0.35, 0.18, 0.14)),
+}
+COMPARISONS = {
+    split: {
+        "popularity": {
+            k: {"difference": 0.1, "ci": [0.02, 0.18], "beats": True, "insufficient": False} for k in RANKING
+        },
+        "cooccurrence": {
+            k: {"difference": 0.05, "ci": [-0.03, 0.12], "beats": False, "insufficient": False} for k in RANKING
+        },
+    }
+    for split in ("validation", "test")
 }
 SAMPLES = [
     {
@@ -61,6 +83,7 @@ def _report(champion: dict[str, Any] | None = None, **kwargs: Any) -> dict[str, 
         decision=decision,
         champion_metrics=champion,
         samples=len(SAMPLES),
+        comparisons=COMPARISONS,
         **kwargs,
     )
 
@@ -72,13 +95,16 @@ def test_report_json_follows_the_contract() -> None:
     assert report["splits"]["validation"]["loss"] == 1.2345
     assert report["splits"]["test"]["perplexity"] == pytest.approx(math.exp(1.3456))
     assert report["splits"]["validation"]["loss_tokens"] == 5000
-    assert {s: (v["hit@1"], v["hit@5"]) for s, v in report["recommendation"].items()} == {
-        "model": (0.125, 0.375),
-        "base_model": (0.0, 0.025),
-        "popularity": (0.05, 0.2),
+    assert {s: (v["hit@1"], v["hit@5"], v["ndcg@10"]) for s, v in report["recommendation"].items()} == {
+        "model": (0.125, 0.375, 0.3),
+        "base_model": (0.0, 0.025, 0.02),
+        "popularity": (0.05, 0.2, 0.15),
+        "cooccurrence": (0.075, 0.25, 0.18),
     }
+    assert report["recommendation"]["model"]["ci"]["hit@5"] == [0.325, 0.425]
+    assert report["recommendation"]["model"]["n"] == 40
     assert report["champion"] is None and report["promoted"] is True
-    assert "samples" not in report["recommendation"]["model"]  # bulky lists stay out of report.json
+    assert "ranks" not in report["recommendation"]["model"]  # bulky lists stay out of report.json
     assert report["by_kind"]["validation"]["title_qa"]["loss"] == 1.4362
     json.dumps(report, allow_nan=False)
 
@@ -92,7 +118,12 @@ def test_validation_names_each_contract_break() -> None:
         "splits.validation.loss_tokens": lambda r: r["splits"]["validation"].update(loss_tokens=-1),
         "recommendation.popularity: missing": lambda r: r["recommendation"].pop("popularity"),
         "recommendation.model.hit@5": lambda r: r["recommendation"]["model"].update({"hit@5": 1.5}),
-        "hit@1 0.5 > hit@5": lambda r: r["recommendation"]["base_model"].update({"hit@1": 0.5}),
+        "do not rise with k": lambda r: r["recommendation"]["base_model"].update({"hit@1": 0.5}),
+        "recommendation.cooccurrence: missing": lambda r: r["recommendation"].pop("cooccurrence"),
+        "recommendation.model.mrr: null but not marked insufficient": lambda r: r["recommendation"]["model"].update(
+            {"mrr": None}
+        ),
+        "although marked insufficient": lambda r: r["recommendation"]["model"].update({"insufficient": ["hit@1"]}),
         "promoted": lambda r: r.update(promoted="yes"),
         "champion: missing": lambda r: r.pop("champion"),
         "strict JSON": lambda r: r.update(extra_value=float("nan")),
@@ -105,15 +136,18 @@ def test_validation_names_each_contract_break() -> None:
     assert validate_report_json([]) == ["report must be a JSON object, got list"]
 
 
-def test_empty_split_and_no_cases_are_valid_as_nulls() -> None:
+def test_empty_split_and_too_few_cases_are_valid_as_nulls_marked_insufficient() -> None:
+    insufficient = {**dict.fromkeys(RANKING), "n": 3, "insufficient": list(RANKING)}
     report = build_report_json(
         checkpoint="/c",
         splits={"validation": _split(2.0, 10), "test": _split(None, 0, 0)},
-        recommendation={s: {"hit@1": None, "hit@5": None, "n": 0} for s in ("model", "base_model", "popularity")},
+        recommendation={s: dict(insufficient) for s in ("model", "base_model", "popularity", "cooccurrence")},
         champion=None,
         promoted=True,
     )
     assert validate_report_json(report) == []
+    md = render_markdown(report)
+    assert "0.000" not in md  # an insufficient metric never reads as zero
     report["splits"]["test"]["loss_tokens"] = 7
     assert any("null although loss_tokens" in p for p in validate_report_json(report))
 
@@ -154,7 +188,10 @@ def test_write_report_files_plots_and_markdown(tmp_path: Path) -> None:
         "title_qa",
         "1.4362",
         "| validation_loss | 1.2345 | 1.1000 | +0.1345 |",
-        "| hit@5 | 0.375 | 0.500 | -0.125 |",
+        "| hit@5 (validation ranking) | 0.375 | 0.500 | -0.125 |",
+        "0.375 [0.325, 0.425]",
+        "| test | popularity | +0.100 [+0.020, +0.180] **beats**",
+        "| test | cooccurrence | +0.050 [-0.030, +0.120] no clear difference",
         "not promoted",
         "worse than",
         "`v1`",
