@@ -104,6 +104,11 @@ def _metadata_of(result: dg.ExecuteInProcessResult, asset: str) -> dict[str, obj
     return None
 
 
+def _number(meta: dict[str, object], key: str) -> str:
+    value = meta.get(key)
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
 def print_training(result: dg.ExecuteInProcessResult) -> None:
     """The trained checkpoint's throughput and the eval report's losses, hit rates and gate decision."""
     meta = _metadata_of(result, "trained_checkpoint")
@@ -119,8 +124,13 @@ def print_training(result: dg.ExecuteInProcessResult) -> None:
         print("\neval_report:")
         for name in ("validation_loss", "test_loss", "base_model_validation_loss"):
             print(f"  {name:28s} {meta[name]:.4f}")
-        for system in ("model", "base_model", "popularity"):
-            print(f"  {system:12s} hit@1 {meta[system + '/hit@1']:.3f}  hit@5 {meta[system + '/hit@5']:.3f}")
+        print("  ranking the same candidates, test split (95% bootstrap interval):")
+        for system in ("model", "base_model", "popularity", "cooccurrence"):
+            cells = "  ".join(f"{k} {_number(meta, f'{system}/{k}')}" for k in ("hit@1", "hit@5", "hit@10", "ndcg@10"))
+            print(f"  {system:12s} {cells}  hit@5 {meta.get(f'{system}/hit@5_ci', '—')}  n {meta.get(f'{system}/n')}")
+        for baseline in ("popularity", "cooccurrence", "base_model"):
+            verdicts = {k: meta.get(f"model_beats/{baseline}/{k}") for k in ("hit@5", "ndcg@10")}
+            print(f"  model beats {baseline:12s} " + "  ".join(f"{k}: {v}" for k, v in verdicts.items()))
         print(f"  promoted: {meta['promoted']}  (champion compared: {meta['champion']})")
 
 
