@@ -44,6 +44,21 @@ def fmt(template: str, **fields: pl.Expr) -> pl.Expr:
     return pl.concat_str(parts)
 
 
+# "an" before a vowel sound, judged from the first letters of the next word. Cheap exceptions: a silent h
+# ("an hour"), a "yoo"/"w" sound ("a unique", "a European", "a one-off") and numbers said with a vowel
+# ("an 8", "an 11", "an 1890s"). Not handled: initialisms read letter by letter ("an FBI", "a URL").
+_AN = r"^(?:[aeiou]|h(?:our|onest|onou?r|eir)|8|1[18](?:\d\d)?(?:\D|$))"
+_A_BEFORE_VOWEL = r"^(?:uni[^nm]|us[eu]|ut[ei]|ur[aeiou]|eu|ewe|one\b|once\b)"
+
+
+def indefinite(phrase: pl.Expr) -> pl.Expr:
+    """``phrase`` after "a" or "an", whichever its first word takes: genres start with any letter
+    ("an Adventure, Romance movie", "a Drama movie")."""
+    head = phrase.str.strip_chars_start().str.to_lowercase()
+    an = head.str.contains(_AN) & ~head.str.contains(_A_BEFORE_VOWEL)
+    return pl.concat_str([pl.when(an).then(pl.lit("an ")).otherwise(pl.lit("a ")), phrase])
+
+
 def assemble(
     df: pl.DataFrame,
     exchanges: list[tuple[pl.Expr, pl.Expr]],
@@ -52,6 +67,11 @@ def assemble(
     system_prompt: str,
 ) -> pl.Series:
     """[system?, user1, assistant1, ...] cut to ``n_ex`` exchanges, one list per row.
+
+    An exchange whose answer (or question) is null is left out after the cut: an answer is null
+    when the catalog holds nothing to say (no synopsis, genres, year or kind), and a turn that
+    only says "the catalog has no X" teaches nothing. The cut comes first, so a row never gains
+    an exchange it was not meant to have.
 
     Built as one flat column of turns (row-major, by a gather), reshaped to a fixed
     width and sliced per row: ``concat_list`` of struct columns is an order of
@@ -70,6 +90,13 @@ def assemble(
         pl.when(with_system).then(0).otherwise(1).cast(pl.Int64).alias("_off"),
         (with_system.cast(pl.Int64) + 2 * n_ex).alias("_len"),
     )
+    # A question without its answer (or the reverse) goes too: both turns null, so the filter drops the pair.
+    pairs = [(f"_c{i}", f"_c{i + 1}") for i in range(1, k, 2)]
+    cols = cols.with_columns(
+        pl.when(pl.col(user).is_not_null() & pl.col(answer).is_not_null()).then(pl.col(name)).alias(name)
+        for user, answer in pairs
+        for name in (user, answer)
+    )
     flat = pl.concat(
         [
             cols.select(pl.struct(pl.lit(r).alias("role"), pl.col(f"_c{i}").alias("content"))).to_series()
@@ -78,12 +105,10 @@ def assemble(
     )
     row_major = (np.arange(k, dtype=np.int64) * n)[None, :] + np.arange(n, dtype=np.int64)[:, None]
     grid = flat.gather(row_major.ravel()).reshape((n, k)).cast(MESSAGES_DTYPE)
-    return (
-        cols.select("_off", "_len")
-        .with_columns(grid.alias("messages"))
-        .select(pl.col("messages").list.slice(pl.col("_off"), pl.col("_len")))
-        .to_series()
-    )
+    messages = pl.col("messages").list.slice(pl.col("_off"), pl.col("_len"))
+    if any(cols.get_column(f"_c{i}").has_nulls() for i in range(k)):  # skip the filter when nothing is left out
+        messages = messages.list.eval(pl.element().filter(pl.element().struct.field("content").is_not_null()))
+    return cols.select("_off", "_len").with_columns(grid.alias("messages")).select(messages).to_series()
 
 
 def numbered(names: pl.Expr) -> pl.Expr:

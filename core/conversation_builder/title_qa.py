@@ -1,5 +1,9 @@
 """``title_qa`` conversations: questions on a title's genre, year, kind and synopsis, answered from the catalog.
 
+Only what the catalog knows is asked: a sparse catalog (MovieLens has no synopsis and no
+kind column) would otherwise fill conversations with "the catalog has no synopsis" answers.
+A title with nothing to ask about gets no conversation.
+
 No member: the id hashes the title and the question set, so identical content gets an
 identical id (and therefore split).
 """
@@ -11,12 +15,27 @@ from itertools import permutations
 
 import polars as pl
 
+from core.conversation_builder.answers import has_genres, has_kind
 from core.conversation_builder.catalog import Catalog
 from core.conversation_builder.config import CANDIDATE_SCHEMA, BuilderConfig
-from core.conversation_builder.templating import assemble, bits, conversation_ids, fmt, pick, row_hashes, system_flag
+from core.conversation_builder.templating import (
+    assemble,
+    bits,
+    conversation_ids,
+    fmt,
+    indefinite,
+    pick,
+    row_hashes,
+    system_flag,
+)
 
 _QA_TYPES = ("genre", "year", "kind", "synopsis")
 _PERMS = list(permutations(range(len(_QA_TYPES))))
+
+
+def _a(name: str) -> pl.Expr:
+    """The asked-about title's attribute ``name`` (joined with prefix ``a_``)."""
+    return pl.col(f"a_{name}")
 
 
 def _qa_turn(q: pl.Expr, t: pl.Expr, first: bool) -> tuple[pl.Expr, pl.Expr]:
@@ -37,39 +56,50 @@ def _qa_turn(q: pl.Expr, t: pl.Expr, first: bool) -> tuple[pl.Expr, pl.Expr]:
             [pl.lit("Is it a movie or a series?"), pl.lit("Is it a film or a show?")],
             [pl.lit("What is it about?"), pl.lit("Can you summarize it?")],
         ]
-    has_genres = pl.col("a_genres").list.len() > 0
-    no_genre = pl.format("The catalog lists no genres for {}.", disp)
+    c = _a
+    # Each answer is null when the catalog lacks the fact; _askable keeps such questions out.
     genre_a = [
-        pl.when(has_genres)
-        .then(pl.format("{} is listed under {}.", disp, pl.col("a_genres_text")))
-        .otherwise(no_genre),
-        pl.when(has_genres)
-        .then(pl.format("{} is a {} {}.", disp, pl.col("a_genres_text"), pl.col("a_kind_word")))
-        .otherwise(no_genre),
+        pl.when(has_genres(c)).then(pl.format("{} is listed under {}.", disp, c("genres_text"))),
+        pl.when(has_genres(c)).then(pl.format("{} is {} {}.", disp, indefinite(c("genres_text")), c("kind_word"))),
     ]
-    no_year = pl.format("The catalog doesn't list a release year for {}.", name)
+    year = c("year")
     year_a = [
-        pl.when(pl.col("a_year").is_null())
-        .then(no_year)
-        .otherwise(pl.format("{} was released in {}.", name, pl.col("a_year"))),
-        pl.when(pl.col("a_year").is_null())
-        .then(no_year)
-        .otherwise(pl.format("{} came out in {}.", name, pl.col("a_year"))),
+        pl.when(year.is_not_null()).then(pl.format("{} was released in {}.", name, year)),
+        pl.when(year.is_not_null()).then(pl.format("{} came out in {}.", name, year)),
     ]
     kind_a = [
-        pl.format("{} is a {}.", disp, pl.col("a_kind_word")),
-        pl.format("It's a {}: {}.", pl.col("a_kind_word"), disp),
+        pl.when(has_kind(c)).then(pl.format("{} is {}.", disp, indefinite(c("kind_word")))),
+        pl.when(has_kind(c)).then(pl.format("It's {}: {}.", indefinite(c("kind_word")), disp)),
     ]
-    no_syn = pl.format("I don't have a synopsis for {}.", disp)
-    syn = pl.col("a_synopsis")
-    syn_a = [
-        pl.when(syn.is_null()).then(no_syn).otherwise(syn),
-        pl.when(syn.is_null()).then(no_syn).otherwise(pl.lit("Here's the synopsis: ") + syn),
-    ]
+    syn = c("synopsis")
+    syn_a = [syn, pl.lit("Here's the synopsis: ") + syn]
     answers = [genre_a, year_a, kind_a, syn_a]
     question = pick(q, [pick(t, qs[i]) for i in range(len(_QA_TYPES))])
     answer = pick(q, [pick(t, answers[i]) for i in range(len(_QA_TYPES))])
     return question, answer
+
+
+def _askable() -> pl.DataFrame:
+    """Per (question order, mask of known facts): the questions left to ask, in that order.
+
+    ``_q0``.. hold the askable types of the permutation (nulls after them), ``_count`` how many.
+    A title that knows every fact keeps its permutation unchanged, so complete catalogs give
+    the same conversations as before this filter existed.
+    """
+    rows = []
+    for perm_id, perm in enumerate(_PERMS):
+        for mask in range(1 << len(_QA_TYPES)):
+            kept = [q for q in perm if mask >> q & 1]
+            rows.append([perm_id, mask, len(kept), *kept, *[None] * (len(_QA_TYPES) - len(kept))])
+    names = ["_perm", "_mask", "_count", *[f"_q{s}" for s in range(len(_QA_TYPES))]]
+    return pl.DataFrame(rows, schema=dict.fromkeys(names, pl.Int64), orient="row")
+
+
+def _known_mask() -> pl.Expr:
+    """Bit i set when the catalog holds the fact question type i (``_QA_TYPES``) asks about."""
+    c = _a
+    known = [has_genres(c), c("year").is_not_null(), has_kind(c), c("synopsis").is_not_null()]
+    return pl.sum_horizontal([k.fill_null(False).cast(pl.Int64) * (1 << i) for i, k in enumerate(known)])
 
 
 def title_qa(cat: Catalog, inter: pl.DataFrame, day: date, cfg: BuilderConfig) -> pl.DataFrame:
@@ -86,16 +116,18 @@ def title_qa(cat: Catalog, inter: pl.DataFrame, day: date, cfg: BuilderConfig) -
         row_hashes(titles, pl.format("title_qa|{}|{}|{}", pl.lit(cfg.seed), pl.col("title_id"), pl.lit(day_s)))
     )
     h = pl.col("_h")
-    perms = pl.DataFrame(
-        {"_perm": list(range(len(_PERMS)))} | {f"_q{s}": [p[s] for p in _PERMS] for s in range(4)},
-        schema={"_perm": pl.Int64} | {f"_q{s}": pl.Int64 for s in range(4)},
+    titles = (
+        titles.with_columns(
+            bits(h, 8, len(_PERMS)).alias("_perm"),
+            _known_mask().alias("_mask"),
+            system_flag(h, cfg).alias("_sys"),
+            *[bits(h, 16 + s, 2).alias(f"_t{s}") for s in range(4)],
+        )
+        .join(_askable(), on=["_perm", "_mask"], how="left", maintain_order="left")
+        .filter(pl.col("_count") > 0)
     )
-    titles = titles.with_columns(
-        bits(h, 8, len(_PERMS)).alias("_perm"),
-        (1 + bits(h, 24, cfg.max_exchanges)).alias("_n"),
-        system_flag(h, cfg).alias("_sys"),
-        *[bits(h, 16 + s, 2).alias(f"_t{s}") for s in range(4)],
-    ).join(perms, on="_perm", how="left", maintain_order="left")
+    n_max = pl.min_horizontal(pl.lit(cfg.max_exchanges, dtype=pl.Int64), pl.col("_count"))
+    titles = titles.with_columns((1 + bits(h, 24, n_max)).alias("_n"))
     exchanges = [_qa_turn(pl.col(f"_q{s}"), pl.col(f"_t{s}"), first=s == 0) for s in range(4)]
     out = titles.with_columns(assemble(titles, exchanges, pl.col("_n"), pl.col("_sys"), cfg.system_prompt))
     # The id names exactly what decides the content: title, system turn, questions, templates.

@@ -44,6 +44,7 @@ from core.ingest.mappings import (
 from core.ingest.reading import SUPPORTED_SUFFIXES, read_tables, read_tables_with_rejects, trimmed_header
 from core.ingest.reasons import (
     CATALOG_REASONS,
+    FORMAT_TAGS,
     INTERACTION_REASONS,
     KIND_SPELLINGS,
     NO_GENRE_MARKERS,
@@ -58,6 +59,7 @@ from core.ingest.timestamps import parse_timestamps
 __all__ = [
     "CATALOG_REASONS",
     "ENCODING_SETTINGS",
+    "FORMAT_TAGS",
     "INTERACTION_REASONS",
     "KIND_SPELLINGS",
     "NO_GENRE_MARKERS",

@@ -2,8 +2,9 @@
 
 ids/text are stripped (blank = null; integral float ids print without ".0" so they match interaction ids);
 a trailing "(YYYY)" is cut from titles and fills ``year`` when the year column is absent, null or bad;
-"Matrix, The" -> "The Matrix"; genres are split on the mapping's delimiter, deduplicated, "(no genres
-listed)" dropped.
+"Matrix, The" -> "The Matrix", also before alternate titles and inside them ("Postman, The (Postino, Il)"
+-> "The Postman (Il Postino)"); genres are split on the mapping's delimiter, deduplicated, "(no genres
+listed)" and format tags such as "IMAX" dropped.
 """
 
 from __future__ import annotations
@@ -11,12 +12,24 @@ from __future__ import annotations
 import polars as pl
 
 from core.ingest.mappings import CatalogMapping, _column
-from core.ingest.reasons import KIND_SPELLINGS, NO_GENRE_MARKERS, YEAR_RANGE
+from core.ingest.reasons import FORMAT_TAGS, KIND_SPELLINGS, NO_GENRE_MARKERS, YEAR_RANGE
 from core.ingest.values import _P, _number, _quarantine, _screen_values, _show, _text
 from core.schemas import CATALOG_SCHEMA, RAW_QUARANTINE_SCHEMA, conform
 
 _TITLE_YEAR = r"^(.*\S)\s*\((\d{4})\)$"
-_TRAILING_ARTICLE = r"^(.*), (The|A|An)$"
+# Articles MovieLens-style catalogs move to the end ("Misérables, Les"). Case-sensitive on purpose: a
+# lower-case "the" after a comma is part of the title ("Cry, the Beloved Country"). "L'" joins the
+# next word without a space, so it has patterns of its own.
+_ARTICLES = "The|A|An|Les|La|Le|Il|Lo|Gli|Der|Die|Das|Den|Det|El|Los|Las|Un|Une|Una|Ein|Eine|O"
+_ALTERNATES = r"((?: \([^()]*\))*)"  # the alternate titles that may follow: " (Buono, il brutto, il cattivo, Il)"
+# (pattern, replacement) applied in order: alternate titles first (an optional "a.k.a. " prefix stays in
+# front), then the main title, whose article may stand before the alternates.
+_ARTICLE_MOVES = (
+    (rf"\((a\.k\.a\. )?([^()]*?), ({_ARTICLES})\)", "(${1}${3} ${2})"),
+    (r"\((a\.k\.a\. )?([^()]*?), (L')\)", "(${1}${3}${2})"),
+    (rf"^([^()]*?), ({_ARTICLES}){_ALTERNATES}$", "${2} ${1}${3}"),
+    (rf"^([^()]*?), (L'){_ALTERNATES}$", "${2}${1}${3}"),
+)
 
 
 def _year_expr(name: str, dtype: pl.DataType) -> tuple[pl.Expr, pl.Expr]:
@@ -29,6 +42,33 @@ def _year_expr(name: str, dtype: pl.DataType) -> tuple[pl.Expr, pl.Expr]:
         num, raw = _number(name, dtype)
     ok = num.is_not_null() & num.is_finite() & (num == num.floor()) & (num >= lo) & (num <= hi)
     return pl.when(ok).then(num.cast(pl.Int32)), raw
+
+
+def _front_articles(title: pl.Expr) -> pl.Expr:
+    """Move trailing articles to the front of a title and of each alternate title in parentheses.
+
+    Answers name titles the way people say them: "The Good, the Bad and the Ugly (Il Buono, il brutto,
+    il cattivo)", not the sort form "Good, the Bad and the Ugly, The (Buono, il brutto, il cattivo, Il)".
+    The moved word keeps its case (restoring the language's own capitalisation is out of reach).
+    """
+    for pattern, replacement in _ARTICLE_MOVES:
+        title = title.str.replace_all(pattern, replacement)
+    return title
+
+
+def _genre_tags(parts: pl.Expr) -> pl.Expr:
+    """Genres of a list of raw tags: stripped, deduplicated, without blanks, "no genres" markers or format tags.
+
+    Markers and format tags are matched case-insensitively ("imax" is as little a genre as "IMAX").
+    """
+    dropped = [t.lower() for t in (*NO_GENRE_MARKERS, *FORMAT_TAGS)]
+    tag = pl.element().str.strip_chars()
+    keep = (tag.str.len_chars() > 0) & ~tag.str.to_lowercase().is_in(dropped)
+    return (
+        parts.list.eval(tag.filter(keep))
+        .list.unique(maintain_order=True)
+        .fill_null(pl.lit([], dtype=pl.List(pl.String)))
+    )
 
 
 def ingest_catalog(
@@ -60,7 +100,7 @@ def ingest_catalog(
     title_year = title_raw.str.extract(_TITLE_YEAR, 2).cast(pl.Int32, strict=False)
     has_title_year = title_year.is_between(lo, hi)
     title = pl.when(has_title_year).then(title_raw.str.extract(_TITLE_YEAR, 1)).otherwise(title_raw)
-    title = title.str.replace(_TRAILING_ARTICLE, "${2} ${1}")
+    title = _front_articles(title)
     if c_year is not None:
         year_col, year_raw = _year_expr(c_year, schema[c_year])
     else:
@@ -79,18 +119,7 @@ def ingest_catalog(
             if isinstance(gdt, pl.List)
             else _text(c_genres, gdt).str.split(mapping.genres_delimiter)
         )
-        genres = (
-            parts.list.eval(
-                pl.element()
-                .str.strip_chars()
-                .filter(
-                    (pl.element().str.strip_chars().str.len_chars() > 0)
-                    & ~pl.element().str.strip_chars().is_in(list(NO_GENRE_MARKERS))
-                )
-            )
-            .list.unique(maintain_order=True)
-            .fill_null(pl.lit([], dtype=pl.List(pl.String)))
-        )
+        genres = _genre_tags(parts)
 
     def opt_text(name: str | None) -> pl.Expr:
         return null_text if name is None else _text(name, schema[name])

@@ -72,3 +72,7 @@ KIND_SPELLINGS = {
     "miniseries": "series",
 }
 NO_GENRE_MARKERS = ("(no genres listed)",)  # MovieLens' spelling of "no genres"
+# Tags a source lists among the genres that describe a release format, not what a title is about:
+# MovieLens puts "IMAX" in its genres field. Dropped at ingestion (case-insensitively, like the
+# markers above) so no answer or search query calls a title "an IMAX movie".
+FORMAT_TAGS = ("IMAX",)

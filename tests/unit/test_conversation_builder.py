@@ -14,7 +14,9 @@ import polars as pl
 import pytest
 
 from core.conversation_builder import CANDIDATE_SCHEMA, WATCH_EVENTS, BuilderConfig, build_conversations
+from core.conversation_builder.templating import indefinite
 from core.curation import CurationConfig, curate
+from core.ingest import CatalogMapping, ingest_catalog
 from core.schemas import CATALOG_SCHEMA, INTERACTIONS_SCHEMA
 
 DAY = date(2024, 3, 1)
@@ -166,6 +168,18 @@ def test_builder_output_passes_curation_rules(built: pl.DataFrame) -> None:
 # ------------------------------------------------------------------- grounding
 
 
+def assert_describes(text: str, f: dict) -> None:
+    """A description names the title and says what the catalog has: its synopsis, else kind, genres, year."""
+    assert f["display"] in text
+    if f["synopsis"]:
+        assert f["synopsis"] in text
+        return
+    assert "synopsis" not in text
+    assert f"a {f['kind']}" in text
+    assert ", ".join(f["genres"]) in text
+    assert f["year"] is None or str(f["year"]) in text
+
+
 def test_recommendation_first_title_is_the_members_actual_next_play(
     built: pl.DataFrame, interactions: pl.DataFrame, facts: dict[str, dict]
 ) -> None:
@@ -192,12 +206,11 @@ def test_recommendation_first_title_is_the_members_actual_next_play(
         assert not set(offered) & set(history)
         f = facts[target]
         if len(t) >= 4:  # "tell me more" -> description from the catalog
-            assert f["display"] in t[3]["content"]
-            assert (f["synopsis"] or "no synopsis") in t[3]["content"]
-        if len(t) >= 6:  # year or kind
+            assert_describes(t[3]["content"], f)
+        if len(t) >= 6:  # year or kind, whichever the catalog has
             q, a = t[4]["content"], t[5]["content"]
             if "come out" in q:
-                assert (str(f["year"]) if f["year"] else "doesn't list a release year") in a
+                assert f["year"] is not None and str(f["year"]) in a
             else:
                 assert f"is a {f['kind']}" in a
         if len(t) == 8:  # more like it: new titles, still grounded
@@ -256,14 +269,15 @@ def test_title_qa_answers_match_the_catalog(
         for j, kind in enumerate(asked):
             a = t[2 * j + 1]["content"]
             seen_types.add(kind)
+            # only what the catalog knows is asked
             if kind == "genre":
-                assert (", ".join(f["genres"]) if f["genres"] else "no genres") in a
+                assert f["genres"] and ", ".join(f["genres"]) in a
             elif kind == "year":
-                assert (str(f["year"]) if f["year"] else "doesn't list a release year") in a
+                assert f["year"] is not None and str(f["year"]) in a
             elif kind == "kind":
                 assert f["kind"] in a
             else:
-                assert (f["synopsis"] or "don't have a synopsis") in a
+                assert f["synopsis"] and f["synopsis"] in a
     assert seen_types == {"genre", "year", "kind", "synopsis"}
 
 
@@ -460,6 +474,161 @@ def test_long_synopsis_is_cut_at_a_word_boundary() -> None:
     for text in texts:
         body = text[text.index("word") :]
         assert len(body) <= 100 and body.endswith("word…")
+
+
+# ------------------------------------------------------- sparse catalogs, grammar
+
+# movies.csv as MovieLens writes it: the year in the title, "|"-separated genres with the format tag IMAX,
+# no synopsis and no kind column.
+ML_MOVIES = [
+    ("1", "Toy Story (1995)", "Adventure|Animation|Children|Comedy|Fantasy"),
+    ("2", "Good, the Bad and the Ugly, The (Buono, il brutto, il cattivo, Il) (1966)", "Action|Adventure|Western"),
+    ("3", "Avatar (2009)", "Action|Adventure|Sci-Fi|IMAX"),
+    ("4", "Untitled Project", "(no genres listed)"),
+    ("5", "Interstellar (2014)", "Sci-Fi|IMAX"),
+    ("6", "Amelie (Fabuleux destin d'Amélie Poulain, Le) (2001)", "Comedy|Romance"),
+    ("7", "Heat (1995)", "Action|Crime|Thriller"),
+    ("8", "Sense and Sensibility (1995)", "Drama|Romance"),
+    ("9", "Misérables, Les (1995)", "Drama|War"),
+    ("10", "Matrix, The (1999)", "Action|Sci-Fi|Thriller"),
+    ("11", "Nameless Reel", "Documentary"),
+    ("12", "Eternal Sunshine of the Spotless Mind (2004)", "Drama|Romance|Sci-Fi"),
+]
+# What a turn that carries no information says: none of it may be generated.
+NO_INFO = re.compile(r"synopsis|summar|has no |lists no |doesn't list|don't have|no genres", re.IGNORECASE)
+
+
+def movielens_catalog() -> pl.DataFrame:
+    raw = pl.DataFrame(ML_MOVIES, schema=["movieId", "title", "genres"], orient="row")
+    mapping = CatalogMapping(title_id="movieId", title="title", genres="genres", kind=None, year=None, synopsis=None)
+    catalog, _ = ingest_catalog(raw, mapping)
+    return catalog
+
+
+def movielens_ratings(n_members: int = 80, seed: int = 5) -> pl.DataFrame:
+    """Each member rates a few movies over the day (rating-only, like ratings.csv); some also search."""
+    rng = random.Random(seed)
+    ids = [m[0] for m in ML_MOVIES]
+    start = datetime(DAY.year, DAY.month, DAY.day, tzinfo=UTC)
+    rows = []
+    for m in range(n_members):
+        for k, tid in enumerate(rng.sample(ids, rng.randint(2, 6))):
+            rows.append((f"U{m}", tid, start + timedelta(minutes=10 * m + k), "rate", 4.0, DAY))
+        if m % 3 == 0:
+            rows.append((f"U{m}", rng.choice(ids), start + timedelta(hours=20, minutes=m), "search", None, DAY))
+    return pl.DataFrame(rows, schema=INTERACTIONS_SCHEMA, orient="row")
+
+
+def contents(out: pl.DataFrame, role: str | None = None) -> list[str]:
+    return [m["content"] for msgs in out["messages"].to_list() for m in msgs if role in (None, m["role"])]
+
+
+@pytest.fixture(scope="module")
+def sparse_built() -> pl.DataFrame:
+    return build_conversations(movielens_catalog(), movielens_ratings(), DAY, BuilderConfig(seed=3))
+
+
+def test_sparse_catalog_conversations_carry_no_empty_answers(sparse_built: pl.DataFrame) -> None:
+    """No turn says the catalog lacks a synopsis (or genres, or a year): such questions are not asked."""
+    counts = dict(sparse_built.group_by("kind").len().iter_rows())
+    assert set(counts) == {"recommendation", "title_qa", "search"}
+    assert [t for t in contents(sparse_built) if NO_INFO.search(t)] == []
+    assert counts["title_qa"] == len(ML_MOVIES)  # each has a kind (movies by default), so each has a question
+    for row in sparse_built.iter_rows(named=True):
+        roles = [m["role"] for m in turns(row)]
+        assert roles and roles == ["user", "assistant"] * (len(roles) // 2)
+        assert all(m["content"].strip() for m in row["messages"])
+
+
+def test_sparse_catalog_follow_ups_describe_from_genres_year_and_kind(sparse_built: pl.DataFrame) -> None:
+    pairs = [
+        (t[j]["content"], t[j + 1]["content"])
+        for t in map(turns, sparse_built.iter_rows(named=True))
+        for j in range(0, len(t), 2)
+    ]
+    asks = re.compile(r"Tell me more|about\?")  # the describe follow-up of recommendations and searches
+    described = [a for q, a in pairs if asks.search(q) and a.startswith("Toy Story (1995)")]
+    assert described
+    for text in described:  # kind, year and genres say what it is, instead of a missing synopsis
+        assert "a movie" in text and re.search(r"(released in|from) 1995", text), text
+        assert "Adventure, Animation, Children, Comedy, Fantasy" in text, text
+
+
+def test_sparse_catalog_output_is_deterministic(sparse_built: pl.DataFrame) -> None:
+    again = build_conversations(
+        movielens_catalog().sample(fraction=1.0, shuffle=True, seed=1),
+        movielens_ratings().sample(fraction=1.0, shuffle=True, seed=2),
+        DAY,
+        BuilderConfig(seed=3),
+    )
+    assert again.equals(sparse_built)
+
+
+def test_imax_is_not_a_genre_and_titles_read_naturally(sparse_built: pl.DataFrame) -> None:
+    texts = contents(sparse_built)
+    assert not any("IMAX" in t for t in texts)
+    assert any("The Good, the Bad and the Ugly (Il Buono, il brutto, il cattivo) (1966)" in t for t in texts)
+    assert not any("Ugly, The" in t for t in texts)
+
+
+def test_indefinite_article_before_vowel_sounds(sparse_built: pl.DataFrame) -> None:
+    texts = contents(sparse_built, "assistant")
+    assert any("is an Adventure" in t or "is an Action" in t for t in texts)
+    assert [t for t in texts if re.search(r"\ba [AEIOaeio]", t)] == []
+    assert [t for t in texts if re.search(r"\ban [^aeiouAEIOU]", t)] == []
+
+
+@pytest.mark.parametrize(
+    ("phrase", "expected"),
+    [
+        ("Adventure, Romance movie", "an Adventure, Romance movie"),
+        ("Drama movie", "a Drama movie"),
+        ("Animation", "an Animation"),
+        ("movie", "a movie"),
+        ("series", "a series"),
+        ("Horror", "a Horror"),
+        ("hour", "an hour"),
+        ("Honest Mistake", "an Honest Mistake"),
+        ("Unique Take", "a Unique Take"),
+        ("Uninvited", "an Uninvited"),
+        ("European", "a European"),
+        ("one-off", "a one-off"),
+        ("8-part series", "an 8-part series"),
+        ("1890s classic", "an 1890s classic"),
+        ("1990s classic", "a 1990s classic"),
+    ],
+)
+def test_indefinite_picks_a_or_an(phrase: str, expected: str) -> None:
+    assert pl.select(indefinite(pl.lit(phrase))).item() == expected
+
+
+def test_a_title_the_catalog_knows_nothing_about_gets_no_questions() -> None:
+    """No kind, genres, year or synopsis: no title_qa, and no follow-up that could only say "no data"."""
+    cat = pl.DataFrame(
+        [
+            {"title_id": "K", "title": "Known Quantity", "kind": "movie", "genres": ["Drama"], "year": 2001,
+             "synopsis": None, "language": None, "maturity": None},
+            {"title_id": "B", "title": "Blank Reel", "kind": None, "genres": [], "year": None,
+             "synopsis": None, "language": None, "maturity": None},
+        ],
+        schema=CATALOG_SCHEMA,
+    )  # fmt: skip
+    start = datetime(2024, 3, 1, 8, tzinfo=UTC)
+    rows = []
+    for m in range(30):  # each watches the known title, then the blank one (always the target)
+        rows += [(f"M{m}", "K", start + timedelta(minutes=m), "play", None, DAY)]
+        rows += [(f"M{m}", "B", start + timedelta(minutes=m, seconds=30), "play", None, DAY)]
+        rows += [(f"M{m}", "B", start + timedelta(hours=2, minutes=m), "search", None, DAY)]
+    inter = pl.DataFrame(rows, schema=INTERACTIONS_SCHEMA, orient="row")
+    out = build_conversations(cat, inter, DAY, BuilderConfig())
+    qa = out.filter(pl.col("kind") == "title_qa")
+    assert qa.height == 1 and "Known Quantity" in turns(qa.row(0, named=True))[0]["content"]
+    for kind in ("recommendation", "search"):
+        rows_of_kind = out.filter(pl.col("kind") == kind)
+        assert rows_of_kind.height == 30
+        for row in rows_of_kind.iter_rows(named=True):
+            assert [m["role"] for m in turns(row)] == ["user", "assistant"], turns(row)
+    assert [t for t in contents(out) if NO_INFO.search(t) or "is a title" in t] == []
 
 
 def test_config_is_validated() -> None:

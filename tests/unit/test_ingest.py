@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import re
@@ -139,6 +140,60 @@ def test_movielens_catalog_parses_years_and_degrades_missing_columns(movielens: 
         "genres": "Crime",
     }
     assert ig.absent_optional_columns(raw, ML_CATALOG) == ["kind", "year", "synopsis", "language", "maturity"]
+
+
+# MovieLens' sort forms: a trailing article, also before and inside alternate titles, and "IMAX" among the genres.
+ML_TITLES_CSV = """movieId,title,genres
+1,"Good, the Bad and the Ugly, The (Buono, il brutto, il cattivo, Il) (1966)",Action|Adventure|Western
+2,"Apartment, The (Appartement, L') (1996)",Drama|Mystery
+3,"Das Boot (Boat, The) (1981)",Action|Drama|War
+4,"Bicycle Thieves (a.k.a. Bicycle Thief, The) (Ladri di biciclette) (1948)",Drama
+5,"Misérables, Les (1995)",Drama|War
+6,"Seventh Seal, The (Sjunde inseglet, Det) (1957)",Drama
+7,"Tale of Two Sisters, A (Janghwa, Hongryeon) (2003)",Drama|Horror
+8,"Cry, the Beloved Country (1995)",Drama
+9,"Adventures of Priscilla, Queen of the Desert, The (1994)",Comedy|Drama
+10,"Paris, Texas (1984)",Drama|Romance
+11,"Nosferatu (Nosferatu, eine Symphonie des Grauens) (1922)",Horror
+12,Avatar (2009),Action|Adventure|IMAX|Sci-Fi
+13,Imax Only (2010),imax
+14,Listed Loudly (2011),(No Genres Listed)|Drama
+"""
+
+
+def test_movielens_trailing_articles_move_to_the_front_of_titles_and_alternates() -> None:
+    raw = pl.read_csv(io.StringIO(ML_TITLES_CSV), infer_schema=False)
+    catalog, q = ig.ingest_catalog(raw, ML_CATALOG)
+    assert q.height == 0
+    assert catalog["title"].to_list() == [
+        "The Good, the Bad and the Ugly (Il Buono, il brutto, il cattivo)",
+        "The Apartment (L'Appartement)",
+        "Das Boot (The Boat)",
+        "Bicycle Thieves (a.k.a. The Bicycle Thief) (Ladri di biciclette)",
+        "Les Misérables",
+        "The Seventh Seal (Det Sjunde inseglet)",
+        "A Tale of Two Sisters (Janghwa, Hongryeon)",
+        "Cry, the Beloved Country",  # a lower-case "the" belongs to the title
+        "The Adventures of Priscilla, Queen of the Desert",
+        "Paris, Texas",
+        "Nosferatu (Nosferatu, eine Symphonie des Grauens)",
+        "Avatar",
+        "Imax Only",
+        "Listed Loudly",
+    ]
+    assert catalog["year"].to_list()[:3] == [1966, 1996, 1981]
+
+
+def test_movielens_format_tags_are_not_genres() -> None:
+    """IMAX is how a title was shown, not what it is: it never becomes a genre (any case)."""
+    raw = pl.read_csv(io.StringIO(ML_TITLES_CSV), infer_schema=False)
+    catalog, _ = ig.ingest_catalog(raw, ML_CATALOG)
+    genres = dict(catalog.select("title", "genres").iter_rows())
+    assert genres["Avatar"] == ["Action", "Adventure", "Sci-Fi"]
+    assert genres["Imax Only"] == []
+    assert genres["Listed Loudly"] == ["Drama"]
+    assert not any(g.lower() == "imax" for gs in genres.values() for g in gs)
+    assert "IMAX" in ig.FORMAT_TAGS
 
 
 def test_movielens_ratings_one_big_file_keeps_only_the_day(movielens: tuple[Path, Path]) -> None:
