@@ -33,6 +33,8 @@ from core.synthetic.vocabulary import (
     sample_top3_genres,
 )
 
+_GENRE_WORD_IN_TITLE = 0.8  # share of titles whose noun comes from their primary genre's words
+
 
 @dataclass(frozen=True)
 class Catalog:
@@ -45,6 +47,7 @@ class Catalog:
     genre_count: np.ndarray  # titles per genre
     pop_cum: np.ndarray  # cumulative global popularity (normalized)
     runtime_ms: np.ndarray  # per title
+    year: np.ndarray  # per title: release year (members lean towards their own era)
 
 
 def _synopses(rng: np.random.Generator, primary_genre: np.ndarray) -> pl.Series:
@@ -121,16 +124,21 @@ def build_catalog(cfg: SyntheticConfig) -> Catalog:
     rank = rng.permutation(n)
     popularity = 1.0 / np.power(rank + 1.0, 1.07)
     synopsis = _synopses(rng, primary)
+    # Many titles name their genre's stuff ("The Haunted Cabin", "Sheriff of Kingsport"), as real titles often
+    # do: a reader of a member's history can tell their tastes from the titles alone.
+    genre_word = rng.random(n) < _GENRE_WORD_IN_TITLE
+    genre_noun = np.array(GENRE_NOUNS)[primary, rng.integers(0, len(GENRE_NOUNS[0]), size=n)]
 
     cap = [w[:1].upper() + w[1:] for w in ADJ]
-    capn = [w[:1].upper() + w[1:] for w in NOUN]
+    capn = np.where(genre_word, genre_noun, np.array(NOUN)[noun])
+    capn = np.array([w[:1].upper() + w[1:] for w in capn])
     gnames = np.array(GENRES)
     parts = pl.DataFrame(
         {
             "i": np.arange(n),
             "pat": title_pattern,
             "adj": np.array(cap)[adj],
-            "noun": np.array(capn)[noun],
+            "noun": capn,
             "place": np.array(PLACES)[place],
             "g0": gnames[genre_idx[:, 0]],
             "g1": np.where(n_genres >= 2, gnames[genre_idx[:, 1]], ""),
@@ -178,23 +186,27 @@ def build_catalog(cfg: SyntheticConfig) -> Catalog:
         genre_count=genre_count,
         pop_cum=np.cumsum(popularity) / popularity.sum(),
         runtime_ms=runtime_min.astype(np.int64) * 60_000,
+        year=years,
     )
 
 
 def _genre_index(
     genre_idx: np.ndarray, n_genres: np.ndarray, popularity: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(genre bitmask per title, sorted sampling keys, their titles, titles per genre): sampling a title of genre
-    g by popularity is then one searchsorted of g + u over the keys."""
+    """(genre bitmask per title, sorted sampling keys, their titles, titles per genre): sampling a title whose main
+    genre is g by popularity is then one searchsorted of g + u over the keys. Tastes pick by the main genre, the
+    one a title's name and description speak of, so what a member watches is visible in what they watched."""
     n = len(genre_idx)
     has = np.zeros((n, len(GENRES)), dtype=bool)
     rows = np.arange(n)
     for j in range(3):
         has[rows[n_genres > j], genre_idx[n_genres > j, j]] = True
     genre_mask = (has * (1 << np.arange(len(GENRES)))).sum(axis=1).astype(np.int64)
-    g_of, t_of = np.nonzero(has.T)  # sorted by genre, then title
+    main = np.zeros_like(has)
+    main[rows, genre_idx[:, 0]] = True
+    g_of, t_of = np.nonzero(main.T)  # sorted by genre, then title
     w = popularity[t_of]
-    genre_count = has.sum(axis=0)
+    genre_count = main.sum(axis=0)
     cum = np.cumsum(w)
     ends = np.cumsum(genre_count)
     gstart = ends - genre_count

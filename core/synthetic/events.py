@@ -26,7 +26,10 @@ INJECTED_DEFECTS = (
 _BAD_TIMESTAMPS = ("not-a-timestamp", "2026-13-45T99:61:00Z", "", "yesterday evening")
 
 # Behaviour constants of a day.
-_FOLLOW_TASTE = 0.8  # share of plays/searches drawn from the member's favourite genres
+_FOLLOW_TASTE = 0.9  # share of plays/searches drawn from the member's favourite genres
+# A taste-following play draws this many titles of the genre by popularity and takes the one released nearest the
+# member's era: tastes a model can read from a history's release years, on top of its genres.
+_ERA_DRAWS = 4
 _SEARCH_RATE = 0.18
 _COMPLETE_RATE = 0.45  # share of plays followed by a complete event
 _RATE_RATE = 0.35  # share of completes followed by a rating
@@ -60,9 +63,13 @@ def generate_interactions(cfg: SyntheticConfig, day: date) -> pl.DataFrame:
     k = world.members.k[member]
     g = world.members.fav[member, rng.integers(0, k)] if b else np.zeros(0, dtype=np.int64)
     follow = (rng.random(b) < _FOLLOW_TASTE) & (world.titles.genre_count[g] > 0)
-    u = rng.random(b)
-    pick = np.minimum(np.searchsorted(world.titles.genre_keys, g + u, side="right"), len(world.titles.genre_keys) - 1)
-    title = np.where(follow, world.titles.genre_titles[pick], sample_popular(world, rng.random(b)))
+    u = rng.random((b, _ERA_DRAWS))
+    keys = world.titles.genre_keys
+    pick = np.minimum(np.searchsorted(keys, g[:, None] + u, side="right"), len(keys) - 1)
+    drawn = world.titles.genre_titles[pick]
+    distance = np.abs(world.titles.year[drawn] - world.members.era[member][:, None])
+    nearest = drawn[np.arange(b), np.argmin(distance, axis=1)] if b else np.zeros(0, dtype=np.int64)
+    title = np.where(follow, nearest, sample_popular(world, rng.random(b)))
     hour = rng.choice(24, size=b, p=_HOUR_WEIGHTS)
     ms = hour * _MS_PER_HOUR + rng.integers(0, _MS_PER_HOUR, size=b)
     event = np.where(rng.random(b) < _SEARCH_RATE, 3, 0)

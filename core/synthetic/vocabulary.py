@@ -110,9 +110,11 @@ SERIES_RATINGS = ("TV-Y", "TV-G", "TV-PG", "TV-14", "TV-MA")
 ROMAN = ("", " II", " III", " IV", " V", " VI", " VII", " VIII", " IX", " X")
 
 
-def sample_top3_genres(rng: np.random.Generator, n: int) -> np.ndarray:
-    """Weighted sampling of 3 distinct genres per row (Gumbel top-k), most likely first."""
-    keys = np.log(GENRE_WEIGHTS)[None, :] + rng.gumbel(size=(n, len(GENRES)))
+def sample_top3_genres(rng: np.random.Generator, n: int, *, weighted: bool = True) -> np.ndarray:
+    """Sampling of 3 distinct genres per row (Gumbel top-k), most likely first: by GENRE_WEIGHTS, or uniformly."""
+    keys = rng.gumbel(size=(n, len(GENRES)))
+    if weighted:
+        keys = np.log(GENRE_WEIGHTS)[None, :] + keys
     return np.argsort(-keys, axis=1)[:, :3]
 
 

@@ -53,16 +53,17 @@ def test_same_config_and_day_give_the_same_bytes(tmp_path: Path) -> None:
 
 
 def test_generated_content_is_pinned() -> None:
-    """A digest of one small world's catalog, day of events and partner chats, taken before the generator was
-    split into modules: any change to what a config generates (an extra random draw, a reordered stream) shows
-    here, since the demo's counts and every stored landing drop depend on it."""
+    """A digest of one small world's catalog, day of events and partner chats: any change to what a config
+    generates (an extra random draw, a reordered stream) shows here, since the demo's counts and every stored
+    landing drop depend on it. Last changed on purpose when members' tastes gained an era and titles their
+    genre's words (recommendation quality)."""
     cfg = syn.SyntheticConfig(seed=3, n_titles=60, n_members=80)
     day = date(2026, 1, 2)
     digest = hashlib.sha256()
     digest.update(syn.generate_catalog(cfg).write_csv().encode())
     digest.update(syn.generate_interactions(cfg, day).write_csv().encode())
     digest.update("\n".join(syn.generate_external_conversations(cfg, day)).encode())
-    assert digest.hexdigest() == "c182964f5fb081559829c20cbd861df4a96b7f3ab2330f5545a08590adcec44d"
+    assert digest.hexdigest() == "f7ce60f0f677c6b9c6011d68efd378e1ea44083628a2cb56741e0de4049abff9"
 
 
 def test_config_defaults_are_the_platform_settings_defaults() -> None:
@@ -222,6 +223,23 @@ def test_plays_follow_member_taste(week: pl.DataFrame) -> None:
     personal = test.select(pl.col("gl").list.contains(pl.col("fav")).mean()).item()
     popular = test.select(pl.col("gl").list.contains(pl.lit(top_global)).mean()).item()
     assert personal > popular + 0.1, (personal, popular)
+
+
+def test_plays_lean_towards_the_members_era(week: pl.DataFrame) -> None:
+    """Release years a history shows predict the next titles' years: a taste a model can read from the prompt."""
+    years = syn.generate_catalog(CFG).select("title_id", "year")
+    plays = (
+        week.filter(pl.col("event") == "play")
+        .drop_nulls(["member_id", "title_id"])
+        .join(years, on="title_id")
+        .with_columns(pl.col("ts").str.slice(0, 10).alias("d"))
+    )
+    last = syn.config_days(CFG)[-1].isoformat()
+    era = plays.filter(pl.col("d") != last).group_by("member_id").agg(pl.col("year").median().alias("era"))
+    test = plays.filter(pl.col("d") == last).join(era, on="member_id")
+    personal = test.select((pl.col("year") - pl.col("era")).abs().median()).item()
+    overall = test.select((pl.col("year") - plays["year"].median()).abs().median()).item()
+    assert personal < 0.8 * overall, (personal, overall)
 
 
 def test_generation_is_fast_and_scales() -> None:
