@@ -19,6 +19,7 @@ import os
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 from core.signals import SignalThresholds
 
@@ -40,20 +41,21 @@ def env_var_as_is(name: str) -> bool:
     return bool(raw) and raw == raw.strip()
 
 
-def _env_int(name: str, default: int) -> int:
-    raw = _env(name, str(default))
+def _env_number(name: str, default: float, parse: type[int] | type[float]) -> Any:
+    raw = _env(name, repr(default))
     try:
-        return int(raw)
+        return parse(raw)
     except ValueError as exc:
-        raise ValueError(f"environment variable {name}={raw!r} must be an integer") from exc
+        what = "an integer" if parse is int else "a number"
+        raise ValueError(f"environment variable {name}={raw!r} must be {what}") from exc
+
+
+def _env_int(name: str, default: int) -> int:
+    return int(_env_number(name, default, int))
 
 
 def _env_float(name: str, default: float) -> float:
-    raw = _env(name, repr(default))
-    try:
-        return float(raw)
-    except ValueError as exc:
-        raise ValueError(f"environment variable {name}={raw!r} must be a number") from exc
+    return float(_env_number(name, default, float))
 
 
 def _env_date(name: str, default: str) -> date:

@@ -23,7 +23,7 @@ class SyntheticConfig:
     n_members: int = SYNTHETIC_DEFAULTS.members
     start_day: date = SYNTHETIC_DEFAULTS.start
     days: int = SYNTHETIC_DEFAULTS.days
-    mean_events_per_active_member: float = 3.0
+    mean_events_per_active_member: float = 6.0
     bad_row_rate: float = 0.004  # injected broken raw rows (see INJECTED_DEFECTS)
     external_conversations_per_day: int = 40
     # Exact re-deliveries of a good event (at-least-once delivery); not a defect:

@@ -104,3 +104,22 @@ def test_warehouse_backend_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: P
     monkeypatch.setenv("WAREHOUSE_BACKEND", "postgres")
     with pytest.raises(ValueError, match="WAREHOUSE_BACKEND='postgres' is not supported"):
         settings.load_settings()
+
+
+def test_signal_thresholds_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from core.settings import load_signal_thresholds
+    from core.signals import SignalThresholds
+
+    for name in ("SIGNAL_NEGATIVE_RATING_MAX", "SIGNAL_POSITIVE_RATING_MIN", "SIGNAL_ABANDONED_BELOW"):
+        monkeypatch.delenv(name, raising=False)
+    assert load_signal_thresholds() == SignalThresholds()
+    monkeypatch.setenv("SIGNAL_NEGATIVE_RATING_MAX", "2.5")
+    monkeypatch.setenv("SIGNAL_ABANDONED_BELOW", "0.1")
+    got = load_signal_thresholds()
+    assert (got.negative_rating_max, got.abandoned_below) == (2.5, 0.1)
+    monkeypatch.setenv("SIGNAL_POSITIVE_RATING_MIN", "lots")
+    with pytest.raises(ValueError, match="SIGNAL_POSITIVE_RATING_MIN='lots' must be a number"):
+        load_signal_thresholds()
+    monkeypatch.setenv("SIGNAL_POSITIVE_RATING_MIN", "2.0")
+    with pytest.raises(ValueError, match=r"SIGNAL_\* settings: .*below positive_rating_min"):
+        load_signal_thresholds()

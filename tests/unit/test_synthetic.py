@@ -63,7 +63,7 @@ def test_generated_content_is_pinned() -> None:
     digest.update(syn.generate_catalog(cfg).write_csv().encode())
     digest.update(syn.generate_interactions(cfg, day).write_csv().encode())
     digest.update("\n".join(syn.generate_external_conversations(cfg, day)).encode())
-    assert digest.hexdigest() == "f7ce60f0f677c6b9c6011d68efd378e1ea44083628a2cb56741e0de4049abff9"
+    assert digest.hexdigest() == "4e54a5f839246454185612a4a9992d1701f33bd729d44ae3d2e26d4554e1dc35"
 
 
 def test_config_defaults_are_the_platform_settings_defaults() -> None:
