@@ -76,7 +76,7 @@ class SyntheticWorldSettings:
     """
 
     seed: int = 7
-    titles: int = 3000
+    titles: int = 1500
     members: int = 8000  # enough held-out members (5% + 5%) for recommendation metrics with useful intervals
     days: int = 7
     start: date = date(2026, 1, 1)  # also the first daily partition (PLATFORM_PARTITION_START)

@@ -24,7 +24,7 @@ class SuiteSettings:
     defaults from here, so a notebook, a trainer pod and a Dagster run evaluate alike unless told otherwise.
     """
 
-    generation_cases: int = 200  # held-out recommendation prompts generated per model
+    generation_cases: int = 100  # held-out recommendation prompts generated per model (the ranking covers all)
     max_new_tokens: int = 64
     batch_size: int = 16
     batch_tokens: int = 8192

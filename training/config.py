@@ -96,8 +96,8 @@ class TrainConfig:
     seq_len: int = 1024
     micro_batch_rows: int = 4
     grad_accum_steps: int = 2
-    max_steps: int = 100
-    lr: float = 2e-3
+    max_steps: int = 250
+    lr: float = 3e-3
     min_lr_ratio: float = 0.1
     warmup_steps: int = 10
     weight_decay: float = 0.01

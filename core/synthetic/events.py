@@ -30,7 +30,7 @@ _FOLLOW_TASTE = 0.9  # share of plays/searches drawn from the member's favourite
 # A taste-following play draws this many titles of the genre by popularity and takes the one released nearest the
 # member's era: tastes a model can read from a history's release years, on top of its genres.
 _ERA_DRAWS = 4
-_SEARCH_RATE = 0.18
+_SEARCH_RATE = 0.1
 _COMPLETE_RATE = 0.45  # share of plays followed by a complete event
 _RATE_RATE = 0.35  # share of completes followed by a rating
 # Expected events produced by one base event (play/search + its follow-ups).
@@ -70,6 +70,10 @@ def generate_interactions(cfg: SyntheticConfig, day: date) -> pl.DataFrame:
     distance = np.abs(world.titles.year[drawn] - world.members.era[member][:, None])
     nearest = drawn[np.arange(b), np.argmin(distance, axis=1)] if b else np.zeros(0, dtype=np.int64)
     title = np.where(follow, nearest, sample_popular(world, rng.random(b)))
+    # A member takes up a title once a day (two plays could end at the same clipped millisecond: one event twice).
+    once = np.sort(np.unique(member.astype(np.int64) * cfg.n_titles + title, return_index=True)[1])
+    member, title = member[once], title[once]
+    b = len(member)
     hour = rng.choice(24, size=b, p=_HOUR_WEIGHTS)
     ms = hour * _MS_PER_HOUR + rng.integers(0, _MS_PER_HOUR, size=b)
     event = np.where(rng.random(b) < _SEARCH_RATE, 3, 0)

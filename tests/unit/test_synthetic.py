@@ -63,7 +63,7 @@ def test_generated_content_is_pinned() -> None:
     digest.update(syn.generate_catalog(cfg).write_csv().encode())
     digest.update(syn.generate_interactions(cfg, day).write_csv().encode())
     digest.update("\n".join(syn.generate_external_conversations(cfg, day)).encode())
-    assert digest.hexdigest() == "4e54a5f839246454185612a4a9992d1701f33bd729d44ae3d2e26d4554e1dc35"
+    assert digest.hexdigest() == "0b302e7538a9d8d4124c7cd0e7b29ef5a3cc8bcfe188d73aeefb1118dec9b688"
 
 
 def test_config_defaults_are_the_platform_settings_defaults() -> None:
@@ -180,7 +180,8 @@ def test_title_popularity_is_zipf_like(week: pl.DataFrame) -> None:
     plays = week.filter(pl.col("event") == "play", pl.col("title_id").str.starts_with("T"))
     counts = plays["title_id"].value_counts(sort=True)["count"].to_numpy()
     top = CFG.n_titles // 100
-    assert counts[:top].sum() / counts.sum() > 0.3, "top 1% of titles take a large share of plays"
+    # Tastes spread plays over every genre, so the head is less dominant than a pure popularity world (> 0.3).
+    assert counts[:top].sum() / counts.sum() > 0.2, "top 1% of titles take a large share of plays"
     ranks = np.arange(1, 201)
     slope = np.polyfit(np.log(ranks), np.log(counts[:200]), 1)[0]
     assert -1.6 < slope < -0.6, f"rank/frequency is roughly a power law, slope {slope:.2f}"
