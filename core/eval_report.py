@@ -258,6 +258,10 @@ def _champion_numbers(champion_report: dict[str, Any] | None, report: dict[str, 
     return promotion_metrics(source) if "splits" in source else dict(source)
 
 
+def _counts(by_reason: dict[str, int]) -> str:
+    return ", ".join(f"{reason} {n:,}" for reason, n in by_reason.items()) or "none"
+
+
 def _estimate_cell(entry: dict[str, Any], key: str) -> str:
     if key in entry.get("insufficient", []):
         return "insufficient"
@@ -291,8 +295,8 @@ def _ranking_markdown(report: dict[str, Any]) -> list[str]:
         lines.append(
             f"{_fmt(cases.get('n'))} held-out cases ({cases.get('construction', '')}); each system ranks {which} "
             f"out of {_fmt(cand.get('catalog_titles'))} titles. Intervals: 95% bootstrap over cases; a metric over "
-            f"fewer than {cases.get('min_cases')} cases is insufficient. Skipped members: "
-            f"{cases.get('skipped_by_reason') or 'none'}."
+            f"fewer than {cases.get('min_cases')} cases is insufficient. Held-out members without a case: "
+            f"{_counts(cases.get('skipped_by_reason') or {})}."
         )
     metrics = ("hit@1", "hit@5", "hit@10", "ndcg@10", "mrr")
     splits = sorted({s for e in report["recommendation"].values() for s in e.get("by_split", {})}, reverse=True)
