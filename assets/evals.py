@@ -22,13 +22,13 @@ from core.eval_report import RANKING_KEYS, build_report_json, write_report
 from core.fingerprints import files_fingerprint
 from core.settings import load_signal_thresholds
 from evaluation import SuiteInputs, SuiteSettings
+from evaluation.settings import HEADLINE_SPLIT
 from resources.artifacts import ArtifactStore, leftovers_metadata
 from resources.warehouse import Warehouse
 from resources.warehouse_history import conversations_as_trained
 
 # The suite's defaults are SuiteSettings' own, so the run config and a suite run outside Dagster cannot disagree.
 _SUITE_DEFAULTS = SuiteSettings()
-HEADLINE_SPLIT = "test"  # the split report.json's top-level ranking numbers are over (evaluation.suite)
 
 
 class EvalConfig(dg.Config):

@@ -51,11 +51,11 @@ def _env_number(name: str, default: float, parse: type[int] | type[float]) -> An
 
 
 def _env_int(name: str, default: int) -> int:
-    return int(_env_number(name, default, int))
+    return _env_number(name, default, int)
 
 
 def _env_float(name: str, default: float) -> float:
-    return float(_env_number(name, default, float))
+    return _env_number(name, default, float)
 
 
 def _env_date(name: str, default: str) -> date:

@@ -53,20 +53,22 @@ def candidate_sets(
     catalog = list(dict.fromkeys(catalog_ids))
     known = set(catalog)
     whole = whole_catalog(len(catalog), size)
+    if weights is not None:
+        catalog_weights = np.array([max(float(weights.get(t, 0.0)), 0.0) for t in catalog])
     out: list[list[str]] = []
     for case in cases:
         if case.target_title_id not in known:
             raise ValueError(f"case {case.conversation_id}: target {case.target_title_id!r} is not in the catalog")
         exclude = set(case.history_title_ids) | {case.target_title_id}
-        pool = [t for t in catalog if t not in exclude]
-        if whole or len(pool) <= size - 1:
-            chosen = pool
+        keep = [i for i, t in enumerate(catalog) if t not in exclude]
+        if whole or len(keep) <= size - 1:
+            chosen = [catalog[i] for i in keep]
         else:
             p = None
             if weights is not None:
-                w = np.array([max(float(weights.get(t, 0.0)), 0.0) for t in pool])
-                p = w / w.sum() if w.sum() > 0 and np.count_nonzero(w) >= size - 1 else None
-            picks = _case_rng(seed, case.conversation_id).choice(len(pool), size=size - 1, replace=False, p=p)
-            chosen = [pool[i] for i in picks]
+                w = catalog_weights[keep]
+                p = w / w.sum() if np.count_nonzero(w) >= size - 1 else None
+            picks = _case_rng(seed, case.conversation_id).choice(len(keep), size=size - 1, replace=False, p=p)
+            chosen = [catalog[keep[i]] for i in picks]
         out.append(sorted([case.target_title_id, *chosen], key=lambda t: _order_key(seed, t)))
     return out

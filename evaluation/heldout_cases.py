@@ -85,7 +85,7 @@ def heldout_cases(
     watches = signals.filter((pl.col("signal") == "watch") & pl.col("title_id").is_in(known.implode()))
     watches = watches.sort("member_id", "first_ts", "title_id")
     per_member = watches.group_by("member_id", maintain_order=True).agg(pl.col("title_id").alias("titles"))
-    split_of = dict(member_splits(held["member_id"], options.split_config).iter_rows())
+    split_of = dict(held.select("member_id", "split").unique().iter_rows())
     cases: list[RecoCase] = []
     skipped: list[Skipped] = []
     with_watches = set(per_member["member_id"].to_list())

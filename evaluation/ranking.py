@@ -21,6 +21,7 @@ from core.conversation_builder import ANSWER_LEADS
 from core.masking import MaskError
 from evaluation.candidate_scoring import score_candidates
 from evaluation.cooccurrence import CoOccurrence
+from evaluation.generation import end_of_turn_ids
 from evaluation.ranking_metrics import beats, ranking_report
 from evaluation.recommendation import RecoCase
 from evaluation.skips import Skipped
@@ -56,11 +57,18 @@ def model_ranks(
     skipped: list[Skipped] = []
     scored = 0
     started = time.perf_counter()
+    end_of_turn = end_of_turn_ids(tokenizer)
     for k, (case, cands) in enumerate(zip(cases, candidates, strict=True)):
         answers = [matcher.display(t) for t in cands]
         try:
             scores = score_candidates(
-                model, tokenizer, case.prompt_messages, answers, batch_size=batch_size, answer_lead=ANSWER_LEAD
+                model,
+                tokenizer,
+                case.prompt_messages,
+                answers,
+                batch_size=batch_size,
+                answer_lead=ANSWER_LEAD,
+                end_of_turn=end_of_turn,
             )
         except (MaskError, ValueError) as exc:
             skipped.append(Skipped(case.conversation_id, "prompt_error", str(exc)[:300]))
@@ -127,9 +135,7 @@ def ranking_summary(
         systems[name] = {**by_split[headline_split], "by_split": by_split}
     comparisons: dict[str, dict[str, Any]] = {}
     model = ranks.get("model")
-    for s, idx in index.items():
-        if model is None:
-            break
+    for s, idx in index.items() if model is not None else ():
         comparisons[s] = {}
         for other in (o for o in COMPARED if o in ranks):
             entry: dict[str, Any] = {}

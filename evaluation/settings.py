@@ -14,6 +14,7 @@ import polars as pl
 from core.signals import SignalThresholds
 
 NEGATIVE_SAMPLING = ("popularity", "uniform")
+HEADLINE_SPLIT = "test"  # report.json's top-level ranking numbers; the champion gate decides on validation
 
 
 @dataclass(frozen=True)

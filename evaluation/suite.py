@@ -28,19 +28,18 @@ from evaluation.loss import evaluate_loss_by
 from evaluation.models import load_for_eval
 from evaluation.ranking import cooccurrence_ranks, model_ranks, popularity_ranks, ranking_summary
 from evaluation.recommendation import RecoCase
-from evaluation.settings import SuiteInputs, SuiteSettings
+from evaluation.settings import HEADLINE_SPLIT, SuiteInputs, SuiteSettings
 from evaluation.skips import count_reasons
 from evaluation.titles import TitleMatcher
 
 GENERATION_KS = (1, RECS_PER_ANSWER)  # a model names RECS_PER_ANSWER titles, so hit@k is measured up to that
-HEADLINE_SPLIT = "test"  # report.json's top-level ranking numbers; the gate decides on validation
 
 
-def training_events(events: pl.DataFrame, settings: SuiteSettings) -> pl.DataFrame:
+def training_events(events: pl.DataFrame, options: CaseOptions) -> pl.DataFrame:
     """Positive watch events of training-split members: what the popularity and co-occurrence baselines learn."""
-    splits = member_splits(events["member_id"], CaseOptions().split_config)
+    splits = member_splits(events["member_id"], options.split_config)
     train = events.join(splits.filter(pl.col("split") == "train").select("member_id"), on="member_id", how="semi")
-    return drop_negative_watches(train, settings.signals).filter(pl.col("event").is_in(WATCH_EVENTS))
+    return drop_negative_watches(train, options.signals).filter(pl.col("event").is_in(WATCH_EVENTS))
 
 
 def watch_counts(train: pl.DataFrame) -> dict[str, int]:
@@ -97,7 +96,7 @@ def prepare(inputs: SuiteInputs, settings: SuiteSettings) -> Prepared:
     matcher = TitleMatcher(inputs.catalog)
     options = CaseOptions(history_size=settings.history_size, signals=settings.signals)
     cases, skipped = heldout_cases(inputs.events, matcher, options)
-    train = training_events(inputs.events, settings)
+    train = training_events(inputs.events, options)
     counts = watch_counts(train)
     weights = (
         {t: counts.get(t, 0) + 1 for t in matcher.title_ids} if settings.ranking_negatives == "popularity" else None
