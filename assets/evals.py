@@ -2,6 +2,7 @@
 
 import json
 from collections.abc import Callable
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -54,17 +55,9 @@ def suite_settings(config: EvalConfig) -> SuiteSettings:
     """The run config's suite fields as SuiteSettings, the signal thresholds from the platform settings; the rest
     (device, seed) keeps SuiteSettings' defaults. A bad value fails the step once, naming it."""
     try:
+        shared = {f.name: getattr(config, f.name) for f in fields(SuiteSettings) if f.name in EvalConfig.model_fields}
         return SuiteSettings(
-            generation_cases=config.generation_cases,
-            max_new_tokens=config.max_new_tokens,
-            batch_size=config.batch_size,
-            batch_tokens=config.batch_tokens,
-            ranking_candidates=config.ranking_candidates,
-            ranking_negatives=config.ranking_negatives,
-            candidate_batch_size=config.candidate_batch_size,
-            history_size=config.history_size,
-            min_cases=config.min_cases,
-            bootstrap_resamples=config.bootstrap_resamples,
+            **shared,
             signals=load_signal_thresholds(),
         )
     except ValueError as exc:

@@ -35,7 +35,6 @@ _EXPORTS = {
     "generate_greedy": "evaluation.generation",
     "heldout_rows": "evaluation.heldout",
     "hit_at_k": "evaluation.recommendation",
-    "hits": "evaluation.recommendation",
     "load_for_eval": "evaluation.models",
     "loss_summary": "evaluation.loss",
     "masked_loss": "evaluation.loss",

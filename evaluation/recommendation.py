@@ -105,8 +105,3 @@ def hits_by_split(cases: Sequence[RecoCase], recs: Sequence[Sequence[str]], ks: 
             "n": len(idx),
         }
     return out
-
-
-def hits(reco: dict[str, Any]) -> dict[str, Any]:
-    """The report's per-system summary: hit rates and how many cases they are over, without the bulky lists."""
-    return {"hit@1": reco["hit@1"], "hit@5": reco["hit@5"], "n": reco["n"]}
