@@ -95,8 +95,8 @@ class TrainConfig:
     split: str = "train"
     seq_len: int = 1024
     micro_batch_rows: int = 4
-    grad_accum_steps: int = 2
-    max_steps: int = 250
+    grad_accum_steps: int = 1
+    max_steps: int = 450
     lr: float = 3e-3
     min_lr_ratio: float = 0.1
     warmup_steps: int = 10
