@@ -37,6 +37,7 @@ from core.safe_open import is_inside, open_regular_file
 DROP_SUFFIXES: dict[str, tuple[str, ...]] = {
     "interactions": SUPPORTED_SUFFIXES,
     "conversations": (".jsonl",),
+    "preferences": (".jsonl",),
 }
 DAY_DIR = re.compile(r"^day=(\d{4}-\d{2}-\d{2})$")
 

@@ -65,6 +65,21 @@ CONVERSATIONS_SCHEMA: dict[str, pl.DataType] = {
     "content_hash": pl.String,
 }
 
+# curated.preference_pairs: a prompt and two completions, the member's preferred one first.
+PREFERENCE_PAIRS_SCHEMA: dict[str, pl.DataType] = {
+    "pair_id": pl.String,
+    "day": pl.Date,
+    "kind": pl.String,  # behaviour | external
+    "member_id": pl.String,  # nullable
+    "split": pl.String,
+    "prompt": MESSAGES_DTYPE,  # ends with the user turn the completions answer
+    "chosen": MESSAGES_DTYPE,  # one assistant message
+    "rejected": MESSAGES_DTYPE,  # one assistant message
+    "chosen_title_id": pl.String,  # behaviour pairs: the liked title; null for external pairs
+    "rejected_title_id": pl.String,  # behaviour pairs: the abandoned or low-rated title
+    "content_hash": pl.String,
+}
+
 # curated.quarantine
 CONVERSATION_QUARANTINE_SCHEMA: dict[str, pl.DataType] = {
     "conversation_id": pl.String,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -46,29 +47,54 @@ SHARD_POLARS_SCHEMA = {
 }
 
 
+@dataclass(frozen=True)
+class ShardLayout:
+    """What one row of a shard directory holds: its columns and how its tokens are counted.
+
+    ``count_key`` names the row count in the manifest ("conversations" for SFT rows, "pairs" for preference
+    rows); ``token_columns`` add up to a row's tokens and ``mask_columns`` to its loss tokens.
+    """
+
+    name: str
+    polars_schema: dict[str, pl.DataType]
+    count_key: str
+    token_columns: tuple[str, ...]
+    mask_columns: tuple[str, ...]
+
+    @property
+    def arrow_schema(self) -> pa.Schema:
+        return pl.DataFrame(schema=self.polars_schema).to_arrow().schema.remove_metadata()
+
+    def counts(self, part: pl.DataFrame) -> dict[str, int]:
+        return {
+            self.count_key: part.height,
+            "tokens": sum(int(part[c].list.len().sum() or 0) for c in self.token_columns),
+            "loss_tokens": sum(int(part[c].list.sum().sum() or 0) for c in self.mask_columns),
+        }
+
+
+CONVERSATION_LAYOUT = ShardLayout("conversations", SHARD_POLARS_SCHEMA, "conversations", ("input_ids",), ("loss_mask",))
+
+
 def shard_name(split: str, index: int) -> str:
     return f"{split}-{index:05d}.parquet"
 
 
-def write_split_files(out_dir: Path, split: str, rows: pl.DataFrame, rows_per_file: int) -> list[dict[str, Any]]:
+def write_split_files(
+    out_dir: Path, split: str, rows: pl.DataFrame, rows_per_file: int, layout: ShardLayout = CONVERSATION_LAYOUT
+) -> list[dict[str, Any]]:
     """Write one split's rows as numbered parquet files; returns per-file stats."""
     if rows_per_file < 1:
         raise ValueError(f"rows_per_file must be >= 1, got {rows_per_file}")
-    frame = rows.select([pl.col(c).cast(t) for c, t in SHARD_POLARS_SCHEMA.items()])
+    frame = rows.select([pl.col(c).cast(t) for c, t in layout.polars_schema.items()])
+    arrow_schema = SHARD_ARROW_SCHEMA if layout is CONVERSATION_LAYOUT else layout.arrow_schema
     files = []
     n_files = max(1, -(-frame.height // rows_per_file))
     for index in range(n_files):
         part = frame.slice(index * rows_per_file, rows_per_file)
         name = shard_name(split, index)
-        pq.write_table(part.to_arrow().cast(SHARD_ARROW_SCHEMA), out_dir / name, compression="zstd")
-        files.append(
-            {
-                "file": name,
-                "conversations": part.height,
-                "tokens": int(part["input_ids"].list.len().sum() or 0),
-                "loss_tokens": int(part["loss_mask"].list.sum().sum() or 0),
-            }
-        )
+        pq.write_table(part.to_arrow().cast(arrow_schema), out_dir / name, compression="zstd")
+        files.append({"file": name, **layout.counts(part)})
     return files
 
 
@@ -80,22 +106,20 @@ def build_manifest(
     tokenizer_fingerprint: str,
     source_data_version: str,
     extra: dict[str, Any] | None = None,
+    layout: ShardLayout = CONVERSATION_LAYOUT,
 ) -> dict[str, Any]:
+    keys = (layout.count_key, "tokens", "loss_tokens")
     splits = {}
     for split, files in split_files.items():
-        splits[split] = {
-            "conversations": sum(f["conversations"] for f in files),
-            "tokens": sum(f["tokens"] for f in files),
-            "loss_tokens": sum(f["loss_tokens"] for f in files),
-            "files": [f["file"] for f in files],
-        }
+        splits[split] = {**{key: sum(f[key] for f in files) for key in keys}, "files": [f["file"] for f in files]}
     checksums = {p.name: sha256_file(p) for p in sorted(out_dir.iterdir()) if p.is_file() and p.name != MANIFEST}
     return {
         "format_version": FORMAT_VERSION,
         "partition": partition,
         "created_at": datetime.now(UTC).isoformat(),
         "splits": splits,
-        "totals": {key: sum(s[key] for s in splits.values()) for key in ("conversations", "tokens", "loss_tokens")},
+        "totals": {key: sum(s[key] for s in splits.values()) for key in keys},
+        **({} if layout is CONVERSATION_LAYOUT else {"layout": layout.name}),
         "tokenizer_fingerprint": tokenizer_fingerprint,
         "source_data_version": source_data_version,
         "sha256": checksums,
@@ -113,16 +137,17 @@ def write_shard_directory(
     rows_per_file: int = 20_000,
     quarantine: pl.DataFrame | None = None,
     extra: dict[str, Any] | None = None,
+    layout: ShardLayout = CONVERSATION_LAYOUT,
 ) -> dict[str, Any]:
     """Write every split (an empty split still gets one empty file) and the manifest.
 
-    `rows` needs columns split, conversation_id, input_ids, loss_mask.
+    `rows` needs column split and the layout's columns (conversation_id, input_ids, loss_mask by default).
     """
     unknown = set(rows["split"].unique().to_list()) - set(SPLITS) if rows.height else set()
     if unknown:
         raise ValueError(f"rows carry unknown splits {sorted(unknown)}; expected {SPLITS}")
     split_files = {
-        split: write_split_files(out_dir, split, rows.filter(pl.col("split") == split), rows_per_file)
+        split: write_split_files(out_dir, split, rows.filter(pl.col("split") == split), rows_per_file, layout)
         for split in SPLITS
     }
     if quarantine is not None:
@@ -134,6 +159,7 @@ def write_shard_directory(
         tokenizer_fingerprint=tokenizer_fingerprint,
         source_data_version=source_data_version,
         extra=extra,
+        layout=layout,
     )
     (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
     return manifest
@@ -189,10 +215,17 @@ def read_verified_manifest(shard_dir: Path) -> dict[str, Any]:
     return manifest
 
 
-def read_split(shard_dir: Path, split: str, manifest: dict[str, Any] | None = None) -> pl.DataFrame:
+def read_split(
+    shard_dir: Path, split: str, manifest: dict[str, Any] | None = None, layout: ShardLayout = CONVERSATION_LAYOUT
+) -> pl.DataFrame:
     manifest = manifest or read_manifest(shard_dir)
+    if manifest.get("layout", CONVERSATION_LAYOUT.name) != layout.name:
+        raise ShardDataError(
+            f"{shard_dir} holds {manifest.get('layout', CONVERSATION_LAYOUT.name)} rows, not {layout.name}; "
+            "point this reader at the matching shard asset's versions"
+        )
     files: Sequence[str] = manifest["splits"].get(split, {}).get("files", [])
     frames = [pl.read_parquet(Path(shard_dir) / name) for name in files]
     if not frames:
-        return pl.DataFrame(schema=SHARD_POLARS_SCHEMA)
+        return pl.DataFrame(schema=layout.polars_schema)
     return pl.concat(frames, how="vertical")

@@ -8,6 +8,7 @@ from assets.catalog import raw_catalog, raw_interactions
 from assets.conversations import curated_conversations
 from assets.evals import eval_report
 from assets.models import base_model
+from assets.preferences import preference_pairs, preference_shards
 from assets.shards import tokenized_shards
 from assets.training import trained_checkpoint
 from core.settings import load_settings
@@ -23,6 +24,8 @@ ASSETS = [
     curated_conversations,
     base_model,
     tokenized_shards,
+    preference_pairs,
+    preference_shards,
     trained_checkpoint,
     eval_report,
 ]

@@ -30,11 +30,16 @@ catalog_job = dg.define_asset_job(
 
 ingestion_job = dg.define_asset_job(
     "ingestion_job",
-    selection=dg.AssetSelection.assets("raw_interactions", "curated_conversations", "tokenized_shards"),
-    description="One day: raw_interactions -> curated_conversations -> tokenized_shards.",
+    selection=dg.AssetSelection.assets(
+        "raw_interactions", "curated_conversations", "tokenized_shards", "preference_pairs", "preference_shards"
+    ),
+    description=(
+        "One day: raw_interactions -> curated_conversations -> tokenized_shards, and -> preference_pairs -> "
+        "preference_shards."
+    ),
     # The instance config (instance_config.yaml) runs one run of this lane at a time, oldest first.
     tags={INGESTION_LANE_TAG: "ingestion"},
-    # The three steps depend on each other; one process per run instead of one per step saves two interpreter
+    # The steps depend on each other; one process per run instead of one per step saves two interpreter
     # start-ups (seconds each) per partition of a backfill.
     executor_def=dg.in_process_executor,
 )

@@ -14,8 +14,8 @@ import dagster as dg
 
 from resources.artifacts import ArtifactStore
 
-DAY_ASSETS = [dg.AssetKey("raw_interactions"), dg.AssetKey("curated_conversations")]
-SHARD_ASSETS = [dg.AssetKey("tokenized_shards")]
+DAY_ASSETS = [dg.AssetKey("raw_interactions"), dg.AssetKey("curated_conversations"), dg.AssetKey("preference_pairs")]
+SHARD_ASSETS = [dg.AssetKey("tokenized_shards"), dg.AssetKey("preference_shards")]
 
 
 class StepFailed(Exception):
@@ -82,7 +82,8 @@ class DaysOutcome:
 def materialize_days(
     runner: Runner, days: list[str], artifacts: ArtifactStore, *, rebuild_base_model: bool, keep_going: bool
 ) -> DaysOutcome:
-    """raw_catalog once, raw_interactions + curated_conversations per day, base_model, tokenized_shards per day.
+    """raw_catalog once, raw_interactions + curated_conversations + preference_pairs per day, base_model, then
+    tokenized_shards + preference_shards per day.
 
     base_model comes after the days because the preset's tokenizer is trained on their curated train split;
     without `rebuild_base_model` an existing one is kept, so shards of later ranges use the same tokenizer.
@@ -97,7 +98,7 @@ def materialize_days(
         try:
             result = runner.run(
                 "ingestion_job",
-                "raw_interactions+curated_conversations",
+                "events+conversations+pairs",
                 partition_key=day,
                 asset_selection=DAY_ASSETS,
             )
@@ -106,7 +107,8 @@ def materialize_days(
             continue
         events = metadata_number(result, "dagster/row_count", "raw_interactions")
         conversations = metadata_number(result, "dagster/row_count", "curated_conversations")
-        print(f"    {events:,.0f} events, {conversations:,.0f} curated conversations")
+        pairs = metadata_number(result, "dagster/row_count", "preference_pairs")
+        print(f"    {events:,.0f} events, {conversations:,.0f} curated conversations, {pairs:,.0f} preference pairs")
         ingested.append(day)
     if not ingested:
         return outcome
@@ -116,13 +118,13 @@ def materialize_days(
     for day in ingested:
         print(f"  tokenize {day}")
         try:
-            result = runner.run("ingestion_job", "tokenized_shards", partition_key=day, asset_selection=SHARD_ASSETS)
+            result = runner.run("ingestion_job", "shards", partition_key=day, asset_selection=SHARD_ASSETS)
         except StepFailed as exc:
             _record_failure(outcome, day, exc, keep_going)
             continue
         outcome.shards[day] = result
-        outcome.tokens += metadata_number(result, "tokens")
-        outcome.tokenize_seconds += metadata_number(result, "tokenize_seconds")
+        outcome.tokens += metadata_number(result, "tokens", "tokenized_shards")
+        outcome.tokenize_seconds += metadata_number(result, "tokenize_seconds", "tokenized_shards")
     return outcome
 
 

@@ -137,7 +137,12 @@ def _runs_in_progress(instance: dg.DagsterInstance) -> list[dg.DagsterRun]:
 
 # What each of our jobs materializes when a run does not name an asset subset.
 _JOB_ASSETS = {
-    ingestion_job.name: {*RAW_AND_CURATED, dg.AssetKey("tokenized_shards")},
+    ingestion_job.name: {
+        *RAW_AND_CURATED,
+        dg.AssetKey("tokenized_shards"),
+        dg.AssetKey("preference_pairs"),
+        dg.AssetKey("preference_shards"),
+    },
     training_job.name: {TRAINED, dg.AssetKey("eval_report")},
 }
 

@@ -122,6 +122,10 @@ class LandingArea(dg.ConfigurableResource):
         """External JSONL conversations for the day (optional in both modes): accepted and ignored files."""
         return list_day_folder(Path(self.root), "conversations", day.isoformat())
 
+    def preference_listing(self, day: date) -> Listing:
+        """External JSONL preference pairs for the day (optional in both modes): accepted and ignored files."""
+        return list_day_folder(Path(self.root), "preferences", day.isoformat())
+
     def conversation_paths(self, day: date) -> list[Path]:
         return self.conversation_listing(day).paths
 

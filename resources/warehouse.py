@@ -38,6 +38,10 @@ TABLES: dict[str, dict[str, pl.DataType]] = {
     "raw.quarantine": schemas.RAW_QUARANTINE_SCHEMA,
     "curated.conversations": schemas.CONVERSATIONS_SCHEMA,
     "curated.quarantine": schemas.CONVERSATION_QUARANTINE_SCHEMA,
+    "curated.preference_pairs": schemas.PREFERENCE_PAIRS_SCHEMA,
+    # Pair rejects, same columns as curated.quarantine (conversation_id holds the pair_id): a table of their own,
+    # so a conversation day and a pair day each replace only their own rejects.
+    "curated.preference_quarantine": schemas.CONVERSATION_QUARANTINE_SCHEMA,
 }
 
 # Content hashes another day already holds (curation's cross-day dedup). `day <> ?`, not `day < ?`: days run
@@ -46,7 +50,9 @@ TABLES: dict[str, dict[str, pl.DataType]] = {
 SEEN_ELSEWHERE_SQL = "SELECT DISTINCT content_hash FROM curated.conversations WHERE day <> ?"
 
 # Keys of `Warehouse.run_transaction(serialize=...)`: one row each in meta.write_claims.
-SERIALIZE_KEYS = ("curated.conversations",)
+SERIALIZE_KEYS = ("curated.conversations", "curated.preference_pairs")
+# The pairs' cross-day dedup, as SEEN_ELSEWHERE_SQL is the conversations'.
+PAIRS_SEEN_ELSEWHERE_SQL = "SELECT DISTINCT content_hash FROM curated.preference_pairs WHERE day <> ?"
 
 
 def duckdb_type(dtype: pl.DataType) -> str:

@@ -23,12 +23,13 @@ from core.curation.hashing import content_hash, content_hash_expr, sha256_hex, s
 from core.curation.normalize import ROLES, normalize_text_expr
 from core.curation.pii import EMAIL_PATTERN, EMAIL_TOKEN, PHONE_PATTERN, PHONE_TOKEN, scrub_pii_expr
 from core.curation.pipeline import curate
-from core.curation.reasons import PARSE_REASONS, REASONS
+from core.curation.reasons import PAIR_REASONS, PARSE_REASONS, REASONS
 from core.curation.splits import assign_splits
 
 __all__ = [
     "EMAIL_PATTERN",
     "EMAIL_TOKEN",
+    "PAIR_REASONS",
     "PARSE_REASONS",
     "PHONE_PATTERN",
     "PHONE_TOKEN",

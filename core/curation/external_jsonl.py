@@ -9,7 +9,8 @@ from __future__ import annotations
 import codecs
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
@@ -88,37 +89,66 @@ def _jsonl_encoding(encoding: str) -> str:
     return name
 
 
-def parse_external_jsonl(
-    lines: Iterable[str | bytes], day: date, source: str, encoding: str = "utf-8"
-) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Parse landing-area JSONL (``{"messages": [...], "member_id"?: str}`` per line).
+@dataclass(frozen=True)
+class JsonlRecord:
+    """One decoded JSON value of a JSONL file, with where it came from."""
 
-    Returns (candidate rows with kind ``external`` ready for ``curate``, quarantine rows). One bad
-    line never fails the file: a line is quarantined, with ``source:line`` in the detail, when its
-    bytes do not decode strictly with ``encoding`` (``encoding_error``; ``bytes`` lines only), when it
-    holds lone surrogates, raw or as JSON escapes (``invalid_unicode``: they are not text and cannot be
-    hashed or stored), when it is not JSON (``invalid_json``) or not the messages format
-    (``bad_schema``). Records are the non-blank lines; blank lines are skipped and counted nowhere.
+    lineno: int
+    value: Any
+    line: str  # the stripped text of the line, for a quarantine payload
 
-    The conversation_id hashes the member and the messages, not the source file, so the same record
-    dropped twice gets the same id (and is caught as a duplicate).
+
+class JsonlRejects:
+    """Quarantine rows of a JSONL file: reason, ``source:line: detail``, payload (cut) and its length."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.rows: list[tuple[str, str, str, int]] = []
+
+    def add(self, reason: str, lineno: int, detail: str, payload: str) -> None:
+        keep = QUARANTINE_PAYLOAD_MAX_CHARS + _PII_MARGIN_CHARS  # scrub PII before the final cut
+        self.rows.append((reason, f"{self.source}:{lineno}: {detail}", payload[:keep], len(payload)))
+
+    def frame(self, day: date) -> pl.DataFrame:
+        """The rejects as ``CONVERSATION_QUARANTINE_SCHEMA`` rows (no id: the line never became a record)."""
+        rows = self.rows
+        rejected = pl.DataFrame(
+            {
+                "conversation_id": [None] * len(rows),
+                "day": [day] * len(rows),
+                "reason": [r[0] for r in rows],
+                "detail": [r[1] for r in rows],
+                "payload": [r[2] for r in rows],
+                "payload_chars": [r[3] for r in rows],
+            },
+            schema={
+                "conversation_id": pl.String,
+                "day": pl.Date,
+                "reason": pl.String,
+                "detail": pl.String,
+                "payload": pl.String,
+                "payload_chars": pl.Int64,
+            },
+        ).with_columns(scrub_pii_expr(pl.col("payload")).alias("payload"))
+        return conform(rejected, CONVERSATION_QUARANTINE_SCHEMA)
+
+
+def jsonl_records(lines: Iterable[str | bytes], encoding: str, rejects: JsonlRejects) -> Iterator[JsonlRecord]:
+    """The JSON values of the non-blank lines; a line that is not one goes to ``rejects`` instead.
+
+    A line is rejected when its bytes do not decode strictly with ``encoding`` (``encoding_error``; ``bytes``
+    lines only), when it holds lone surrogates, raw or as JSON escapes (``invalid_unicode``: they are not text
+    and cannot be hashed or stored), or when it is not JSON (``invalid_json``). Blank lines are skipped and
+    counted nowhere. Escaped surrogates inside the decoded value are the caller's to check
+    (``first_surrogate_field``), since only it knows which fields are text.
     """
     codec = _jsonl_encoding(encoding)
-    keep = QUARANTINE_PAYLOAD_MAX_CHARS + _PII_MARGIN_CHARS  # scrub PII before the final cut
-    ids: list[str] = []
-    members: list[str | None] = []
-    messages: list[list[dict[str, str]]] = []
-    q_rows: list[tuple[str, str, str, int]] = []  # (reason, detail, payload, original length)
-
-    def reject(reason: str, lineno: int, detail: str, payload: str) -> None:
-        q_rows.append((reason, f"{source}:{lineno}: {detail}", payload[:keep], len(payload)))
-
     for lineno, raw in enumerate(lines, start=1):
         if isinstance(raw, bytes):
             try:
                 text = raw.decode(codec)
             except UnicodeDecodeError as exc:
-                reject(
+                rejects.add(
                     "encoding_error",
                     lineno,
                     f"{decode_error_detail(exc, codec)}; the line was not read. If the whole file uses another "
@@ -133,7 +163,7 @@ def parse_external_jsonl(
             continue
         at = first_surrogate(line)
         if at is not None:
-            reject(
+            rejects.add(
                 "invalid_unicode",
                 lineno,
                 f"the line holds a lone surrogate code point at character {at + 1} (undecodable bytes read "
@@ -143,31 +173,57 @@ def parse_external_jsonl(
             )
             continue
         try:
-            obj = json.loads(line)
+            value = json.loads(line)
         except (ValueError, RecursionError) as exc:  # JSONDecodeError, too-long integers, too-deep nesting
-            reject("invalid_json", lineno, f"not valid JSON ({str(exc)[:200]}); fix or remove the line", line)
+            rejects.add("invalid_json", lineno, f"not valid JSON ({str(exc)[:200]}); fix or remove the line", line)
             continue
-        msgs, member, err = _external_messages(obj)
+        yield JsonlRecord(lineno, value, line)
+
+
+def reject_surrogates(record: JsonlRecord, where: str | None, rejects: JsonlRejects) -> bool:
+    """Quarantine ``record`` as ``invalid_unicode`` when ``where`` names a field holding a lone surrogate."""
+    if where is None:
+        return False
+    rejects.add(
+        "invalid_unicode",
+        record.lineno,
+        f"{where} holds a lone surrogate (a \\uD800-\\uDFFF JSON escape that is half of a UTF-16 "
+        "pair, not a character); the producer must escape whole characters (both halves of the pair)",
+        record.line,
+    )
+    return True
+
+
+def record_id(record: dict[str, Any]) -> str:
+    """A stable id of a parsed record: the same record dropped twice gets the same id (and is a duplicate)."""
+    key = json.dumps(record, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()[:32]
+
+
+def parse_external_jsonl(
+    lines: Iterable[str | bytes], day: date, source: str, encoding: str = "utf-8"
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Parse landing-area JSONL (``{"messages": [...], "member_id"?: str}`` per line).
+
+    Returns (candidate rows with kind ``external`` ready for ``curate``, quarantine rows). One bad
+    line never fails the file: a line is quarantined, with ``source:line`` in the detail, when it is not
+    a JSON line (``jsonl_records``) or not the messages format (``bad_schema``).
+
+    The conversation_id hashes the member and the messages, not the source file, so the same record
+    dropped twice gets the same id (and is caught as a duplicate).
+    """
+    rejects = JsonlRejects(source)
+    ids: list[str] = []
+    members: list[str | None] = []
+    messages: list[list[dict[str, str]]] = []
+    for record in jsonl_records(lines, encoding, rejects):
+        msgs, member, err = _external_messages(record.value)
         if msgs is None:
-            reject("bad_schema", lineno, err, line)
+            rejects.add("bad_schema", record.lineno, err, record.line)
             continue
-        where = _surrogate_field(msgs, member)
-        if where is not None:
-            reject(
-                "invalid_unicode",
-                lineno,
-                f"{where} holds a lone surrogate (a \\uD800-\\uDFFF JSON escape that is half of a UTF-16 "
-                "pair, not a character); the producer must escape whole characters (both halves of the pair)",
-                line,
-            )
+        if reject_surrogates(record, _surrogate_field(msgs, member), rejects):
             continue
-        key = json.dumps(
-            {"kind": "external", "member_id": member, "messages": msgs},
-            ensure_ascii=False,
-            sort_keys=True,
-            separators=(",", ":"),
-        )
-        ids.append(hashlib.sha256(key.encode("utf-8")).hexdigest()[:32])
+        ids.append(record_id({"kind": "external", "member_id": member, "messages": msgs}))
         members.append(member)
         messages.append(msgs)
     candidates = pl.DataFrame(
@@ -186,22 +242,4 @@ def parse_external_jsonl(
             "messages": MESSAGES_DTYPE,
         },
     )
-    rejected = pl.DataFrame(
-        {
-            "conversation_id": [None] * len(q_rows),
-            "day": [day] * len(q_rows),
-            "reason": [r[0] for r in q_rows],
-            "detail": [r[1] for r in q_rows],
-            "payload": [r[2] for r in q_rows],
-            "payload_chars": [r[3] for r in q_rows],
-        },
-        schema={
-            "conversation_id": pl.String,
-            "day": pl.Date,
-            "reason": pl.String,
-            "detail": pl.String,
-            "payload": pl.String,
-            "payload_chars": pl.Int64,
-        },
-    ).with_columns(scrub_pii_expr(pl.col("payload")).alias("payload"))
-    return candidates, conform(rejected, CONVERSATION_QUARANTINE_SCHEMA)
+    return candidates, rejects.frame(day)

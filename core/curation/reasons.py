@@ -30,3 +30,8 @@ PARSE_REASONS: dict[str, str] = {
     "invalid_json": "the line is not valid JSON",
     "bad_schema": "the JSON is not a conversation: no messages list of role/content strings",
 }
+# Only produced by core.preferences.curate_pairs, checked after the conversation rules on prompt + each side.
+PAIR_REASONS: dict[str, str] = {
+    "bad_completion": "chosen or rejected is not exactly one assistant message",
+    "same_completion": "chosen and rejected are the same text after normalization, so there is nothing to prefer",
+}

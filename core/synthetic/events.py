@@ -81,13 +81,13 @@ def generate_interactions(cfg: SyntheticConfig, day: date) -> pl.DataFrame:
 
     match = (world.titles.genre_mask[title] & world.members.mask[member]) != 0
     comp = (event == 0) & (rng.random(b) < _COMPLETE_RATE)
-    frac = np.where(match, rng.beta(5.0, 1.3, size=b), rng.beta(2.0, 2.0, size=b))
+    frac = np.where(match, rng.beta(5.0, 1.3, size=b), rng.beta(1.0, 3.0, size=b))
     c_ms = np.minimum(ms + (world.titles.runtime_ms[title] * frac).astype(np.int64), _MS_PER_DAY - 1)
     rate = comp & (rng.random(b) < _RATE_RATE)
     stars = np.where(
         match,
         rng.choice([3, 4, 5], size=b, p=[0.2, 0.4, 0.4]),
-        rng.choice([1, 2, 3, 4, 5], size=b, p=[0.15, 0.25, 0.3, 0.2, 0.1]),
+        rng.choice([1, 2, 3, 4, 5], size=b, p=[0.3, 0.3, 0.2, 0.15, 0.05]),
     ).astype(np.float64)
     r_ms = np.minimum(c_ms + rng.integers(5_000, 300_000, size=b), _MS_PER_DAY - 1)
 
