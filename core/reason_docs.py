@@ -15,11 +15,12 @@ from __future__ import annotations
 import sys
 from collections.abc import Mapping
 
-from core.curation import PARSE_REASONS, REASONS
+from core.curation import PAIR_REASONS, PARSE_REASONS, REASONS
 from core.eval_report import EVAL_SKIP_REASONS
 from core.ingest import CATALOG_REASONS, INTERACTION_REASONS, READ_REASONS, REPAIRED_REASONS
 from core.landing_files import IGNORE_REASONS
 from core.masking import MASK_REASONS
+from core.preferences.tokenize import PAIR_TOKEN_REASONS
 from core.schemas import QUARANTINE_PAYLOAD_MAX_CHARS
 
 REGENERATE = "python -m core.reason_docs > docs/reason-codes.md"
@@ -58,6 +59,7 @@ def render_reason_codes() -> str:
         "[External conversations](#external-conversations-curatedquarantine-parse-step) ·",
         "[Curation](#curation-curatedquarantine) ·",
         "[Tokenization](#tokenization-tokenized_shards-quarantineparquet) ·",
+        "[Preference pairs](#preference-pairs-curatedpreference_quarantine-and-preference_shards) ·",
         "[Landing files that are not read](#landing-files-that-are-not-read) ·",
         "[Evaluation](#evaluation-skipped_by_reason)",
         "",
@@ -104,6 +106,22 @@ def render_reason_codes() -> str:
         "wrongly in silence. (`core.masking.MASK_REASONS`)",
         "",
         _table(MASK_REASONS),
+        "",
+        "## Preference pairs (`curated.preference_quarantine` and `preference_shards`)",
+        "",
+        "External pairs dropped in `landing/preferences/day=YYYY-MM-DD/` are parsed with the parse reasons",
+        "above. Each side of a pair, the prompt followed by its completion, then goes through the curation",
+        "rules above (the detail starts with `chosen:` or `rejected:`), and after them the pair rules; a",
+        "duplicate is a whole pair with the same normalized text. Rejects land in",
+        "`curated.preference_quarantine` (the columns of `curated.quarantine`, `conversation_id` holding the",
+        "pair_id). (`core.curation.PAIR_REASONS`)",
+        "",
+        _table(PAIR_REASONS),
+        "",
+        "Tokenizing a pair quarantines it, in the shard version's `quarantine.parquet`, with the masking",
+        "reasons above, or with: (`core.preferences.tokenize.PAIR_TOKEN_REASONS`)",
+        "",
+        _table(PAIR_TOKEN_REASONS),
         "",
         "## Landing files that are not read",
         "",

@@ -18,14 +18,17 @@ import json
 import time
 from dataclasses import dataclass
 from datetime import date
+from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
-from transformers import PreTrainedTokenizerBase
 
 from core.masking import DEFAULT_REWRITE_POLICY, RewritePolicy, encode_with_policy, paused_gc
 from core.schemas import CONVERSATION_QUARANTINE_SCHEMA, quarantine_frame
 from core.shards import ShardLayout
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 # Reasons only pair tokenization gives (the engine's MASK_REASONS come through as they are).
 PAIR_TOKEN_REASONS: dict[str, str] = {

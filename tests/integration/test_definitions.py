@@ -31,7 +31,15 @@ def test_code_location_has_the_asset_graph_with_lineage() -> None:
     assert parents("tokenized_shards") == {"curated_conversations", "base_model"}
     assert parents("trained_checkpoint") == {"tokenized_shards", "base_model"}
     assert parents("eval_report") == {"trained_checkpoint"}
-    for name in ("raw_interactions", "curated_conversations", "tokenized_shards"):
+    assert parents("preference_pairs") == {"raw_catalog", "raw_interactions"}
+    assert parents("preference_shards") == {"preference_pairs", "base_model"}
+    for name in (
+        "raw_interactions",
+        "curated_conversations",
+        "tokenized_shards",
+        "preference_pairs",
+        "preference_shards",
+    ):
         assert graph.get(dg.AssetKey(name)).partitions_def is not None
     checks = {k.name for k in defs.resolve_asset_graph().asset_check_keys}
     assert {
@@ -39,6 +47,7 @@ def test_code_location_has_the_asset_graph_with_lineage() -> None:
         "train_serve_consistency",
         "manifest_checksums",
         "no_member_in_two_splits",
+        "member_split_matches_conversations",
     } <= checks
 
 

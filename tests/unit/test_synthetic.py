@@ -56,14 +56,15 @@ def test_generated_content_is_pinned() -> None:
     """A digest of one small world's catalog, day of events and partner chats: any change to what a config
     generates (an extra random draw, a reordered stream) shows here, since the demo's counts and every stored
     landing drop depend on it. Last changed on purpose when members' tastes gained an era and titles their
-    genre's words (recommendation quality)."""
+    genre's words (recommendation quality), and again when plays outside a member's taste were abandoned or
+    rated low more often (preference pairs)."""
     cfg = syn.SyntheticConfig(seed=3, n_titles=60, n_members=80)
     day = date(2026, 1, 2)
     digest = hashlib.sha256()
     digest.update(syn.generate_catalog(cfg).write_csv().encode())
     digest.update(syn.generate_interactions(cfg, day).write_csv().encode())
     digest.update("\n".join(syn.generate_external_conversations(cfg, day)).encode())
-    assert digest.hexdigest() == "0b302e7538a9d8d4124c7cd0e7b29ef5a3cc8bcfe188d73aeefb1118dec9b688"
+    assert digest.hexdigest() == "ccbc731a6c1cbe115d5507a6eacc86bb584c3afcc20d262037d84b37b9c57f0a"
 
 
 def test_config_defaults_are_the_platform_settings_defaults() -> None:
