@@ -220,8 +220,8 @@ def _is_required(f: Any) -> bool:
     return f.default is MISSING and f.default_factory is MISSING
 
 
-def load_config(path: str | Path) -> TrainConfig:
-    """Read a config file: JSON, or YAML when the name ends in .yaml/.yml and PyYAML is installed."""
+def load_config(path: str | Path, cls: type[TrainConfig] = TrainConfig) -> TrainConfig:
+    """Read a config file of ``cls``: JSON, or YAML when the name ends in .yaml/.yml and PyYAML is installed."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
@@ -240,6 +240,6 @@ def load_config(path: str | Path) -> TrainConfig:
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a mapping of config keys, got {type(data).__name__}")
     try:
-        return TrainConfig.from_dict(data)
+        return cls.from_dict(data)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from exc

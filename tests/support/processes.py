@@ -71,12 +71,12 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
-def training_ranks(root: int) -> dict[int, int]:
-    """RANK -> pid of each `training.sft` rank process below `root` (a torchrun agent, or what started it)."""
+def training_ranks(root: int, module: str = "training.sft") -> dict[int, int]:
+    """RANK -> pid of each `module` rank process below `root` (a torchrun agent, or what started it)."""
     ranks = {}
     for pid in descendants(root):
         with contextlib.suppress(OSError, ValueError):
-            if b"training.sft" not in Path(f"/proc/{pid}/cmdline").read_bytes():
+            if module.encode() not in Path(f"/proc/{pid}/cmdline").read_bytes():
                 continue
             for item in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
                 if item.startswith(b"RANK="):

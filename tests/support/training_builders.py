@@ -95,6 +95,39 @@ def make_shards(
     return out
 
 
+def random_pairs(n: int, *, vocab: int, seed: int, split: str = "train", max_part: int = 12) -> pl.DataFrame:
+    """Preference rows of random tokens: a prompt, then two completions whose last token is unmasked."""
+    rng = np.random.default_rng(seed)
+    rows: dict[str, list[Any]] = {k: [] for k in ("pair_id", "split", "prompt_ids", "chosen_ids", "chosen_mask")}
+    rows.update(rejected_ids=[], rejected_mask=[])
+    for i in range(n):
+        rows["pair_id"].append(f"p{seed}-{i}")
+        rows["split"].append(split)
+        rows["prompt_ids"].append(rng.integers(0, vocab, int(rng.integers(2, max_part))).tolist())
+        for side in ("chosen", "rejected"):
+            length = int(rng.integers(2, max_part))
+            rows[f"{side}_ids"].append(rng.integers(0, vocab, length).tolist())
+            rows[f"{side}_mask"].append([1] * (length - 1) + [0])
+    return pl.DataFrame(rows)
+
+
+def make_pair_shards(out: Path, base_model: Path, n: int = 40, *, seed: int = 0, vocab: int = 300) -> Path:
+    """A preference_shards version directory of random pairs."""
+    from core.preferences.tokenize import PAIR_LAYOUT
+
+    out.mkdir(parents=True, exist_ok=True)
+    write_shard_directory(
+        out,
+        random_pairs(n, vocab=vocab, seed=seed),
+        partition="2026-01-01",
+        tokenizer_fingerprint=tokenizer_fingerprint(base_model),
+        source_data_version=f"pairs-{seed}",
+        rows_per_file=16,
+        layout=PAIR_LAYOUT,
+    )
+    return out
+
+
 def config_dict(base_model: Path, shard_dirs: list[Path], output_dir: Path, **overrides: Any) -> dict[str, Any]:
     """A tiny run's TrainConfig dict. Compile is off: inductor compiling the layers costs more than the run;
     tests about compiled layers pass compile="auto" (and tests/unit/test_training_compilation.py)."""
@@ -135,7 +168,7 @@ def subprocess_env() -> dict[str, str]:
     return env
 
 
-def torchrun_cmd(nproc: int, *args: str) -> list[str]:
+def torchrun_cmd(nproc: int, *args: str, module: str = "training.sft") -> list[str]:
     return [
         sys.executable,
         "-m",
@@ -143,16 +176,18 @@ def torchrun_cmd(nproc: int, *args: str) -> list[str]:
         "--standalone",
         f"--nproc-per-node={nproc}",
         "-m",
-        "training.sft",
+        module,
         *args,
     ]
 
 
-def run_torchrun(nproc: int, *args: str, env: dict[str, str], cwd: Path, timeout: float) -> subprocess.CompletedProcess:
+def run_torchrun(
+    nproc: int, *args: str, env: dict[str, str], cwd: Path, timeout: float, module: str = "training.sft"
+) -> subprocess.CompletedProcess:
     """torchrun of training.sft, like subprocess.run(capture_output=True, text=True); past `timeout`, each rank
     prints its threads' stacks (training.sft registers SIGUSR1 with faulthandler) before the tree is killed, and the
     test fails with them, so a hang shows where it waits."""
-    cmd = torchrun_cmd(nproc, *args)
+    cmd = torchrun_cmd(nproc, *args, module=module)
     proc = subprocess.Popen(
         cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
     )
