@@ -1,4 +1,4 @@
-"""Training launchers: run `python -m training.sft` on N nodes x M processes.
+"""Training launchers: run a trainer module (`training.sft`, `training.dpo`) on N nodes x M processes.
 
 One small interface for every backend (local torchrun here; Kubernetes in resources/kubernetes/):
 `launch(context, train_config, output_dir)` runs the trainer to completion under a
@@ -54,7 +54,14 @@ class LaunchResult:
 class TrainingLauncher(dg.ConfigurableResource):
     """The launcher interface. Implementations run the trainer and return its results."""
 
-    def launch(self, context: dg.AssetExecutionContext, train_config: dict[str, Any], output_dir: Path) -> LaunchResult:
+    def launch(
+        self,
+        context: dg.AssetExecutionContext,
+        train_config: dict[str, Any],
+        output_dir: Path,
+        entry_point: str = "training.sft",
+    ) -> LaunchResult:
+        """Run `python -m <entry_point> --config <train_config> --resume` and return its results."""
         raise NotImplementedError
 
     @property
@@ -113,12 +120,14 @@ class LocalTorchrunLauncher(TrainingLauncher):
             log.info(f"fetched checkpoint {fetched.name} of this run from {self.artifacts_url} to resume from")
         return {SYNC_URL_ENV: self.artifacts_url, SYNC_ROOT_ENV: self.artifacts_root, SYNC_RESULT_ENV: "0"}
 
-    def commands(self, config_path: Path, log_dir: Path, port: int) -> list[list[str]]:
+    def commands(
+        self, config_path: Path, log_dir: Path, port: int, entry_point: str = "training.sft"
+    ) -> list[list[str]]:
         """One torchrun command per node (agent)."""
         python = self.python_executable or sys.executable
         base = [python, "-m", "torch.distributed.run", "--nnodes", str(self.nnodes)]
         base += ["--nproc-per-node", str(self.nproc_per_node), "--tee", "3"]
-        tail = ["-m", "training.sft", "--config", str(config_path), "--resume"]
+        tail = ["-m", entry_point, "--config", str(config_path), "--resume"]
         if self.nnodes == 1:
             return [[*base, "--standalone", "--log-dir", str(log_dir / "node0"), *tail]]
         rdzv = ["--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", f"local-{port}"]
@@ -127,12 +136,18 @@ class LocalTorchrunLauncher(TrainingLauncher):
             for n in range(self.nnodes)
         ]
 
-    def launch(self, context: dg.AssetExecutionContext, train_config: dict[str, Any], output_dir: Path) -> LaunchResult:
+    def launch(
+        self,
+        context: dg.AssetExecutionContext,
+        train_config: dict[str, Any],
+        output_dir: Path,
+        entry_point: str = "training.sft",
+    ) -> LaunchResult:
         if self.nnodes < 1 or self.nproc_per_node < 1:
             raise dg.Failure(f"nnodes and nproc_per_node must be >= 1, got {self.nnodes} x {self.nproc_per_node}")
         config_path = write_train_config(train_config, output_dir)
         log_dir = output_dir / "torchrun_logs"
-        commands = self.commands(config_path, log_dir, free_port())
+        commands = self.commands(config_path, log_dir, free_port(), entry_point)
         env = {
             **os.environ,
             "OMP_NUM_THREADS": str(self.threads_per_process),

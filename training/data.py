@@ -12,7 +12,6 @@ so a conversation's first token is never a target of the previous one.
 
 from __future__ import annotations
 
-import bisect
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from core.packing import best_fit_decreasing
 from core.shards import MANIFEST, ShardDataError, read_split, read_verified_manifest
 
 IGNORE_INDEX = -100
@@ -145,30 +145,6 @@ def split_overlong(length: int, seq_len: int, overlong: str) -> list[tuple[int, 
     if overlong == "drop":
         return []
     return [(start, min(seq_len, length - start)) for start in range(0, length, seq_len)]
-
-
-def best_fit_decreasing(lengths: list[int], capacity: int) -> list[list[int]]:
-    """Bins of item indices: longest item first, each into the fullest bin that still fits it.
-
-    Deterministic: ties break on item index and bin creation order.
-    """
-    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
-    bins: list[list[int]] = []
-    free: list[tuple[int, int]] = []  # sorted (remaining capacity, bin id)
-    for item in order:
-        size = lengths[item]
-        if size > capacity:
-            raise ValueError(f"item {item} of length {size} exceeds bin capacity {capacity}")
-        slot = bisect.bisect_left(free, (size, -1))
-        if slot < len(free):
-            remaining, bin_id = free.pop(slot)
-        else:
-            remaining, bin_id = capacity, len(bins)
-            bins.append([])
-        bins[bin_id].append(item)
-        if remaining - size > 0:
-            bisect.insort(free, (remaining - size, bin_id))
-    return bins
 
 
 @dataclass

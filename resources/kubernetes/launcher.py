@@ -122,9 +122,11 @@ class KubernetesTrainingLauncher(TrainingLauncher):
         labels: dict[str, str] | None = None,
         annotations: dict[str, str] | None = None,
         config_key: str = "",
+        entry_point: str = "training.sft",
     ) -> TrainingJobSpec:
         return TrainingJobSpec(
             name=name,
+            entry_point=entry_point,
             namespace=self.namespace,
             image=self.image,
             nodes=self.nodes,
@@ -202,7 +204,13 @@ class KubernetesTrainingLauncher(TrainingLauncher):
             return None
         return ArtifactSync(VersionStore(self.artifacts_url.rstrip("/")), Path(self.artifacts_mount_path))
 
-    def launch(self, context: dg.AssetExecutionContext, train_config: dict[str, Any], output_dir: Path) -> LaunchResult:
+    def launch(
+        self,
+        context: dg.AssetExecutionContext,
+        train_config: dict[str, Any],
+        output_dir: Path,
+        entry_point: str = "training.sft",
+    ) -> LaunchResult:
         self._check_paths(train_config, output_dir)
         config_path = write_train_config(train_config, output_dir)
         sync = self.artifact_sync()
@@ -210,7 +218,9 @@ class KubernetesTrainingLauncher(TrainingLauncher):
         name = job_name_for(context.run.run_id)
         lineage, labels, annotations = self._run_metadata(context, output_dir)
         try:
-            spec = self.job_spec(name, str(config_path), labels, annotations, config_key=config_key)
+            spec = self.job_spec(
+                name, str(config_path), labels, annotations, config_key=config_key, entry_point=entry_point
+            )
             service, job = spec.service(), spec.job()
         except K8sConfigError as exc:
             raise dg.Failure(f"KubernetesTrainingLauncher configuration: {exc}") from exc

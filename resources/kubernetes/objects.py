@@ -51,6 +51,7 @@ class TrainingJobSpec:
     nodes: int
     procs_per_node: int
     config_path: str  # train_config.json on the shared artifact volume (or its local mirror, with artifacts_url)
+    entry_point: str = "training.sft"  # the trainer module torchrun runs (training.dpo for preference training)
     gpus_per_node: int = 0
     cpu: str = "4"
     memory: str = "16Gi"
@@ -177,7 +178,7 @@ class TrainingJobSpec:
             "--tee",
             "1",  # stdout prefixed per rank; stderr (tracebacks, Pipes messages) passes through unchanged
             "-m",
-            "training.sft",
+            self.entry_point,
             "--config",
             self.config_path,
             "--resume",
