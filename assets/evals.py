@@ -9,7 +9,9 @@ from typing import Any
 import dagster as dg
 import polars as pl
 
+from assets.champions import CHECKPOINT_ASSETS, champion_checkpoint_dir, champion_registry, read_lineage
 from assets.metadata import image_markdown
+from assets.preference_training import latest_preference_shards, preference_checkpoint
 from assets.training import trained_checkpoint
 from core.champion import (
     MAX_PROMOTION_ATTEMPTS,
@@ -19,7 +21,7 @@ from core.champion import (
     promote_if_better,
     promotion_metrics,
 )
-from core.eval_report import RANKING_KEYS, build_report_json, write_report
+from core.eval_report import PREFERENCE_KEYS, RANKING_KEYS, build_report_json, write_report
 from core.fingerprints import files_fingerprint
 from core.settings import load_signal_thresholds
 from evaluation import SuiteInputs, SuiteSettings
@@ -47,6 +49,8 @@ class EvalConfig(dg.Config):
     bootstrap_resamples: int = _SUITE_DEFAULTS.bootstrap_resamples
     loss_margin: float = 0.02  # relative: candidate validation loss may be at most 2% worse than the champion's
     hit_margin: float = 0.02  # absolute: candidate hit@5 may be at most 0.02 lower
+    # absolute: held-out pairs' likelihood accuracy may be at most 0.02 lower (when both have enough pairs)
+    preference_margin: float = 0.02
     # A champion promoted by another eval while this one ran is evaluated too and compared again, at most this often.
     promotion_attempts: int = MAX_PROMOTION_ATTEMPTS
 
@@ -65,29 +69,6 @@ def suite_settings(config: EvalConfig) -> SuiteSettings:
             description=f"eval_report run config is invalid: {exc}. Fix it under ops.eval_report.config",
             allow_retries=False,
         ) from exc
-
-
-def champion_registry(artifacts: ArtifactStore) -> Path | str:
-    """The champion registry beside the artifacts: a directory, or a prefix of the artifacts' object store."""
-    if artifacts.remote is not None:
-        return f"{artifacts.root.rstrip('/')}/champion"
-    return Path(artifacts.root) / "champion"
-
-
-def champion_checkpoint_dir(artifacts: ArtifactStore, recorded: str) -> Path:
-    """The champion's checkpoint directory here: as recorded, or, on an object store, fetched by its version name
-    (the recorded path is the promoting machine's cache)."""
-    path = Path(recorded)
-    if artifacts.remote is not None and not path.is_dir() and path.name in artifacts.version_ids("trained_checkpoint"):
-        return artifacts.fetch("trained_checkpoint", path.name)
-    return path
-
-
-def read_lineage(checkpoint: Path) -> dict:
-    path = checkpoint / "lineage.json"
-    if not path.is_file():
-        raise dg.Failure(f"{checkpoint} has no lineage.json; re-materialize trained_checkpoint")
-    return json.loads(path.read_text())
 
 
 def suite_inputs(checkpoint: Path, warehouse: Warehouse, champion_dir: Path | None) -> SuiteInputs:
@@ -136,20 +117,79 @@ def recommendation_metadata(report: dict) -> dict[str, Any]:
     return out
 
 
+def preference_metadata(report: dict) -> dict[str, Any]:
+    """preference/<metric> (test pairs), with _ci and n, and the validation likelihood accuracy the gate uses."""
+    pref = report.get("preference")
+    if not pref:
+        return {}
+    meta: dict[str, Any] = {"preference/n": pref["n"], "preference/reference": pref["reference"]}
+    for key in PREFERENCE_KEYS:
+        if pref.get(key) is not None:
+            meta[f"preference/{key}"] = float(pref[key])
+            low, high = pref["ci"].get(key, [None, None])
+            if low is not None:
+                meta[f"preference/{key}_ci"] = f"[{low:.3f}, {high:.3f}]"
+    return meta
+
+
 def _ranking_extras(system: dict) -> dict:
     """What report.json keeps of a system's ranking run besides the metrics: skips and the scoring cost."""
     ranking = system["ranking"]
     return {k: ranking[k] for k in ("skipped_by_reason", "seconds_per_1000") if k in ranking}
 
 
-def champion_metrics_of(results: dict) -> dict:
-    """Promotion metrics of a champion evaluated by the suite on the candidate's cases (its eval_set is theirs)."""
+def champion_metrics_of(results: dict, preference: dict | None = None) -> dict:
+    """Promotion metrics of a champion evaluated by the suite on the candidate's cases (its eval_set is theirs),
+    with its held-out pair results when the candidate has pairs."""
     return promotion_metrics(
         {
             "splits": results["systems"]["champion"]["loss"]["splits"],
             "recommendation": {"model": results["recommendation"]["champion"]},
+            **({"preference": {"by_split": preference}} if preference else {}),
         }
     )
+
+
+def latest_candidate(artifacts: ArtifactStore) -> Path:
+    """The checkpoint to evaluate: the newest version of trained_checkpoint and preference_checkpoint (version
+    names sort by creation time), so a run evaluates what it just trained, whichever kind."""
+    found = [(p.name, p) for asset in CHECKPOINT_ASSETS if (p := artifacts.latest(asset)) is not None]
+    if not found:
+        return artifacts.require_latest("trained_checkpoint")  # fails naming what to materialize
+    return max(found)[1]
+
+
+def held_out_preferences(
+    context: dg.AssetExecutionContext,
+    artifacts: ArtifactStore,
+    checkpoint: Path,
+    champion_dir: Path | None,
+    config: EvalConfig,
+) -> tuple[dict | None, dict | None]:
+    """(the candidate's report.json ``preference`` input, the champion's by-split results) on held-out pairs;
+    (None, None) when no preference_shards exist."""
+    from evaluation.preference import PreferenceSettings, evaluate_preference
+
+    if not artifacts.partitions("preference_shards"):
+        return None, None
+    shard_dirs = latest_preference_shards(artifacts)
+    lineage = read_lineage(checkpoint)
+    reference = Path(lineage.get("start_checkpoint") or lineage["base_model"])
+    summary = json.loads((checkpoint / "summary.json").read_text())
+    settings = PreferenceSettings(
+        beta=float(summary.get("beta", PreferenceSettings.beta)),
+        min_n=config.min_cases,
+        resamples=config.bootstrap_resamples,
+        seed=_SUITE_DEFAULTS.seed,
+    )
+    by_split = evaluate_preference(checkpoint, reference, shard_dirs, settings)
+    champion = None
+    if champion_dir is not None:
+        try:
+            champion = evaluate_preference(champion_dir, champion_dir, shard_dirs, settings)
+        except ValueError as exc:  # e.g. a champion with another tokenizer than the shards
+            context.log.warning(f"champion not evaluated on preference pairs: {exc}")
+    return {"by_split": by_split, "reference": str(reference), "beta": settings.beta}, champion
 
 
 def champion_measurer(
@@ -173,13 +213,20 @@ def champion_measurer(
 @dg.asset(
     group_name="evaluation",
     kinds={"pytorch"},
-    deps=[trained_checkpoint],
-    # A checkpoint materialized on its own (e.g. from the Launchpad) is evaluated and gated automatically.
-    automation_condition=dg.AutomationCondition.eager(),
+    deps=[trained_checkpoint, preference_checkpoint],
+    # A checkpoint materialized on its own (e.g. from the Launchpad) is evaluated and gated automatically. Not
+    # eager(): that waits until every dependency exists, and a platform without preference training never
+    # has a preference_checkpoint.
+    automation_condition=(
+        dg.AutomationCondition.any_deps_updated().since_last_handled()
+        & ~dg.AutomationCondition.any_deps_in_progress()
+        & ~dg.AutomationCondition.in_progress()
+    ).with_label("a checkpoint was updated"),
     description=(
         "Held-out loss/perplexity (by split and kind); ranking hit@1/5/10, NDCG@10 and MRR with n and bootstrap "
         "intervals of the model, its base model, popularity and co-occurrence on the same held-out members and "
-        "candidates; hit@k of generated answers; the champion gate (artifacts/eval_report/<version>/)."
+        "candidates; hit@k of generated answers; preference accuracy and reward margin on held-out pairs; the "
+        "champion gate (artifacts/eval_report/<version>/). Evaluates the newest trained or preference checkpoint."
     ),
     check_specs=[
         dg.AssetCheckSpec(
@@ -196,7 +243,7 @@ def eval_report(
     # run_suite and evaluate_model load torch and transformers: imported by the step, not with the code location.
     from evaluation import run_suite
 
-    checkpoint = artifacts.require_latest("trained_checkpoint")
+    checkpoint = latest_candidate(artifacts)
     registry = champion_registry(artifacts)
     champion = current_champion(registry)
     champion_dir = champion_checkpoint_dir(artifacts, champion.checkpoint) if champion else None
@@ -214,8 +261,15 @@ def eval_report(
         if name != "champion"
     }
     generation = {name: systems[name]["generation"] for name in ("model", "base_model", "popularity")}
-    candidate = promotion_metrics({"splits": model["loss"]["splits"], "recommendation": recommendation})
-    champion_metrics = champion_metrics_of(results) if "champion" in systems else None
+    preference, champion_preference = held_out_preferences(context, artifacts, checkpoint, champion_dir, config)
+    candidate = promotion_metrics(
+        {
+            "splits": model["loss"]["splits"],
+            "recommendation": recommendation,
+            **({"preference": preference} if preference else {}),
+        }
+    )
+    champion_metrics = champion_metrics_of(results, champion_preference) if "champion" in systems else None
     summary = json.loads((checkpoint / "summary.json").read_text())
     eval_set = files_fingerprint([p / "manifest.json" for p in inputs.shard_dirs])
     leftovers = artifacts.clean_stale_temp_dirs("champion")  # promotions that died before their claim
@@ -233,6 +287,7 @@ def eval_report(
                 measure=champion_measurer(context, inputs, settings),
                 loss_margin=config.loss_margin,
                 hit_margin=config.hit_margin,
+                preference_margin=config.preference_margin,
                 max_attempts=config.promotion_attempts,
             )
         except PromotionConflict as exc:
@@ -253,6 +308,7 @@ def eval_report(
             base_model_splits=base["loss"]["splits"],
             eval_set=eval_set,
             samples=len(model["generation"]["samples"]),
+            preference=preference,
         )
         files = write_report(
             tmp,
@@ -278,6 +334,7 @@ def eval_report(
             "test_perplexity": test["perplexity"],
             "base_model_validation_loss": base["loss"]["splits"]["validation"]["loss"],
             **recommendation_metadata(report),
+            **preference_metadata(report),
             "champion": report["champion"] or "none",
             "promoted": decision.promoted,
             "champion_changed_during_eval": dg.MetadataValue.json(list(outcome.superseded_by)),

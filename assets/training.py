@@ -1,6 +1,7 @@
 """Training layer: the trained checkpoint, launched through a TrainingLauncher resource."""
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -64,9 +65,9 @@ RUN_CONFIG_KEYS = tuple(k for k in TrainingRunConfig.model_fields if k not in ("
 PLATFORM_KEYS = (*OWNED_BY_PLATFORM, *RUN_CONFIG_KEYS)
 
 
-def config_failure(message: str) -> dg.Failure:
+def config_failure(message: str, asset: str = "trained_checkpoint") -> dg.Failure:
     """A run config error: permanent until a person edits the config, so the RetryPolicy must not repeat it."""
-    return dg.Failure(description=f"trained_checkpoint config: {message}", allow_retries=False)
+    return dg.Failure(description=f"{asset} config: {message}", allow_retries=False)
 
 
 def latest_shard_dirs(artifacts: ArtifactStore, window_days: int = 0) -> list[Path]:
@@ -83,24 +84,28 @@ def latest_shard_dirs(artifacts: ArtifactStore, window_days: int = 0) -> list[Pa
     return [artifacts.require_latest("tokenized_shards", day) for day in days]
 
 
-def parse_extra_json(text: str) -> dict[str, Any]:
-    """The extra TrainConfig keys of a run; refuses keys the platform owns or a run config field already sets."""
+def parse_extra_json(
+    text: str, run_fields: Iterable[str] = TrainingRunConfig.model_fields, asset: str = "trained_checkpoint"
+) -> dict[str, Any]:
+    """The extra trainer config keys of a run; refuses keys the platform owns or a run config field already sets."""
     try:
         extra = json.loads(text or "{}")
     except json.JSONDecodeError as exc:
-        raise config_failure(f"extra_json is not valid JSON ({exc}); give a JSON object such as {{}}") from exc
+        raise config_failure(f"extra_json is not valid JSON ({exc}); give a JSON object such as {{}}", asset) from exc
     if not isinstance(extra, dict):
         raise config_failure(
-            f"extra_json must be a JSON object of TrainConfig keys, got {type(extra).__name__}: {text[:200]!r}"
+            f"extra_json must be a JSON object of trainer config keys, got {type(extra).__name__}: {text[:200]!r}",
+            asset,
         )
     for key in extra:
         if key in OWNED_BY_PLATFORM:
             raise config_failure(
-                f"extra_json may not set {key!r}: {OWNED_BY_PLATFORM[key]}. Remove it from extra_json."
+                f"extra_json may not set {key!r}: {OWNED_BY_PLATFORM[key]}. Remove it from extra_json.", asset
             )
-        if key in TrainingRunConfig.model_fields:
+        if key in run_fields:
             raise config_failure(
-                f"extra_json may not set {key!r}: set it as the run config field {key} instead (one place per knob)"
+                f"extra_json may not set {key!r}: set it as the run config field {key} instead (one place per knob)",
+                asset,
             )
     return extra
 

@@ -49,6 +49,7 @@ _VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 # The metrics promotion looks at, extracted from an eval report by ``promotion_metrics``.
 LOSS_KEY = "validation_loss"
 HIT_KEY = "hit@5"
+PREFERENCE_KEY = "preference_likelihood_accuracy"  # validation pairs; compared when both sides have enough pairs
 
 
 @dataclass(frozen=True)
@@ -271,7 +272,20 @@ def promotion_metrics(report: dict[str, Any]) -> dict[str, Any]:
         HIT_KEY: validation.get(HIT_KEY),
         f"{HIT_KEY}_insufficient": HIT_KEY in insufficient,
         "hit_n": validation.get("n"),
+        **_preference_metrics(report),
         "eval_set": report.get("eval_set"),
+    }
+
+
+def _preference_metrics(report: dict[str, Any]) -> dict[str, Any]:
+    """The validation pairs' likelihood accuracy (evaluation/preference.py), when the report has pairs."""
+    validation = (report.get("preference") or {}).get("by_split", {}).get("validation")
+    if not validation:
+        return {}
+    return {
+        PREFERENCE_KEY: validation.get("likelihood_accuracy"),
+        f"{PREFERENCE_KEY}_insufficient": "likelihood_accuracy" in validation.get("insufficient", ()),
+        "preference_n": validation.get("n"),
     }
 
 
@@ -287,9 +301,11 @@ def decide_promotion(
     *,
     loss_margin: float = 0.02,
     hit_margin: float = 0.02,
+    preference_margin: float = 0.02,
 ) -> Decision:
-    """Promote unless validation loss is worse by more than ``loss_margin`` (relative) or
-    hit@5 is lower by more than ``hit_margin`` (absolute). No champion: promoted.
+    """Promote unless validation loss is worse by more than ``loss_margin`` (relative), hit@5 is lower by more
+    than ``hit_margin`` (absolute), or the held-out pairs' likelihood accuracy is lower by more than
+    ``preference_margin`` (absolute; compared only when both have enough pairs). No champion: promoted.
 
     A candidate without a finite validation loss is never promoted (nothing to judge);
     a metric the champion lacks is not compared, and the reasons say so.
@@ -349,6 +365,8 @@ def decide_promotion(
     c1, ch1 = _number(candidate.get("hit@1")), _number(champion.get("hit@1"))
     if c1 is not None and ch1 is not None:
         deltas["hit@1"] = c1 - ch1
+    if not _preference_within_margin(candidate, champion, preference_margin, reasons, deltas):
+        promoted = False
     c_set, ch_set = candidate.get("eval_set"), champion.get("eval_set")
     if c_set and ch_set and c_set != ch_set:
         reasons.append(
@@ -357,6 +375,38 @@ def decide_promotion(
         )
     reasons.insert(0, "promoted: within margins of the champion" if promoted else "not promoted: regression")
     return Decision(promoted, reasons, deltas)
+
+
+def _preference_within_margin(
+    candidate: dict[str, Any],
+    champion: dict[str, Any],
+    margin: float,
+    reasons: list[str],
+    deltas: dict[str, float | None],
+) -> bool:
+    """Compare held-out pair likelihood accuracy where both sides have it on enough pairs; say why not otherwise."""
+    if PREFERENCE_KEY not in candidate and PREFERENCE_KEY not in champion:
+        return True  # no preference data anywhere: nothing to say
+    short = [
+        who for who, m in (("candidate", candidate), ("champion", champion)) if m.get(f"{PREFERENCE_KEY}_insufficient")
+    ]
+    c, ch = _number(candidate.get(PREFERENCE_KEY)), _number(champion.get(PREFERENCE_KEY))
+    if short:
+        reasons.append(
+            f"{PREFERENCE_KEY} not compared: too few held-out validation pairs for the {' and '.join(short)} "
+            f"(n = {candidate.get('preference_n')})"
+        )
+        return True
+    if c is None or ch is None:
+        missing = "champion" if ch is None else "candidate"
+        reasons.append(f"{PREFERENCE_KEY} not compared: the {missing} was not evaluated on preference pairs")
+        return True
+    deltas[PREFERENCE_KEY] = c - ch
+    if c < ch - margin - 1e-12:
+        reasons.append(f"{PREFERENCE_KEY} {c:.3f} is {c - ch:+.3f} vs champion {ch:.3f}, below the {margin:.3f} margin")
+        return False
+    reasons.append(f"{PREFERENCE_KEY} {c:.3f} vs champion {ch:.3f} ({c - ch:+.3f}, margin {margin:.3f})")
+    return True
 
 
 # --------------------------------------------------------------------------------------
@@ -386,6 +436,7 @@ def promote_if_better(
     measure: Callable[[ChampionRecord], dict[str, Any] | None],
     loss_margin: float = 0.02,
     hit_margin: float = 0.02,
+    preference_margin: float = 0.02,
     max_attempts: int = MAX_PROMOTION_ATTEMPTS,
 ) -> GateOutcome:
     """Decide against ``champion``; promote with compare-and-swap; if someone promoted in between, measure the
@@ -397,7 +448,13 @@ def promote_if_better(
         raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
     superseded: list[str] = []
     for attempt in range(1, max_attempts + 1):
-        decision = decide_promotion(candidate, champion_metrics, loss_margin=loss_margin, hit_margin=hit_margin)
+        decision = decide_promotion(
+            candidate,
+            champion_metrics,
+            loss_margin=loss_margin,
+            hit_margin=hit_margin,
+            preference_margin=preference_margin,
+        )
         if not decision.promoted:
             return GateOutcome(decision, champion, champion_metrics, None, attempt, tuple(superseded))
         record = new_record(

@@ -29,6 +29,8 @@ CONTRACT_SYSTEMS = ("model", "base_model", "popularity", "cooccurrence")
 SPLIT_KEYS = ("loss", "perplexity", "loss_tokens")
 RANKING_KEYS = ("hit@1", "hit@5", "hit@10", "ndcg@10", "mrr")
 HIT_KEYS = ("hit@1", "hit@5")  # what the plots and the champion comparison show
+PREFERENCE_KEYS = ("accuracy", "reward_margin", "likelihood_accuracy")  # evaluation/preference.py
+PREFERENCE_HEADLINE_SPLIT = "test"
 # Why a held-out row or case was left out of a metric (the ``evaluation`` package's skips): each comes with a detail
 # and is counted per code in the result's ``skipped_by_reason``, which report.json keeps (_SYSTEM_KEYS).
 EVAL_SKIP_REASONS: dict[str, str] = {
@@ -69,9 +71,13 @@ def build_report_json(
     cases: dict[str, Any] | None = None,
     eval_set: str | None = None,
     samples: int = 0,
+    preference: dict[str, Any] | None = None,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The report.json object: contract keys first, then extras.
+
+    ``preference`` (held-out pairs, where there are any): ``by_split`` of ``evaluation.preference_report``, plus
+    ``reference`` and ``beta``; the test split's values are its headline ``accuracy`` and ``reward_margin``.
 
     ``splits`` and ``by_kind`` are ``evaluation.evaluate_loss_by``'s; each
     ``recommendation[system]`` is a ranking summary of ``evaluation.run_suite`` (metrics, n,
@@ -120,6 +126,8 @@ def build_report_json(
         report["cases"] = cases
     if eval_set is not None:
         report["eval_set"] = eval_set
+    if preference is not None:
+        report["preference"] = preference_entry(**preference)
     report["samples"] = int(samples)
     for key, value in (extra or {}).items():
         if key in report:
@@ -153,6 +161,38 @@ def _ranking_problems(where: str, entry: dict[str, Any]) -> list[str]:
     hits = [entry.get(k) for k in ("hit@1", "hit@5", "hit@10")]
     if all(_finite(h) for h in hits) and not hits[0] <= hits[1] + 1e-12 <= hits[2] + 2e-12:
         problems.append(f"{where}: hit@1, hit@5, hit@10 = {hits} do not rise with k")
+    return problems
+
+
+def preference_entry(by_split: dict[str, dict[str, Any]], reference: str, beta: float) -> dict[str, Any]:
+    """report.json's ``preference``: the headline split's metrics at the top, every split under by_split."""
+    head = by_split.get(PREFERENCE_HEADLINE_SPLIT, {})
+    return {
+        **{k: head.get(k) for k in PREFERENCE_KEYS},
+        "n": head.get("n", 0),
+        "ci": head.get("ci", {}),
+        "insufficient": list(head.get("insufficient", PREFERENCE_KEYS)),
+        "by_split": by_split,
+        "reference": reference,
+        "beta": beta,
+    }
+
+
+def _preference_problems(entry: Any) -> list[str]:
+    if not isinstance(entry, dict):
+        return ["preference: must be an object"]
+    problems = []
+    for where, values in [
+        ("preference", entry),
+        *[(f"preference.by_split.{k}", v) for k, v in entry.get("by_split", {}).items()],
+    ]:
+        short = set(values.get("insufficient", ()))
+        for key in PREFERENCE_KEYS:
+            value = values.get(key)
+            if (value is None) != (key in short):
+                problems.append(f"{where}.{key}: null exactly when listed in insufficient, got {value!r}")
+            elif key != "reward_margin" and value is not None and not 0.0 <= value <= 1.0:
+                problems.append(f"{where}.{key}: a share must be in [0, 1], got {value!r}")
     return problems
 
 
@@ -210,6 +250,8 @@ def validate_report_json(obj: Any) -> list[str]:
         problems.append(f"champion: must be a version string or null, got {obj['champion']!r}")
     if not isinstance(obj.get("promoted"), bool):
         problems.append(f"promoted: must be true or false, got {obj.get('promoted')!r}")
+    if "preference" in obj:
+        problems += _preference_problems(obj["preference"])
     try:
         json.dumps(obj, allow_nan=False)
     except (TypeError, ValueError) as exc:
@@ -339,6 +381,24 @@ def _generation_markdown(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _preference_markdown(report: dict[str, Any]) -> list[str]:
+    pref = report.get("preference")
+    if not pref:
+        return []
+    lines = ["", "## Preference pairs (held out)", ""]
+    lines.append(
+        f"Implicit reward margin beta * ((model - reference) chosen - (model - reference) rejected) with beta "
+        f"{pref.get('beta')} and the reference `{pref.get('reference')}`; accuracy = share of pairs with a margin "
+        "above 0; likelihood accuracy = share where the model alone gives the chosen answer the higher "
+        "log-probability. 95% bootstrap intervals over pairs."
+    )
+    lines += ["", "| split | accuracy | reward margin | likelihood accuracy | n |", "|---|---|---|---|---:|"]
+    for split, entry in pref.get("by_split", {}).items():
+        cells = [_estimate_cell(entry, key) for key in PREFERENCE_KEYS]
+        lines.append(f"| {_cell(split)} | {' | '.join(cells)} | {entry.get('n', 0)} |")
+    return lines
+
+
 def render_markdown(
     report: dict[str, Any],
     *,
@@ -380,6 +440,7 @@ def render_markdown(
                 )
     lines += _ranking_markdown(report)
     lines += _generation_markdown(report)
+    lines += _preference_markdown(report)
     lines += ["", "## Versus champion", ""]
     champ = _champion_numbers(champion_report, report)
     cand = promotion_metrics(report)
@@ -387,7 +448,10 @@ def render_markdown(
         lines.append("No champion yet: this is the first evaluated checkpoint.")
     else:
         lines += ["| metric | candidate | champion | delta |", "|---|---:|---:|---:|"]
-        for key, digits in (("validation_loss", 4), ("test_loss", 4), ("hit@1", 3), ("hit@5", 3)):
+        keys = [("validation_loss", 4), ("test_loss", 4), ("hit@1", 3), ("hit@5", 3)]
+        if "preference_likelihood_accuracy" in cand or "preference_likelihood_accuracy" in champ:
+            keys.append(("preference_likelihood_accuracy", 3))
+        for key, digits in keys:
             a, b = cand.get(key), champ.get(key)
             label = f"{key} (validation ranking)" if key.startswith("hit@") else key
             lines.append(f"| {label} | {_fmt(a, digits)} | {_fmt(b, digits)} | {_delta(a, b, digits)} |")

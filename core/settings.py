@@ -299,6 +299,11 @@ def retrain_min_new_loss_tokens() -> int:
     return _env_int_at_least("RETRAIN_MIN_NEW_LOSS_TOKENS", 200_000, minimum=1)
 
 
+def retrain_min_new_pairs() -> int:
+    """RETRAIN_MIN_NEW_PAIRS (default 500): new train-split preference pairs that justify a preference run."""
+    return _env_int_at_least("RETRAIN_MIN_NEW_PAIRS", 500, minimum=1)
+
+
 def retrain_run_config_file() -> str:
     """RETRAIN_RUN_CONFIG: a YAML run config file for sensor/schedule-started training runs; "" = none."""
     return _env("RETRAIN_RUN_CONFIG", "")

@@ -8,6 +8,7 @@ from assets.catalog import raw_catalog, raw_interactions
 from assets.conversations import curated_conversations
 from assets.evals import eval_report
 from assets.models import base_model
+from assets.preference_training import preference_checkpoint
 from assets.preferences import preference_pairs, preference_shards
 from assets.shards import tokenized_shards
 from assets.training import trained_checkpoint
@@ -27,6 +28,7 @@ ASSETS = [
     preference_pairs,
     preference_shards,
     trained_checkpoint,
+    preference_checkpoint,
     eval_report,
 ]
 

@@ -60,4 +60,12 @@ training_job = dg.define_asset_job(
     tags=training_run_tags(),
 )
 
-ALL_JOBS = [catalog_job, ingestion_job, base_model_job, training_job]
+preference_job = dg.define_asset_job(
+    "preference_job",
+    selection=dg.AssetSelection.assets("preference_checkpoint", "eval_report"),
+    description="Preference-train the champion on the preference shards (DPO), evaluate it and gate it.",
+    executor_def=dg.in_process_executor,
+    tags=training_run_tags(),
+)
+
+ALL_JOBS = [catalog_job, ingestion_job, base_model_job, training_job, preference_job]

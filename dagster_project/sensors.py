@@ -27,6 +27,11 @@
   `RETRAIN_MIN_NEW_LOSS_TOKENS` it requests a `training_job` run, once per set of shard versions
   (cursor + run key). It never requests a run while a training run is queued or running.
 
+`preference_sensor` (default STOPPED) does the same for preference training: new `preference_shards`
+  versions against those the newest `preference_checkpoint` used; when their train-split pairs reach
+  `RETRAIN_MIN_NEW_PAIRS` it requests a `preference_job` run (run key `prefer:<hash>`), never while a
+  training or preference run is queued or running.
+
 Their settings come from `core.settings`. The two minimum intervals (LANDING_SENSOR_INTERVAL_SECONDS,
 RETRAIN_SENSOR_INTERVAL_SECONDS) are arguments of the decorators, so they are read when the Definitions load and a
 change needs a reload of the code location; the threshold and RETRAIN_RUN_CONFIG are read on every tick.
@@ -50,10 +55,11 @@ from core.landing_files import IgnoredFile, describe_ignored, scan_root
 from core.settings import (
     landing_sensor_interval_seconds,
     retrain_min_new_loss_tokens,
+    retrain_min_new_pairs,
     retrain_run_config_file,
     retrain_sensor_interval_seconds,
 )
-from dagster_project.jobs import ingestion_job, training_job, training_run_tags
+from dagster_project.jobs import ingestion_job, preference_job, training_job, training_run_tags
 from resources.artifacts import ArtifactStore
 from resources.landing import LandingArea
 
@@ -300,7 +306,7 @@ class TrainingDelta:
     checkpoint: str | None  # the newest trained_checkpoint version
     current: dict[str, str]  # day -> newest shard version
     new: dict[str, str]  # day -> version, the subset of `current` that counts as new
-    new_loss_tokens: int  # train-split loss tokens of the new versions
+    new_amount: int  # the new versions' train-split loss tokens (SFT shards) or pairs (preference shards)
 
     @property
     def key(self) -> str:
@@ -309,33 +315,46 @@ class TrainingDelta:
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _used_shards(artifacts: ArtifactStore, checkpoint: str | None) -> dict[str, str]:
-    """day -> shard version the checkpoint trained on (from its lineage.json, read without fetching the model)."""
-    text = artifacts.read_text("trained_checkpoint", checkpoint, "lineage.json") if checkpoint else None
+def _used_shards(artifacts: ArtifactStore, asset: str, checkpoint: str | None, key: str) -> dict[str, str]:
+    """day -> shard version the checkpoint trained on (its lineage.json's `key`, read without fetching the model)."""
+    text = artifacts.read_text(asset, checkpoint, "lineage.json") if checkpoint else None
     if text is None:
         return {}
     lineage = json.loads(text)
-    return {Path(p).parent.name: Path(p).name for p in lineage.get("shards", [])}
+    return {Path(p).parent.name: Path(p).name for p in lineage.get(key, [])}
 
 
-def training_delta(artifacts: ArtifactStore) -> TrainingDelta:
+def shard_delta(
+    artifacts: ArtifactStore, checkpoint_asset: str, shard_asset: str, lineage_key: str, count: str
+) -> TrainingDelta:
+    """Shard versions of `shard_asset` the newest `checkpoint_asset` did not train on, with the sum of their
+    manifests' train-split `count` (loss tokens, or pairs)."""
     # Version ids and small files only: a sensor tick never downloads a checkpoint or shards.
-    checkpoints = artifacts.version_ids("trained_checkpoint")
+    checkpoints = artifacts.version_ids(checkpoint_asset)
     checkpoint = checkpoints[-1] if checkpoints else None
-    used = _used_shards(artifacts, checkpoint)
+    used = _used_shards(artifacts, checkpoint_asset, checkpoint, lineage_key)
     newest_used = max(used.values(), default="")
     current: dict[str, str] = {}
-    for day in artifacts.partitions("tokenized_shards"):
+    for day in artifacts.partitions(shard_asset):
         if _DAY_DIR.match(f"day={day}"):
-            current[day] = artifacts.version_ids("tokenized_shards", day)[-1]
+            current[day] = artifacts.version_ids(shard_asset, day)[-1]
     # Version ids are sortable UTC timestamps: "newer than the newest version the checkpoint used" leaves out
     # old days that a windowed run (window_days) chose not to train on.
     new = {day: v for day, v in current.items() if used.get(day) != v and v > newest_used}
-    loss_tokens = 0
+    amount = 0
     for day, version in new.items():
-        manifest = json.loads(artifacts.read_text("tokenized_shards", version, "manifest.json", day) or "{}")
-        loss_tokens += int(manifest.get("splits", {}).get("train", {}).get("loss_tokens", 0))
-    return TrainingDelta(checkpoint=checkpoint, current=current, new=new, new_loss_tokens=loss_tokens)
+        manifest = json.loads(artifacts.read_text(shard_asset, version, "manifest.json", day) or "{}")
+        amount += int(manifest.get("splits", {}).get("train", {}).get(count, 0))
+    return TrainingDelta(checkpoint=checkpoint, current=current, new=new, new_amount=amount)
+
+
+def training_delta(artifacts: ArtifactStore) -> TrainingDelta:
+    return shard_delta(artifacts, "trained_checkpoint", "tokenized_shards", "shards", "loss_tokens")
+
+
+def preference_delta(artifacts: ArtifactStore) -> TrainingDelta:
+    """As training_delta, for preference_checkpoint and preference_shards; the amount counts train pairs."""
+    return shard_delta(artifacts, "preference_checkpoint", "preference_shards", "preference_shards", "pairs")
 
 
 def training_runs_in_progress(instance: dg.DagsterInstance) -> list[dg.DagsterRun]:
@@ -352,7 +371,7 @@ def training_tags(delta: TrainingDelta, trigger: str) -> dict[str, str]:
     return {
         **training_run_tags(),  # the run's time limit, as on training_job itself
         "platform/trigger": trigger,
-        "platform/new_loss_tokens": str(delta.new_loss_tokens),
+        "platform/new_loss_tokens": str(delta.new_amount),
         "platform/new_shard_days": ",".join(sorted(delta.new))[:200],
     }
 
@@ -373,10 +392,10 @@ def retraining_sensor(context: dg.SensorEvaluationContext, artifacts: ArtifactSt
     delta = training_delta(artifacts)
     threshold = retrain_min_new_loss_tokens()
     since = f"since {delta.checkpoint}" if delta.checkpoint else "(no trained_checkpoint yet)"
-    if delta.new_loss_tokens < threshold:
+    if delta.new_amount < threshold:
         return dg.SensorResult(
             skip_reason=(
-                f"{delta.new_loss_tokens:,} new train loss tokens in {len(delta.new)} shard version(s) {since}; "
+                f"{delta.new_amount:,} new train loss tokens in {len(delta.new)} shard version(s) {since}; "
                 f"threshold RETRAIN_MIN_NEW_LOSS_TOKENS={threshold:,}"
             )
         )
@@ -387,11 +406,51 @@ def retraining_sensor(context: dg.SensorEvaluationContext, artifacts: ArtifactSt
                 "waiting for new shard versions"
             )
         )
-    context.log.info(f"{delta.new_loss_tokens:,} new train loss tokens {since}: requesting training_job")
+    context.log.info(f"{delta.new_amount:,} new train loss tokens {since}: requesting training_job")
     request = dg.RunRequest(
         run_key=f"retrain:{delta.key}", run_config=retrain_run_config(), tags=training_tags(delta, "retraining_sensor")
     )
     return dg.SensorResult(run_requests=[request], cursor=delta.key)
+
+
+PREFERENCE = dg.AssetKey("preference_checkpoint")
+
+
+@dg.sensor(
+    job=preference_job,
+    minimum_interval_seconds=retrain_sensor_interval_seconds(),
+    default_status=dg.DefaultSensorStatus.STOPPED,
+    description=(
+        "Requests preference_job when the train-split pairs in preference_shards versions newer than the last "
+        "preference_checkpoint reach RETRAIN_MIN_NEW_PAIRS; never while a training run is queued or running."
+    ),
+)
+def preference_sensor(context: dg.SensorEvaluationContext, artifacts: ArtifactStore) -> dg.SensorResult:
+    running = [run for run in _runs_in_progress(context.instance) if _targets(run, [TRAINED, PREFERENCE])]
+    if running:
+        return dg.SensorResult(skip_reason=busy_reason(running))
+    delta = preference_delta(artifacts)
+    threshold = retrain_min_new_pairs()
+    since = f"since {delta.checkpoint}" if delta.checkpoint else "(no preference_checkpoint yet)"
+    if delta.new_amount < threshold:
+        return dg.SensorResult(
+            skip_reason=(
+                f"{delta.new_amount:,} new train pairs in {len(delta.new)} shard version(s) {since}; "
+                f"threshold RETRAIN_MIN_NEW_PAIRS={threshold:,}"
+            )
+        )
+    if context.cursor == delta.key:
+        return dg.SensorResult(
+            skip_reason=f"a preference run was already requested for this data (run key prefer:{delta.key})"
+        )
+    context.log.info(f"{delta.new_amount:,} new train pairs {since}: requesting preference_job")
+    tags = {
+        **training_run_tags(),
+        "platform/trigger": "preference_sensor",
+        "platform/new_pairs": str(delta.new_amount),
+        "platform/new_shard_days": ",".join(sorted(delta.new))[:200],
+    }
+    return dg.SensorResult(run_requests=[dg.RunRequest(run_key=f"prefer:{delta.key}", tags=tags)], cursor=delta.key)
 
 
 # eval_report carries AutomationCondition.eager(): a trained_checkpoint materialized on its own (Launchpad) is
@@ -404,4 +463,4 @@ automation_sensor = dg.AutomationConditionSensorDefinition(
     description="Evaluates the assets' AutomationConditions (eval_report: eager after a new trained_checkpoint).",
 )
 
-SENSORS = [landing_sensor, retraining_sensor, automation_sensor]
+SENSORS = [landing_sensor, retraining_sensor, preference_sensor, automation_sensor]

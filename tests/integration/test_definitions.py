@@ -30,7 +30,8 @@ def test_code_location_has_the_asset_graph_with_lineage() -> None:
     assert parents("base_model") == {"curated_conversations"}
     assert parents("tokenized_shards") == {"curated_conversations", "base_model"}
     assert parents("trained_checkpoint") == {"tokenized_shards", "base_model"}
-    assert parents("eval_report") == {"trained_checkpoint"}
+    assert parents("eval_report") == {"trained_checkpoint", "preference_checkpoint"}
+    assert parents("preference_checkpoint") == {"preference_shards", "trained_checkpoint"}
     assert parents("preference_pairs") == {"raw_catalog", "raw_interactions"}
     assert parents("preference_shards") == {"preference_pairs", "base_model"}
     for name in (

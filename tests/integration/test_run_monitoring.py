@@ -193,7 +193,7 @@ def test_training_runs_carry_a_max_runtime_tag(monkeypatch: pytest.MonkeyPatch) 
     assert MAX_RUNTIME_TAG == MAX_RUNTIME_SECONDS_TAG  # the tag the daemon enforces
     monkeypatch.delenv("TRAINING_MAX_RUNTIME_SECONDS", raising=False)
     assert training_job.tags[MAX_RUNTIME_TAG] == str(24 * 3600)
-    delta = TrainingDelta(checkpoint=None, current={"2026-01-01": "v1"}, new={"2026-01-01": "v1"}, new_loss_tokens=9)
+    delta = TrainingDelta(checkpoint=None, current={"2026-01-01": "v1"}, new={"2026-01-01": "v1"}, new_amount=9)
     assert training_tags(delta, "retraining_sensor")[MAX_RUNTIME_TAG] == str(24 * 3600)
     monkeypatch.setenv("TRAINING_MAX_RUNTIME_SECONDS", "7200")
     assert training_tags(delta, "retraining_sensor")[MAX_RUNTIME_TAG] == "7200"

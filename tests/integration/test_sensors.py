@@ -236,14 +236,14 @@ def test_retraining_counts_only_shards_newer_than_the_last_checkpoint(instance, 
     monkeypatch.setenv("RETRAIN_MIN_NEW_LOSS_TOKENS", "1000")
     old = [_shards(home, DAY1, 5000, T0), _shards(home, DAY2, 5000, T0)]
     _checkpoint(home, old, T0 + timedelta(hours=1))
-    assert training_delta(ArtifactStore(root=str(home / "artifacts"))).new_loss_tokens == 0
+    assert training_delta(ArtifactStore(root=str(home / "artifacts"))).new_amount == 0
     assert _retrain(instance, home).run_requests == []
 
     _shards(home, "2026-01-03", 700, T0 + timedelta(hours=2))
     assert _retrain(instance, home).run_requests == []
     _shards(home, DAY1, 400, T0 + timedelta(hours=3))  # DAY1 re-tokenized: its new version counts
     delta = training_delta(ArtifactStore(root=str(home / "artifacts")))
-    assert delta.new_loss_tokens == 1100 and set(delta.new) == {DAY1, "2026-01-03"}
+    assert delta.new_amount == 1100 and set(delta.new) == {DAY1, "2026-01-03"}
     assert len(_retrain(instance, home).run_requests) == 1
 
 
@@ -252,7 +252,39 @@ def test_days_a_windowed_checkpoint_left_out_do_not_count_as_new(home: Path) -> 
     used = _shards(home, DAY2, 5000, T0 + timedelta(minutes=1))
     _checkpoint(home, [used], T0 + timedelta(hours=1))
     delta = training_delta(ArtifactStore(root=str(home / "artifacts")))
-    assert left_out.parent.name not in delta.new and delta.new_loss_tokens == 0
+    assert left_out.parent.name not in delta.new and delta.new_amount == 0
+
+
+def _pair_shards(home: Path, day: str, pairs: int, when: datetime) -> Path:
+    path = home / "artifacts" / "preference_shards" / day / new_version_id(when)
+    path.mkdir(parents=True)
+    (path / "manifest.json").write_text(json.dumps({"splits": {"train": {"pairs": pairs}, "test": {"pairs": 999}}}))
+    return path
+
+
+def test_preference_runs_wait_for_enough_new_pairs_since_the_last_preference_checkpoint(
+    instance, home: Path, monkeypatch
+) -> None:
+    from dagster_project.sensors import preference_sensor
+
+    monkeypatch.setenv("RETRAIN_MIN_NEW_PAIRS", "100")
+
+    def tick(cursor: str | None = None) -> dg.SensorResult:
+        return preference_sensor(dg.build_sensor_context(instance=instance, cursor=cursor, resources=_resources(home)))
+
+    used = _pair_shards(home, DAY1, 80, T0)
+    below = tick()
+    assert below.run_requests == [] and "80 new train pairs" in below.skip_reason.skip_message
+    checkpoint = home / "artifacts" / "preference_checkpoint" / new_version_id(T0 + timedelta(hours=1))
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "lineage.json").write_text(json.dumps({"preference_shards": [str(used)]}))
+    _pair_shards(home, DAY2, 70, T0 + timedelta(hours=2))
+    assert tick().run_requests == []  # DAY1's pairs were trained on: 70 new
+    _pair_shards(home, "2026-01-03", 40, T0 + timedelta(hours=3))
+    above = tick()
+    (request,) = above.run_requests
+    assert request.job_name in (None, "preference_job") and request.tags["platform/new_pairs"] == "110"
+    assert tick(above.cursor).run_requests == []
 
 
 @pytest.mark.parametrize(
@@ -312,7 +344,12 @@ def test_nightly_schedule_skips_without_new_data_or_while_training(instance, hom
 def test_sensor_and_schedule_defaults_in_the_code_location() -> None:
     from dagster_project.definitions import defs
 
-    assert {s.name for s in defs.sensors} == {"landing_sensor", "retraining_sensor", "automation_sensor"}
+    assert {s.name for s in defs.sensors} == {
+        "landing_sensor",
+        "retraining_sensor",
+        "preference_sensor",
+        "automation_sensor",
+    }
     assert {s.name for s in defs.schedules} == {"nightly_retrain_schedule"}
     assert landing_sensor.default_status == dg.DefaultSensorStatus.RUNNING
     assert landing_sensor.job_name == "ingestion_job"
@@ -335,3 +372,6 @@ def test_eval_report_follows_a_checkpoint_materialized_on_its_own(instance) -> N
     instance.report_runless_asset_event(dg.AssetMaterialization("eval_report"))
     third = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=second.cursor)
     assert third.total_requested == 0
+    instance.report_runless_asset_event(dg.AssetMaterialization("preference_checkpoint"))
+    fourth = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=third.cursor)
+    assert fourth.get_requested_partitions(dg.AssetKey("eval_report")) == {None}
