@@ -7,7 +7,7 @@ PLATFORM_HOME ?= $(CURDIR)/var
 export PLATFORM_HOME
 export DAGSTER_HOME ?= $(PLATFORM_HOME)/dagster
 
-.PHONY: install demo ingest test test-fast lint format dev dev-team dev-team-stop drop-day backfill clean-var bench
+.PHONY: install demo demo-dpo ingest test test-fast lint format dev dev-team dev-team-stop drop-day backfill clean-var bench
 
 # torch==2.13.0 first and explicitly: it is the CPU build on local disk; a looser
 # requirement would pull a multi-GB CUDA build.
@@ -25,6 +25,10 @@ install: $(VENV)/.installed
 # (needed with PLATFORM_DATA_SOURCE=files: see docs/bring-your-own-data.md).
 demo: install
 	$(PY) -m dagster_project.demo $(DEMO_ARGS)
+
+# The demo, then preference training (DPO) of its champion on the preference pairs, evaluated the same way.
+demo-dpo: install
+	$(PY) -m dagster_project.demo --preference $(DEMO_ARGS)
 
 # Catalog -> days FROM..TO (YYYY-MM-DD, UTC) -> base model if none yet -> shards, in one process on DAGSTER_HOME.
 ingest: install

@@ -33,6 +33,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     span.add_argument("--to", dest="last", type=parse_day, help="last day, included")
     span.add_argument("--days", type=int, help="number of days from --from (synthetic default: SYNTHETIC_DAYS)")
     parser.add_argument("--skip-training", action="store_true", help="stop after tokenized_shards")
+    parser.add_argument(
+        "--preference",
+        action="store_true",
+        help="after SFT and its evaluation, preference-train the champion (preference_job) and evaluate that too",
+    )
     return parser.parse_args(argv)
 
 
@@ -77,10 +82,13 @@ def main(argv: list[str] | None = None) -> None:
     print(f"PLATFORM_HOME={settings.home}  days={days[0]}..{days[-1]}")
     try:
         outcome = materialize_days(runner, days, build_artifacts(settings), rebuild_base_model=True, keep_going=False)
-        training = None
+        training = preference = None
         if not args.skip_training:
             print("  train + evaluate")
             training = runner.run("training_job", "trained_checkpoint+eval_report")
+            if args.preference:
+                print("  preference-train + evaluate")
+                preference = runner.run("preference_job", "preference_checkpoint+eval_report")
     except StepFailed as exc:
         raise SystemExit(f"demo {exc}; see `dagster dev` for the run") from exc
 
@@ -90,6 +98,8 @@ def main(argv: list[str] | None = None) -> None:
     print_summary(settings, days)
     if training is not None:
         print_training(training)
+    if preference is not None:
+        print_preference(preference)
     if outcome.tokenize_seconds:
         print(
             f"  tokenization throughput: {outcome.tokens / outcome.tokenize_seconds:,.0f} tokens/s "
@@ -119,9 +129,13 @@ def print_training(result: dg.ExecuteInProcessResult) -> None:
             f"{meta['tokens_per_second']:,.0f} tokens/s, packing efficiency {meta['packing_efficiency']:.3f}, "
             f"MFU estimate {meta['mfu_estimate']:.2f}"
         )
+    print_training_eval(result, "eval_report")
+
+
+def print_training_eval(result: dg.ExecuteInProcessResult, title: str) -> None:
     meta = _metadata_of(result, "eval_report")
     if meta:
-        print("\neval_report:")
+        print(f"\n{title}:")
         for name in ("validation_loss", "test_loss", "base_model_validation_loss"):
             print(f"  {name:28s} {meta[name]:.4f}")
         print("  ranking the same candidates, test split (95% bootstrap interval):")
@@ -132,6 +146,28 @@ def print_training(result: dg.ExecuteInProcessResult) -> None:
             verdicts = {k: meta.get(f"model_beats/{baseline}/{k}") for k in ("hit@5", "ndcg@10")}
             print(f"  model beats {baseline:12s} " + "  ".join(f"{k}: {v}" for k, v in verdicts.items()))
         print(f"  promoted: {meta['promoted']}  (champion compared: {meta['champion']})")
+
+    if meta and "preference/n" in meta:
+        print_pairs(meta)
+
+
+def print_pairs(meta: dict[str, object]) -> None:
+    keys = ("accuracy", "reward_margin", "likelihood_accuracy")
+    cells = "  ".join(f"{k} {_number(meta, f'preference/{k}')} {meta.get(f'preference/{k}_ci', '')}" for k in keys)
+    print(f"  held-out pairs (test, n {meta['preference/n']}): {cells}")
+
+
+def print_preference(result: dg.ExecuteInProcessResult) -> None:
+    """The preference checkpoint's run and its evaluation, next to the SFT champion's."""
+    meta = _metadata_of(result, "preference_checkpoint")
+    if meta:
+        print(
+            f"\npreference_checkpoint: {meta['steps']} steps from {meta['start_champion']}, final loss "
+            f"{meta['final_loss']:.4f}, train accuracy {meta['final_accuracy']:.3f}, reward margin "
+            f"{meta['final_reward_margin']:.3f}, {meta['tokens_per_second']:,.0f} tokens/s, "
+            f"{meta['trainable_parameters']:,} trainable parameters"
+        )
+    print_training_eval(result, "eval_report of the preference checkpoint")
 
 
 if __name__ == "__main__":
