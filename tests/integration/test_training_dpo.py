@@ -140,3 +140,19 @@ def test_a_failing_run_exits_nonzero_with_the_traceback(base_model: Path, tmp_pa
     )
     assert proc.returncode != 0
     assert "preference training failed" in proc.stderr and "missing" in proc.stderr
+
+
+@pytest.mark.slow
+def test_fsdp2_trains_as_ddp(base_model: Path, pairs: Path, tmp_path: Path) -> None:
+    """The same preference run sharded with FSDP2 follows the DDP run's loss (two processes, gloo)."""
+    env = subprocess_env()
+    curves = {}
+    for strategy in ("ddp", "fsdp2"):
+        out = tmp_path / strategy
+        cfg = _config(base_model, pairs, out, max_steps=6, micro_batch_rows=1, distributed=strategy)
+        proc = run_torchrun(2, "--config", str(write_config(tmp_path / f"{strategy}.json", cfg)), cwd=REPO, env=env,
+                            timeout=300, module="training.dpo")  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        curves[strategy] = json.loads((out / "summary.json").read_text())["loss_curve"]
+    for a, b in zip(curves["ddp"], curves["fsdp2"], strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-4)
