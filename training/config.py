@@ -22,6 +22,14 @@ DTYPE_CHOICES = ("auto", "fp32", "bf16")
 ATTN_CHOICES = ("auto", "packed_sdpa", "sdpa", "eager")
 COMPILE_CHOICES = ("auto", "on", "off")
 LOSS_CHUNKING_CHOICES = ("auto", "on", "off")
+ADAPTER_TYPES = ("lora",)
+# The adapter keys a config may leave out, with what they default to (`type` has no default: it says which adapter).
+LORA_DEFAULTS: dict[str, Any] = {
+    "r": 8,
+    "alpha": 16,
+    "dropout": 0.0,
+    "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"],
+}
 
 
 class ConfigError(ValueError):
@@ -87,6 +95,12 @@ class TrainConfig:
     - loss_chunking: "on" projects the labelled positions to the vocabulary a chunk at a time,
       so no [tokens x vocabulary] logits tensor exists (training/loss.py); "auto" = on when the
       vocabulary holds 65,536 ids or more (Qwen3, Gemma 3, Llama 3), off below.
+
+    Adapter
+    - adapter: null (the default) trains every weight; a mapping trains a LoRA adapter (training/adapters.py)
+      and freezes the base: {"type": "lora", "r": 8, "alpha": 16, "dropout": 0.0,
+      "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}. Keys left out take those values; the
+      output is the merged model, with the adapter alone in output_dir/adapter/.
     """
 
     base_model_dir: str
@@ -120,6 +134,7 @@ class TrainConfig:
     cpu_threads: int = 0
     peak_flops: float = 0.0
     loss_chunking: str = "auto"
+    adapter: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -168,6 +183,13 @@ class TrainConfig:
         ):
             if getattr(self, name) not in choices:
                 raise ConfigError(f"{name} must be one of {choices}, got {getattr(self, name)!r}")
+        if self.adapter is not None:
+            self.adapter = asdict(LoraSettings.from_mapping(self.adapter))  # the summary records every value
+
+    @property
+    def lora(self) -> LoraSettings | None:
+        """The adapter's settings, or None for full fine-tuning."""
+        return None if self.adapter is None else LoraSettings.from_mapping(self.adapter)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -197,6 +219,56 @@ class TrainConfig:
         return cls(**data)
 
 
+@dataclass(frozen=True)
+class LoraSettings:
+    """A validated `adapter` mapping: the LoRA rank, its scale (alpha / r), dropout and the layers it adapts."""
+
+    type: str
+    r: int
+    alpha: float
+    dropout: float
+    target_modules: list[str]
+
+    @classmethod
+    def from_mapping(cls, data: dict[str, Any]) -> LoraSettings:
+        """Check every key of ``data`` (each error names ``adapter.<key>``); missing keys take LORA_DEFAULTS."""
+        known = ("type", *LORA_DEFAULTS)
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise ConfigError(f"unknown adapter keys {unknown}; valid keys are {list(known)}")
+        if "type" not in data:
+            raise ConfigError(f"adapter.type is missing: set it to one of {ADAPTER_TYPES}")
+        if data["type"] not in ADAPTER_TYPES:
+            raise ConfigError(f"adapter.type must be one of {ADAPTER_TYPES}, got {data['type']!r}")
+        values = {**LORA_DEFAULTS, **data}
+        _check_lora_values(values)
+        return cls(
+            type=values["type"],
+            r=values["r"],
+            alpha=values["alpha"],
+            dropout=values["dropout"],
+            target_modules=list(values["target_modules"]),
+        )
+
+
+def _check_lora_values(values: dict[str, Any]) -> None:
+    r, alpha, dropout, targets = values["r"], values["alpha"], values["dropout"], values["target_modules"]
+    if not isinstance(r, int) or isinstance(r, bool) or r < 1:
+        raise ConfigError(f"adapter.r must be an integer >= 1 (the LoRA rank), got {r!r}")
+    if not (_is_number(alpha) and math.isfinite(alpha) and alpha > 0):
+        raise ConfigError(
+            f"adapter.alpha must be a finite number > 0 (the update is scaled by alpha / r), got {alpha!r}"
+        )
+    if not (_is_number(dropout) and 0 <= dropout < 1):
+        raise ConfigError(f"adapter.dropout must be a number in [0, 1), got {dropout!r}")
+    if not isinstance(targets, list) or not targets or not all(isinstance(t, str) and t for t in targets):
+        raise ConfigError(
+            f"adapter.target_modules must be a non-empty list of module names such as 'q_proj', got {targets!r}"
+        )
+    if len(set(targets)) != len(targets):
+        raise ConfigError(f"adapter.target_modules names a module twice: {targets!r}")
+
+
 def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
@@ -210,9 +282,16 @@ def _check_type(name: str, annotation: str, value: Any) -> None:
         "bool": lambda v: isinstance(v, bool),
         "list[str]": lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
         "list[float]": lambda v: isinstance(v, list) and all(_is_number(x) and math.isfinite(x) for x in v),
+        "dict[str, Any] | None": lambda v: v is None or (isinstance(v, dict) and all(isinstance(k, str) for k in v)),
     }[annotation]
     if not ok(value):
-        kind = {"float": "a finite number", "bool": "true or false", "int": "an integer"}.get(annotation, annotation)
+        kinds = {
+            "float": "a finite number",
+            "bool": "true or false",
+            "int": "an integer",
+            "dict[str, Any] | None": "a mapping of keys to values, or null",
+        }
+        kind = kinds.get(annotation, annotation)
         raise ConfigError(f"{name} must be {kind}, got {value!r} ({type(value).__name__})")
 
 

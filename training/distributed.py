@@ -12,6 +12,7 @@ from __future__ import annotations
 import gc
 import os
 import signal
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -137,7 +138,7 @@ def wrap_model(
     kwargs: dict[str, Any] = {"mesh": init_device_mesh(ctx.device.type, (ctx.world_size,))}
     if param_dtype is not None:
         kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
-    layers = getattr(getattr(model, "model", None), "layers", None)
+    layers = getattr(getattr(causal_lm(model), "model", None), "layers", None)
     if layers is None:
         raise ValueError(f"FSDP2 wrapping expects a decoder with model.layers; {type(model).__name__} has none")
     for layer in layers:
@@ -148,6 +149,16 @@ def wrap_model(
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return getattr(model, "module", model)
+
+
+def causal_lm(model: torch.nn.Module) -> torch.nn.Module:
+    """The transformers model inside the DDP and peft wrappers, for what only it has: its forward's signature,
+    its decoder layers. State dicts and forwards go through the wrappers (their keys hold the adapter's weights)."""
+    inner = unwrap(model)
+    peft = sys.modules.get("peft")  # not imported: no adapter, and full fine-tuning never pays for the import
+    if peft is not None and isinstance(inner, peft.PeftModel):
+        return inner.get_base_model()
+    return inner
 
 
 @contextmanager

@@ -10,7 +10,8 @@ optimizer and schedule, atomic checkpoints with exact resume, and Pipes reportin
   reference model, then freed (``reference: precomputed``, the default: no second model in memory while
   training), or computed next to the policy on every micro-batch (``on_the_fly``). Precomputed values are kept in
   output_dir/reference_logps/, keyed by the shard manifests and the reference weights, so a resumed run reuses
-  them.
+  them. With a LoRA adapter (``adapter``) the reference is the policy with its adapter off (training/adapters.py),
+  in both modes: the base model is already in memory, so no reference model is loaded.
 """
 
 from __future__ import annotations
@@ -35,10 +36,11 @@ import torch
 
 from core.atomic_io import atomic_write_bytes, sha256_file
 from core.tokenizer_training import tokenizer_fingerprint
+from training.adapters import apply_adapter, as_base_model, has_adapter, trainable_parameters
 from training.checkpoint import find_resume_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
 from training.config import ConfigError, load_config
 from training.data import rank_indices
-from training.distributed import DistContext, gradient_sync, init_distributed, shutdown, unwrap, wrap_model
+from training.distributed import DistContext, gradient_sync, init_distributed, shutdown, wrap_model
 from training.dpo_config import DPOConfig
 from training.dpo_loss import preference_losses
 from training.export import save_final_model
@@ -132,7 +134,10 @@ class DPORecipe:
             )
         self.output_dir.mkdir(parents=True, exist_ok=True)
         model = load_model(cfg, ctx)
-        self.parameters = sum(p.numel() for p in model.parameters())
+        self.parameters = sum(p.numel() for p in model.parameters())  # the base's: what output_dir holds
+        # Before DDP/FSDP2 wrapping; with an adapter the reference is then this model with the adapter off.
+        model = apply_adapter(model, cfg.lora, cfg.seed)
+        self.trainable_parameters = trainable_parameters(model)
         self.real_vocab = tokenizer_length(cfg)
         tok_fp = tokenizer_fingerprint(Path(cfg.base_model_dir))
         corpus, data = load_pairs(
@@ -154,7 +159,7 @@ class DPORecipe:
             pad_id=pad,
         )
         self.dtype = compute_dtype(cfg, ctx)
-        self._setup_reference(data)
+        self._setup_reference(data, model)
         fsdp_mixed = cfg.distributed == "fsdp2" and self.dtype != torch.float32
         self.model = wrap_model(model, ctx, cfg.distributed, param_dtype=self.dtype if fsdp_mixed else None)
         mixed = self.dtype != torch.float32 and not fsdp_mixed
@@ -164,7 +169,8 @@ class DPORecipe:
         if resume:
             self._resume()
         self.reporter.info(
-            f"preference training ({cfg.loss_type}, beta {cfg.beta}, reference {cfg.reference}) of "
+            f"preference training ({cfg.loss_type}, beta {cfg.beta}, reference {cfg.reference}"
+            f"{', the base with the adapter off' if cfg.adapter else ''}) of {self.trainable_parameters:,} of "
             f"{self.parameters:,} parameters on {ctx.world_size} process(es) ({ctx.device.type}, {self.dtype}); "
             f"{self.data_info['pairs']} pairs"
         )
@@ -178,9 +184,17 @@ class DPORecipe:
         model.config.use_cache = False
         return model.to(self.ctx.device).eval().requires_grad_(False)
 
-    def _setup_reference(self, data: list[dict[str, Any]]) -> None:
+    def _setup_reference(self, data: list[dict[str, Any]], policy: torch.nn.Module) -> None:
+        """The reference's log-probs, or the model computing them on every micro-batch.
+
+        With an adapter the reference is the policy itself with the adapter off (`as_base_model`), so no second
+        model is loaded: on the fly it runs each micro-batch that way, precomputed it runs once here, before any
+        step (and before DDP/FSDP2 wrapping, so every rank may run its own number of batches).
+        """
+        adapted = has_adapter(policy)
         if self.cfg.reference == "on_the_fly":
-            self.reference_model = self._load_reference_model()
+            if not adapted:
+                self.reference_model = self._load_reference_model()
             return
         path = self.output_dir / "reference_logps" / f"{reference_key(self.cfg, data, self.ctx)}.npy"
         if path.is_file():
@@ -188,10 +202,13 @@ class DPORecipe:
             self.reporter.info(f"reference log-probs reused from {path.parent}")
             return
         started = time.perf_counter()
-        model = self._load_reference_model()
-        with self.autocast_context():
-            values = compute_reference(model, self.loader, self.real_vocab, self.ctx.device)
-        del model
+        if adapted:
+            values = self._reference_of_base(policy)
+        else:
+            model = self._load_reference_model()
+            with self.autocast_context():
+                values = compute_reference(model, self.loader, self.real_vocab, self.ctx.device)
+            del model
         self.reference_seconds = time.perf_counter() - started
         path.parent.mkdir(parents=True, exist_ok=True)
         buffer = io.BytesIO()
@@ -199,6 +216,17 @@ class DPORecipe:
         atomic_write_bytes(path, buffer.getvalue())
         self.reference = ReferenceLogps(values)
         self.reporter.info(f"reference log-probs of {len(values)} pairs computed in {self.reference_seconds:.1f} s")
+
+    def _reference_of_base(self, policy: torch.nn.Module) -> np.ndarray:
+        """compute_reference of the policy with its adapter off. Under FSDP2 the unsharded policy is still on the
+        CPU (load_model); it visits this rank's device for the pass, as a loaded reference model would."""
+        home = next(policy.parameters()).device
+        policy.to(self.ctx.device)
+        try:
+            with as_base_model(policy) as base, self.autocast_context():
+                return compute_reference(base, self.loader, self.real_vocab, self.ctx.device)
+        finally:
+            policy.to(home)
 
     def autocast_context(self) -> Any:
         if self.dtype == torch.float32:
@@ -219,9 +247,13 @@ class DPORecipe:
     def reference_of(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         if self.reference is not None:
             return self.reference.of(batch["pair_index"], self.ctx.device)
-        assert self.reference_model is not None
+        on_device = _to_device(batch, self.ctx.device)
         with torch.no_grad(), self.autocast_context():
-            sums, _ = completion_logps(self.reference_model, _to_device(batch, self.ctx.device), self.real_vocab)
+            if self.reference_model is not None:
+                sums, _ = completion_logps(self.reference_model, on_device, self.real_vocab)
+            else:  # an adapter: the policy's base, past the DDP wrapper (as_base_model yields the inner module)
+                with as_base_model(self.model) as base:
+                    sums, _ = completion_logps(base, on_device, self.real_vocab)
         return sums.double()
 
     def step(self, micro_batches: list[dict[str, torch.Tensor]]) -> tuple[StepLoss, dict[str, float], float]:
@@ -332,7 +364,8 @@ class DPORecipe:
             "packing_efficiency": self.loader.packing_efficiency,
             "pairs": {"total": self.data_info["pairs"], "packed": int(packed), "too_long": int(too_long)},
             "parameters": self.parameters,
-            "trainable_parameters": sum(p.numel() for p in unwrap(self.model).parameters() if p.requires_grad),
+            "trainable_parameters": self.trainable_parameters,
+            "adapter": self.cfg.adapter,
             "world_size": self.ctx.world_size,
             "data": self.data_info["data"],
             "tokenizer_fingerprint": self.data_info["tokenizer_fingerprint"],

@@ -14,6 +14,8 @@ Preference keys
   and kept in output_dir, so no second model stays in memory while training) or "on_the_fly" (the
   reference model runs next to the policy on every micro-batch).
 - reference_model_dir: the reference model; empty = base_model_dir (DPO starts from the model it is anchored to).
+  With an `adapter` the reference is always the base: the policy with its adapter off, no second model (either
+  `reference` mode); reference_model_dir must then stay empty.
 """
 
 from __future__ import annotations
@@ -54,6 +56,11 @@ class DPOConfig(TrainConfig):
             raise ConfigError("label_smoothing applies to loss_type 'sigmoid' only; set it to 0 for 'ipo'")
         if self.reference not in REFERENCE_CHOICES:
             raise ConfigError(f"reference must be one of {REFERENCE_CHOICES}, got {self.reference!r}")
+        if self.adapter is not None and self.reference_model_dir not in ("", self.base_model_dir):
+            raise ConfigError(
+                f"reference_model_dir must be empty with an adapter, got {self.reference_model_dir!r}: the reference "
+                "is base_model_dir with the adapter off; to anchor to another model, make it base_model_dir"
+            )
         if self.attn_implementation != "sdpa":
             raise ConfigError(
                 f"attn_implementation must be 'sdpa' for preference training, got "

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 from training.cpu import kernels
 from training.data import IGNORE_INDEX
-from training.distributed import DistContext, gradient_sync, unwrap
+from training.distributed import DistContext, causal_lm, gradient_sync
 
 CHUNK_VOCAB_THRESHOLD = 65_536  # loss_chunking "auto": chunk vocabularies at least this large
 CHUNK_LOGITS = 1 << 24  # logits elements per chunk (64 MiB in fp32): rows per chunk = CHUNK_LOGITS // vocabulary
@@ -254,7 +254,7 @@ def micro_batch_losses(
     keep = batch["labels"] != IGNORE_INDEX
     inputs = {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"], "use_cache": False}
     if settings.chunked:
-        head = unwrap(model).get_output_embeddings()
+        head = causal_lm(model).get_output_embeddings()
         with _head_returns_hidden(head):
             out = model(**inputs, logits_to_keep=keep, **extra)
         loss = chunked_head_loss_sum(
@@ -330,7 +330,7 @@ def router_statistics(
 
 
 def _accepts_logits_to_keep(model: torch.nn.Module) -> bool:
-    return _forward_takes_logits_to_keep(type(unwrap(model)))
+    return _forward_takes_logits_to_keep(type(causal_lm(model)))  # peft's forward passes it on as a kwarg
 
 
 @functools.cache

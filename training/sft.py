@@ -31,6 +31,7 @@ import torch
 
 from core.atomic_io import sha256_file
 from core.tokenizer_training import tokenizer_fingerprint
+from training.adapters import apply_adapter, trainable_parameters
 from training.artifact_sync import ArtifactSync
 from training.attention import attention_notes, resolve_attn
 from training.checkpoint import find_resume_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
@@ -173,7 +174,8 @@ class SFTRecipe:
     """One rank's run. Every method is collective: all ranks call it, in the same order."""
 
     # Built by setup():
-    parameters: int
+    parameters: int  # of the base model
+    trainable_parameters: int  # the adapter's with one, else all of them
     loader: PackedLoader
     data_info: dict[str, Any]  # what summary.json records about the data
     dtype: torch.dtype  # compute dtype; the weights stay fp32
@@ -209,7 +211,9 @@ class SFTRecipe:
         self.output_dir.mkdir(parents=True, exist_ok=True)
 
         model = load_model(cfg, ctx)  # first: its vocabulary and pad id validate the data
-        self.parameters = sum(p.numel() for p in model.parameters())
+        self.parameters = sum(p.numel() for p in model.parameters())  # the base's: what output_dir holds
+        model = apply_adapter(model, cfg.lora, cfg.seed)  # before DDP/FSDP2, which must see only the adapter trainable
+        self.trainable_parameters = trainable_parameters(model)
         self.attention_notes = attention_notes(model.config, resolve_attn(cfg, ctx))  # off packed_sdpa's fast path
         for note in self.attention_notes:
             self.reporter.info(note)
@@ -229,7 +233,8 @@ class SFTRecipe:
         self.experts = ExpertTotals(since_step=self.state.step) if self.loss_settings.router_top_k else None
 
         self.reporter.info(
-            f"training {self.parameters:,} parameters on {ctx.world_size} process(es) ({ctx.device.type}, "
+            f"training {self.trainable_parameters:,} of {self.parameters:,} parameters"
+            f"{' (LoRA adapter)' if cfg.adapter else ''} on {ctx.world_size} process(es) ({ctx.device.type}, "
             f"{self.dtype}, {cfg.distributed}); {self.data_info['conversations']} conversations; global batch "
             f"{cfg.micro_batch_rows * cfg.grad_accum_steps * ctx.world_size} rows x {cfg.seq_len} tokens"
         )
@@ -319,6 +324,7 @@ class SFTRecipe:
         peak, peak_source = peak_flops(self.cfg, self.ctx.device, self.dtype)
         facts = RunFacts(
             parameters=self.parameters,
+            trainable_parameters=self.trainable_parameters,
             compiled=self.compiled,
             cpu_kernels=cpu_kernels_used(self.model, self.cfg, self.ctx, self.dtype),
             peak_flops=peak,

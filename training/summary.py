@@ -58,7 +58,8 @@ class PackingTotals:
 class RunFacts:
     """What the recipe knows about its run beyond the trainer state, the throughput and the packing."""
 
-    parameters: int
+    parameters: int  # of the base model
+    trainable_parameters: int  # what the optimizer updated: the adapter's, or all parameters without one
     compiled: bool
     cpu_kernels: list[str]
     peak_flops: float
@@ -147,6 +148,8 @@ def build_summary(
         "peak_flops_per_device": facts.peak_flops,
         "peak_flops_source": facts.peak_flops_source,
         "parameters": facts.parameters,
+        "trainable_parameters": facts.trainable_parameters,
+        "adapter": cfg.adapter,
         "world_size": ctx.world_size,
         "conversations": {
             "total": conversations,
@@ -186,6 +189,7 @@ def pipes_metadata(summary: dict[str, Any], output_dir: Path) -> dict[str, Any]:
         "packing_efficiency",
         "mfu_estimate",
         "parameters",
+        "trainable_parameters",
         "world_size",
         "tokenizer_fingerprint",
         "weights_sha256",
@@ -197,6 +201,8 @@ def pipes_metadata(summary: dict[str, Any], output_dir: Path) -> dict[str, Any]:
     meta["data"] = {"raw_value": summary["data"], "type": "json"}
     meta["conversations"] = {"raw_value": summary["conversations"], "type": "json"}
     meta["loss_chunked"] = summary["loss"]["chunked"]
+    if summary.get("adapter"):
+        meta["adapter"] = {"raw_value": summary["adapter"], "type": "json"}
     if summary.get("attention_notes"):
         meta["attention_notes"] = {"raw_value": summary["attention_notes"], "type": "json"}
     if "moe" in summary:

@@ -102,6 +102,7 @@ def test_single_process_run_writes_a_loadable_model_and_summary(
     assert summary["cpu_kernels"] == ["attention", "cross_entropy"]  # this machine has a C compiler
     assert summary["warmup_seconds"] > 0
     assert summary["tokenizer_fingerprint"] == tokenizer_fingerprint(base_model)
+    assert summary["adapter"] is None and summary["trainable_parameters"] == summary["parameters"]
     assert summary["data"][0]["source_data_version"] == "count-v1"
     assert len(summary["data"][0]["manifest_sha256"]) == 64
     assert summary["conversations"]["total"] == 80 and summary["config"]["max_steps"] == 30
@@ -215,12 +216,18 @@ def test_torchrun_under_dagster_pipes_reports_from_rank_zero_only(
     assert proc.stdout.count("step 6/6 loss") == 1  # stdout lines from rank 0 only
 
 
+LORA = {"type": "lora", "r": 4, "alpha": 8, "dropout": 0.1, "target_modules": ["q_proj", "v_proj", "up_proj"]}
+
+
 @pytest.mark.slow
+@pytest.mark.parametrize("adapter", [None, LORA], ids=["full", "lora"])
 def test_killed_rank_then_resume_gives_the_same_weights_as_an_uninterrupted_run(
-    base_model: Path, shards: Path, tmp_path: Path
+    base_model: Path, shards: Path, tmp_path: Path, adapter: dict | None
 ) -> None:
+    """With LoRA the checkpoint holds the adapter next to the frozen base, and its dropout draws from the resumed
+    RNG streams."""
     env = subprocess_env()
-    overrides = {"max_steps": 40, "checkpoint_every": 4, "log_every": 40, "micro_batch_rows": 1}
+    overrides = {"max_steps": 40, "checkpoint_every": 4, "log_every": 40, "micro_batch_rows": 1, "adapter": adapter}
     ref_cfg = write_config(tmp_path / "ref.json", config_dict(base_model, [shards], tmp_path / "ref", **overrides))
     # Timeouts here are budgets for a loaded CI machine, not speed bounds (a run takes about 20 s alone).
     ref = run_torchrun(2, "--config", str(ref_cfg), cwd=REPO, env=env, timeout=300)
@@ -254,8 +261,10 @@ def test_killed_rank_then_resume_gives_the_same_weights_as_an_uninterrupted_run(
     assert "resumed from" in resumed.stdout, resumed.stdout
     summary = json.loads((out / "summary.json").read_text())
     assert summary["resumed_from"] and summary["steps"] == 40
-    reference, final = load_file(str(tmp_path / "ref" / "model.safetensors")), load_file(str(out / "model.safetensors"))
-    assert set(reference) == set(final)
-    for name in reference:
-        assert torch.equal(reference[name], final[name]), name
+    weights = ["model.safetensors", *(["adapter/adapter_model.safetensors"] if adapter else [])]
+    for file in weights:
+        reference, final = load_file(str(tmp_path / "ref" / file)), load_file(str(out / file))
+        assert set(reference) == set(final)
+        for name in reference:
+            assert torch.equal(reference[name], final[name]), f"{file}: {name}"
     assert summary["loss_curve"] == json.loads((tmp_path / "ref" / "summary.json").read_text())["loss_curve"]

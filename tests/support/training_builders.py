@@ -95,9 +95,15 @@ def make_shards(
     return out
 
 
-def random_pairs(n: int, *, vocab: int, seed: int, split: str = "train", max_part: int = 12) -> pl.DataFrame:
-    """Preference rows of random tokens: a prompt, then two completions whose last token is unmasked."""
+def random_pairs(
+    n: int, *, vocab: int, seed: int, split: str = "train", max_part: int = 12, separable: bool = False
+) -> pl.DataFrame:
+    """Preference rows of random tokens: a prompt, then two completions whose last token is unmasked.
+
+    `separable`: chosen tokens come from the lower half of the ids, rejected ones from the upper half, a
+    preference a few steps can learn (random sides can only be memorized)."""
     rng = np.random.default_rng(seed)
+    bounds = {"chosen": (0, vocab // 2), "rejected": (vocab // 2, vocab)} if separable else {}
     rows: dict[str, list[Any]] = {k: [] for k in ("pair_id", "split", "prompt_ids", "chosen_ids", "chosen_mask")}
     rows.update(rejected_ids=[], rejected_mask=[])
     for i in range(n):
@@ -106,19 +112,21 @@ def random_pairs(n: int, *, vocab: int, seed: int, split: str = "train", max_par
         rows["prompt_ids"].append(rng.integers(0, vocab, int(rng.integers(2, max_part))).tolist())
         for side in ("chosen", "rejected"):
             length = int(rng.integers(2, max_part))
-            rows[f"{side}_ids"].append(rng.integers(0, vocab, length).tolist())
+            rows[f"{side}_ids"].append(rng.integers(*bounds.get(side, (0, vocab)), length).tolist())
             rows[f"{side}_mask"].append([1] * (length - 1) + [0])
     return pl.DataFrame(rows)
 
 
-def make_pair_shards(out: Path, base_model: Path, n: int = 40, *, seed: int = 0, vocab: int = 300) -> Path:
-    """A preference_shards version directory of random pairs."""
+def make_pair_shards(
+    out: Path, base_model: Path, n: int = 40, *, seed: int = 0, vocab: int = 300, separable: bool = False
+) -> Path:
+    """A preference_shards version directory of random pairs (`separable`: see random_pairs)."""
     from core.preferences.tokenize import PAIR_LAYOUT
 
     out.mkdir(parents=True, exist_ok=True)
     write_shard_directory(
         out,
-        random_pairs(n, vocab=vocab, seed=seed),
+        random_pairs(n, vocab=vocab, seed=seed, separable=separable),
         partition="2026-01-01",
         tokenizer_fingerprint=tokenizer_fingerprint(base_model),
         source_data_version=f"pairs-{seed}",

@@ -110,3 +110,33 @@ def test_importing_the_config_module_stays_cheap() -> None:
     code = "import sys, training.config; print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_no_adapter_by_default_and_an_adapter_mapping_is_completed_with_the_lora_defaults() -> None:
+    assert TrainConfig.from_dict(REQUIRED).adapter is None and TrainConfig.from_dict(REQUIRED).lora is None
+    cfg = TrainConfig.from_dict({**REQUIRED, "adapter": {"type": "lora", "r": 4, "target_modules": ["q_proj"]}})
+    assert cfg.adapter == {"type": "lora", "r": 4, "alpha": 16, "dropout": 0.0, "target_modules": ["q_proj"]}
+    assert cfg.lora is not None and (cfg.lora.r, cfg.lora.alpha) == (4, 16)
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg  # the recorded config reads back as the same run
+
+
+@pytest.mark.parametrize(
+    ("adapter", "message"),
+    [
+        ("lora", r"adapter must be a mapping of keys to values, or null, got 'lora' \(str\)"),
+        ({"type": "lora", "rank": 8}, r"unknown adapter keys \['rank'\]; valid keys are"),
+        ({"r": 8}, r"adapter.type is missing"),
+        ({"type": "ia3"}, r"adapter.type must be one of \('lora',\), got 'ia3'"),
+        ({"type": "lora", "r": 0}, r"adapter.r must be an integer >= 1"),
+        ({"type": "lora", "r": 2.5}, r"adapter.r must be an integer >= 1"),
+        ({"type": "lora", "alpha": -1}, r"adapter.alpha must be a finite number > 0"),
+        ({"type": "lora", "dropout": 1.0}, r"adapter.dropout must be a number in \[0, 1\)"),
+        ({"type": "lora", "dropout": -0.1}, r"adapter.dropout must be a number in \[0, 1\)"),
+        ({"type": "lora", "target_modules": []}, r"adapter.target_modules must be a non-empty list"),
+        ({"type": "lora", "target_modules": "q_proj"}, r"adapter.target_modules must be a non-empty list"),
+        ({"type": "lora", "target_modules": ["q_proj", "q_proj"]}, r"adapter.target_modules names a module twice"),
+    ],
+)
+def test_bad_adapters_are_config_errors_naming_the_key(adapter: object, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        TrainConfig.from_dict({**REQUIRED, "adapter": adapter})

@@ -20,7 +20,7 @@ import shutil
 import torch
 
 from training.config import TrainConfig
-from training.distributed import DistContext, unwrap
+from training.distributed import DistContext, causal_lm
 
 
 def cpp_compiler_available() -> bool:
@@ -47,7 +47,7 @@ def should_compile(cfg: TrainConfig, ctx: DistContext) -> tuple[bool, str]:
 def compile_decoder_layers(model: torch.nn.Module) -> int:
     """Compile every decoder layer and the final norm in place (parameter names and state_dict keys stay as they
     are); returns the number of layers compiled."""
-    inner = unwrap(model)
+    inner = causal_lm(model)
     decoder = inner.get_decoder() if hasattr(inner, "get_decoder") else inner
     layers = getattr(decoder, "layers", None)
     if layers is None:
