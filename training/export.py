@@ -18,9 +18,17 @@ from training.config import TrainConfig
 from training.distributed import DistContext, causal_lm, full_model_state, unwrap
 from training.summary import SUMMARY
 
-# Files of the base model directory that are weights/config (written fresh), or the base run's own record.
-_NOT_TOKENIZER = (".safetensors", ".bin", ".pt", ".pth", ".index.json")
-_NOT_TOKENIZER_NAMES = {"config.json", "generation_config.json", "base_model.json", SUMMARY}
+# Files of the base model directory that are weights/config (written fresh), or the base run's own record (a
+# checkpoint as the base, e.g. the SFT champion preference training starts from, carries its run's files).
+_NOT_TOKENIZER = (".safetensors", ".bin", ".pt", ".pth", ".index.json", ".png")
+_NOT_TOKENIZER_NAMES = {
+    "config.json",
+    "generation_config.json",
+    "base_model.json",
+    SUMMARY,
+    "train_config.json",
+    "lineage.json",
+}
 
 
 def save_final_model(ctx: DistContext, model: torch.nn.Module, cfg: TrainConfig) -> Path:
