@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from core.atomic_io import atomic_write_bytes, sha256_file
+from core.preferences.batches import pair_logps
 from core.tokenizer_training import tokenizer_fingerprint
 from training.adapters import apply_adapter, as_base_model, has_adapter, trainable_parameters
 from training.checkpoint import find_resume_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
@@ -93,21 +94,17 @@ def reference_key(cfg: DPOConfig, data: list[dict[str, Any]], ctx: DistContext) 
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-@torch.no_grad()
 def compute_reference(model: torch.nn.Module, loader: PairLoader, real_vocab: int, device: torch.device) -> np.ndarray:
     """Summed log-probs of every pair of the loader's corpus under ``model`` (packed like training rows)."""
-    corpus = loader.corpus
-    values = np.full((len(corpus), 2), np.nan)
-    fits = [i for i in range(len(corpus)) if corpus.length(i) <= loader.seq_len]
-    from training.data import best_fit_decreasing
-    from training.pair_data import build_batch
-
-    rows = [[fits[i] for i in b] for b in best_fit_decreasing([corpus.length(i) for i in fits], loader.seq_len)]
-    for start in range(0, len(rows), loader.rows_per_batch):
-        batch = build_batch(corpus, rows[start : start + loader.rows_per_batch], loader.seq_len, loader.pad_id)
-        sums, _ = completion_logps(model, _to_device(batch, device), real_vocab)
-        values[batch["pair_index"].numpy()] = sums.double().cpu().numpy()
-    return values
+    return pair_logps(
+        model,
+        loader.corpus,
+        seq_len=loader.seq_len,
+        rows_per_batch=loader.rows_per_batch,
+        pad_id=loader.pad_id,
+        real_vocab_size=real_vocab,
+        device=device,
+    )
 
 
 class DPORecipe:
@@ -121,7 +118,6 @@ class DPORecipe:
         self.reference: ReferenceLogps | None = None
         self.reference_model: torch.nn.Module | None = None
         self.reference_seconds = 0.0
-        self.pair_stats: dict[str, float] = {"pairs": 0.0, "correct": 0.0, "margin": 0.0}
         self.curve: list[dict[str, float]] = []
 
     def setup(self, resume: bool) -> None:
