@@ -6,6 +6,7 @@ resources/curation_commit.py.
 """
 
 import json
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 
@@ -19,11 +20,14 @@ from core import schemas
 from core.conversation_builder import BuilderConfig, build_conversations
 from core.curation import CurationConfig, parse_external_jsonl
 from core.fingerprints import frame_fingerprint
-from core.landing_files import IgnoredFile, LandingFileRefused, describe_ignored, open_landing_file
+from core.landing_files import IgnoredFile, LandingFileRefused, Listing, describe_ignored, open_landing_file
 from core.settings import load_signal_thresholds
 from resources.curation_commit import curate_and_commit
 from resources.landing import LandingArea
 from resources.warehouse import Warehouse
+
+# A landing JSONL parser: (lines, day, source=..., encoding=...) -> (candidates, quarantine rows).
+JsonlParser = Callable[..., tuple[pl.DataFrame, pl.DataFrame]]
 
 
 class CurationRunConfig(dg.Config):
@@ -179,13 +183,19 @@ def curated_conversations(
 def read_external_conversations(
     landing: LandingArea, day: date
 ) -> tuple[list[pl.DataFrame], list[pl.DataFrame], list[IgnoredFile]]:
-    """(candidate frames, parse-reject frames, ignored entries) of the day's external JSONL drop.
+    """(candidate frames, parse-reject frames, ignored entries) of the day's external conversations drop."""
+    return read_jsonl_drop(landing.conversation_listing(day), day, parse_external_jsonl, landing.conversation_encoding)
+
+
+def read_jsonl_drop(
+    listing: Listing, day: date, parse: JsonlParser, encoding: str
+) -> tuple[list[pl.DataFrame], list[pl.DataFrame], list[IgnoredFile]]:
+    """(candidate frames, parse-reject frames, ignored entries) of one day's JSONL drop, parsed by ``parse``.
 
     Reads exactly the files the landing sensor counts (`core.landing_files`), in binary, decoded strictly with
-    `landing.conversation_encoding`; a file that turned into a symlink or FIFO since the listing, or cannot be
-    opened, is reported as ignored instead of failing the day.
+    ``encoding``; a file that turned into a symlink or FIFO since the listing, or cannot be opened, is reported
+    as ignored instead of failing the day.
     """
-    listing = landing.conversation_listing(day)
     ignored = list(listing.ignored)
     candidates: list[pl.DataFrame] = []
     rejects: list[pl.DataFrame] = []
@@ -196,9 +206,7 @@ def read_external_conversations(
             ignored.append(IgnoredFile(entry.rel, exc.reason))
             continue
         with fh:
-            parsed, rejected = parse_external_jsonl(
-                fh, day, source=Path(entry.path).name, encoding=landing.conversation_encoding
-            )
+            parsed, rejected = parse(fh, day, source=Path(entry.path).name, encoding=encoding)
         candidates.append(parsed)
         rejects.append(rejected)
     return candidates, rejects, sorted(ignored, key=lambda i: i.rel)

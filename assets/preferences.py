@@ -6,21 +6,20 @@ conversations are; the shards hold the prompt's tokens once and each completion'
 
 import json
 from datetime import date
-from pathlib import Path
 
 import dagster as dg
 import duckdb
 import polars as pl
 
 from assets.catalog import raw_catalog, raw_interactions, schema_check
-from assets.conversations import CurationRunConfig, run_configs
+from assets.conversations import CurationRunConfig, read_jsonl_drop, run_configs
 from assets.metadata import commit_metadata, counts_by, markdown_table, reason_metadata
 from assets.models import base_model
 from assets.partitions import daily_partitions
 from core import schemas
 from core.curation import CurationConfig
 from core.fingerprints import frame_fingerprint
-from core.landing_files import IgnoredFile, LandingFileRefused, describe_ignored, open_landing_file
+from core.landing_files import IgnoredFile, describe_ignored
 from core.preferences import PairBuilderConfig, behaviour_pairs, curate_pairs, parse_preference_jsonl
 from core.settings import load_signal_thresholds
 from core.shards import read_manifest, verify_checksums, write_shard_directory
@@ -65,23 +64,7 @@ def read_external_pairs(
     landing: LandingArea, day: date
 ) -> tuple[list[pl.DataFrame], list[pl.DataFrame], list[IgnoredFile]]:
     """(candidate frames, parse-reject frames, ignored entries) of the day's preference JSONL drop."""
-    listing = landing.preference_listing(day)
-    ignored = list(listing.ignored)
-    candidates: list[pl.DataFrame] = []
-    rejects: list[pl.DataFrame] = []
-    for entry in listing.accepted:
-        try:
-            fh = open_landing_file(entry.path)
-        except LandingFileRefused as exc:
-            ignored.append(IgnoredFile(entry.rel, exc.reason))
-            continue
-        with fh:
-            parsed, rejected = parse_preference_jsonl(
-                fh, day, source=Path(entry.path).name, encoding=landing.conversation_encoding
-            )
-        candidates.append(parsed)
-        rejects.append(rejected)
-    return candidates, rejects, sorted(ignored, key=lambda i: i.rel)
+    return read_jsonl_drop(landing.preference_listing(day), day, parse_preference_jsonl, landing.conversation_encoding)
 
 
 @dg.asset(
