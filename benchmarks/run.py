@@ -7,6 +7,9 @@ Full runs write to benchmarks/results/, quick runs to benchmarks/results/quick/.
 
 `--gpu` runs benchmark 2 on CUDA with a ~100M-parameter Llama in bf16 (inputs from
 `--inputs`, prepared on the CPU machine by `--prepare-only`).
+
+`--only dpo` runs benchmark 6 alone (preference training vs TRL's DPOTrainer, about 5 minutes
+on 2 cores); it builds its own preference pairs, so the conversations are not prepared for it.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from benchmarks.harness import REPO, machine_description, markdown_table, run_wo
 from benchmarks.suite import (
     Sizes,
     bench_data_prep,
+    bench_dpo,
     bench_multiprocess,
     bench_scale,
     bench_training,
@@ -30,7 +34,8 @@ from benchmarks.suite import (
     summary_rows,
 )
 
-NAMES = ("data_prep", "training", "scale", "multiprocess", "warehouse")
+NAMES = ("data_prep", "training", "scale", "multiprocess", "warehouse", "dpo")
+ON_OWN_INPUTS = {"dpo"}  # benchmarks that build their own inputs (preference pairs), not the conversations
 GPU_MODEL = {  # ~100M parameters with the preset tokenizer's vocabulary
     "hidden_size": 768,
     "intermediate_size": 2560,
@@ -133,14 +138,15 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     print(f"benchmarks ({'quick' if sizes.quick else 'full'}): results -> {out}, scratch -> {work}")
-    inputs, shards = prepare_inputs(sizes, work)
+    names = ["training_gpu"] if args.gpu else args.only
+    if args.prepare_only or set(names) - ON_OWN_INPUTS:
+        inputs, shards = prepare_inputs(sizes, work)
     if args.prepare_only:
         return 0
 
     machine = machine_description()
     results: dict[str, dict] = {}
     sections: list[str] = []
-    names = ["training_gpu"] if args.gpu else args.only
     for name in names:
         print(f"- {name}")
         t0 = time.perf_counter()
@@ -163,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
             payload, md = bench_scale(sizes, inputs / "model", work / "scale")
         elif name == "warehouse":
             payload, md = bench_warehouse(sizes, inputs / "model", work / "warehouse")
+        elif name == "dpo":
+            payload, md = bench_dpo(sizes, work / "dpo")
         else:
             payload, md = bench_multiprocess(sizes, inputs / "model", shards, work / "multi")
         payload["seconds"] = time.perf_counter() - t0

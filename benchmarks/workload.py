@@ -5,6 +5,10 @@ core.conversation_builder and core.curation, exactly as the `curated_conversatio
 asset builds them; the tokenizer and the tiny model come from core.base_model's
 preset (byte-level BPE trained on the train split, ChatML template with
 `{% generation %}` markers). Both sides of every comparison read these files.
+
+Preference pairs (the DPO benchmark) come from the same world through
+core.preferences (behaviour pairs, curate_pairs, tokenize_pairs), as the
+`preference_pairs` and `preference_shards` assets build them.
 """
 
 from __future__ import annotations
@@ -21,10 +25,13 @@ from core import ingest
 from core.base_model import TinyModelPreset, save_preset
 from core.conversation_builder import BuilderConfig, build_conversations
 from core.curation import CurationConfig, curate
+from core.preferences import PairBuilderConfig, behaviour_pairs, curate_pairs
 from core.synthetic import SyntheticConfig, generate_catalog, generate_interactions
 
 # ~0.27 curated conversations per member per day with the default synthetic world.
 _CONVERSATIONS_PER_MEMBER_DAY = 0.27
+# ~0.013 curated behaviour pairs per member per day (a liked and a turned-down title the same day).
+_PAIRS_PER_MEMBER_DAY = 0.013
 
 
 @dataclass(frozen=True)
@@ -87,3 +94,94 @@ def write_inputs(out_dir: Path, n: int, seed: int = 7, preset: TinyModelPreset |
 
 def load_conversations(inputs_dir: Path) -> pl.DataFrame:
     return pl.read_parquet(Path(inputs_dir) / "conversations.parquet")
+
+
+# ------------------------------------------------------------------------------ preference pairs
+
+
+def curated_pairs(n: int, seed: int = 7) -> pl.DataFrame:
+    """At least `n` curated behaviour pairs (cut to exactly `n`, every split), over as many demo days as needed."""
+    members = max(2_000, min(200_000, int(n / _PAIRS_PER_MEMBER_DAY / 4)))
+    cfg = _world(members, seed)
+    catalog, _ = ingest.ingest_catalog(generate_catalog(cfg), ingest.CatalogMapping())
+    builder = PairBuilderConfig(seed=seed)
+    parts: list[pl.DataFrame] = []
+    seen: list[str] = []
+    total, day = 0, cfg.start_day
+    while total < n:
+        raw = generate_interactions(cfg, day)
+        rows, _, _ = ingest.ingest_interactions(raw, None, day, catalog["title_id"], per_day_files=True)
+        built = behaviour_pairs(catalog, rows, day, builder)
+        curated, _, _ = curate_pairs(built.pairs, day, CurationConfig(), seen_hashes=seen)
+        parts.append(curated)
+        seen.extend(curated["content_hash"].to_list())
+        total += curated.height
+        day += timedelta(days=1)
+    return pl.concat(parts).head(n)
+
+
+def scored_completions(rows: pl.DataFrame) -> pl.DataFrame:
+    """Token rows whose completions end at their last loss token (every completion token then carries loss).
+
+    tokenize_pairs ends each completion with the template's newline after the end-of-turn token, outside the
+    loss mask. TRL's preference collator scores every completion token it is given, so the benchmark drops that
+    trailing unscored token: both trainers then see the same ids and score the same tokens.
+    """
+    out = {c: rows[c].to_list() for c in rows.columns}
+    for side in ("chosen", "rejected"):
+        ids, masks = out[f"{side}_ids"], out[f"{side}_mask"]
+        for i, mask in enumerate(masks):
+            end = max(k for k, m in enumerate(mask) if m) + 1
+            if any(m == 0 for m in mask[:end]):
+                raise ValueError(f"pair {out['pair_id'][i]}: the {side} completion has an unscored token inside it")
+            ids[i], masks[i] = ids[i][:end], mask[:end]
+    return pl.DataFrame(out, schema=rows.schema)
+
+
+def write_pair_inputs(out_dir: Path, n: int, seed: int = 7, preset: TinyModelPreset | None = None) -> dict:
+    """pairs.parquet (curated pairs), model/ (tokenizer trained on their text + tiny weights), shards/ (their
+    preference_shards directory, completions cut at their last loss token: `scored_completions`)."""
+    from core.preferences.tokenize import PAIR_LAYOUT, tokenize_pairs
+    from core.shards import write_shard_directory
+    from core.tokenizer_training import tokenizer_fingerprint
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pairs = curated_pairs(n, seed)
+    pairs.write_parquet(out_dir / "pairs.parquet")
+    texts = (
+        pairs.select(pl.concat_list("prompt", "chosen", "rejected").list.eval(pl.element().struct.field("content")))
+        .to_series()
+        .explode()
+        .to_list()
+    )
+    model_dir = out_dir / "model"
+    model_dir.mkdir(exist_ok=True)
+    card = save_preset(model_dir, texts, preset or TinyModelPreset())
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+    tokenized = tokenize_pairs(tokenizer, pairs, pairs["day"][0], max_length=1024)
+    rows = scored_completions(tokenized.rows)
+    (out_dir / "shards").mkdir(exist_ok=True)
+    manifest = write_shard_directory(
+        out_dir / "shards",
+        rows,
+        partition=str(pairs["day"][0]),
+        tokenizer_fingerprint=tokenizer_fingerprint(model_dir),
+        source_data_version="benchmark",
+        quarantine=tokenized.quarantine,
+        layout=PAIR_LAYOUT,
+    )
+    train = rows.filter(pl.col("split") == "train")
+    lengths = {part: train[f"{part}_ids"].list.len() for part in ("prompt", "chosen", "rejected")}
+    info = {
+        "pairs": pairs.height,
+        "train_pairs": train.height,
+        "quarantined": tokenized.quarantine.height,
+        "parameters": card["parameters"],
+        "vocab_size": card["vocab_size"],
+        "mean_tokens": {part: float(length.mean()) for part, length in lengths.items()},
+        "shard_totals": manifest["totals"],
+    }
+    (out_dir / "inputs.json").write_text(json.dumps(info, indent=1))
+    return info

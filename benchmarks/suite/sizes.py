@@ -23,6 +23,11 @@ class Sizes:
     # that wait on each other turn other users' load into large swings; one thread per side keeps
     # the comparison about the code. Benchmark 4 compares 1 process x 2 threads with 2 x 1.
     train_threads: int = 1
+    # Benchmark 6, preference training (DPO): demo pairs (~91% train), optimizer steps, our packed rows x length.
+    dpo_pairs: int = 160
+    dpo_steps: int = 8
+    dpo_rows: int = 4
+    dpo_seq_len: int = 512
 
     @classmethod
     def for_mode(cls, quick: bool) -> Sizes:
@@ -36,6 +41,8 @@ class Sizes:
                 scale_large=60_000,
                 scale_per_day=20_000,
                 multi_steps=8,
+                dpo_pairs=120,
+                dpo_steps=4,
             )
         return cls(quick=False)
 

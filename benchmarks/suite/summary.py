@@ -76,4 +76,24 @@ def summary_rows(results: dict[str, dict[str, Any]]) -> list[list[Any]]:
             ]
         )
         rows.append(["5. DuckLake: 2 writers vs 1 (speed-up)", f"{r['two_writers_speedup']:.2f}x", "reported", "-"])
+    if "dpo" in results:
+        t = results["dpo"]["targets"]
+        for key, what in (
+            ("vs_trl_precomputed", "precomputed reference"),
+            ("vs_trl_on_the_fly", "reference model"),
+            ("vs_trl_lora", "LoRA, precomputed reference"),
+        ):
+            if key not in t:
+                continue
+            rows.append(
+                [
+                    f"6. DPO: ours / TRL DPOTrainer, {what} (pair tokens/s)",
+                    f"{t[key]['value']:.2f}x",
+                    f">= {t[key]['target']:g}x",
+                    t[key]["status"],
+                ]
+            )
+        loss = t["step1_loss"]
+        value, target = f"{loss['value']:.1e}", f"<= {loss['target']:g}"
+        rows.append(["6. DPO: step-1 loss, largest difference ours vs TRL", value, target, loss["status"]])
     return rows

@@ -6,10 +6,13 @@ Commands
 - peak: the matmul FLOP/s peak of this machine (MFU denominator).
 - gemm: FLOP/s of one matmul shape against that peak.
 - scale: the data half (curation + tokenization) over many daily partitions (benchmark 3).
+- dpo-ours / dpo-trl: preference training on the same pairs, one reference mode (or LoRA) each (benchmark 6);
+  dpo-trl-tokenize: TRL's own tokenization of the same pairs' text, compared with ours.
 
 ``our_side`` and ``trl_side`` are the two sides, ``models`` the model a training run
 measures, ``steps`` the summary of a training run, ``scale`` benchmark 3, ``cli`` the
-command line. Only benchmarks/ imports trl (in ``trl_side``); the platform never does.
+command line; ``dpo_ours`` and ``dpo_trl`` the two sides of benchmark 6. Only benchmarks/ imports trl (in
+``trl_side`` and ``dpo_trl``); the platform never does.
 """
 
 from benchmarks.worker.cli import main

@@ -8,9 +8,11 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.harness import gemm_flops, matmul_peak_flops, peak_rss_mib
+from benchmarks.worker.dpo_ours import dpo_ours
+from benchmarks.worker.dpo_trl import check_tokenization, dpo_trl
 from benchmarks.worker.our_side import prep_ours, train_ours
 from benchmarks.worker.scale import scale
-from benchmarks.worker.steps import summarize_steps
+from benchmarks.worker.steps import summarize_dpo_steps, summarize_steps
 from benchmarks.worker.trl_side import prep_trl, train_trl
 from benchmarks.worker.warehouse import warehouse_days
 
@@ -50,6 +52,27 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--mode", choices=["padded", "packed"], default="padded")
         p.add_argument("--warmup-steps", type=int, default=2, help="steps excluded from throughput")
         p.add_argument("--profile", action="store_true", help="torch-profile steps 3.. (train-ours)")
+    for name in ("dpo-ours", "dpo-trl"):
+        p = sub.add_parser(name)
+        p.add_argument("--model", required=True)
+        p.add_argument("--shards", required=True)
+        p.add_argument("--work", required=True)
+        p.add_argument("--steps", type=int, required=True)
+        p.add_argument("--reference", choices=["precomputed", "on_the_fly"], required=True)
+        p.add_argument("--seq-len", type=int, default=512, help="ours: packed row length")
+        p.add_argument("--rows", type=int, default=4, help="ours: packed rows per step")
+        p.add_argument("--pairs", type=int, default=16, help="TRL: pairs per step")
+        p.add_argument("--lr", type=float, default=1e-4)
+        p.add_argument("--beta", type=float, default=0.1)
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--threads", type=int, default=1)
+        p.add_argument("--warmup-steps", type=int, default=2, help="steps excluded from throughput")
+        p.add_argument("--lora", action="store_true", help="train a LoRA adapter (our config's defaults) instead")
+        p.add_argument("--profile", action="store_true", help="torch-profile steps 3.. (dpo-ours)")
+    p = sub.add_parser("dpo-trl-tokenize")
+    p.add_argument("--pairs-parquet", type=Path, required=True)
+    p.add_argument("--shards", required=True)
+    p.add_argument("--model", required=True)
     p = sub.add_parser("peak")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="fp32")
@@ -87,6 +110,12 @@ def main(argv: list[str] | None = None) -> int:
         if "profile" in raw:
             summary["profile"] = raw["profile"]
         _emit(summary)
+    elif args.command in ("dpo-ours", "dpo-trl"):
+        raw = dpo_ours(args) if args.command == "dpo-ours" else dpo_trl(args)
+        raw["peak_rss_mib"] = peak_rss_mib()
+        _emit(summarize_dpo_steps(raw, args.warmup_steps))
+    elif args.command == "dpo-trl-tokenize":
+        _emit(check_tokenization(args.pairs_parquet, args.shards, args.model))
     elif args.command == "peak":
         _emit(matmul_peak_flops(args.device, args.dtype, threads=args.threads))
     elif args.command == "gemm":
