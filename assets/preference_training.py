@@ -96,8 +96,7 @@ def build_preference_config(
     if owned:
         raise config_failure(f"extra_json may not set {owned[0]!r}: {_OWNED[owned[0]]}", ASSET)
     platform = {
-        "base_model_dir": str(start),
-        "reference_model_dir": str(start),
+        "base_model_dir": str(start),  # also the reference (DPOConfig's reference_model_dir left empty)
         "shard_dirs": [str(p) for p in shard_dirs],
         "output_dir": str(output_dir),
         "split": "train",

@@ -200,4 +200,61 @@ def attention_notes(config: Any, attn_implementation: str) -> list[str]:
     return notes
 
 
+PAIR_SDPA = "pair_sdpa"
+
+
+@torch.compiler.disable  # the segment count changes every batch: not traced by torch.compile
+def pair_sdpa_forward(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """Attention of packed preference pairs (core/preferences/batches.py), block by block.
+
+    A segment whose positions start at 0 (a prompt with its chosen completion, or padding) is causal on its own;
+    a segment that starts at position s > 0 (a rejected completion) also sees the first s tokens of the segment
+    before it: its prompt. So only the scores a pair needs are computed, not the whole row's under a mask.
+    """
+    if attention_mask is not None:
+        raise ValueError(f"{PAIR_SDPA} takes packed pairs without an attention mask (blocks come from position_ids)")
+    if kwargs.get("softcap") is not None or kwargs.get("sliding_window") is not None:
+        raise ValueError(
+            f"{PAIR_SDPA} has no soft-capped or windowed attention; train this model with attn_implementation 'sdpa'"
+        )
+    position_ids = kwargs["position_ids"]
+    batch = query.shape[0]
+    gqa = key.shape[1] != query.shape[1]
+    positions = position_ids.detach().to("cpu").expand(batch, position_ids.shape[-1])
+    rows: list[list[torch.Tensor]] = [[] for _ in range(batch)]
+    root = 0
+    for row, start, length in segment_table(position_ids, batch).tolist():
+        q = query[row : row + 1, :, start : start + length]
+        first = int(positions[row, start])
+        if first == 0:
+            root = start
+            k, v = (t[row : row + 1, :, start : start + length] for t in (key, value))
+            out = F.scaled_dot_product_attention(
+                q, k, v, dropout_p=dropout, is_causal=True, scale=scaling, enable_gqa=gqa
+            )
+        else:
+            k, v = (
+                torch.cat(
+                    [t[row : row + 1, :, root : root + first], t[row : row + 1, :, start : start + length]], dim=2
+                )
+                for t in (key, value)
+            )
+            mask = torch.ones(length, first + length, dtype=torch.bool, device=query.device).tril(diagonal=first)
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, dropout_p=dropout, scale=scaling, enable_gqa=gqa
+            )
+        rows[row].append(out)
+    return torch.cat([torch.cat(pieces, dim=2) for pieces in rows]).transpose(1, 2), None
+
+
 AttentionInterface.register(PACKED_SDPA, packed_sdpa_forward)
+AttentionInterface.register(PAIR_SDPA, pair_sdpa_forward)

@@ -14,6 +14,9 @@ Preference keys
   and kept in output_dir, so no second model stays in memory while training) or "on_the_fly" (the
   reference model runs next to the policy on every micro-batch).
 - reference_model_dir: the reference model; empty = base_model_dir (DPO starts from the model it is anchored to).
+- attn_implementation: "pair_sdpa" (the default: attention computed block by block, each pair's prompt + chosen
+  and its rejected completion over the prompt, training/attention.py) or "sdpa" (the whole row under an explicit
+  mask; for models with windowed or soft-capped attention, which pair_sdpa refuses).
   With an `adapter` the reference is always the base: the policy with its adapter off, no second model (either
   `reference` mode); reference_model_dir must then stay empty.
 """
@@ -37,7 +40,7 @@ class DPOConfig(TrainConfig):
     warmup_steps: int = 5
     checkpoint_every: int = 20
     compile: str = "off"
-    attn_implementation: str = "sdpa"
+    attn_implementation: str = "pair_sdpa"
     beta: float = 0.1
     loss_type: str = "sigmoid"
     label_smoothing: float = 0.0
@@ -61,11 +64,12 @@ class DPOConfig(TrainConfig):
                 f"reference_model_dir must be empty with an adapter, got {self.reference_model_dir!r}: the reference "
                 "is base_model_dir with the adapter off; to anchor to another model, make it base_model_dir"
             )
-        if self.attn_implementation != "sdpa":
+        if self.attn_implementation not in ("pair_sdpa", "sdpa"):
             raise ConfigError(
-                f"attn_implementation must be 'sdpa' for preference training, got "
+                f"attn_implementation must be 'pair_sdpa' (each pair's blocks only) or 'sdpa' (the row under a mask) "
+                "for preference training, got "
                 f"{self.attn_implementation!r}: a pair's rejected completion attends to its prompt across the "
-                "chosen one, which needs an explicit mask"
+                "chosen one"
             )
 
     @property

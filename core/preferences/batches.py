@@ -216,11 +216,16 @@ def build_batch(corpus: PairCorpus, rows: list[list[int]], seq_len: int, pad_id:
 def completion_logps(
     model: torch.nn.Module, batch: dict[str, torch.Tensor], real_vocab_size: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(summed log-probs [pairs, 2] of chosen and rejected, loss tokens [pairs, 2]) of a packed batch."""
+    """(summed log-probs [pairs, 2] of chosen and rejected, loss tokens [pairs, 2]) of a packed batch.
+
+    A model with the trainer's block-wise pair attention (``pair_sdpa``) reads the blocks from the position ids;
+    any other attention gets the batch's explicit mask.
+    """
+    mask = None if _attention_of(model) == PAIR_ATTENTION else batch["attention_mask"]
     out = model(
         input_ids=batch["input_ids"],
         position_ids=batch["position_ids"],
-        attention_mask=batch["attention_mask"],
+        attention_mask=mask,
         logits_to_keep=batch["keep"],
         use_cache=False,
     )
@@ -235,6 +240,17 @@ def completion_logps(
         0, batch["target_slot"], torch.ones_like(logp)
     )
     return sums.view(-1, 2), counts.view(-1, 2)
+
+
+PAIR_ATTENTION = "pair_sdpa"  # training/attention.py registers it with transformers
+
+
+def _attention_of(model: torch.nn.Module) -> str | None:
+    """The attention implementation of a (DDP- or peft-wrapped) transformers model."""
+    inner = model
+    while hasattr(inner, "module"):
+        inner = inner.module
+    return getattr(getattr(inner, "config", None), "_attn_implementation", None)
 
 
 def pack_pairs(corpus: PairCorpus, seq_len: int) -> tuple[list[list[int]], int]:

@@ -70,7 +70,7 @@ def test_the_preference_checkpoint_starts_from_the_champion_and_records_its_line
     assert lineage["start_checkpoint"] == str(sft_path) and lineage["preference_shards"]
     assert lineage["base_model"] == json.loads((sft_path / "lineage.json").read_text())["base_model"]
     assert meta["steps"] == 4 and meta["trainable_parameters"] > 0
-    assert json.loads((Path(meta["path"]) / "train_config.json").read_text())["reference_model_dir"] == str(sft_path)
+    assert json.loads((Path(meta["path"]) / "train_config.json").read_text())["base_model_dir"] == str(sft_path)
 
 
 def test_eval_report_evaluates_the_preference_checkpoint_on_held_out_pairs(platform) -> None:

@@ -28,9 +28,11 @@ def corpus(base_model: Path, tmp_path_factory: pytest.TempPathFactory):
     return load_pairs([shard], "train")[0]
 
 
-def _model(base_model: Path) -> torch.nn.Module:
+def _model(base_model: Path, attention: str = "sdpa") -> torch.nn.Module:
+    import training.attention  # noqa: F401  registers pair_sdpa with transformers
+
     torch.manual_seed(0)
-    return AutoModelForCausalLM.from_pretrained(base_model, attn_implementation="sdpa", dtype=torch.float32)
+    return AutoModelForCausalLM.from_pretrained(base_model, attn_implementation=attention, dtype=torch.float32)
 
 
 def _plain_logp(model: torch.nn.Module, prompt: np.ndarray, completion: np.ndarray, mask: np.ndarray) -> torch.Tensor:
@@ -42,8 +44,9 @@ def _plain_logp(model: torch.nn.Module, prompt: np.ndarray, completion: np.ndarr
     return picked[torch.tensor(mask, dtype=torch.bool)].sum()
 
 
-def test_packed_log_probs_equal_each_completion_run_alone(base_model: Path, corpus) -> None:
-    model = _model(base_model)
+@pytest.mark.parametrize("attention", ["sdpa", "pair_sdpa"])
+def test_packed_log_probs_equal_each_completion_run_alone(base_model: Path, corpus, attention: str) -> None:
+    model = _model(base_model, attention)
     rows = [[0, 1, 2, 3], [4, 5], [6]]
     with torch.no_grad():
         sums, counts = completion_logps(model, build_batch(corpus, rows, 128, 0))
@@ -54,8 +57,9 @@ def test_packed_log_probs_equal_each_completion_run_alone(base_model: Path, corp
                 assert counts[slot, side].item() == corpus.mask(name, i).sum()
 
 
-def test_the_rejected_completion_never_sees_the_chosen_one(base_model: Path, corpus) -> None:
-    model = _model(base_model)
+@pytest.mark.parametrize("attention", ["sdpa", "pair_sdpa"])
+def test_the_rejected_completion_never_sees_the_chosen_one(base_model: Path, corpus, attention: str) -> None:
+    model = _model(base_model, attention)
     batch = build_batch(corpus, [[0]], 64, 0)
     with torch.no_grad():
         before, _ = completion_logps(model, batch)
@@ -66,9 +70,12 @@ def test_the_rejected_completion_never_sees_the_chosen_one(base_model: Path, cor
     assert after[0, 0].item() != pytest.approx(before[0, 0].item(), abs=1e-3)
 
 
-def test_dpo_loss_and_gradients_equal_an_unpacked_reference_implementation(base_model: Path, corpus) -> None:
+@pytest.mark.parametrize("attention", ["sdpa", "pair_sdpa"])
+def test_dpo_loss_and_gradients_equal_an_unpacked_reference_implementation(
+    base_model: Path, corpus, attention: str
+) -> None:
     reference = torch.tensor([[-30.0, -31.0], [-20.0, -25.0], [-28.0, -22.0]], dtype=torch.float64)
-    packed_model, plain_model = _model(base_model), _model(base_model)
+    packed_model, plain_model = _model(base_model, attention), _model(base_model)
     sums, _ = completion_logps(packed_model, build_batch(corpus, [[0, 1], [2]], 96, 0))
     packed = preference_losses(sums[:, 0].double(), sums[:, 1].double(), reference[:, 0], reference[:, 1], beta=0.1)
     packed.loss.mean().backward()
