@@ -175,7 +175,10 @@ class DPORecipe:
         from transformers import AutoModelForCausalLM
 
         model = AutoModelForCausalLM.from_pretrained(
-            self.cfg.reference_dir, dtype=torch.float32, attn_implementation="sdpa", local_files_only=True
+            self.cfg.reference_dir,
+            dtype=torch.float32,
+            attn_implementation=self.cfg.attn_implementation,
+            local_files_only=True,
         )
         model.config.use_cache = False
         return model.to(self.ctx.device).eval().requires_grad_(False)

@@ -351,8 +351,9 @@ def dpo_markdown(payload: dict[str, Any]) -> str:
         "- TRL 1.16's DPOTrainer tokenizes text itself; the benchmark hands it the pairs' token ids from our shards "
         "(its dataset preparation passes them through). Config: sigmoid loss, beta "
         f"{payload['beta']:g}, lr {payload['lr']:g} cosine to 10% without warm-up, AdamW (fused) betas (0.9, 0.95), "
-        "weight decay 0.01 on matrices, grad clip 1.0, no gradient checkpointing (TRL's default is on), sdpa "
-        "attention, fp32, dropout off. Peak RSS = the worker process's high-water mark; RSS growth = peak minus "
+        "weight decay 0.01 on matrices, grad clip 1.0, no gradient checkpointing (TRL's default is on), fp32, "
+        "dropout off; attention: sdpa on TRL's padded pairs, our trainer's default pair_sdpa (each pair's blocks) "
+        "on ours. Peak RSS = the worker process's high-water mark; RSS growth = peak minus "
         "RSS after imports (TRL's side also imports datasets and accelerate).",
         f"- Reference mode for our trainer: precomputed (the default) takes {choice['step_seconds_precomputed']:.2f} s "
         f"per step against {choice['step_seconds_on_the_fly']:.2f} s on the fly and holds one model, not two; its "
