@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
             training = runner.run("training_job", "trained_checkpoint+eval_report")
             if args.preference:
                 print("  preference-train + evaluate")
-                preference = runner.run("preference_job", "preference_checkpoint+eval_report")
+                preference = runner.run("preference_job", "preference_checkpoint+eval_report", gate_may_refuse=True)
     except StepFailed as exc:
         raise SystemExit(f"demo {exc}; see `dagster dev` for the run") from exc
 

@@ -68,7 +68,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print("\ntokenized_shards per day:")
     for day, result in outcome.shards.items():
-        meta = next(e for e in result.get_asset_materialization_events()).materialization.metadata
+        meta = next(
+            e for e in result.get_asset_materialization_events() if e.asset_key == dg.AssetKey("tokenized_shards")
+        ).materialization.metadata
         print(
             f"  {day}  {meta['dagster/row_count'].value:,} conversations, {meta['tokens'].value:,} tokens, "
             f"{meta['loss_tokens'].value:,} loss tokens  {meta['path'].value}"

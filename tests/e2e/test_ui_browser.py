@@ -25,6 +25,9 @@ ASSETS = {
     "tokenized_shards",
     "trained_checkpoint",
     "eval_report",
+    "preference_pairs",
+    "preference_shards",
+    "preference_checkpoint",
 }
 EDGES = {
     ("raw_catalog", "raw_interactions"),
@@ -36,6 +39,13 @@ EDGES = {
     ("base_model", "trained_checkpoint"),
     ("tokenized_shards", "trained_checkpoint"),
     ("trained_checkpoint", "eval_report"),
+    ("raw_catalog", "preference_pairs"),
+    ("raw_interactions", "preference_pairs"),
+    ("preference_pairs", "preference_shards"),
+    ("base_model", "preference_shards"),
+    ("preference_shards", "preference_checkpoint"),
+    ("trained_checkpoint", "preference_checkpoint"),
+    ("preference_checkpoint", "eval_report"),
 }
 CHROME_FLAGS = [
     "--headless",
@@ -130,7 +140,7 @@ def _node_at(nodes: list[dict[str, Any]], x: float, y: float, side: str) -> str 
     return None
 
 
-def test_asset_graph_shows_the_seven_assets_and_their_lineage(dev_platform, browser) -> None:
+def test_asset_graph_shows_every_asset_and_its_lineage(dev_platform, browser) -> None:
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.keys import Keys
 
@@ -145,7 +155,7 @@ def test_asset_graph_shows_the_seven_assets_and_their_lineage(dev_platform, brow
     if not all_assets_drawn():
         # Asset groups start collapsed; Alt+E is the graph's "Expand all groups".
         ActionChains(browser).key_down(Keys.ALT).send_keys("e").key_up(Keys.ALT).perform()
-    _wait("the seven asset nodes", all_assets_drawn)
+    _wait("every asset node", all_assets_drawn)
     time.sleep(1)  # let the edges settle after the layout animation
     graph = browser.execute_script(GRAPH_JS)
     _screenshot(browser, dev_platform, "asset_graph.png")

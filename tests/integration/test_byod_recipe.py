@@ -174,7 +174,7 @@ def test_a_bad_day_is_reported_and_the_other_days_get_shards(tmp_path: Path) -> 
     proc = run_documented_command(env, DAYS[0], DAYS[-1])
     assert proc.returncode == 1, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert "1 of 3 days failed" in proc.stderr
-    failed = rf"^  {DAYS[1]}: step raw_interactions\+curated_conversations \({DAYS[1]}\) failed in run .*empty"
+    failed = rf"^  {DAYS[1]}: step events\+conversations\+pairs \({DAYS[1]}\) failed in run .*empty"
     assert re.search(failed, proc.stderr, re.M), proc.stderr[-4000:]
     done = {DAYS[0].isoformat(), DAYS[2].isoformat()}
     instance = dg.DagsterInstance.from_config(str(home / "dagster"))
