@@ -41,7 +41,7 @@ from training.adapters import apply_adapter, as_base_model, has_adapter, trainab
 from training.checkpoint import find_resume_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
 from training.config import ConfigError, load_config
 from training.data import rank_indices
-from training.distributed import DistContext, gradient_sync, init_distributed, shutdown, wrap_model
+from training.distributed import DistContext, gradient_sync, wrap_model
 from training.dpo_config import DPOConfig
 from training.dpo_loss import preference_losses
 from training.export import save_final_model
@@ -54,6 +54,7 @@ from training.sft import (
     compute_dtype,
     load_model,
     lr_factor,
+    run_recipe,
     setup_runtime,
     tokenizer_length,
 )
@@ -385,20 +386,7 @@ class DPORecipe:
 
 def train(cfg: DPOConfig, resume: bool = False) -> dict[str, Any] | None:
     """Run (or resume) preference training; returns the summary on rank 0, None elsewhere."""
-    ctx = init_distributed(cfg.device)
-    reporter = Reporter(ctx.is_main)
-    try:
-        recipe = DPORecipe(cfg, ctx, reporter)
-        recipe.setup(resume)
-        recipe.train()
-        summary = recipe.finish()
-    except BaseException as exc:
-        reporter.close(exc)
-        raise
-    reporter.close()
-    del recipe
-    shutdown(ctx)
-    return summary
+    return run_recipe(DPORecipe, cfg, resume)
 
 
 def main(argv: list[str] | None = None) -> int:

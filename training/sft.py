@@ -345,10 +345,15 @@ class SFTRecipe:
 
 def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any] | None:
     """Run (or resume) training; returns the summary on rank 0, None elsewhere."""
+    return run_recipe(SFTRecipe, cfg, resume)
+
+
+def run_recipe(recipe_class: Any, cfg: TrainConfig, resume: bool) -> dict[str, Any] | None:
+    """setup -> train -> finish of one rank's recipe (SFT or preference), with Pipes closed on any outcome."""
     ctx = init_distributed(cfg.device)
     reporter = Reporter(ctx.is_main)
     try:
-        recipe = SFTRecipe(cfg, ctx, reporter)
+        recipe = recipe_class(cfg, ctx, reporter)
         recipe.setup(resume)
         recipe.train()
         summary = recipe.finish()
