@@ -63,7 +63,7 @@ def completion_start(mask: list[int]) -> int:
     return int(ones[gaps[-1] + 1]) if len(gaps) else int(ones[0])
 
 
-def _last_turn_examples(outcome: object, n: int, last_turn: list[int]) -> dict[int, tuple[list[int], list[int]]]:
+def _last_turn_examples(outcome: object, last_turn: list[int]) -> dict[int, tuple[list[int], list[int]]]:
     """conversation index -> (ids, mask) of the row that masks its final turn (the whole row, or its expansion)."""
     found: dict[int, tuple[list[int], list[int]]] = {}
     for example in outcome.examples:  # type: ignore[attr-defined]
@@ -99,7 +99,7 @@ def tokenize_pairs(
             )
             for i, reason, detail in outcome.rejects:
                 rejects.setdefault(i, (reason, f"{side}: {detail}"))
-            encoded[side] = _last_turn_examples(outcome, len(ids), last_turn)
+            encoded[side] = _last_turn_examples(outcome, last_turn)
         rows: dict[str, list[object]] = {c: [] for c in ("split", *PAIR_SHARD_POLARS_SCHEMA)}
         splits = ordered["split"].to_list()
         for i, pair_id in enumerate(ids):
