@@ -125,6 +125,19 @@ def _screenshot(driver, platform: DevPlatform, name: str) -> Path:
     return path
 
 
+def _asset_name(drawn: str) -> str:
+    """The full asset name of a node label; a zoomed-out graph shortens long names to 'cur…_conversations'."""
+    if "…" not in drawn:
+        return drawn
+    head, tail = drawn.split("…", 1)
+    matches = [a for a in ASSETS if a.startswith(head) and a.endswith(tail) and len(a) > len(head) + len(tail)]
+    return matches[0] if len(matches) == 1 else drawn
+
+
+def _drawn_nodes(driver) -> list[dict[str, Any]]:
+    return [{**n, "name": _asset_name(n["name"])} for n in driver.execute_script(GRAPH_JS)["nodes"]]
+
+
 def _edge_endpoints(d: str) -> tuple[tuple[float, float], tuple[float, float]]:
     """First and last point of an SVG path like 'M450,446.25C477.5,446.25,477.5,540,505,540'."""
     numbers = [float(n) for n in d.replace("M", " ").replace("C", " ").replace("L", " ").replace(",", " ").split()]
@@ -150,21 +163,27 @@ def test_asset_graph_shows_every_asset_and_its_lineage(dev_platform, browser) ->
     _dismiss_popups(browser)
 
     def all_assets_drawn() -> bool:
-        return {n["name"] for n in browser.execute_script(GRAPH_JS)["nodes"]} >= ASSETS
+        return {n["name"] for n in _drawn_nodes(browser)} >= ASSETS
 
     if not all_assets_drawn():
         # Asset groups start collapsed; Alt+E is the graph's "Expand all groups".
         ActionChains(browser).key_down(Keys.ALT).send_keys("e").key_up(Keys.ALT).perform()
-    _wait("every asset node", all_assets_drawn)
+    try:
+        _wait("every asset node", all_assets_drawn)
+    except AssertionError:
+        _screenshot(browser, dev_platform, "asset_graph_incomplete.png")
+        drawn = sorted(n["name"] for n in _drawn_nodes(browser))
+        raise AssertionError(f"asset nodes drawn: {drawn}; missing: {sorted(ASSETS - set(drawn))}") from None
     time.sleep(1)  # let the edges settle after the layout animation
-    graph = browser.execute_script(GRAPH_JS)
+    nodes = _drawn_nodes(browser)
+    paths = browser.execute_script(GRAPH_JS)["edges"]
     _screenshot(browser, dev_platform, "asset_graph.png")
 
-    assert {n["name"] for n in graph["nodes"]} == ASSETS
+    assert {n["name"] for n in nodes} == ASSETS
     edges = set()
-    for d in graph["edges"]:
+    for d in paths:
         (x1, y1), (x2, y2) = _edge_endpoints(d)
-        edges.add((_node_at(graph["nodes"], x1, y1, "out"), _node_at(graph["nodes"], x2, y2, "in")))
+        edges.add((_node_at(nodes, x1, y1, "out"), _node_at(nodes, x2, y2, "in")))
     assert edges == EDGES
 
 
