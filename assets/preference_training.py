@@ -38,6 +38,7 @@ class PreferenceRunConfig(dg.Config):
     beta: float = _DEFAULTS["beta"]
     loss_type: str = _DEFAULTS["loss_type"]
     label_smoothing: float = _DEFAULTS["label_smoothing"]
+    sft_weight: float = _DEFAULTS["sft_weight"]
     reference: str = _DEFAULTS["reference"]
     seq_len: int = _DEFAULTS["seq_len"]
     micro_batch_rows: int = _DEFAULTS["micro_batch_rows"]

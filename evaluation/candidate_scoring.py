@@ -19,23 +19,35 @@ from typing import Any
 
 import torch
 
-from core.masking import encode_conversation, encode_prompt
+from core.masking import MaskError, encode_batch, encode_prompt
 from evaluation.generation import end_of_turn_ids
 from evaluation.models import model_device
 
 
 def answer_tokens(
-    tokenizer: Any, prompt_messages: Sequence[Mapping[str, str]], answer: str, prompt_ids: Sequence[int]
-) -> list[int]:
-    """The loss-masked tokens of `answer` after the served prompt (the answer and its end-of-turn token)."""
-    encoded = encode_conversation(tokenizer, [*map(dict, prompt_messages), {"role": "assistant", "content": answer}])
+    tokenizer: Any, prompt_messages: Sequence[Mapping[str, str]], answers: Sequence[str], prompt_ids: Sequence[int]
+) -> list[list[int]]:
+    """Each answer's loss-masked tokens after the served prompt (the answer and its end-of-turn token).
+
+    All answers go through the masking engine in one batch: it renders and tokenizes them together and reuses
+    the shared prompt's segments, which costs a fraction of one call per answer.
+    """
+    conversations = [[*map(dict, prompt_messages), {"role": "assistant", "content": a}] for a in answers]
+    encoded, rejects = encode_batch(tokenizer, conversations)
+    if rejects:
+        index, reason, detail = rejects[0]
+        raise MaskError(reason, f"answer {answers[index]!r}: {detail}")
     n = len(prompt_ids)
-    if list(encoded.input_ids[:n]) != list(prompt_ids):
-        raise ValueError(
-            "the rendered conversation does not start with the served prompt (train/serve skew in the chat "
-            "template): candidate scores would not be what the model sees at serving time"
-        )
-    return [tid for tid, m in zip(encoded.input_ids[n:], encoded.loss_mask[n:], strict=True) if m]
+    out = []
+    for result in encoded:
+        assert result is not None
+        if list(result.input_ids[:n]) != list(prompt_ids):
+            raise ValueError(
+                "the rendered conversation does not start with the served prompt (train/serve skew in the chat "
+                "template): candidate scores would not be what the model sees at serving time"
+            )
+        out.append([tid for tid, m in zip(result.input_ids[n:], result.loss_mask[n:], strict=True) if m])
+    return out
 
 
 def candidate_suffixes(
@@ -56,14 +68,12 @@ def candidate_suffixes(
     """
     prompt_ids = encode_prompt(tokenizer, [dict(m) for m in prompt_messages])
     drop = set(drop_ids)
-    full = []
-    for answer in answers:
-        tokens = answer_tokens(tokenizer, prompt_messages, answer_lead + answer, prompt_ids)
+    full = answer_tokens(tokenizer, prompt_messages, [answer_lead + a for a in answers], prompt_ids)
+    for answer, tokens in zip(answers, full, strict=True):
         while answer_lead and tokens and tokens[-1] in drop:
             tokens.pop()
         if not tokens:
             raise ValueError(f"answer {answer!r} has no tokens to score after the served prompt")
-        full.append(tokens)
     shared = min(len(t) for t in full) - 1 if answer_lead else 0
     for k in range(shared):
         if any(t[k] != full[0][k] for t in full[1:]):

@@ -166,7 +166,8 @@ class DPORecipe:
         if resume:
             self._resume()
         self.reporter.info(
-            f"preference training ({cfg.loss_type}, beta {cfg.beta}, reference {cfg.reference}"
+            f"preference training ({cfg.loss_type}, beta {cfg.beta}, sft_weight {cfg.sft_weight}, "
+            f"reference {cfg.reference}"
             f"{', the base with the adapter off' if cfg.adapter else ''}) of {self.trainable_parameters:,} of "
             f"{self.parameters:,} parameters on {ctx.world_size} process(es) ({ctx.device.type}, {self.dtype}); "
             f"{self.data_info['pairs']} pairs"
@@ -263,7 +264,7 @@ class DPORecipe:
         local_tokens = sum(int(b["tokens"].sum()) for b in micro_batches)
         global_pairs, global_tokens = ctx.all_reduce_sum([local_pairs, local_tokens])
         scale = ctx.world_size / global_pairs
-        totals = {"loss": 0.0, "correct": 0.0, "margin": 0.0, "loss_tokens": 0.0}
+        totals = {"loss": 0.0, "correct": 0.0, "margin": 0.0, "chosen_nll": 0.0, "loss_tokens": 0.0}
         for index, batch in enumerate(micro_batches):
             reference = self.reference_of(batch)
             on_device = _to_device(batch, ctx.device)
@@ -278,6 +279,7 @@ class DPORecipe:
                     beta=cfg.beta,
                     loss_type=cfg.loss_type,
                     label_smoothing=cfg.label_smoothing,
+                    sft_weight=cfg.sft_weight,
                     chosen_tokens=counts[:, 0].double(),
                     rejected_tokens=counts[:, 1].double(),
                 )
@@ -285,8 +287,9 @@ class DPORecipe:
             totals["loss"] += float(losses.loss.detach().sum())
             totals["correct"] += float(losses.correct.sum())
             totals["margin"] += float(losses.margin.sum())
+            totals["chosen_nll"] += float(losses.chosen_nll.sum())
             totals["loss_tokens"] += float(counts.sum())
-        g = ctx.all_reduce_sum([totals["loss"], totals["correct"], totals["margin"], totals["loss_tokens"]])
+        g = ctx.all_reduce_sum([totals[k] for k in ("loss", "correct", "margin", "chosen_nll", "loss_tokens")])
         max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
         grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
@@ -294,8 +297,8 @@ class DPORecipe:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         pairs = float(global_pairs)
-        metrics = {"accuracy": g[1] / pairs, "reward_margin": g[2] / pairs, "pairs": pairs}
-        return StepLoss(g[0] / pairs, int(g[3]), int(global_tokens)), metrics, grad_norm
+        metrics = {"accuracy": g[1] / pairs, "reward_margin": g[2] / pairs, "chosen_nll": g[3] / pairs, "pairs": pairs}
+        return StepLoss(g[0] / pairs, int(g[4]), int(global_tokens)), metrics, grad_norm
 
     def train(self) -> None:
         cfg = self.cfg
@@ -349,6 +352,7 @@ class DPORecipe:
             "kind": "preference",
             "loss_type": self.cfg.loss_type,
             "beta": self.cfg.beta,
+            "sft_weight": self.cfg.sft_weight,
             "reference": self.cfg.reference,
             "reference_model_dir": self.cfg.reference_dir,
             "reference_seconds": self.reference_seconds,
@@ -359,6 +363,7 @@ class DPORecipe:
             "best_loss": self.state.best_loss,
             "final_accuracy": last.get("accuracy"),
             "final_reward_margin": last.get("reward_margin"),
+            "final_chosen_nll": last.get("chosen_nll"),
             "tokens_per_second": self.throughput.run_rate(),
             "warmup_seconds": self.throughput.warmup_seconds,
             "packing_efficiency": self.loader.packing_efficiency,

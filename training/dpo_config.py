@@ -10,6 +10,9 @@ Preference keys
 - loss_type: "sigmoid" (DPO: -log sigmoid of the reward margin) or "ipo" (squared distance of the per-token
   mean log-ratio margin from 1 / (2 beta)).
 - label_smoothing: sigmoid only; the share of pairs assumed mislabelled (conservative DPO), 0 <= x < 0.5.
+- sft_weight: weight of the chosen completion's per-token negative log-likelihood added to each pair's loss
+  (0 = plain DPO/IPO). It keeps the liked completion likely while the margin grows, so preference training does
+  not trade away what SFT learned (the recommendation metrics); see training/dpo_loss.py.
 - reference: "precomputed" (the reference's log-probs of every pair are computed once, before the first step,
   and kept in output_dir, so no second model stays in memory while training) or "on_the_fly" (the
   reference model runs next to the policy on every micro-batch).
@@ -44,6 +47,7 @@ class DPOConfig(TrainConfig):
     beta: float = 0.1
     loss_type: str = "sigmoid"
     label_smoothing: float = 0.0
+    sft_weight: float = 0.0
     reference: str = "precomputed"
     reference_model_dir: str = ""
 
@@ -57,6 +61,8 @@ class DPOConfig(TrainConfig):
             raise ConfigError(f"label_smoothing must be in [0, 0.5), got {self.label_smoothing!r}")
         if self.label_smoothing and self.loss_type != "sigmoid":
             raise ConfigError("label_smoothing applies to loss_type 'sigmoid' only; set it to 0 for 'ipo'")
+        if not 0 <= self.sft_weight < float("inf"):
+            raise ConfigError(f"sft_weight must be finite and >= 0 (0 = no supervised term), got {self.sft_weight!r}")
         if self.reference not in REFERENCE_CHOICES:
             raise ConfigError(f"reference must be one of {REFERENCE_CHOICES}, got {self.reference!r}")
         if self.adapter is not None and self.reference_model_dir not in ("", self.base_model_dir):

@@ -60,6 +60,17 @@ def test_a_run_raises_the_chosen_reward_and_records_it(base_model: Path, pairs: 
     assert json.loads((out / "summary.json").read_text())["weights_sha256"] == summary["weights_sha256"]
 
 
+def test_sft_weight_keeps_the_chosen_completion_more_likely(base_model: Path, pairs: Path, tmp_path: Path) -> None:
+    nll = {}
+    for weight in (0.0, 1.0):
+        summary = train(
+            DPOConfig.from_dict(_config(base_model, pairs, tmp_path / str(weight), max_steps=12, sft_weight=weight))
+        )
+        assert summary is not None and summary["sft_weight"] == weight
+        nll[weight] = summary["final_chosen_nll"]
+    assert nll[1.0] < nll[0.0]
+
+
 def test_precomputed_and_on_the_fly_references_train_alike(base_model: Path, pairs: Path, tmp_path: Path) -> None:
     runs = {}
     for reference in ("precomputed", "on_the_fly"):
@@ -74,6 +85,8 @@ def test_bad_preference_settings_name_the_key(base_model: Path, pairs: Path, tmp
         ("beta", 0.0, "beta"),
         ("loss_type", "hinge", "loss_type"),
         ("label_smoothing", 0.5, "label_smoothing"),
+        ("sft_weight", -1.0, "sft_weight"),
+        ("sft_weight", float("nan"), "sft_weight"),
         ("reference", "nearby", "reference"),
         ("attn_implementation", "packed_sdpa", "sdpa"),
     ):

@@ -19,7 +19,7 @@ ANSWERS = ["The Silent Harbor (1995)", "Drama 3", "Member 12 watched", "x", "The
 def _alone(model: Any, tokenizer: Any, answer: str) -> float:
     """The plain computation: the whole conversation in one forward pass, no cache, no padding."""
     prompt_ids = encode_prompt(tokenizer, PROMPT)
-    tokens = answer_tokens(tokenizer, PROMPT, answer, prompt_ids)
+    (tokens,) = answer_tokens(tokenizer, PROMPT, [answer], prompt_ids)
     ids = torch.tensor([prompt_ids + tokens])
     logprobs = torch.log_softmax(model(input_ids=ids).logits[0].float(), dim=-1)
     n = len(prompt_ids)
@@ -38,7 +38,7 @@ def test_batched_scores_with_a_shared_prompt_equal_scoring_each_alone(
 
 def test_answer_tokens_are_the_answer_and_its_end_of_turn(tokenizer: Any) -> None:
     prompt_ids = encode_prompt(tokenizer, PROMPT)
-    tokens = answer_tokens(tokenizer, PROMPT, "Drama 3", prompt_ids)
+    (tokens,) = answer_tokens(tokenizer, PROMPT, ["Drama 3"], prompt_ids)
     assert tokenizer.decode(tokens[:-1]).strip() == "Drama 3"
     assert tokens[-1] in tokenizer.added_tokens_decoder  # the template's end-of-turn token is scored too
 
@@ -57,7 +57,7 @@ def _as_first_item(model: Any, tokenizer: Any, answer: str) -> float:
     from evaluation.generation import end_of_turn_ids
 
     prompt_ids = encode_prompt(tokenizer, PROMPT)
-    tokens = answer_tokens(tokenizer, PROMPT, LEAD + answer, prompt_ids)
+    (tokens,) = answer_tokens(tokenizer, PROMPT, [LEAD + answer], prompt_ids)
     while tokens[-1] in end_of_turn_ids(tokenizer):
         tokens.pop()
     logprobs = torch.log_softmax(model(input_ids=torch.tensor([prompt_ids + tokens])).logits[0].float(), dim=-1)

@@ -47,3 +47,17 @@ def test_ipo_compares_per_token_means_against_half_inverse_beta() -> None:
         preference_losses(_t(0.0), _t(0.0), _t(0.0), _t(0.0), beta=0.1, loss_type="ipo")
     with pytest.raises(ValueError, match="loss_type"):
         preference_losses(_t(0.0), _t(0.0), _t(0.0), _t(0.0), beta=0.1, loss_type="hinge")
+
+
+def test_sft_weight_adds_the_chosen_completions_per_token_nll() -> None:
+    plain = preference_losses(
+        _t(-4.0), _t(-8.0), _t(-5.0), _t(-7.0), beta=0.5, chosen_tokens=_t(2.0), rejected_tokens=_t(4.0)
+    )
+    mixed = preference_losses(
+        _t(-4.0), _t(-8.0), _t(-5.0), _t(-7.0), beta=0.5, sft_weight=0.3, chosen_tokens=_t(2.0), rejected_tokens=_t(4.0)
+    )
+    assert plain.chosen_nll.item() == pytest.approx(2.0)  # -(-4) / 2 tokens
+    assert mixed.loss.item() == pytest.approx(plain.loss.item() + 0.3 * 2.0)
+    assert mixed.margin.item() == plain.margin.item()  # the rewards stay the preference's
+    with pytest.raises(ValueError, match="sft_weight"):
+        preference_losses(_t(0.0), _t(0.0), _t(0.0), _t(0.0), beta=0.1, sft_weight=1.0)
