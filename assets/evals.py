@@ -71,7 +71,12 @@ def suite_settings(config: EvalConfig) -> SuiteSettings:
         ) from exc
 
 
-def suite_inputs(checkpoint: Path, warehouse: Warehouse, champion_dir: Path | None) -> SuiteInputs:
+EVAL_CACHE = "eval_cache"  # under the artifact root: evaluation/result_cache.py entries, one JSON file each
+
+
+def suite_inputs(
+    checkpoint: Path, warehouse: Warehouse, champion_dir: Path | None, cache_dir: Path | None = None
+) -> SuiteInputs:
     lineage = read_lineage(checkpoint)
     shard_dirs = [Path(p) for p in lineage["shards"]]
     days = sorted({p.parent.name for p in shard_dirs})
@@ -88,6 +93,7 @@ def suite_inputs(checkpoint: Path, warehouse: Warehouse, champion_dir: Path | No
         catalog=warehouse.read_table("raw.catalog"),
         events=events,
         champion_dir=champion_dir,
+        cache_dir=cache_dir,
     )
 
 
@@ -250,7 +256,8 @@ def eval_report(
     if champion_dir is not None and not champion_dir.is_dir():
         context.log.warning(f"champion {champion.version} points at missing {champion_dir}; comparing without it")
         champion_dir = None
-    inputs = suite_inputs(checkpoint, warehouse, champion_dir)
+    # Results of the base model and the champion are reused while they and the held-out data are unchanged.
+    inputs = suite_inputs(checkpoint, warehouse, champion_dir, artifacts.local_root / EVAL_CACHE)
     settings = suite_settings(config)
     results = run_suite(inputs, settings)
     systems = results["systems"]
@@ -338,6 +345,7 @@ def eval_report(
             "champion": report["champion"] or "none",
             "promoted": decision.promoted,
             "champion_changed_during_eval": dg.MetadataValue.json(list(outcome.superseded_by)),
+            "results_reused": dg.MetadataValue.json(sorted(n for n, s in systems.items() if s.get("cached"))),
             "cleaned_up": leftovers_metadata(leftovers),
             "decision": dg.MetadataValue.json({"reasons": decision.reasons, "deltas": decision.deltas}),
             "report": dg.MetadataValue.md((out_dir / "report.md").read_text()),

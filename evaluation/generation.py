@@ -14,39 +14,11 @@ from typing import Any
 import torch
 from transformers import GenerationConfig
 
-from core.masking import MaskError, encode_conversation, encode_prompt
+from core.masking import MaskError, encode_prompt, end_of_turn_ids
 from evaluation.models import model_device
 from evaluation.recommendation import RecoCase, hit_rates, hits_by_split
 from evaluation.skips import Skipped, count_reasons
 from evaluation.titles import TitleMatcher
-
-
-def end_of_turn_ids(tokenizer: Any) -> list[int]:
-    """Token ids that end an assistant turn: the template's end-of-turn token, then eos.
-
-    The end-of-turn token is found the way loss masks find it: the added token the
-    template places right after an assistant turn's content (the last masked token).
-    """
-    ids: list[int] = []
-    probe = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
-    try:
-        encoded = encode_conversation(tokenizer, probe)
-        last = max(i for i, m in enumerate(encoded.loss_mask) if m == 1)
-        candidate = encoded.input_ids[last]
-        if candidate in tokenizer.added_tokens_decoder:
-            ids.append(int(candidate))
-    except (MaskError, ValueError, TypeError):
-        pass
-    eos = tokenizer.eos_token_id
-    for tid in eos if isinstance(eos, list) else [eos]:
-        if tid is not None and tid not in ids:
-            ids.append(int(tid))
-    if not ids:
-        raise ValueError(
-            "the tokenizer has no end-of-turn or eos token, so generation could not stop; set "
-            "tokenizer.eos_token to the token the chat template puts after an assistant turn"
-        )
-    return ids
 
 
 def encode_prompts(tokenizer: Any, cases: Sequence[RecoCase]) -> tuple[list[list[int] | None], list[Skipped]]:

@@ -61,3 +61,4 @@ class SuiteInputs:
     catalog: pl.DataFrame  # raw.catalog
     events: pl.DataFrame  # raw.interactions of the shard days, every member (the suite splits them by member)
     champion_dir: Path | None = None
+    cache_dir: Path | None = None  # reuse a model's results when nothing they depend on changed (result_cache.py)

@@ -28,6 +28,7 @@ from evaluation.loss import evaluate_loss_by
 from evaluation.models import load_for_eval
 from evaluation.ranking import cooccurrence_ranks, model_ranks, popularity_ranks, ranking_summary
 from evaluation.recommendation import RecoCase
+from evaluation.result_cache import ResultCache, data_fingerprint
 from evaluation.settings import HEADLINE_SPLIT, SuiteInputs, SuiteSettings
 from evaluation.skips import count_reasons
 from evaluation.titles import TitleMatcher
@@ -107,13 +108,36 @@ def prepare(inputs: SuiteInputs, settings: SuiteSettings) -> Prepared:
     return Prepared(rows, matcher, cases, skipped, train, counts, candidates)
 
 
+class Judge:
+    """Evaluates models on one Prepared data set, reusing a model's results from ``cache_dir`` when its weights,
+    the data, the settings and the evaluation code are all unchanged (evaluation/result_cache.py)."""
+
+    def __init__(self, p: Prepared, settings: SuiteSettings, cache_dir: Path | None) -> None:
+        self.p, self.settings = p, settings
+        self.cache = ResultCache(cache_dir) if cache_dir is not None else None
+        self.data = data_fingerprint(p.rows, p.cases, p.candidates) if self.cache else ""
+
+    def __call__(self, model_dir: Path) -> dict[str, Any]:
+        p, settings = self.p, self.settings
+        if self.cache is None:
+            return evaluate_model(model_dir, p.rows, p.cases, p.candidates, p.matcher, settings)
+        key = self.cache.key(model_dir, self.data, settings)
+        cached = self.cache.get(key)
+        if cached is not None:
+            return {**cached, "cached": True}
+        result = evaluate_model(model_dir, p.rows, p.cases, p.candidates, p.matcher, settings)
+        self.cache.put(key, result)
+        return result
+
+
 def run_suite(inputs: SuiteInputs, settings: SuiteSettings) -> dict[str, Any]:
     """Every system on the same held-out cases and candidates; see the module docstring."""
     hf_logging.disable_progress_bar()  # per-model "Loading weights" bars would clutter the run's logs
     p = prepare(inputs, settings)
+    judge = Judge(p, settings, inputs.cache_dir)
     systems: dict[str, dict[str, Any]] = {
-        "model": evaluate_model(inputs.checkpoint_dir, p.rows, p.cases, p.candidates, p.matcher, settings),
-        "base_model": evaluate_model(inputs.base_model_dir, p.rows, p.cases, p.candidates, p.matcher, settings),
+        "model": judge(inputs.checkpoint_dir),
+        "base_model": judge(inputs.base_model_dir),
         "popularity": {
             "ranking": {"ranks": popularity_ranks(p.cases, p.candidates, p.counts)},
             "generation": evaluate_popularity(
@@ -128,7 +152,7 @@ def run_suite(inputs: SuiteInputs, settings: SuiteSettings) -> dict[str, Any]:
     }
     # The champion is re-evaluated on the same cases and candidates, so the gate compares models, not data.
     if inputs.champion_dir is not None and inputs.champion_dir.is_dir():
-        systems["champion"] = evaluate_model(inputs.champion_dir, p.rows, p.cases, p.candidates, p.matcher, settings)
+        systems["champion"] = judge(inputs.champion_dir)
     summary, comparisons = summarize(p.cases, systems, settings)
     return {
         "heldout_rows": p.rows.height,
@@ -142,7 +166,7 @@ def run_suite(inputs: SuiteInputs, settings: SuiteSettings) -> dict[str, Any]:
 def evaluate_champion(inputs: SuiteInputs, settings: SuiteSettings, champion_dir: Path) -> dict[str, Any]:
     """One more model (a champion promoted while an eval ran) on the same cases; shaped like run_suite's result."""
     p = prepare(inputs, settings)
-    systems = {"champion": evaluate_model(champion_dir, p.rows, p.cases, p.candidates, p.matcher, settings)}
+    systems = {"champion": Judge(p, settings, inputs.cache_dir)(champion_dir)}
     summary, _ = summarize(p.cases, systems, settings)
     return {"systems": systems, "recommendation": summary}
 

@@ -11,8 +11,8 @@ Preference keys
   mean log-ratio margin from 1 / (2 beta)).
 - label_smoothing: sigmoid only; the share of pairs assumed mislabelled (conservative DPO), 0 <= x < 0.5.
 - sft_weight: weight of the chosen completion's per-token negative log-likelihood added to each pair's loss
-  (0 = plain DPO/IPO). It keeps the liked completion likely while the margin grows, so preference training does
-  not trade away what SFT learned (the recommendation metrics); see training/dpo_loss.py.
+  (default 1; 0 = plain DPO/IPO). It keeps the liked completion likely while the margin grows, so preference
+  training does not trade away what SFT learned (the recommendation metrics); see training/dpo_loss.py.
 - reference: "precomputed" (the reference's log-probs of every pair are computed once, before the first step,
   and kept in output_dir, so no second model stays in memory while training) or "on_the_fly" (the
   reference model runs next to the policy on every micro-batch).
@@ -39,7 +39,7 @@ class DPOConfig(TrainConfig):
     seq_len: int = 512
     micro_batch_rows: int = 4
     max_steps: int = 60
-    lr: float = 1e-4
+    lr: float = 5e-5
     warmup_steps: int = 5
     checkpoint_every: int = 20
     compile: str = "off"
@@ -47,7 +47,7 @@ class DPOConfig(TrainConfig):
     beta: float = 0.1
     loss_type: str = "sigmoid"
     label_smoothing: float = 0.0
-    sft_weight: float = 0.0
+    sft_weight: float = 1.0
     reference: str = "precomputed"
     reference_model_dir: str = ""
 

@@ -50,6 +50,7 @@ def dpo_config(args: argparse.Namespace, output_dir: Path) -> Any:
         cpu_threads=args.threads,
         beta=args.beta,
         loss_type="sigmoid",
+        sft_weight=0.0,  # TRL's DPOTrainer adds no NLL term by default (rpo_alpha unset): the same loss on both
         reference=args.reference,
         **extra,
     )

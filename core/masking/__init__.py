@@ -48,6 +48,7 @@ and transformers' stock ``apply_chat_template``) for asset checks and tests.
 """
 
 from core.masking.diagnostics import prefix_stable, render_conversations, text_tokenizer
+from core.masking.end_of_turn import close_end, end_of_turn_ids, open_end
 from core.masking.lookalikes import has_special_token_lookalike
 from core.masking.masks import EncodedConversation
 from core.masking.pipeline import encode_batch, encode_conversation, paused_gc
@@ -72,11 +73,14 @@ __all__ = [
     "MaskError",
     "PolicyOutcome",
     "RewritePolicy",
+    "close_end",
     "encode_batch",
     "encode_conversation",
     "encode_prompt",
     "encode_with_policy",
+    "end_of_turn_ids",
     "has_special_token_lookalike",
+    "open_end",
     "paused_gc",
     "prefix_stable",
     "render_conversations",

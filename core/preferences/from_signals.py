@@ -10,7 +10,9 @@ Per member and day (core/signals.py decides each title's signal from that day's 
 
 The prompt is the request a member sends the assistant (the recommendation builder's own wording and system
 prompt), and the two completions are the same answer lead followed by the one title, written as the catalog
-lists it. They differ only in the title, so the preference is about the title and nothing else.
+lists it. They differ only in the title, so the preference is about the title and nothing else. The answer
+would go on with more titles, so tokenization leaves the end of the turn out of the loss (core/preferences/
+tokenize.py): the pair says which title comes first, not that the answer ends after it.
 
 A member with several liked and negative titles gives each combination, up to ``max_pairs_per_member`` per
 day (chosen by a hash of the pair, so re-runs pick the same ones): a very active member must not dominate.

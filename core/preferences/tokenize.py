@@ -7,7 +7,11 @@ tokenizer's own chat template, so a pair gets exactly the masks and train/serve 
   the prompt as served (the engine checked them against the rendered generation prompt);
 - both sides must share those prompt tokens exactly, or the pair cannot be trained with the prompt computed
   once: quarantined as ``prompt_mismatch``;
-- earlier assistant turns inside the prompt carry no loss: preference training scores only the completion.
+- earlier assistant turns inside the prompt carry no loss: preference training scores only the completion;
+- a pair whose completions are the start of a longer answer (``OPEN_ENDED_KINDS``: a behaviour pair names the
+  first title of a recommendation list) leaves the end-of-turn token out of the loss. Its preference is which
+  title comes first, as the evaluation scores candidates; scoring the end of the turn would teach the model to
+  stop after one title, against the answers SFT taught it.
 
 A side the engine cannot mask exactly quarantines the whole pair with the engine's reason code.
 """
@@ -23,7 +27,15 @@ from typing import TYPE_CHECKING
 import numpy as np
 import polars as pl
 
-from core.masking import DEFAULT_REWRITE_POLICY, RewritePolicy, encode_with_policy, paused_gc
+from core.masking import (
+    DEFAULT_REWRITE_POLICY,
+    RewritePolicy,
+    close_end,
+    encode_with_policy,
+    end_of_turn_ids,
+    open_end,
+    paused_gc,
+)
 from core.schemas import CONVERSATION_QUARANTINE_SCHEMA, quarantine_frame
 from core.shards import ShardLayout
 
@@ -35,6 +47,8 @@ PAIR_TOKEN_REASONS: dict[str, str] = {
     "prompt_mismatch": "the prompt renders to different tokens before the chosen and before the rejected completion, "
     "so the pair cannot share one prompt",
 }
+
+OPEN_ENDED_KINDS = ("behaviour",)  # pair kinds whose completions begin a longer answer (module docstring)
 
 PAIR_SHARD_POLARS_SCHEMA: dict[str, pl.DataType] = {
     "pair_id": pl.String,
@@ -102,6 +116,8 @@ def tokenize_pairs(
             encoded[side] = _last_turn_examples(outcome, last_turn)
         rows: dict[str, list[object]] = {c: [] for c in ("split", *PAIR_SHARD_POLARS_SCHEMA)}
         splits = ordered["split"].to_list()
+        open_ended = _open_ended(ordered)
+        end_ids = set(end_of_turn_ids(tokenizer)) if any(open_ended) else set()
         for i, pair_id in enumerate(ids):
             if i in rejects:
                 continue
@@ -117,6 +133,8 @@ def tokenize_pairs(
             rows["split"].append(splits[i])
             rows["pair_id"].append(pair_id)
             rows["prompt_ids"].append(c_ids[:k_c])
+            if open_ended[i]:
+                c_mask, r_mask = open_end(c_ids, c_mask, end_ids), open_end(r_ids, r_mask, end_ids)
             rows["chosen_ids"].append(c_ids[k_c:])
             rows["chosen_mask"].append(c_mask[k_c:])
             rows["rejected_ids"].append(r_ids[k_r:])
@@ -148,6 +166,12 @@ def tokenize_pairs(
     return TokenizedPairs(rows=frame, quarantine=quarantine, seconds=seconds)
 
 
+def _open_ended(pairs: pl.DataFrame) -> list[bool]:
+    if "kind" not in pairs.columns:
+        return [False] * pairs.height
+    return pairs["kind"].is_in(list(OPEN_ENDED_KINDS)).fill_null(False).to_list()
+
+
 def pair_conversation(
     prompt_ids: list[int], completion_ids: list[int], completion_mask: list[int]
 ) -> tuple[list[int], list[int]]:
@@ -163,11 +187,15 @@ def audit_pairs(
     sample: int = 0,
 ) -> tuple[list[tuple[str, str]], list[tuple[str, str]], int]:
     """(mask failures, serving failures, rows checked): each side's masked tokens decode to its completion
-    (+ end-of-turn), and the prompt tokens equal the served generation prompt, checked by core.masking.verify
-    independently of how the rows were built. ``sample`` rows (evenly spaced; 0 = all) get the serving check."""
+    (+ end-of-turn, which an open-ended pair leaves unmasked), and the prompt tokens equal the served generation
+    prompt, checked by core.masking.verify independently of how the rows were built. ``sample`` rows (evenly
+    spaced; 0 = all) get the serving check."""
     from core.masking import verify_masks, verify_serving_prefix
 
-    joined = rows.join(curated.select("pair_id", "prompt", "chosen", "rejected"), on="pair_id", how="left")
+    kind = [pl.col("kind")] if "kind" in curated.columns else []
+    joined = rows.join(curated.select("pair_id", "prompt", "chosen", "rejected", *kind), on="pair_id", how="left")
+    open_ended = _open_ended(joined)
+    end_ids = set(end_of_turn_ids(tokenizer)) if any(open_ended) else set()
     masks: list[tuple[str, str]] = []
     serving: list[tuple[str, str]] = []
     step = max(1, joined.height // sample) if sample else 1
@@ -179,6 +207,8 @@ def audit_pairs(
         for side in ("chosen", "rejected"):
             messages = row["prompt"] + row[side]
             ids, mask = pair_conversation(row["prompt_ids"], row[f"{side}_ids"], row[f"{side}_mask"])
+            if open_ended[n]:
+                mask = close_end(ids, mask, end_ids)
             problem = verify_masks(tokenizer, messages, ids, mask, target_turn=turn)
             if problem:
                 masks.append((row["pair_id"], f"{side}: {problem}"))

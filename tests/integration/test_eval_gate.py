@@ -60,7 +60,7 @@ def test_a_champion_promoted_during_the_eval_is_evaluated_and_compared(
     candidate = _checkpoint(root, new_version_id())  # the newest version: the one eval_report evaluates
     measured: list[Path] = []
 
-    def fake_inputs(checkpoint: Path, warehouse: Any, champion_dir: Path | None) -> SuiteInputs:
+    def fake_inputs(checkpoint: Path, warehouse: Any, champion_dir: Path | None, cache_dir: Any = None) -> SuiteInputs:
         empty, conversations = pl.DataFrame(), pl.DataFrame(schema={"split": pl.String})
         return SuiteInputs(checkpoint, tmp_path / "base", [], conversations, empty, empty, champion_dir)
 

@@ -42,7 +42,7 @@ def pairs(base_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _config(base_model: Path, pairs: Path, out: Path, **overrides) -> dict:
     cfg = config_dict(base_model, [pairs], out, seq_len=96, grad_accum_steps=1, attn_implementation="pair_sdpa")
-    cfg.update({"beta": 0.5, "lr": 5e-3, **overrides})
+    cfg.update({"beta": 0.5, "lr": 5e-3, "sft_weight": 0.0, **overrides})  # plain DPO unless a test says otherwise
     return cfg
 
 

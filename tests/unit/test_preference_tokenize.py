@@ -54,14 +54,14 @@ PAIRS = [
 ]
 
 
-def curated(rows: list[tuple] = PAIRS) -> pl.DataFrame:
+def curated(rows: list[tuple] = PAIRS, kind: str = "external") -> pl.DataFrame:
     """Curated pairs (PREFERENCE_PAIRS_SCHEMA), in the order given."""
     return pl.DataFrame(
         [
             {
                 "pair_id": r[0],
                 "day": DAY,
-                "kind": "external",
+                "kind": kind,
                 "member_id": None,
                 "split": r[1],
                 "prompt": r[2],
@@ -123,6 +123,27 @@ def test_each_mask_covers_its_completion_and_the_end_of_turn_token(chatml, token
             ones = [i for i, m in enumerate(mask) if m]
             assert ones == list(range(len(ones))), "the completion's masked tokens are one run from its first token"
             assert decode_ids(chatml, ids[len(ones) :]) == "\n", "only the template's trailing newline is unmasked"
+
+
+@pytest.mark.parametrize("template", sorted(TEMPLATES))
+def test_a_behaviour_pair_scores_its_title_but_not_the_end_of_the_turn(template: str) -> None:
+    """A behaviour pair's answer goes on after the compared title, so the end-of-turn carries no loss; the audit
+    still checks the rest of the mask exactly."""
+    tok = tokenizer_for(template)
+    pairs = curated(kind="behaviour")
+    out = tokenize_pairs(tok, pairs, DAY, max_length=None)
+    external = tokenize_pairs(tok, curated(), DAY, max_length=None)
+    by_id = {r[0]: r for r in PAIRS}
+    for row, whole in zip(out.rows.iter_rows(named=True), external.rows.iter_rows(named=True), strict=True):
+        for side, k in (("chosen", 3), ("rejected", 4)):
+            content = by_id[row["pair_id"]][k][0]["content"]
+            assert masked_text(tok, row[f"{side}_ids"], row[f"{side}_mask"]).strip() == content
+            assert sum(row[f"{side}_mask"]) < sum(whole[f"{side}_mask"])
+    masks, serving, checked = audit_pairs(tok, out.rows, pairs)
+    assert (masks, serving, checked) == ([], [], 4)
+    first_unmasked = [[0, *m[1:]] for m in out.rows["chosen_mask"].to_list()]
+    corrupted = out.rows.with_columns(pl.Series("chosen_mask", first_unmasked, dtype=pl.List(pl.UInt8)))
+    assert audit_pairs(tok, corrupted, pairs)[0], "a mask missing the title's first token is reported"
 
 
 def test_an_earlier_assistant_turn_of_the_prompt_carries_no_loss(chatml, tokenized) -> None:
