@@ -108,17 +108,17 @@ class TrainConfig:
     output_dir: str
     split: str = "train"
     seq_len: int = 1024
-    micro_batch_rows: int = 4
+    micro_batch_rows: int = 2
     grad_accum_steps: int = 1
-    max_steps: int = 450
+    max_steps: int = 900
     lr: float = 3e-3
     min_lr_ratio: float = 0.1
-    warmup_steps: int = 10
+    warmup_steps: int = 20
     weight_decay: float = 0.01
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     grad_clip: float = 1.0
     seed: int = 0
-    checkpoint_every: int = 25
+    checkpoint_every: int = 50
     keep_checkpoints: int = 2
     overlong: str = "split"
     pack_buffer_rows: int = 512
