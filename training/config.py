@@ -110,7 +110,7 @@ class TrainConfig:
     seq_len: int = 1024
     micro_batch_rows: int = 2
     grad_accum_steps: int = 1
-    max_steps: int = 900
+    max_steps: int = 700
     lr: float = 3e-3
     min_lr_ratio: float = 0.1
     warmup_steps: int = 20
