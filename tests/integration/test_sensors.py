@@ -360,8 +360,14 @@ def test_sensor_and_schedule_defaults_in_the_code_location() -> None:
 
 @pytest.mark.filterwarnings("ignore::dagster.BetaWarning")  # raised inside Dagster's automation tester
 def test_eval_report_follows_a_checkpoint_materialized_on_its_own(instance) -> None:
-    """eval_report's AutomationCondition.eager(): a new trained_checkpoint (e.g. from the Launchpad) is evaluated."""
-    from dagster_project.definitions import defs
+    """eval_report's automation condition: a new checkpoint of either kind (e.g. from the Launchpad) is evaluated."""
+    from dagster_project.definitions import defs as code_location
+
+    # The assets, not the shared Definitions object: that one caches its repository with a weak reference to
+    # the instance of whichever test resolved it first, and a later test's instance would find it dead.
+    defs = dg.Definitions(
+        assets=code_location.assets, asset_checks=code_location.asset_checks, resources=code_location.resources
+    )
 
     first = dg.evaluate_automation_conditions(defs=defs, instance=instance)
     assert first.total_requested == 0  # nothing trained yet

@@ -160,7 +160,7 @@ def test_full_fine_tuning_trains_every_parameter(base_model: Path, shards: Path,
 
 def _dpo_config(base_model: Path, pairs: Path, out: Path, **overrides: Any) -> dict[str, Any]:
     cfg = config_dict(base_model, [pairs], out, seq_len=96, grad_accum_steps=1, attn_implementation="sdpa")
-    cfg.update({"beta": 0.5, "lr": 5e-3, "adapter": {"type": "lora"}, **overrides})
+    cfg.update({"beta": 0.5, "lr": 5e-3, "sft_weight": 0.0, "adapter": {"type": "lora"}, **overrides})  # plain DPO
     return cfg
 
 
