@@ -52,28 +52,28 @@ class Runner:
         self.timings[label] = self.timings.get(label, 0.0) + time.perf_counter() - start
         if not result.success and not (gate_may_refuse and only_the_gate_refused(result)):
             raise StepFailed(label, kwargs.get("partition_key"), result)
-        failed_checks = [
-            f"{e.asset_check_evaluation_data.asset_key.to_user_string()}:{e.asset_check_evaluation_data.check_name}"
-            for e in result.all_events
-            if e.event_type_value == "ASSET_CHECK_EVALUATION" and not e.asset_check_evaluation_data.passed
-        ]
-        if failed_checks:
-            print(f"  ! failed asset checks in {label}: {failed_checks}")
+        failed = [f"{asset}:{check}" for asset, check in failed_checks(result)]
+        if failed:
+            print(f"  ! failed asset checks in {label}: {failed}")
         return result
+
+
+def failed_checks(result: dg.ExecuteInProcessResult) -> list[tuple[str, str]]:
+    """(asset, check name) of every asset check that failed in the run."""
+    return [
+        (e.asset_check_evaluation_data.asset_key.to_user_string(), e.asset_check_evaluation_data.check_name)
+        for e in result.all_events
+        if e.event_type_value == "ASSET_CHECK_EVALUATION" and not e.asset_check_evaluation_data.passed
+    ]
 
 
 def only_the_gate_refused(result: dg.ExecuteInProcessResult) -> bool:
     """Whether the run's only failure is eval_report's blocking no_regression_vs_champion check."""
     failures = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
-    failed_checks = {
-        e.asset_check_evaluation_data.check_name
-        for e in result.all_events
-        if e.event_type_value == "ASSET_CHECK_EVALUATION" and not e.asset_check_evaluation_data.passed
-    }
     return (
         bool(failures)
         and all(e.step_key == "eval_report" for e in failures)
-        and failed_checks == {"no_regression_vs_champion"}
+        and {check for _, check in failed_checks(result)} == {"no_regression_vs_champion"}
     )
 
 

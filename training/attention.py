@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AttentionInterface
 
+from core.preferences.batches import PAIR_ATTENTION
 from training.config import TrainConfig
 from training.cpu.attention import packed_attention_cpu
 from training.data import segment_table
@@ -200,7 +201,7 @@ def attention_notes(config: Any, attn_implementation: str) -> list[str]:
     return notes
 
 
-PAIR_SDPA = "pair_sdpa"
+PAIR_SDPA = PAIR_ATTENTION  # named in core: pair batches leave the mask out for it
 
 
 @torch.compiler.disable  # the segment count changes every batch: not traced by torch.compile

@@ -242,7 +242,7 @@ def completion_logps(
     return sums.view(-1, 2), counts.view(-1, 2)
 
 
-PAIR_ATTENTION = "pair_sdpa"  # training/attention.py registers it with transformers
+PAIR_ATTENTION = "pair_sdpa"  # the block-wise pair attention training/attention.py registers with transformers
 
 
 def _attention_of(model: torch.nn.Module) -> str | None:

@@ -14,7 +14,8 @@ def _failure(step: str) -> SimpleNamespace:
 
 
 def _check(name: str, passed: bool) -> SimpleNamespace:
-    data = SimpleNamespace(check_name=name, passed=passed)
+    asset = SimpleNamespace(to_user_string=lambda: "eval_report")
+    data = SimpleNamespace(asset_key=asset, check_name=name, passed=passed)
     return SimpleNamespace(event_type_value="ASSET_CHECK_EVALUATION", asset_check_evaluation_data=data)
 
 
