@@ -38,7 +38,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="after SFT and its evaluation, preference-train the champion (preference_job) and evaluate that too",
     )
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--sft-steps",
+        type=int,
+        help="optimizer steps of the SFT run (default: the training default, TrainConfig max_steps)",
+    )
+    args = parser.parse_args(argv)
+    if args.sft_steps is not None and args.sft_steps < 1:
+        parser.error(f"--sft-steps {args.sft_steps}: give at least 1")
+    return args
+
+
+def training_run_config(sft_steps: int | None) -> dict[str, object]:
+    """training_job's run config for the demo: the defaults, or only the step count changed."""
+    if sft_steps is None:
+        return {}
+    return {"ops": {"trained_checkpoint": {"config": {"max_steps": sft_steps}}}}
 
 
 def demo_days(args: argparse.Namespace, settings: PlatformSettings) -> tuple[date, date]:
@@ -85,7 +100,9 @@ def main(argv: list[str] | None = None) -> None:
         training = preference = None
         if not args.skip_training:
             print("  train + evaluate")
-            training = runner.run("training_job", "trained_checkpoint+eval_report")
+            training = runner.run(
+                "training_job", "trained_checkpoint+eval_report", run_config=training_run_config(args.sft_steps)
+            )
             if args.preference:
                 print("  preference-train + evaluate")
                 preference = runner.run("preference_job", "preference_checkpoint+eval_report", gate_may_refuse=True)

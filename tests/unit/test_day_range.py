@@ -114,3 +114,17 @@ def test_demo_days_files_source_needs_explicit_days() -> None:
     assert demo_days(demo_args(), synthetic) == (START, START + timedelta(days=2))
     with pytest.raises(SystemExit):
         demo_args("--to", "2026-02-03", "--days", "2")
+
+
+def test_demo_sft_steps_is_a_valid_training_job_config() -> None:
+    import dagster as dg
+
+    from dagster_project.definitions import defs
+    from dagster_project.demo import training_run_config
+
+    job = defs.resolve_job_def("training_job")
+    config = training_run_config(demo_args("--sft-steps", "450").sft_steps)
+    assert dg.validate_run_config(job, config)["ops"]["trained_checkpoint"]["config"]["max_steps"] == 450
+    assert training_run_config(demo_args().sft_steps) == {}  # the training defaults, unchanged
+    with pytest.raises(SystemExit):
+        demo_args("--sft-steps", "0")
