@@ -27,7 +27,7 @@ demo: install
 	$(PY) -m dagster_project.demo $(DEMO_ARGS)
 
 # The demo with a shorter SFT run, then preference training (DPO) of its champion, evaluated the same way.
-# DEMO_DPO_SFT_STEPS: the SFT run's steps (the training default is 700: the full SFT demo, about 2 minutes more).
+# DEMO_DPO_SFT_STEPS: the SFT run's steps (the training default, 700, is the full SFT demo: about 75 s more).
 DEMO_DPO_SFT_STEPS ?= 500
 demo-dpo: install
 	$(PY) -m dagster_project.demo --preference --sft-steps $(DEMO_DPO_SFT_STEPS) $(DEMO_ARGS)
