@@ -31,6 +31,29 @@ import threading
 from collections.abc import Sequence
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+# The signals a launcher stops a trainer tree with (a group SIGTERM, the parent-death SIGTERM; SIGINT for Ctrl-C).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def honour_stop_signals(signals: Sequence[int] = STOP_SIGNALS) -> list[int]:
+    """Un-ignore and unblock the stop signals; returns the ones that were ignored or blocked.
+
+    An ignored disposition and a blocked mask survive fork and exec, so a trainer inherits whatever its launcher
+    had. A Dagster run worker whose SIGINT was ignored (a job started in the background by a non-interactive
+    shell) ends every in-process execution with SIGTERM ignored too, since Dagster maps SIGTERM to SIGINT's
+    handler; its trainers would then outlive a cancelled run and their dead launcher. A handler a program
+    installed on purpose is kept: only SIG_IGN becomes SIG_DFL.
+    """
+    changed = []
+    main = threading.current_thread() is threading.main_thread()  # only the main thread may set a disposition
+    for sig in signals:
+        if main and signal.getsignal(sig) == signal.SIG_IGN:
+            signal.signal(sig, signal.SIG_DFL)
+            changed.append(int(sig))
+    if hasattr(signal, "pthread_sigmask"):
+        blocked = set(signal.pthread_sigmask(signal.SIG_UNBLOCK, signals)) & set(signals)
+        changed.extend(int(s) for s in blocked if int(s) not in changed)
+    return changed
 
 
 def set_parent_death_signal(sig: int = signal.SIGTERM) -> bool:
@@ -45,7 +68,11 @@ def set_parent_death_signal(sig: int = signal.SIGTERM) -> bool:
 
 
 def die_with_parent(sig: int = signal.SIGTERM) -> bool:
-    """Set the parent-death signal, then exit at once if the parent is already gone (the race before prctl)."""
+    """Set the parent-death signal, then exit at once if the parent is already gone (the race before prctl).
+
+    An ignored or blocked ``sig`` would make the parent-death signal a no-op, so it is honoured first.
+    """
+    honour_stop_signals((sig,))
     parent = os.getppid()
     if not set_parent_death_signal(sig):
         return False
@@ -109,6 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("no command given after --")
     if os.getppid() != args.parent:  # the launcher died before we got here
         return 128 + signal.SIGTERM
+    honour_stop_signals()  # before exec or supervise: the command inherits the dispositions and the mask
     if not args.watch and set_parent_death_signal(signal.SIGTERM):
         if os.getppid() != args.parent:  # died between the check above and prctl
             return 128 + signal.SIGTERM

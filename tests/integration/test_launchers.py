@@ -234,12 +234,23 @@ time.sleep(600)
 """
 
 
-def _start_tree(tmp_path: Path, watch: bool) -> tuple[subprocess.Popen, list[int]]:
+def _ignore_stop_signals() -> None:
+    """What a Dagster run worker whose SIGINT was ignored (a background job of a non-interactive shell) passes on
+    after any in-process execution: Dagster gives SIGTERM SIGINT's disposition. Blocked too, for good measure."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+
+
+def _start_tree(
+    tmp_path: Path, watch: bool, launcher_ignores_sigterm: bool = False
+) -> tuple[subprocess.Popen, list[int]]:
     """launcher -> lifeline wrapper -> agent -> worker; returns the launcher and [wrapper, agent, worker] pids."""
     pid_file = tmp_path / "pids"
     launcher = subprocess.Popen(
         [sys.executable, "-c", LAUNCHER, LIFELINE, str(pid_file), "1" if watch else "0", AGENT, WORKER],
         start_new_session=True,
+        preexec_fn=_ignore_stop_signals if launcher_ignores_sigterm else None,
     )
     _, wrapper = map(int, _wait_for_file(pid_file, launcher).split())
     agent, worker = map(int, _wait_for_file(Path(f"{pid_file}.agent"), launcher).split())
@@ -284,6 +295,49 @@ def test_a_normal_stop_still_kills_the_agents_process_group(tmp_path: Path) -> N
         assert not gone(launcher.pid)  # only the agent's group, not the launcher
     finally:
         kill_all([launcher.pid, *tree])
+
+
+@pytest.mark.skipif(not IS_LINUX, reason="PR_SET_PDEATHSIG and /proc/<pid>/status are Linux only")
+@pytest.mark.parametrize("stop", ["group SIGTERM", "launcher SIGKILL", "agent SIGKILL"])
+def test_trainers_stop_even_when_their_launcher_ignores_sigterm(tmp_path: Path, stop: str) -> None:
+    """An ignored or blocked SIGTERM is inherited through fork and exec; the lifeline and every rank undo it, or a
+    cancelled run's trainers (and a dead launcher's) would run on."""
+    launcher, tree = _start_tree(tmp_path, watch=False, launcher_ignores_sigterm=True)
+    wrapper, agent, worker = tree
+    try:
+        status = Path(f"/proc/{launcher.pid}/status").read_text()
+        assert int(status.split("SigIgn:")[1].split()[0], 16) & (1 << (signal.SIGTERM - 1)), "the setup did not take"
+        if stop == "group SIGTERM":
+            os.killpg(wrapper, signal.SIGTERM)
+            assert wait_gone([agent, worker]) == []
+        elif stop == "launcher SIGKILL":
+            launcher.kill()
+            launcher.wait()
+            assert wait_gone(tree) == []
+        else:
+            os.kill(agent, signal.SIGKILL)
+            assert wait_gone([worker]) == []
+    finally:
+        kill_all([launcher.pid, *tree])
+
+
+@pytest.mark.skipif(not IS_LINUX, reason="/proc/<pid>/status is Linux only")
+def test_a_rank_started_with_sigterm_ignored_still_dies_with_its_parent() -> None:
+    """die_with_parent (every rank calls it) honours the signal it asks for, whatever the rank inherited."""
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); from lifeline import die_with_parent; "
+        "assert die_with_parent(); print(open('/proc/self/status').read())"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(Path(LIFELINE).parent)],
+        preexec_fn=_ignore_stop_signals,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    fields = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
+    bit = 1 << (signal.SIGTERM - 1)
+    assert not int(fields["SigIgn"], 16) & bit and not int(fields["SigBlk"], 16) & bit
 
 
 FAKE_SLEEPER = """
