@@ -35,8 +35,8 @@ PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
-def honour_stop_signals(signals: Sequence[int] = STOP_SIGNALS) -> list[int]:
-    """Un-ignore and unblock the stop signals; returns the ones that were ignored or blocked.
+def honour_stop_signals(signals: Sequence[int] = STOP_SIGNALS) -> None:
+    """Un-ignore and unblock the stop signals.
 
     An ignored disposition and a blocked mask survive fork and exec, so a trainer inherits whatever its launcher
     had. A Dagster run worker whose SIGINT was ignored (a job started in the background by a non-interactive
@@ -44,16 +44,12 @@ def honour_stop_signals(signals: Sequence[int] = STOP_SIGNALS) -> list[int]:
     handler; its trainers would then outlive a cancelled run and their dead launcher. A handler a program
     installed on purpose is kept: only SIG_IGN becomes SIG_DFL.
     """
-    changed = []
-    main = threading.current_thread() is threading.main_thread()  # only the main thread may set a disposition
-    for sig in signals:
-        if main and signal.getsignal(sig) == signal.SIG_IGN:
-            signal.signal(sig, signal.SIG_DFL)
-            changed.append(int(sig))
+    if threading.current_thread() is threading.main_thread():  # only the main thread may set a disposition
+        for sig in signals:
+            if signal.getsignal(sig) == signal.SIG_IGN:
+                signal.signal(sig, signal.SIG_DFL)
     if hasattr(signal, "pthread_sigmask"):
-        blocked = set(signal.pthread_sigmask(signal.SIG_UNBLOCK, signals)) & set(signals)
-        changed.extend(int(s) for s in blocked if int(s) not in changed)
-    return changed
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, signals)
 
 
 def set_parent_death_signal(sig: int = signal.SIGTERM) -> bool:

@@ -242,6 +242,12 @@ def _ignore_stop_signals() -> None:
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
 
 
+def _sigterm_in(status: str, field: str) -> bool:
+    """Whether SIGTERM is in a signal-set field (SigIgn, SigBlk) of a /proc/<pid>/status text."""
+    line = next(line for line in status.splitlines() if line.startswith(f"{field}:"))
+    return bool(int(line.split(":", 1)[1], 16) & (1 << (signal.SIGTERM - 1)))
+
+
 def _start_tree(
     tmp_path: Path, watch: bool, launcher_ignores_sigterm: bool = False
 ) -> tuple[subprocess.Popen, list[int]]:
@@ -305,8 +311,7 @@ def test_trainers_stop_even_when_their_launcher_ignores_sigterm(tmp_path: Path, 
     launcher, tree = _start_tree(tmp_path, watch=False, launcher_ignores_sigterm=True)
     wrapper, agent, worker = tree
     try:
-        status = Path(f"/proc/{launcher.pid}/status").read_text()
-        assert int(status.split("SigIgn:")[1].split()[0], 16) & (1 << (signal.SIGTERM - 1)), "the setup did not take"
+        assert _sigterm_in(Path(f"/proc/{launcher.pid}/status").read_text(), "SigIgn"), "the setup did not take"
         if stop == "group SIGTERM":
             os.killpg(wrapper, signal.SIGTERM)
             assert wait_gone([agent, worker]) == []
@@ -335,9 +340,7 @@ def test_a_rank_started_with_sigterm_ignored_still_dies_with_its_parent() -> Non
         text=True,
         check=True,
     ).stdout
-    fields = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
-    bit = 1 << (signal.SIGTERM - 1)
-    assert not int(fields["SigIgn"], 16) & bit and not int(fields["SigBlk"], 16) & bit
+    assert not _sigterm_in(out, "SigIgn") and not _sigterm_in(out, "SigBlk")
 
 
 FAKE_SLEEPER = """
