@@ -24,6 +24,29 @@ def restore_torch_globals() -> Iterator[None]:
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(autouse=True)
+def no_dagster_context_left_open() -> Iterator[None]:
+    """Fail the test that leaves a Dagster instance entered. An instance's `__enter__` makes its defs-state storage
+    current (a ContextVar); a `build_*_context(instance=...)` used without `with` enters it and never leaves. When
+    the garbage collector later closes that context, during some other test, it restores whatever storage was
+    current back then, often one of a deleted instance, and that test fails to build Definitions. Catching the
+    test that opens the context, not the one the collector happens to hit, keeps failures where their cause is."""
+    import sys
+
+    base = sys.modules.get("dagster._core.storage.defs_state.base")
+    before = base.DefsStateStorage.get() if base else None
+    yield
+    base = sys.modules.get("dagster._core.storage.defs_state.base")
+    after = base.DefsStateStorage.get() if base else None
+    if after is not before:
+        base._current_storage.set(before)
+        pytest.fail(
+            "this test left a Dagster instance entered (its defs-state storage is still current): open "
+            "dg.build_sensor_context / build_schedule_context / build_asset_context with `with ... as context:` "
+            "so that they are closed when the test is done"
+        )
+
+
 # Test files whose tests share one session-scoped `dagster dev` (tests/e2e/conftest.py): a second worker running
 # any of them would start a second platform, minutes of CPU on a 2-core machine.
 SHARED_DEV_SESSION = ("tests/e2e/test_dagster_dev_e2e.py", "tests/e2e/test_ui_browser.py")

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from dagster._core.storage.defs_state.base import set_defs_state_storage
 from support.masking_fixtures import tokenizer_for
 from support.model_dirs import save_model_dir
 
@@ -15,12 +14,6 @@ from assets.models import BaseModelConfig, base_model
 from core.vocab import padded_size
 from resources.artifacts import ArtifactStore
 from resources.warehouse import Warehouse
-
-
-@pytest.fixture(autouse=True)
-def _no_stale_defs_state_storage():
-    with set_defs_state_storage(None):
-        yield
 
 
 def _qwen3_dir(out: Path) -> Path:

@@ -14,7 +14,6 @@ from pathlib import Path
 import dagster as dg
 import duckdb
 import pytest
-from dagster._core.storage.defs_state.base import set_defs_state_storage
 
 from assets.catalog import raw_catalog, raw_interactions
 from assets.conversations import CurationRunConfig, curated_conversations
@@ -31,12 +30,6 @@ SHARED = [
     }
     for i in range(6)
 ]
-
-
-@pytest.fixture(autouse=True)
-def _no_stale_defs_state_storage():
-    with set_defs_state_storage(None):
-        yield
 
 
 def _resources(home: Path) -> dict:
@@ -94,13 +87,12 @@ def _curate_in_child(home: str, day: str, barrier, out: str) -> None:
         return result
 
     curation_commit.curate = curate_then_wait
-    with set_defs_state_storage(None):
-        result = dg.materialize(
-            [conversations.curated_conversations],
-            partition_key=day,
-            resources=_resources(Path(home)),
-            raise_on_error=False,
-        )
+    result = dg.materialize(
+        [conversations.curated_conversations],
+        partition_key=day,
+        resources=_resources(Path(home)),
+        raise_on_error=False,
+    )
     meta = {}
     if result.success:
         event = result.get_asset_materialization_events()[-1]
@@ -178,9 +170,8 @@ def test_a_failed_quarantine_write_leaves_the_days_conversations_as_they_were(ho
         con.execute("DROP TABLE curated.quarantine")
         ddl = create_table_sql("curated.quarantine", TABLES["curated.quarantine"])
         con.execute(ddl[:-1] + ", CHECK (reason IS NULL))")
-    context = dg.build_asset_context(partition_key=day)
     resources = _resources(home)
-    with pytest.raises(duckdb.ConstraintException):
+    with dg.build_asset_context(partition_key=day) as context, pytest.raises(duckdb.ConstraintException):
         curated_conversations(context, config=CurationRunConfig(), **resources)
     after = wh.query("SELECT content_hash FROM curated.conversations ORDER BY 1")["content_hash"].to_list()
     assert after == before

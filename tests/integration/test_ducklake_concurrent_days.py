@@ -10,14 +10,12 @@ from __future__ import annotations
 import json
 import multiprocessing
 import sys
-from collections.abc import Iterator
 from datetime import date, timedelta
 from pathlib import Path
 
 import dagster as dg
 import polars as pl
 import pytest
-from dagster._core.storage.defs_state.base import set_defs_state_storage
 from support.lake import new_lake_warehouse
 
 from core.local_postgres import LocalPostgres
@@ -37,12 +35,6 @@ PARTNER = [
 ]
 DUPLICATE = "duplicate_of_earlier_day"
 DUPLICATE_REASONS = [DUPLICATE, "duplicate"]
-
-
-@pytest.fixture(autouse=True)
-def _no_stale_defs_state_storage() -> Iterator[None]:
-    with set_defs_state_storage(None):
-        yield
 
 
 def _landing(root: Path) -> LandingArea:
@@ -75,8 +67,7 @@ def _worker(warehouse_json: str, landing_root: str, days: list[str], barrier, ou
     """Child process: wait for every worker, then materialize its days against the shared lake."""
     warehouse = Warehouse.model_validate_json(warehouse_json)
     barrier.wait(timeout=300)
-    with set_defs_state_storage(None):
-        metadata = _materialize_days(warehouse, Path(landing_root), days)
+    metadata = _materialize_days(warehouse, Path(landing_root), days)
     Path(out).write_text(json.dumps(metadata))
     sys.exit(0)
 

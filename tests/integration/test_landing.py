@@ -12,7 +12,6 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from dagster._core.storage.defs_state.base import set_defs_state_storage
 
 from core import synthetic
 from core.atomic_io import new_version_id
@@ -26,12 +25,6 @@ DAY = "2026-01-01"
 SECRET = "root:x:0:0:secret-line-that-must-never-be-read:/root:/bin/bash"
 CHAT = {"messages": [{"role": "user", "content": "hi there"}, {"role": "assistant", "content": "hello, friend"}]}
 UPPER_CHAT = {"messages": [{"role": "user", "content": "upper case file"}, {"role": "assistant", "content": "read"}]}
-
-
-@pytest.fixture(autouse=True)
-def _no_stale_defs_state_storage():
-    with set_defs_state_storage(None):
-        yield
 
 
 @pytest.fixture
@@ -174,8 +167,8 @@ def _sensor_tick(home: Path, instance: dg.DagsterInstance, cursor: str | None = 
         "landing": LandingArea(root=str(home / "landing")),
         "artifacts": ArtifactStore(root=str(home / "artifacts")),
     }
-    context = dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources)
-    return landing_sensor(context)
+    with dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources) as context:
+        return landing_sensor(context)
 
 
 @pytest.fixture

@@ -426,15 +426,15 @@ def test_the_wall_clock_limit_stops_a_command_that_runs_too_long(tmp_path: Path)
         "time.sleep(600)\n"
     )
     quick = [sys.executable, "-c", "print('done')"]
-    context = dg.build_asset_context()
-    codes, output, timed_out = _run_all(
-        [[sys.executable, "-c", stubborn], quick],
-        [dict(os.environ)] * 2,
-        cwd=tmp_path,
-        context=context,
-        grace=1.0,
-        max_wall_clock_s=2.0,
-    )
+    with dg.build_asset_context() as context:
+        codes, output, timed_out = _run_all(
+            [[sys.executable, "-c", stubborn], quick],
+            [dict(os.environ)] * 2,
+            cwd=tmp_path,
+            context=context,
+            grace=1.0,
+            max_wall_clock_s=2.0,
+        )
     assert timed_out
     assert codes == [-signal.SIGKILL, 0]
     assert "done" in output
@@ -442,14 +442,15 @@ def test_the_wall_clock_limit_stops_a_command_that_runs_too_long(tmp_path: Path)
 
 
 def test_commands_that_finish_in_time_are_not_stopped(tmp_path: Path) -> None:
-    codes, output, timed_out = _run_all(
-        [[sys.executable, "-c", "print('ok')"]],
-        [dict(os.environ)],
-        cwd=tmp_path,
-        context=dg.build_asset_context(),
-        grace=1.0,
-        max_wall_clock_s=600.0,
-    )
+    with dg.build_asset_context() as context:
+        codes, output, timed_out = _run_all(
+            [[sys.executable, "-c", "print('ok')"]],
+            [dict(os.environ)],
+            cwd=tmp_path,
+            context=context,
+            grace=1.0,
+            max_wall_clock_s=600.0,
+        )
     assert (codes, output.strip(), timed_out) == ([0], "ok", False)
 
 

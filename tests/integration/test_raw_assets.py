@@ -10,7 +10,6 @@ import dagster as dg
 import duckdb
 import polars as pl
 import pytest
-from dagster._core.storage.defs_state.base import set_defs_state_storage
 
 from assets.catalog import raw_catalog, raw_interactions
 from assets.conversations import curated_conversations
@@ -28,12 +27,6 @@ EVENTS = (
     "bo,T3,2026-01-01T11:00:00Z,play,4,oops\n"  # ragged: more fields than the header
     "cy,T3,2026-01-01T12:00:00Z,play\n"
 )
-
-
-@pytest.fixture(autouse=True)
-def _no_stale_defs_state_storage():
-    with set_defs_state_storage(None):
-        yield
 
 
 def _files_landing(home: Path, **kw: str) -> LandingArea:
@@ -163,8 +156,8 @@ def test_a_failed_quarantine_write_leaves_the_catalog_as_it_was(tmp_path: Path) 
     before = wh.read_table("raw.catalog")["title_id"].sort().to_list()
     (tmp_path / "titles.csv").write_text(TITLES + "T4,Brazil\n,no id\n")  # a new title, and a row to quarantine
     _refuse_every_raw_quarantine_row(wh)
-    with pytest.raises(duckdb.ConstraintException):
-        raw_catalog(dg.build_asset_context(), warehouse=wh, landing=landing)
+    with dg.build_asset_context() as context, pytest.raises(duckdb.ConstraintException):
+        raw_catalog(context, warehouse=wh, landing=landing)
     assert wh.read_table("raw.catalog")["title_id"].sort().to_list() == before == ["T1", "T2", "T3"]
 
 
@@ -183,8 +176,8 @@ def test_a_failed_quarantine_write_leaves_the_days_events_as_they_were(tmp_path:
     # A new event, and one quarantine row: dated with a per-day file, undated (day NULL) with a many-day glob.
     events.write_text(EVENTS.split("\n", 1)[0] + "\ndee,T2,2026-01-01T13:00:00Z,play\nbad,T2,not a time,play\n")
     _refuse_every_raw_quarantine_row(wh)
-    with pytest.raises(duckdb.ConstraintException):
-        raw_interactions(dg.build_asset_context(partition_key=DAY), warehouse=wh, landing=landing)
+    with dg.build_asset_context(partition_key=DAY) as context, pytest.raises(duckdb.ConstraintException):
+        raw_interactions(context, warehouse=wh, landing=landing)
     assert wh.read_table("raw.interactions")["member_id"].sort().to_list() == before
     assert sorted(before) == sorted(["ana", "Jos\u00e9", "Jos\u00e8", "cy"])
 
@@ -250,8 +243,8 @@ def test_an_events_file_swapped_for_a_symlink_after_listing_fails_once_and_is_no
 
     monkeypatch.setattr(LandingArea, "interaction_paths", list_then_swap)
     wh = Warehouse(path=str(tmp_path / "w.duckdb"))
-    with pytest.raises(dg.Failure) as failure:
-        raw_interactions(dg.build_asset_context(partition_key=DAY), warehouse=wh, landing=landing)
+    with dg.build_asset_context(partition_key=DAY) as context, pytest.raises(dg.Failure) as failure:
+        raw_interactions(context, warehouse=wh, landing=landing)
     assert "events.parquet: it became a symbolic link" in failure.value.description
     assert failure.value.allow_retries is False
     assert "root" not in wh.read_table("raw.interactions")["member_id"].to_list()

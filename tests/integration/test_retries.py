@@ -8,7 +8,6 @@ from typing import Any
 
 import dagster as dg
 import pytest
-from dagster._core.storage.defs_state.base import set_defs_state_storage
 from dagster._daemon.auto_run_reexecution.auto_run_reexecution import should_retry
 
 from assets.training import trained_checkpoint
@@ -19,13 +18,6 @@ from resources.artifacts import ArtifactStore
 from resources.launchers import LaunchResult, TrainingLauncher, wall_clock_failure
 
 pytestmark = pytest.mark.slow  # the op retry waits for its RetryPolicy delay
-
-
-@pytest.fixture(autouse=True)
-def _no_stale_defs_state_storage():
-    """Dagster keeps the last `with`-entered instance as the current defs-state storage after it is closed."""
-    with set_defs_state_storage(None):
-        yield
 
 
 class FlakyLauncher(TrainingLauncher):

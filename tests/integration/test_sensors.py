@@ -8,7 +8,6 @@ from pathlib import Path
 import dagster as dg
 import pytest
 from dagster._core.remote_origin import InProcessCodeLocationOrigin, RemoteJobOrigin, RemoteRepositoryOrigin
-from dagster._core.storage.defs_state.base import set_defs_state_storage
 from dagster._core.test_utils import create_run_for_test
 from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
 
@@ -27,14 +26,6 @@ from resources.landing import LandingArea
 
 SMALL = synthetic.SyntheticConfig(n_titles=60, n_members=80)
 DAY1, DAY2 = "2026-01-01", "2026-01-02"
-
-
-@pytest.fixture(autouse=True)
-def _no_stale_defs_state_storage():
-    """Dagster keeps the last `with`-entered instance as the current defs-state storage (a ContextVar) after it
-    is closed; building Definitions later would then open that deleted instance. Start each test without one."""
-    with set_defs_state_storage(None):
-        yield
 
 
 @pytest.fixture
@@ -59,8 +50,8 @@ def _resources(home: Path) -> dict:
 
 
 def _tick(instance, home: Path, cursor: str | None) -> dg.SensorResult:
-    context = dg.build_sensor_context(instance=instance, cursor=cursor, resources=_resources(home))
-    return landing_sensor(context)
+    with dg.build_sensor_context(instance=instance, cursor=cursor, resources=_resources(home)) as context:
+        return landing_sensor(context)
 
 
 def _drop(home: Path, day: str) -> None:
@@ -211,8 +202,8 @@ T0 = datetime(2026, 1, 5, tzinfo=UTC)
 
 
 def _retrain(instance, home: Path, cursor: str | None = None) -> dg.SensorResult:
-    context = dg.build_sensor_context(instance=instance, cursor=cursor, resources=_resources(home))
-    return retraining_sensor(context)
+    with dg.build_sensor_context(instance=instance, cursor=cursor, resources=_resources(home)) as context:
+        return retraining_sensor(context)
 
 
 def test_retraining_waits_for_enough_new_loss_tokens(instance, home: Path, monkeypatch) -> None:
@@ -270,7 +261,8 @@ def test_preference_runs_wait_for_enough_new_pairs_since_the_last_preference_che
     monkeypatch.setenv("RETRAIN_MIN_NEW_PAIRS", "100")
 
     def tick(cursor: str | None = None) -> dg.SensorResult:
-        return preference_sensor(dg.build_sensor_context(instance=instance, cursor=cursor, resources=_resources(home)))
+        with dg.build_sensor_context(instance=instance, cursor=cursor, resources=_resources(home)) as context:
+            return preference_sensor(context)
 
     used = _pair_shards(home, DAY1, 80, T0)
     below = tick()
@@ -328,10 +320,10 @@ def test_retrain_run_config_comes_from_the_yaml_file_named_in_the_environment(
 
 def test_nightly_schedule_skips_without_new_data_or_while_training(instance, home: Path) -> None:
     def evaluate():
-        context = dg.build_schedule_context(
+        with dg.build_schedule_context(
             instance=instance, scheduled_execution_time=datetime(2026, 1, 9, 3, tzinfo=UTC), resources=_resources(home)
-        )
-        return nightly_retrain_schedule(context)
+        ) as context:
+            return nightly_retrain_schedule(context)
 
     assert isinstance(evaluate(), dg.SkipReason)
     _shards(home, DAY1, 3, T0)  # any new data is enough at night
