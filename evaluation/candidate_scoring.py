@@ -4,16 +4,14 @@ A candidate's score is the sum of the log-probabilities of its answer tokens (th
 loss on: the answer and the end-of-turn token), given the prompt as served. Scoring reads the model's own
 distribution instead of its one greedy answer, so every system is judged on the same candidate set.
 
-The prompt is run once; its key/value cache is repeated across a batch of candidates, which then only pay for
-their own few tokens. Candidates are right-padded: with causal attention a padded position never affects an
-earlier one, and padded positions are left out of the sum, so the scores equal scoring each candidate alone
-(tests hold this against the plain full-sequence computation).
+All candidates of a prompt are scored in one forward pass: the prompt once, then the candidates end to end,
+with an attention mask and positions under which each candidate sees the prompt and its own earlier tokens only
+(and the model's sliding window where it has one), so the scores equal scoring each candidate alone (tests hold
+this against the plain full-sequence computation for every supported model family).
 """
 
 from __future__ import annotations
 
-import copy
-import inspect
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -99,42 +97,92 @@ def score_candidates(
     candidate_suffixes); the scores then rank the answers against each other. ``end_of_turn`` (the template's
     end-of-turn ids, found when not given) lets a caller scoring many prompts look them up once.
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if not answers:
         return []
-    device = model_device(model)
     drop = (end_of_turn if end_of_turn is not None else end_of_turn_ids(tokenizer)) if answer_lead else ()
     context, completions = candidate_suffixes(
         tokenizer, prompt_messages, answers, answer_lead=answer_lead, drop_ids=drop
     )
-    prompt = torch.tensor([context], device=device)
-    out = model(input_ids=prompt, use_cache=True)
-    first_logprobs = torch.log_softmax(out.logits[0, -1].float(), dim=-1)  # predicts each answer's first token
-    cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
-    cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-    start = len(context)
+    return score_suffixes(model, context, completions, batch_size=batch_size)
+
+
+def _window(config: Any) -> int | None:
+    """The sliding window of the model's windowed layers, None when it has none."""
+    kinds = set(getattr(config, "layer_types", None) or ["full_attention"])
+    unknown = kinds - {"full_attention", "sliding_attention"}
+    if unknown:
+        raise ValueError(
+            f"candidate scoring packs candidates behind one attention mask and does not cover layers of type "
+            f"{sorted(unknown)} ({type(config).__name__}); score with a model of a supported family"
+        )
+    return getattr(config, "sliding_window", None) if "sliding_attention" in kinds else None
+
+
+def packed_sequence(
+    context: Sequence[int], completions: Sequence[Sequence[int]], window: int | None, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+    """The context, then the completions end to end: (ids, positions, masks, first).
+
+    Each completion's positions restart where the context ends, and ``masks["full_attention"][i, j]`` is true
+    where token i may attend to token j: earlier context tokens for the context; the whole context and its own
+    earlier tokens for a completion. ``masks["sliding_attention"]`` also keeps j within ``window`` positions of
+    i (transformers' sliding layers). ``first`` marks, over the completions' tokens, each one's first token.
+    """
+    lengths = torch.tensor([len(context)] + [len(c) for c in completions], device=device)
+    ids = torch.tensor([*context, *(t for c in completions for t in c)], device=device)
+    owner = torch.repeat_interleave(torch.arange(len(lengths), device=device), lengths)  # 0 is the context
+    offsets = torch.cumsum(lengths, 0) - lengths
+    within = torch.arange(len(ids), device=device) - offsets[owner]
+    positions = torch.where(owner == 0, within, len(context) + within)
+    earlier = torch.ones(len(ids), len(ids), dtype=torch.bool, device=device).tril()
+    full = earlier & ((owner[None, :] == 0) | (owner[:, None] == owner[None, :]))
+    masks = {"full_attention": full}
+    if window is not None:
+        masks["sliding_attention"] = full & (positions[:, None] - positions[None, :] < window)
+    return ids, positions, masks, (within == 0)[len(context) :]
+
+
+@torch.no_grad()
+def score_suffixes(
+    model: Any, context: Sequence[int], completions: Sequence[Sequence[int]], *, batch_size: int
+) -> list[float]:
+    """Sum of each completion's token log-probabilities after ``context`` (candidate_suffixes' two parts).
+
+    Split from the tokenization so that models sharing a tokenizer score the same encoded candidates. Up to
+    ``batch_size`` completions run in one forward pass: the context once, then the completions end to end, each
+    seeing the context and its own earlier tokens only (packed_sequence), which is exactly what each would
+    compute alone. Not a batch of completions over copies of the context's key/value cache: for titles of a few
+    tokens, repeating that cache per completion cost more than the completions, and a batch pads each to the
+    longest.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    device = model_device(model)
+    window = _window(model.config)
     scores: list[float] = []
     for at in range(0, len(completions), batch_size):
-        batch = completions[at : at + batch_size]
-        width = max(len(c) for c in batch)
-        ids = torch.zeros((len(batch), width), dtype=torch.long, device=device)
-        keep = torch.zeros((len(batch), width), dtype=torch.bool, device=device)
-        for row, tokens in enumerate(batch):
-            ids[row, : len(tokens)] = torch.tensor(tokens, device=device)
-            keep[row, : len(tokens)] = True
-        batch_cache = copy.deepcopy(cache)
-        batch_cache.batch_repeat_interleave(len(batch))
-        positions = torch.arange(start, start + width, device=device).expand(len(batch), width)
-        extra = {cache_arg: batch_cache}  # transformers renamed past_key_values to cache within 5.x
-        logits = model(input_ids=ids, position_ids=positions, use_cache=True, **extra).logits
+        group = completions[at : at + batch_size]
+        ids, positions, masks, first = packed_sequence(context, group, window, device)
+        scored = len(ids) - len(context)
+        attention_mask = (
+            {k: m[None, None] for k, m in masks.items()} if window is not None else masks["full_attention"][None, None]
+        )
+        # Logits from the context's last position on, which predicts every completion's first token.
+        logits = model(
+            input_ids=ids[None],
+            position_ids=positions[None],
+            attention_mask=attention_mask,
+            logits_to_keep=scored + 1,
+        ).logits[0]
         logprobs = torch.log_softmax(logits.float(), dim=-1)
-        # Token i of an answer is predicted at position i - 1; token 0 by the prompt's last position.
-        token_lp = torch.empty((len(batch), width), device=device)
-        token_lp[:, 0] = first_logprobs[ids[:, 0]]
-        if width > 1:
-            token_lp[:, 1:] = logprobs[:, :-1].gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
-        scores.extend((token_lp * keep).sum(dim=1).tolist())
+        targets = ids[len(context) :]
+        # Completion token k is predicted by row 0 (the context's end) when it is a first token, else by row k
+        # (the token before it).
+        rows = torch.where(first, 0, torch.arange(scored, device=device))
+        token_lp = logprobs[rows, targets]
+        owner = torch.cumsum(first.long(), 0) - 1
+        sums = torch.zeros(len(group), dtype=token_lp.dtype, device=device).index_add_(0, owner, token_lp)
+        scores.extend(sums.tolist())
     return scores
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from core.conversation_builder import ANSWER_LEADS
 from core.masking import MaskError
-from evaluation.candidate_scoring import score_candidates
+from evaluation.candidate_scoring import candidate_suffixes, score_suffixes
 from evaluation.cooccurrence import CoOccurrence
 from evaluation.generation import end_of_turn_ids
 from evaluation.ranking_metrics import beats, ranking_report
@@ -42,38 +42,52 @@ def _negate(key: Any) -> Any:
     return tuple(-k for k in key) if isinstance(key, tuple) else -key
 
 
+EncodedCase = tuple[list[int], list[list[int]]] | Skipped
+
+
+def encode_cases(
+    tokenizer: Any, cases: Sequence[RecoCase], candidates: Sequence[Sequence[str]], matcher: TitleMatcher
+) -> list[EncodedCase]:
+    """Each case's candidates as model_ranks scores them (candidate_suffixes), or why the case cannot be scored.
+
+    Depends on the tokenizer only, so every model with the same tokenizer is ranked from one encoding.
+    """
+    end_of_turn = end_of_turn_ids(tokenizer)
+    encoded: list[EncodedCase] = []
+    for case, cands in zip(cases, candidates, strict=True):
+        answers = [matcher.display(t) for t in cands]
+        try:
+            encoded.append(
+                candidate_suffixes(
+                    tokenizer, case.prompt_messages, answers, answer_lead=ANSWER_LEAD, drop_ids=end_of_turn
+                )
+            )
+        except (MaskError, ValueError) as exc:
+            encoded.append(Skipped(case.conversation_id, "prompt_error", str(exc)[:300]))
+    return encoded
+
+
 def model_ranks(
     model: Any,
-    tokenizer: Any,
     cases: Sequence[RecoCase],
     candidates: Sequence[Sequence[str]],
-    matcher: TitleMatcher,
+    encoded: Sequence[EncodedCase],
     *,
     batch_size: int,
     progress: Callable[[int, int], None] | None = None,
 ) -> tuple[list[int | None], list[Skipped], dict[str, float]]:
-    """Each case's target rank by the model's scores, the cases it could not score, and timing."""
+    """Each case's target rank by the model's scores of its encoded candidates, the cases it could not score,
+    and the scoring time."""
     ranks: list[int | None] = []
     skipped: list[Skipped] = []
     scored = 0
     started = time.perf_counter()
-    end_of_turn = end_of_turn_ids(tokenizer)
-    for k, (case, cands) in enumerate(zip(cases, candidates, strict=True)):
-        answers = [matcher.display(t) for t in cands]
-        try:
-            scores = score_candidates(
-                model,
-                tokenizer,
-                case.prompt_messages,
-                answers,
-                batch_size=batch_size,
-                answer_lead=ANSWER_LEAD,
-                end_of_turn=end_of_turn,
-            )
-        except (MaskError, ValueError) as exc:
-            skipped.append(Skipped(case.conversation_id, "prompt_error", str(exc)[:300]))
+    for k, (case, cands, enc) in enumerate(zip(cases, candidates, encoded, strict=True)):
+        if isinstance(enc, Skipped):
+            skipped.append(enc)
             ranks.append(None)
             continue
+        scores = score_suffixes(model, *enc, batch_size=batch_size)
         scored += len(cands)
         ranks.append(target_rank(scores, cands, case.target_title_id))
         if progress is not None:

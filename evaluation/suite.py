@@ -7,7 +7,7 @@ paths and frames (no Dagster), so the asset stays thin and the same suite can ru
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,7 @@ from transformers.utils import logging as hf_logging
 
 from core.conversation_builder import RECS_PER_ANSWER
 from core.signals import WATCH_EVENTS, drop_negative_watches
+from core.tokenizer_training import tokenizer_fingerprint
 from evaluation.baselines import evaluate_popularity, popularity_ranking
 from evaluation.candidates import candidate_sets, whole_catalog
 from evaluation.cooccurrence import build_cooccurrence
@@ -26,7 +27,14 @@ from evaluation.heldout import HELDOUT_SPLITS, heldout_rows
 from evaluation.heldout_cases import CaseOptions, heldout_cases, member_splits
 from evaluation.loss import evaluate_loss_by
 from evaluation.models import load_for_eval
-from evaluation.ranking import cooccurrence_ranks, model_ranks, popularity_ranks, ranking_summary
+from evaluation.ranking import (
+    EncodedCase,
+    cooccurrence_ranks,
+    encode_cases,
+    model_ranks,
+    popularity_ranks,
+    ranking_summary,
+)
 from evaluation.recommendation import RecoCase
 from evaluation.result_cache import ResultCache, data_fingerprint
 from evaluation.settings import HEADLINE_SPLIT, SuiteInputs, SuiteSettings
@@ -48,37 +56,6 @@ def watch_counts(train: pl.DataFrame) -> dict[str, int]:
     return dict(train.unique(["member_id", "title_id"]).group_by("title_id").len().iter_rows())
 
 
-def evaluate_model(
-    model_dir: Path,
-    rows: pl.DataFrame,
-    cases: Sequence[RecoCase],
-    candidates: Sequence[Sequence[str]],
-    matcher: TitleMatcher,
-    settings: SuiteSettings,
-) -> dict[str, Any]:
-    """Held-out masked loss (by split and kind), candidate ranks, and hit@k of greedy generations for one model."""
-    model, tokenizer = load_for_eval(model_dir, device=settings.device)
-    with torch.no_grad():
-        loss = evaluate_loss_by(model, rows, batch_tokens=settings.batch_tokens, device=settings.device)
-        ranks, skipped, timing = model_ranks(
-            model, tokenizer, cases, candidates, matcher, batch_size=settings.candidate_batch_size
-        )
-        generation = evaluate_recommendations(
-            model,
-            tokenizer,
-            cases,
-            matcher,
-            batch_size=settings.batch_size,
-            max_new_tokens=settings.max_new_tokens,
-            limit=settings.generation_cases,
-            ks=GENERATION_KS,
-            device=settings.device,
-        )
-    del model
-    ranking = {"ranks": ranks, "skipped_by_reason": count_reasons(skipped), **timing}
-    return {"loss": loss, "ranking": ranking, "generation": generation}
-
-
 @dataclass(frozen=True)
 class Prepared:
     """The held-out data every system is judged on: loss rows, cases, their candidates, and the training events."""
@@ -90,6 +67,40 @@ class Prepared:
     train: pl.DataFrame
     counts: dict[str, int]
     candidates: list[list[str]]
+
+
+def evaluate_model(
+    model_dir: Path,
+    p: Prepared,
+    settings: SuiteSettings,
+    encoded: Callable[[Path, Any], Sequence[EncodedCase]],
+) -> dict[str, Any]:
+    """Held-out masked loss (by split and kind), candidate ranks, and hit@k of greedy generations for one model.
+
+    ``encoded(model_dir, tokenizer)`` supplies the encoded candidates (ranking.encode_cases): Judge encodes once
+    per tokenizer.
+    """
+    model, tokenizer = load_for_eval(model_dir, device=settings.device)
+    cases = encoded(model_dir, tokenizer)
+    with torch.no_grad():
+        loss = evaluate_loss_by(model, p.rows, batch_tokens=settings.batch_tokens, device=settings.device)
+        ranks, skipped, timing = model_ranks(
+            model, p.cases, p.candidates, cases, batch_size=settings.candidate_batch_size
+        )
+        generation = evaluate_recommendations(
+            model,
+            tokenizer,
+            p.cases,
+            p.matcher,
+            batch_size=settings.batch_size,
+            max_new_tokens=settings.max_new_tokens,
+            limit=settings.generation_cases,
+            ks=GENERATION_KS,
+            device=settings.device,
+        )
+    del model
+    ranking = {"ranks": ranks, "skipped_by_reason": count_reasons(skipped), **timing}
+    return {"loss": loss, "ranking": ranking, "generation": generation}
 
 
 def prepare(inputs: SuiteInputs, settings: SuiteSettings) -> Prepared:
@@ -110,22 +121,29 @@ def prepare(inputs: SuiteInputs, settings: SuiteSettings) -> Prepared:
 
 class Judge:
     """Evaluates models on one Prepared data set, reusing a model's results from ``cache_dir`` when its weights,
-    the data, the settings and the evaluation code are all unchanged (evaluation/result_cache.py)."""
+    the data, the settings and the evaluation code are all unchanged (evaluation/result_cache.py), and the
+    encoded candidates of every model with the same tokenizer."""
 
     def __init__(self, p: Prepared, settings: SuiteSettings, cache_dir: Path | None) -> None:
         self.p, self.settings = p, settings
         self.cache = ResultCache(cache_dir) if cache_dir is not None else None
         self.data = data_fingerprint(p.rows, p.cases, p.candidates) if self.cache else ""
+        self._encoded: dict[str, list[EncodedCase]] = {}
+
+    def encoded(self, model_dir: Path, tokenizer: Any) -> list[EncodedCase]:
+        fingerprint = tokenizer_fingerprint(model_dir)
+        if fingerprint not in self._encoded:
+            self._encoded[fingerprint] = encode_cases(tokenizer, self.p.cases, self.p.candidates, self.p.matcher)
+        return self._encoded[fingerprint]
 
     def __call__(self, model_dir: Path) -> dict[str, Any]:
-        p, settings = self.p, self.settings
         if self.cache is None:
-            return evaluate_model(model_dir, p.rows, p.cases, p.candidates, p.matcher, settings)
-        key = self.cache.key(model_dir, self.data, settings)
+            return evaluate_model(model_dir, self.p, self.settings, self.encoded)
+        key = self.cache.key(model_dir, self.data, self.settings)
         cached = self.cache.get(key)
         if cached is not None:
             return {**cached, "cached": True}
-        result = evaluate_model(model_dir, p.rows, p.cases, p.candidates, p.matcher, settings)
+        result = evaluate_model(model_dir, self.p, self.settings, self.encoded)
         self.cache.put(key, result)
         return result
 

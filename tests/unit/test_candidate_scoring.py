@@ -1,11 +1,14 @@
 """Candidate scoring with a shared prompt cache equals scoring each candidate alone."""
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from core.masking import encode_prompt
+from core.model_families import FAMILIES, GEMMA3_SLIDING_WINDOW
 from evaluation.candidate_scoring import answer_tokens, rank_candidates, score_candidates
 
 PROMPT = [
@@ -16,10 +19,10 @@ ANSWERS = ["The Silent Harbor (1995)", "Drama 3", "Member 12 watched", "x", "The
 
 
 @torch.no_grad()
-def _alone(model: Any, tokenizer: Any, answer: str) -> float:
-    """The plain computation: the whole conversation in one forward pass, no cache, no padding."""
-    prompt_ids = encode_prompt(tokenizer, PROMPT)
-    (tokens,) = answer_tokens(tokenizer, PROMPT, [answer], prompt_ids)
+def _alone(model: Any, tokenizer: Any, answer: str, prompt: list[dict[str, str]] = PROMPT) -> float:
+    """The plain computation: the whole conversation in one forward pass, no packing, no mask of ours."""
+    prompt_ids = encode_prompt(tokenizer, prompt)
+    (tokens,) = answer_tokens(tokenizer, prompt, [answer], prompt_ids)
     ids = torch.tensor([prompt_ids + tokens])
     logprobs = torch.log_softmax(model(input_ids=ids).logits[0].float(), dim=-1)
     n = len(prompt_ids)
@@ -34,6 +37,19 @@ def test_batched_scores_with_a_shared_prompt_equal_scoring_each_alone(
     expected = [_alone(model, tokenizer, a) for a in ANSWERS]
     assert scores == pytest.approx(expected, abs=1e-4)
     assert all(s < 0 for s in scores)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_every_family_scores_candidates_packed_together_as_it_scores_each_alone(
+    family_dirs: dict[str, Path], family: str
+) -> None:
+    """Gemma 3's sliding layers included: the prompt is longer than its window, so the window must hold."""
+    model = AutoModelForCausalLM.from_pretrained(family_dirs[family], dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(family_dirs[family])
+    prompt = [*PROMPT[:1], {"role": "user", "content": "I watched " + ", ".join(ANSWERS * 3) + ". What next?"}]
+    assert len(encode_prompt(tokenizer, prompt)) > 2 * GEMMA3_SLIDING_WINDOW
+    scores = score_candidates(model, tokenizer, prompt, ANSWERS, batch_size=3)
+    assert scores == pytest.approx([_alone(model, tokenizer, a, prompt) for a in ANSWERS], abs=1e-4)
 
 
 def test_answer_tokens_are_the_answer_and_its_end_of_turn(tokenizer: Any) -> None:

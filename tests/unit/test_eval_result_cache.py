@@ -42,7 +42,7 @@ def _prepared(target: str = "T1") -> Prepared:
 def evaluations(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
     calls: list[Path] = []
 
-    def fake_evaluate(model_dir: Path, rows: Any, cases: Any, candidates: Any, matcher: Any, settings: Any) -> dict:
+    def fake_evaluate(model_dir: Path, p: Any, settings: Any, encoded: Any) -> dict:
         calls.append(Path(model_dir))
         return {
             "loss": {"splits": {"validation": {"loss": 0.5, "perplexity": None}}, "by_kind": {}},
@@ -99,3 +99,24 @@ def test_the_fingerprint_reads_contents_not_paths_and_refuses_a_dir_without_weig
     with pytest.raises(FileNotFoundError, match="no weight files"):
         model_fingerprint(tmp_path / "empty")
     assert ResultCache(tmp_path / "cache").get("missing") is None
+
+
+def test_models_with_one_tokenizer_rank_one_encoding_of_the_candidates(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The checkpoint and its base model share a tokenizer: their candidates are tokenized once per suite run."""
+    encodings: list[Any] = []
+
+    def fake_encode(tokenizer: Any, cases: Any, candidates: Any, matcher: Any) -> list:
+        encodings.append(tokenizer)
+        return [([1, 2], [[3], [4, 5]])]
+
+    monkeypatch.setattr(suite, "encode_cases", fake_encode)
+    base, trained = _model(tmp_path / "base"), _model(tmp_path / "trained", weights=b"weights-2")
+    other = _model(tmp_path / "other")
+    (other / "tokenizer.json").write_text('{"version": "2.0"}')
+    judge = Judge(_prepared(), SuiteSettings(), None)
+    first = judge.encoded(base, "tokenizer of base")
+    assert judge.encoded(trained, "tokenizer of trained") is first
+    assert judge.encoded(other, "tokenizer of other") is not first
+    assert encodings == ["tokenizer of base", "tokenizer of other"]
