@@ -249,13 +249,14 @@ class DPORecipe:
         if self.reference is not None:
             return self.reference.of(batch["pair_index"], self.ctx.device)
         on_device = _to_device(batch, self.ctx.device)
-        with torch.no_grad(), self.autocast_context():
+        # inference_mode, not no_grad: the reference's forward also skips autograd's version counting and views.
+        with torch.inference_mode(), self.autocast_context():
             if self.reference_model is not None:
                 sums, _ = completion_logps(self.reference_model, on_device, self.real_vocab)
             else:  # an adapter: the policy's base, past the DDP wrapper (as_base_model yields the inner module)
                 with as_base_model(self.model) as base:
                     sums, _ = completion_logps(base, on_device, self.real_vocab)
-        return sums.double()
+        return sums.double().clone()  # a plain tensor again: the loss's autograd graph may not hold inference tensors
 
     def step(self, micro_batches: list[dict[str, torch.Tensor]]) -> tuple[StepLoss, dict[str, float], float]:
         """Forward/backward every micro-batch; the loss is the mean over the global batch's pairs."""
