@@ -89,17 +89,16 @@ def score_candidates(
     *,
     batch_size: int = 64,
     answer_lead: str = "",
-    end_of_turn: Sequence[int] | None = None,
 ) -> list[float]:
-    """Log-likelihood of each answer as the assistant's reply to `prompt_messages` (higher is likelier).
+    """Log-likelihood of each answer as the assistant's reply to `prompt_messages` (higher is likelier): one
+    prompt's candidate_suffixes, scored by score_suffixes.
 
     With ``answer_lead``, of each answer as the start of a reply that begins with the lead (see
-    candidate_suffixes); the scores then rank the answers against each other. ``end_of_turn`` (the template's
-    end-of-turn ids, found when not given) lets a caller scoring many prompts look them up once.
+    candidate_suffixes); the scores then rank the answers against each other.
     """
     if not answers:
         return []
-    drop = (end_of_turn if end_of_turn is not None else end_of_turn_ids(tokenizer)) if answer_lead else ()
+    drop = end_of_turn_ids(tokenizer) if answer_lead else ()
     context, completions = candidate_suffixes(
         tokenizer, prompt_messages, answers, answer_lead=answer_lead, drop_ids=drop
     )

@@ -81,11 +81,11 @@ def evaluate_model(
     per tokenizer.
     """
     model, tokenizer = load_for_eval(model_dir, device=settings.device)
-    cases = encoded(model_dir, tokenizer)
+    candidate_tokens = encoded(model_dir, tokenizer)
     with torch.no_grad():
         loss = evaluate_loss_by(model, p.rows, batch_tokens=settings.batch_tokens, device=settings.device)
         ranks, skipped, timing = model_ranks(
-            model, p.cases, p.candidates, cases, batch_size=settings.candidate_batch_size
+            model, p.cases, p.candidates, candidate_tokens, batch_size=settings.candidate_batch_size
         )
         generation = evaluate_recommendations(
             model,
