@@ -141,6 +141,12 @@ def packed_sequence(
     return ids, positions, masks, (within == 0)[len(context) :]
 
 
+def _additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A [1, 1, q, k] mask to add to attention scores: 0 where ``allowed``, the dtype's lowest value elsewhere."""
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
+    return mask.masked_fill_(~allowed, torch.finfo(dtype).min)[None, None]
+
+
 @torch.no_grad()
 def score_suffixes(
     model: Any, context: Sequence[int], completions: Sequence[Sequence[int]], *, batch_size: int
@@ -163,9 +169,9 @@ def score_suffixes(
         group = completions[at : at + batch_size]
         ids, positions, masks, first = packed_sequence(context, group, window, device)
         scored = len(ids) - len(context)
-        attention_mask = (
-            {k: m[None, None] for k, m in masks.items()} if window is not None else masks["full_attention"][None, None]
-        )
+        # Additive masks: sdpa takes them like boolean ones, and eager attention adds whatever it is given.
+        additive = {k: _additive(m, model.dtype) for k, m in masks.items()}
+        attention_mask = additive if window is not None else additive["full_attention"]
         # Logits from the context's last position on, which predicts every completion's first token.
         logits = model(
             input_ids=ids[None],

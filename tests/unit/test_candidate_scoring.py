@@ -39,12 +39,15 @@ def test_batched_scores_with_a_shared_prompt_equal_scoring_each_alone(
     assert all(s < 0 for s in scores)
 
 
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_every_family_scores_candidates_packed_together_as_it_scores_each_alone(
-    family_dirs: dict[str, Path], family: str
+    family_dirs: dict[str, Path], family: str, attention: str
 ) -> None:
     """Gemma 3's sliding layers included: the prompt is longer than its window, so the window must hold."""
-    model = AutoModelForCausalLM.from_pretrained(family_dirs[family], dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(
+        family_dirs[family], dtype=torch.float32, attn_implementation=attention
+    ).eval()
     tokenizer = AutoTokenizer.from_pretrained(family_dirs[family])
     prompt = [*PROMPT[:1], {"role": "user", "content": "I watched " + ", ".join(ANSWERS * 3) + ". What next?"}]
     assert len(encode_prompt(tokenizer, prompt)) > 2 * GEMMA3_SLIDING_WINDOW
