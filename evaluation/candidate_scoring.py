@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from core.attention_layers import sliding_window
 from core.masking import MaskError, encode_batch, encode_prompt
 from evaluation.generation import end_of_turn_ids
 from evaluation.models import model_device
@@ -114,7 +115,7 @@ def _window(config: Any) -> int | None:
             f"candidate scoring packs candidates behind one attention mask and does not cover layers of type "
             f"{sorted(unknown)} ({type(config).__name__}); score with a model of a supported family"
         )
-    return getattr(config, "sliding_window", None) if "sliding_attention" in kinds else None
+    return sliding_window(config)
 
 
 def packed_sequence(

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AttentionInterface
 
+from core.attention_layers import sliding_layers, sliding_window
 from core.preferences.batches import PAIR_ATTENTION
 from training.config import TrainConfig
 from training.cpu.attention import packed_attention_cpu
@@ -161,19 +162,6 @@ def packed_sdpa_forward(
     if query.device.type == "cpu" and dropout == 0.0:
         return packed_attention_cpu(query, key, value, position_ids, scale)[0], None
     return _packed_sdpa_loop(query, key, value, position_ids, dropout, scaling), None
-
-
-def sliding_layers(config: Any) -> list[int]:
-    """Indices of the layers transformers runs with a sliding window (config.layer_types)."""
-    if getattr(config, "sliding_window", None) is None:
-        return []
-    layer_types = getattr(config, "layer_types", None) or []
-    return [i for i, kind in enumerate(layer_types) if kind == "sliding_attention"]
-
-
-def sliding_window(config: Any) -> int | None:
-    """The window of the model's sliding layers; None when no layer has one (Qwen3 keeps a window it does not use)."""
-    return config.sliding_window if sliding_layers(config) else None
 
 
 def attention_notes(config: Any, attn_implementation: str) -> list[str]:

@@ -21,7 +21,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from training.attention import PACKED_SDPA, attention_notes, head_dim, sliding_window
+from core.attention_layers import sliding_window
+from training.attention import PACKED_SDPA, attention_notes, head_dim
 from training.data import IGNORE_INDEX
 from training.loss import LossSettings, forward_logits, loss_settings, micro_batch_loss_sum
 
