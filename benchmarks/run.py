@@ -48,18 +48,16 @@ GPU_MODEL = {  # ~100M parameters with the preset tokenizer's vocabulary
 
 def prepare_inputs(sizes: Sizes, work: Path) -> tuple[Path, Path]:
     """Demo conversations + tiny model (inputs/), and our shards of them for the training benchmarks."""
-    from benchmarks.workload import write_inputs
+    from benchmarks.workload import kept_inputs, write_inputs
 
     inputs = work / "inputs"
-    if (
-        not (inputs / "inputs.json").is_file()
-        or json.loads((inputs / "inputs.json").read_text()).get("conversations") != sizes.prep_conversations
-    ):
+    shards = work / "train-shards"
+    if kept_inputs(inputs, conversations=sizes.prep_conversations) is None:
         shutil.rmtree(inputs, ignore_errors=True)
+        shutil.rmtree(shards, ignore_errors=True)  # made from the old inputs, by the old code
         started = time.perf_counter()
         info = write_inputs(inputs, sizes.prep_conversations)
         print(f"  inputs: {info} ({time.perf_counter() - started:.0f}s)")
-    shards = work / "train-shards"
     if not (shards / "manifest.json").is_file():
         shutil.rmtree(shards, ignore_errors=True)
         run_worker(["prep-ours", "--inputs", str(inputs), "--out", str(shards)])

@@ -25,6 +25,7 @@ from core import ingest
 from core.base_model import TinyModelPreset, save_preset
 from core.conversation_builder import BuilderConfig, build_conversations
 from core.curation import CurationConfig, curate
+from core.fingerprints import sources_fingerprint
 from core.preferences import PairBuilderConfig, behaviour_pairs, curate_pairs
 from core.synthetic import SyntheticConfig, generate_catalog, generate_interactions
 
@@ -38,6 +39,29 @@ _PAIRS_PER_MEMBER_DAY = 0.013
 class DayCandidates:
     day: date
     candidates: pl.DataFrame  # CANDIDATE_SCHEMA rows, not yet curated
+
+
+# The code that makes the inputs. Kept inputs are reused only while it is unchanged: a change to the pair
+# tokenization, say, must not leave a benchmark measuring pairs the platform no longer makes.
+INPUT_SOURCES = ("core", "benchmarks/workload.py")
+
+
+def _write_info(out_dir: Path, info: dict) -> dict:
+    """inputs.json, written last: its presence means the inputs beside it are complete."""
+    info = {**info, "sources": sources_fingerprint(INPUT_SOURCES)}
+    (out_dir / "inputs.json").write_text(json.dumps(info, indent=1))
+    return info
+
+
+def kept_inputs(inputs_dir: Path, **expected: object) -> dict | None:
+    """inputs.json of inputs the current code built with these values (e.g. ``pairs=160``); None: rebuild them."""
+    try:
+        info = json.loads((inputs_dir / "inputs.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    if info.get("sources") != sources_fingerprint(INPUT_SOURCES):
+        return None
+    return info if all(info.get(key) == value for key, value in expected.items()) else None
 
 
 def _world(members: int, seed: int) -> SyntheticConfig:
@@ -88,8 +112,7 @@ def write_inputs(out_dir: Path, n: int, seed: int = 7, preset: TinyModelPreset |
     model_dir.mkdir(exist_ok=True)
     card = save_preset(model_dir, texts, preset or TinyModelPreset())
     info = {"conversations": conversations.height, "parameters": card["parameters"], "vocab_size": card["vocab_size"]}
-    (out_dir / "inputs.json").write_text(json.dumps(info, indent=1))
-    return info
+    return _write_info(out_dir, info)
 
 
 def load_conversations(inputs_dir: Path) -> pl.DataFrame:
@@ -183,5 +206,4 @@ def write_pair_inputs(out_dir: Path, n: int, seed: int = 7, preset: TinyModelPre
         "mean_tokens": {part: float(length.mean()) for part, length in lengths.items()},
         "shard_totals": manifest["totals"],
     }
-    (out_dir / "inputs.json").write_text(json.dumps(info, indent=1))
-    return info
+    return _write_info(out_dir, info)

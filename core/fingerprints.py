@@ -30,3 +30,18 @@ def frame_fingerprint(df: pl.DataFrame, columns: list[str]) -> str:
 
 def files_fingerprint(paths: Iterable[Path]) -> str:
     return strings_fingerprint(f"{Path(p).name}:{sha256_file(Path(p))}" for p in paths)
+
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def sources_fingerprint(paths: Iterable[str], *, extra: str = "", root: Path = REPO_ROOT) -> str:
+    """sha256 over the Python sources under ``paths`` (folders or files, relative to ``root``) plus ``extra``
+    (e.g. library versions): what a result computed by that code is keyed on, so a cached result is not reused
+    after the code that made it changed."""
+    digest = hashlib.sha256(f"{extra}\n".encode())
+    for entry in paths:
+        path = root / entry
+        for source in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
+            digest.update(f"{source.relative_to(root)}:{sha256_file(source)}\n".encode())
+    return digest.hexdigest()

@@ -28,6 +28,7 @@ import numpy as np
 import polars as pl
 
 from core.atomic_io import atomic_write_bytes, sha256_file
+from core.fingerprints import sources_fingerprint
 
 _MODEL_FILES = ("*.safetensors", "*.bin", "tokenizer*.json", "config.json", "*.jinja", "special_tokens_map.json")
 _CODE_PACKAGES = ("evaluation", "core/masking")
@@ -64,12 +65,7 @@ def _code_fingerprint(packages: Iterable[str] = _CODE_PACKAGES) -> str:
     import torch
     import transformers
 
-    root = Path(__file__).resolve().parent.parent
-    digest = hashlib.sha256(f"torch {torch.__version__} transformers {transformers.__version__}\n".encode())
-    for package in packages:
-        for path in sorted((root / package).rglob("*.py")):
-            digest.update(f"{path.relative_to(root)}:{sha256_file(path)}\n".encode())
-    return digest.hexdigest()
+    return sources_fingerprint(packages, extra=f"torch {torch.__version__} transformers {transformers.__version__}")
 
 
 class ResultCache:

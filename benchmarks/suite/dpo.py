@@ -13,7 +13,6 @@ average.
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 import statistics
@@ -53,17 +52,18 @@ SEED = 0
 
 
 def prepare_pairs(sizes: Sizes, work: Path) -> tuple[Path, dict[str, Any]]:
-    """The pairs, model and shards (rebuilt when the size changed); returns their folder and inputs.json."""
-    from benchmarks.workload import write_pair_inputs
+    """The pairs, model and shards (rebuilt when the size or the code that makes them changed); returns their folder
+    and inputs.json."""
+    from benchmarks.workload import kept_inputs, write_pair_inputs
 
     inputs = work / "inputs"
-    info_file = inputs / "inputs.json"
-    if not info_file.is_file() or json.loads(info_file.read_text()).get("pairs") != sizes.dpo_pairs:
+    info = kept_inputs(inputs, pairs=sizes.dpo_pairs)
+    if info is None:
         shutil.rmtree(inputs, ignore_errors=True)
         started = time.perf_counter()
         info = write_pair_inputs(inputs, sizes.dpo_pairs)
         print(f"  pairs: {info['pairs']} ({info['train_pairs']} train) in {time.perf_counter() - started:.0f}s")
-    return inputs, json.loads(info_file.read_text())
+    return inputs, info
 
 
 def our_pairs_per_step(inputs: Path, sizes: Sizes) -> float:

@@ -1,9 +1,12 @@
-"""Harness logic of benchmarks/ (no timing, no trl): medians, ratios, run order, mask comparison, step summaries."""
+"""Harness logic of benchmarks/ (no timing, no trl): medians, ratios, run order, mask comparison, step summaries,
+when kept inputs are reused."""
 
 from __future__ import annotations
 
+import functools
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -20,6 +23,7 @@ from benchmarks.harness import (
 )
 from benchmarks.suite import Sizes, model_flops_per_second, run_mfu, summary_rows
 from benchmarks.worker import summarize_steps
+from core.fingerprints import sources_fingerprint
 
 
 def test_median_of_odd_and_even_runs():
@@ -221,3 +225,28 @@ def test_a_rewritten_results_page_keeps_the_notes_kept_by_hand(tmp_path):
     page = (tmp_path / "RESULTS.md").read_text()
     assert "old generated part" not in page
     assert page.endswith(f"{NOTES_HEADING}\n\n- run 3: 4.2x, by hand\n")
+
+
+def test_kept_inputs_are_reused_only_for_the_same_sizes_and_unchanged_code(tmp_path: Path, monkeypatch) -> None:
+    """Runs 3 and 4 of the DPO benchmark measured pairs kept from before the pair tokenization changed: inputs are
+    now rebuilt when the code that makes them changed, not only when the size did."""
+    import benchmarks.workload as workload
+
+    code = tmp_path / "code"
+    (code / "pkg").mkdir(parents=True)
+    (code / "pkg" / "tokenize.py").write_text("END_OF_TURN_IN_LOSS = True\n")
+    monkeypatch.setattr(workload, "INPUT_SOURCES", ("pkg",))
+    monkeypatch.setattr(workload, "sources_fingerprint", functools.partial(sources_fingerprint, root=code))
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+
+    assert workload.kept_inputs(inputs, pairs=160) is None  # nothing built yet
+    info = workload._write_info(inputs, {"pairs": 160, "train_pairs": 146})
+    assert workload.kept_inputs(inputs, pairs=160) == info
+    assert workload.kept_inputs(inputs, pairs=40) is None  # another size
+
+    (code / "pkg" / "tokenize.py").write_text("END_OF_TURN_IN_LOSS = False\n")
+    assert workload.kept_inputs(inputs, pairs=160) is None  # the code changed
+
+    (inputs / "inputs.json").write_text('{"pairs": 16')  # cut short
+    assert workload.kept_inputs(inputs, pairs=160) is None
