@@ -64,15 +64,29 @@ def prepare_inputs(sizes: Sizes, work: Path) -> tuple[Path, Path]:
     return inputs, shards
 
 
+def _machine_line(label: str, m: dict) -> str:
+    versions = ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v)
+    gpu = f", GPU {m['gpu']}" if "gpu" in m else ""
+    return (
+        f"- {label}: {m['cpu_model']}, {m['usable_cpus']} usable CPUs, {m['ram_gib']} GiB RAM{gpu}; "
+        f"{versions}. Load average at start {m['load_average_at_start']}, at end "
+        f"{m.get('load_average_at_end')} (shared machine)."
+    )
+
+
 def _provenance_note(name: str, payload: dict) -> str:
-    """Say so when a kept result predates the current training path (results older than its MFU accounting)."""
+    """Say so when a kept result predates the current training path (results older than its MFU accounting), and
+    name the machine of a result re-run on its own (`--only`), which need not be the page's machine."""
+    note = ""
     if name.startswith("training") and "flop_parameters" not in payload:
-        return (
+        note += (
             "- This result was measured by an earlier version of the code (`git log` of its JSON file): ours then "
             "ran stock sdpa over the packed-row mask and full-vocabulary logits, MFU was 6 x parameters x tokens/s "
             "against one peak probe. It has not been re-run since (no GPU machine was available since).\n"
         )
-    return ""
+    if "machine" in payload:
+        note += _machine_line("Measured on its own run, not on the machine above", payload["machine"]) + "\n"
+    return note
 
 
 def write_report(out: Path, sizes: Sizes) -> None:
@@ -86,14 +100,7 @@ def write_report(out: Path, sizes: Sizes) -> None:
     lines = [f"# Benchmarks against TRL ({'quick' if sizes.quick else 'full'} run)", ""]
     for label, file in (("CPU machine", "machine.json"), ("GPU machine", "machine_gpu.json")):
         if (out / file).is_file():
-            m = json.loads((out / file).read_text())
-            versions = ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v)
-            gpu = f", GPU {m['gpu']}" if "gpu" in m else ""
-            lines.append(
-                f"- {label}: {m['cpu_model']}, {m['usable_cpus']} usable CPUs, {m['ram_gib']} GiB RAM{gpu}; "
-                f"{versions}. Load average at start {m['load_average_at_start']}, at end "
-                f"{m.get('load_average_at_end')} (shared machine)."
-            )
+            lines.append(_machine_line(label, json.loads((out / file).read_text())))
     lines += [
         "",
         f"Both sides of each comparison run in the same invocation, alternating, each run in its own process; "

@@ -250,3 +250,31 @@ def test_kept_inputs_are_reused_only_for_the_same_sizes_and_unchanged_code(tmp_p
 
     (inputs / "inputs.json").write_text('{"pairs": 16')  # cut short
     assert workload.kept_inputs(inputs, pairs=160) is None
+
+
+def test_a_result_re_run_on_another_machine_names_its_machine(tmp_path: Path) -> None:
+    """`--only NAME` into a results folder keeps the page's machine.json; the re-run result's section must say
+    which machine measured it, or its figures read as the page machine's."""
+    from benchmarks.run import write_report
+
+    def machine(cpu: str) -> dict:
+        return {
+            "cpu_model": cpu,
+            "usable_cpus": 2,
+            "ram_gib": 23.5,
+            "versions": {"torch": "2.13.0+cpu"},
+            "load_average_at_start": [1.0, 1.0, 1.0],
+            "load_average_at_end": [1.0, 1.0, 1.0],
+        }
+
+    (tmp_path / "machine.json").write_text(json.dumps(machine("Intel Xeon")))
+    write_result(tmp_path, "multiprocess", {"ratio_2_vs_1": 1.05}, "## 4. kept section\n")
+    rerun_payload = {"ducklake_over_file_wall": 1.1, "two_writers_speedup": 1.5, "machine": machine("AMD EPYC")}
+    write_result(tmp_path, "warehouse", rerun_payload, "## 5. re-run section\n")
+    write_report(tmp_path, Sizes.for_mode(quick=False))
+    page = (tmp_path / "RESULTS.md").read_text()
+    assert "- CPU machine: Intel Xeon" in page
+    rerun = page[page.index("## 5. re-run section") :]
+    kept = page[page.index("## 4. kept section") : page.index("## 5. re-run section")]
+    assert "Measured on its own run, not on the machine above: AMD EPYC" in rerun
+    assert "AMD EPYC" not in kept
