@@ -146,9 +146,10 @@ def curated_pairs(n: int, seed: int = 7) -> pl.DataFrame:
 def scored_completions(rows: pl.DataFrame) -> pl.DataFrame:
     """Token rows whose completions end at their last loss token (every completion token then carries loss).
 
-    tokenize_pairs ends each completion with the template's newline after the end-of-turn token, outside the
-    loss mask. TRL's preference collator scores every completion token it is given, so the benchmark drops that
-    trailing unscored token: both trainers then see the same ids and score the same tokens.
+    tokenize_pairs ends each completion with the template's end of turn, outside the loss mask (a behaviour
+    pair's answer is open-ended: neither the end-of-turn token nor the newline after it is scored). TRL's
+    preference collator scores every completion token it is given, so the benchmark drops those trailing
+    unscored tokens: both trainers then see the same ids and score the same tokens.
     """
     out = {c: rows[c].to_list() for c in rows.columns}
     for side in ("chosen", "rejected"):

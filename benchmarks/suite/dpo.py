@@ -340,8 +340,9 @@ def dpo_markdown(payload: dict[str, Any]) -> str:
     lines += [
         f"- Pairs: {info['train_pairs']} train pairs of {info['pairs']} demo behaviour pairs (core.preferences, "
         f"tokenized by tokenize_pairs; mean prompt {mean['prompt']:.0f}, chosen {mean['chosen']:.0f}, rejected "
-        f"{mean['rejected']:.0f} tokens). Completions end at their last loss token (the template's newline after "
-        "<|im_end|> is dropped: TRL scores every completion token it is given), so both score the same tokens.",
+        f"{mean['rejected']:.0f} tokens). Completions end at their last loss token (the template's end of turn "
+        "after it, outside the loss, is dropped: TRL scores every completion token it is given), so both score the "
+        "same tokens.",
         f"- Batches: ours packs whole pairs into {payload['packed_rows_per_step']} rows of {payload['seq_len']} "
         f"tokens per step, each prompt computed once for both completions; TRL gets {payload['trl_pairs_per_step']} "
         "pairs per step (our rows' average), padded, the prompt run twice (once before each completion). "

@@ -171,7 +171,7 @@ def check_tokenization(pairs_parquet: Path, shards: str, model: str) -> dict[str
     """TRL's own dataset preparation on the text of the same pairs, compared with our ids (not timed).
 
     Per train pair: does TRL's prompt equal ours, does each of its completions start with ours, and what does it
-    add after ours (the template's newline after the end-of-turn token, which our shards leave out of the loss).
+    add after ours (the template's end of turn, which our shards leave out of a behaviour pair's loss).
     """
     _quiet_hf()
     import polars as pl
