@@ -9,6 +9,7 @@ from pathlib import Path
 import polars as pl
 
 from core.atomic_io import sha256_file
+from core.settings import REPO_ROOT
 
 
 def strings_fingerprint(values: Iterable[str]) -> str:
@@ -30,9 +31,6 @@ def frame_fingerprint(df: pl.DataFrame, columns: list[str]) -> str:
 
 def files_fingerprint(paths: Iterable[Path]) -> str:
     return strings_fingerprint(f"{Path(p).name}:{sha256_file(Path(p))}" for p in paths)
-
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def sources_fingerprint(paths: Iterable[str], *, extra: str = "", root: Path = REPO_ROOT) -> str:
